@@ -1,0 +1,97 @@
+"""De-identification: salted hashing of identifiers and the DICOM tags that must never leave a reader.
+
+One place for every PHI rule, used by the image readers, the indexer, the cache and the demo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+
+#: Environment variable that holds the project salt. Set it once per site and keep it secret:
+#: without the salt a hashed identifier cannot be linked back to the patient.
+SALT_ENV = "MEDCLIP_SALT"
+
+#: Salt used when none is given: fine for tests and demos, never for a real export.
+DEFAULT_SALT = "medclip-default-salt-change-me"
+
+#: DICOM keywords that identify a person, a visit or a place and are dropped outright.
+PHI_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence",
+        "PatientBirthDate", "PatientBirthTime", "PatientBirthName", "PatientMotherBirthName",
+        "PatientAddress", "PatientTelephoneNumbers", "PatientTelecomInformation",
+        "MilitaryRank", "BranchOfService", "MedicalRecordLocator", "EthnicGroup", "Occupation",
+        "AdditionalPatientHistory", "PatientComments", "PatientInsurancePlanCodeSequence",
+        "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyID", "AdmissionID",
+        "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+        "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "OperatorsName",
+        "PhysiciansOfRecord", "RequestingPhysician", "ScheduledPerformingPhysicianName",
+        "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+        "DeviceSerialNumber", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
+        "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationDate",
+        "InstanceCreationTime", "AcquisitionDateTime", "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepID", "RequestAttributesSequence", "ImageComments", "StudyComments",
+        "RETIRED_StudyComments", "PatientSize", "PatientWeight", "CountryOfResidence",
+        "RegionOfResidence", "CurrentPatientLocation", "PatientState", "InsurancePlanIdentification",
+    }
+)
+
+#: DICOM identifiers that are kept only as salted hashes (they link rows, never leak).
+HASHED_KEYWORDS: tuple[str, ...] = (
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber",
+    "FrameOfReferenceUID",
+)
+
+
+def get_salt(salt: str | None = None) -> str:
+    """The salt to hash with: the argument, else ``$MEDCLIP_SALT``, else the (insecure) default."""
+    if salt:
+        return salt
+    return os.environ.get(SALT_ENV) or DEFAULT_SALT
+
+
+def hash_identifier(value: object, salt: str | None = None, *, length: int = 16) -> str:
+    """Salted, keyed hash (HMAC-SHA256, hex) of an identifier; empty input gives ``""``."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return ""
+    digest = hmac.new(get_salt(salt).encode(), text.encode("utf-8", "replace"), hashlib.sha256)
+    return digest.hexdigest()[:length]
+
+
+_AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+
+
+def coarse_age(age: object) -> str:
+    """Age as a coarse band ('40-49', '90+'), from years or a DICOM age string ('048Y', '006M')."""
+    if age is None:
+        return ""
+    text = str(age).strip()
+    if not text or text.lower() in {"nan", "none"}:
+        return ""
+    m = _AGE_RE.match(text)
+    if m is None:
+        try:
+            years = float(text)
+        except ValueError:
+            return ""
+    else:
+        n, unit = int(m.group(1)), (m.group(2) or "Y").upper()
+        years = {"D": n / 365.25, "W": n / 52.18, "M": n / 12.0, "Y": float(n)}[unit]
+    if years < 0 or years > 150:
+        return ""
+    if years >= 90:
+        return "90+"
+    if years < 1:
+        return "0"
+    lo = int(years // 10) * 10
+    return f"{lo}-{lo + 9}"
+
+
+def coarse_sex(sex: object) -> str:
+    """'M', 'F', 'O' or '' from any common spelling."""
+    text = str(sex or "").strip().upper()[:1]
+    return text if text in {"M", "F", "O"} else ""
