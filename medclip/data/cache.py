@@ -1,0 +1,286 @@
+"""Preprocessed image cache as WebDataset tar shards.
+
+Why WebDataset: plain POSIX tar files that any node can stream sequentially (local disk, NFS, object
+stores via ``pipe:``), readable by the ``webdataset`` package, LitData-free tooling, or ``tar`` itself;
+no database, no random access needed. Each image is decoded, windowed and resized exactly once.
+
+Layout::
+
+    CACHE_DIR/cache.json                   config, shard list with counts, skipped images
+    CACHE_DIR/<split>/shard-000000.tar     samples: <key>.image.npy, <key>.meta.json
+
+Shards are written to a temporary name and renamed when complete, and ``cache.json`` is updated after
+every shard, so an interrupted run resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import tarfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+
+CACHE_VERSION = 1
+#: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers).
+META_COLUMNS = ("image_id", "kind", "patient_id", "study_id", "series_id", "modality", "view_position",
+                "body_part", "sex", "age_group", "report_indication", "report_findings", "report_impression",
+                "report_text", "split")
+
+
+class CacheError(ValueError):
+    """A cache folder that is missing, inconsistent or was built with other settings."""
+
+
+@dataclass
+class CacheConfig:
+    """How images were preprocessed; a cache is only resumed or reused with the same config."""
+
+    image_size: int = 224
+    window: str = "auto"
+    volume_shape: tuple[int, int, int] = (64, 128, 128)
+    volume_spacing: tuple[float, float, float] = (3.0, 1.5, 1.5)
+    shard_size: int = 512
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["volume_shape"] = list(self.volume_shape)
+        d["volume_spacing"] = list(self.volume_spacing)
+        return d
+
+
+def _parse_window(window: str) -> Any:
+    if isinstance(window, str) and "," in window:
+        c, w = window.split(",", 1)
+        return float(c), float(w)
+    return window
+
+
+def preprocess_row(row: dict, config: CacheConfig) -> np.ndarray:
+    """Decode, window and resize one manifest row into the array stored in the cache."""
+    from medclip.io import load_image, read_dicom_series
+    from medclip.io.volume import resample_volume
+    from medclip.io.windowing import to_model_input
+
+    window = _parse_window(config.window)
+    if row.get("kind") == "volume":
+        files = row.get("files")
+        image = read_dicom_series(list(files), window=window) if files is not None and len(files) else \
+            load_image(row["path"], window=window)
+        vol = resample_volume(image, spacing=tuple(config.volume_spacing), shape=tuple(config.volume_shape))
+        return np.clip(vol.array, 0.0, 1.0).astype(np.float16)
+    image = load_image(row["path"], window=window)
+    if image.array.ndim == 3:  # a multi-frame 2D acquisition: the middle frame represents it
+        from dataclasses import replace
+
+        image = replace(image, array=image.array[image.array.shape[0] // 2])
+    return to_model_input(image, size=config.image_size)
+
+
+def _sample_meta(row: dict, labels: list[str]) -> dict:
+    meta = {k: (row.get(k) if not _isnan(row.get(k)) else None) for k in META_COLUMNS if k in row}
+    meta["labels"] = {c[len(LABEL_PREFIX):]: (None if _isnan(row.get(c)) else float(row[c])) for c in labels}
+    return meta
+
+
+def _isnan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _work(args: tuple[dict, CacheConfig]) -> tuple[str, bytes | None, str]:
+    row, config = args
+    try:
+        arr = preprocess_row(row, config)
+        return row["image_id"], _encode_npy(arr), ""
+    except Exception as exc:  # counted and listed, never fatal
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return row["image_id"], None, str(reason)[:200]
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+@dataclass
+class CacheResult:
+    """What ``build_cache`` wrote."""
+
+    cache_dir: Path
+    written: int = 0
+    reused_shards: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        s = f"cache: {self.cache_dir}: {self.written} images written, {self.reused_shards} shards already complete"
+        if self.skipped:
+            from collections import Counter
+
+            reasons = Counter(self.skipped.values())
+            s += f"; skipped {len(self.skipped)}: " + ", ".join(f"{k}: {v}" for k, v in reasons.most_common())
+        return s + f" ({self.seconds:.1f}s)"
+
+
+def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, config: CacheConfig | None = None,
+                workers: int | None = None, progress: bool = True, overwrite: bool = False) -> CacheResult:
+    """Decode every manifest row once into WebDataset shards under ``cache_dir``; resumes an interrupted run."""
+    t0 = time.perf_counter()
+    config = config or CacheConfig()
+    df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    index_path = cache_dir / "cache.json"
+    index: dict = {"version": CACHE_VERSION, "config": config.to_json(), "shards": {}, "skipped": {}}
+    if index_path.exists() and not overwrite:
+        old = json.loads(index_path.read_text())
+        if old.get("config") != config.to_json() or old.get("version") != CACHE_VERSION:
+            raise CacheError(f"{cache_dir}: cache was built with other settings {old.get('config')}; "
+                             "use another folder or overwrite=True (--overwrite)")
+        index = old
+    labels = label_columns(df)
+    index["labels"] = [c[len(LABEL_PREFIX):] for c in labels]
+    result = CacheResult(cache_dir=cache_dir)
+
+    jobs: list[tuple[str, str, list[dict]]] = []
+    for split, part in df.sort_values("image_id").groupby("split", sort=True):
+        records = part.to_dict("records")
+        for i in range(0, len(records), config.shard_size):
+            name = f"{split}/shard-{i // config.shard_size:06d}.tar"
+            jobs.append((split, name, records[i:i + config.shard_size]))
+    todo = []
+    for split, name, recs in jobs:
+        done = index["shards"].get(name)
+        if done and (cache_dir / name).exists() and done.get("ids_hash") == _ids_hash(recs):
+            result.reused_shards += 1
+        else:
+            todo.append((split, name, recs))
+
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    total = sum(len(r) for _, _, r in todo)
+    bar = tqdm(total=total, desc="caching", unit=" img", disable=not progress)
+    pool = ProcessPoolExecutor(n_workers) if n_workers > 1 and total > 8 else None
+    try:
+        for split, name, recs in todo:
+            target = cache_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tar.tmp")
+            by_id = {r["image_id"]: r for r in recs}
+            count = 0
+            args = [(r, config) for r in recs]
+            outputs = pool.map(_work, args, chunksize=4) if pool else map(_work, args)
+            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for image_id, data, reason in outputs:
+                    bar.update()
+                    if data is None:
+                        index["skipped"][image_id] = reason
+                        result.skipped[image_id] = reason
+                        continue
+                    _add_bytes(tar, f"{image_id}.image.npy", data)
+                    _add_bytes(tar, f"{image_id}.meta.json", json.dumps(_sample_meta(by_id[image_id], labels)).encode())
+                    index["skipped"].pop(image_id, None)
+                    count += 1
+            os.replace(tmp, target)
+            index["shards"][name] = {"split": split, "count": count, "ids_hash": _ids_hash(recs)}
+            result.written += count
+            _write_index(index_path, index)
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+    stale = set(index["shards"]) - {name for _, name, _ in jobs}
+    for name in stale:
+        index["shards"].pop(name)
+        (cache_dir / name).unlink(missing_ok=True)
+    _write_index(index_path, index)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _ids_hash(recs: list[dict]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for r in recs:
+        h.update(f"{r['image_id']}:{r.get('mtime')}:{r.get('report_text', '')}\n".encode())
+        for c, v in r.items():
+            if c.startswith(LABEL_PREFIX):
+                h.update(f"{c}={v};".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_index(path: Path, index: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_cache_index(cache_dir: str | Path) -> dict:
+    """The ``cache.json`` of a cache folder."""
+    p = Path(cache_dir) / "cache.json"
+    if not p.exists():
+        raise CacheError(f"{cache_dir}: not a medclip cache (no cache.json); build one with `medclip cache`")
+    return json.loads(p.read_text())
+
+
+def cache_shards(cache_dir: str | Path, split: str | None = None) -> list[tuple[Path, int]]:
+    """(shard path, sample count) for one split (or all), in a stable order."""
+    index = read_cache_index(cache_dir)
+    out = []
+    for name, info in sorted(index["shards"].items()):
+        if split is None or info["split"] == split:
+            out.append((Path(cache_dir) / name, int(info["count"])))
+    return out
+
+
+def iter_shard(path: str | Path) -> Iterator[dict]:
+    """Samples of one shard: ``{"__key__", "image": np.ndarray, "meta": dict}``."""
+    current: dict = {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            data = tar.extractfile(member).read()
+            if ext == "image.npy":
+                current["image"] = np.load(io.BytesIO(data), allow_pickle=False)
+            elif ext == "meta.json":
+                current["meta"] = json.loads(data)
+    if current:
+        yield current
+
+
+def iter_cache(cache_dir: str | Path, split: str | None = None, *, shuffle_shards: bool = False,
+               seed: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    """All samples of a split, shard by shard; shards are dealt round-robin to ranks."""
+    shards = cache_shards(cache_dir, split)
+    if shuffle_shards:
+        random.Random(seed).shuffle(shards)
+    for i, (path, _) in enumerate(shards):
+        if i % world_size == rank:
+            yield from iter_shard(path)

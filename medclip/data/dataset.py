@@ -1,0 +1,210 @@
+"""PyTorch datasets over a manifest (decode on the fly) or a cache (stream preprocessed shards).
+
+Both yield the same items::
+
+    {"image": FloatTensor (1, H, W) or (1, D, H, W) in [0, 1], "text": str,
+     "labels": FloatTensor (n_labels,) with NaN = not mentioned, "image_id", "study_id", "patient_id"}
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess_row, read_cache_index
+from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+
+TEXT_FIELDS = ("body", "text", "findings", "impression")
+TextTransform = Callable[[str], str]
+ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def report_text(meta: dict, text_field: str = "body") -> str:
+    """The training text of a row: ``body`` = findings + impression (else the whole report)."""
+    if text_field not in TEXT_FIELDS:
+        raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {text_field!r}")
+    get = lambda k: str(meta.get(k) or "").strip()  # noqa: E731
+    if text_field == "body":
+        parts = [p for p in (get("report_findings"), get("report_impression")) if p]
+        return " ".join(parts) if parts else get("report_text")
+    if text_field == "text":
+        return get("report_text")
+    return get(f"report_{text_field}")
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype == np.uint8:
+        t = torch.from_numpy(arr).float().div_(255.0)
+    else:
+        t = torch.from_numpy(arr.astype(np.float32, copy=False))
+    return t.unsqueeze(0)
+
+
+def _labels(meta_labels: dict, names: Sequence[str]) -> torch.Tensor:
+    return torch.tensor([float("nan") if meta_labels.get(n) is None else float(meta_labels[n]) for n in names],
+                        dtype=torch.float32)
+
+
+class ManifestDataset(Dataset):
+    """Map-style dataset that decodes, windows and resizes each image when it is read."""
+
+    def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
+                 window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,
+                 text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
+                 require_text: bool = False, config: CacheConfig | None = None) -> None:
+        df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
+        if split is not None:
+            df = df[df["split"] == split]
+        if require_text:
+            df = df[[bool(report_text(r, text_field)) for r in df.to_dict("records")]]
+        self.frame = df.reset_index(drop=True)
+        self.records = self.frame.to_dict("records")
+        self.label_names = list(label_names) if label_names is not None else \
+            [c[len(LABEL_PREFIX):] for c in label_columns(self.frame)]
+        self.text_field = text_field
+        self.text_transform = text_transform
+        self.image_transform = image_transform
+        self.config = config or CacheConfig(image_size=image_size, window=window)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.records[index]
+        image = _to_tensor(preprocess_row(row, self.config))
+        if self.image_transform is not None:
+            image = self.image_transform(image)
+        text = report_text(row, self.text_field)
+        if self.text_transform is not None:
+            text = self.text_transform(text)
+        labels = {n: (None if pd.isna(row.get(LABEL_PREFIX + n)) else row.get(LABEL_PREFIX + n)) for n in self.label_names}
+        return {"image": image, "text": text, "labels": _labels(labels, self.label_names),
+                "image_id": row["image_id"], "study_id": row["study_id"], "patient_id": row["patient_id"]}
+
+
+class CacheDataset(IterableDataset):
+    """Streams a split of a WebDataset cache; every rank yields the same number of samples per epoch.
+
+    Shards are dealt to (rank, worker) readers when there are enough of them, else samples are dealt
+    one by one. ``set_epoch`` reshuffles; ``skip_batches`` resumes mid-epoch.
+    """
+
+    def __init__(self, cache_dir: str | Path, split: str | None = "train", *, shuffle: bool = True, seed: int = 0,
+                 buffer_size: int = 256, text_field: str = "body", label_names: Sequence[str] | None = None,
+                 text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
+                 rank: int | None = None, world_size: int | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        index = read_cache_index(self.cache_dir)
+        self.shards = cache_shards(self.cache_dir, split)
+        if not self.shards:
+            raise ValueError(f"{cache_dir}: no shards for split {split!r}")
+        self.split = split
+        self.label_names = list(label_names) if label_names is not None else list(index.get("labels", []))
+        self.shuffle, self.seed, self.buffer_size = shuffle, seed, buffer_size
+        self.text_field, self.text_transform, self.image_transform = text_field, text_transform, image_transform
+        self._rank, self._world = rank, world_size
+        self.epoch = 0
+        self._skip = (0, 0)
+
+    # -- distributed bookkeeping
+    def _dist(self) -> tuple[int, int]:
+        if self._rank is not None and self._world is not None:
+            return self._rank, self._world
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    @property
+    def total(self) -> int:
+        return sum(c for _, c in self.shards)
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (equal on every rank)."""
+        return self.total // self._dist()[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._skip = (0, 0)
+
+    def skip_batches(self, n_batches: int, batch_size: int) -> None:
+        """Resume: the next iteration starts after ``n_batches`` batches of this rank's epoch."""
+        self._skip = (int(n_batches), int(batch_size))
+
+    def _items(self, rank: int, world: int, worker: int, n_workers: int) -> Iterator[dict]:
+        order = list(range(len(self.shards)))
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        readers = world * n_workers
+        per_rank = self.total // world
+        if len(order) >= readers:
+            # shard-level: reader (rank, worker) owns shards j with j % readers == rank * n_workers + worker
+            me = rank * n_workers + worker
+            mine = [order[j] for j in range(len(order)) if j % readers == me]
+            # equalise ranks: every rank yields per_rank samples, each worker its share
+            rank_owned = [order[j] for j in range(len(order)) if (j % readers) // n_workers == rank]
+            rank_count = sum(self.shards[i][1] for i in rank_owned)
+            limit = self._worker_share(min(per_rank, rank_count), worker, n_workers)
+            stream = (s for i in mine for s in iter_shard(self.shards[i][0]))
+        else:
+            def stream_all() -> Iterator[dict]:
+                g = 0
+                for i in order:
+                    for s in iter_shard(self.shards[i][0]):
+                        if g % world == rank and (g // world) % n_workers == worker:
+                            yield s
+                        g += 1
+            stream = stream_all()
+            limit = self._worker_share(per_rank, worker, n_workers)
+        count = 0
+        for sample in self._shuffled(stream, rng):
+            if count >= limit:
+                return
+            count += 1
+            yield sample
+
+    @staticmethod
+    def _worker_share(n: int, worker: int, n_workers: int) -> int:
+        return n // n_workers + (1 if worker < n % n_workers else 0)
+
+    def _shuffled(self, stream: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        if not self.shuffle or self.buffer_size <= 1:
+            yield from stream
+            return
+        buf: list[dict] = []
+        for s in stream:
+            buf.append(s)
+            if len(buf) >= self.buffer_size:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world = self._dist()
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        n_batches, batch_size = self._skip
+        # the DataLoader takes batches from the workers round-robin: worker w made batches w, w + W, ...
+        skip_here = max(0, -(-(n_batches - worker) // n_workers)) * batch_size
+        for i, sample in enumerate(self._items(rank, world, worker, n_workers)):
+            if i < skip_here:
+                continue
+            yield self._item(sample)
+
+    def _item(self, sample: dict) -> dict:
+        meta = sample["meta"]
+        image = _to_tensor(sample["image"])
+        if self.image_transform is not None:
+            image = self.image_transform(image)
+        text = report_text(meta, self.text_field)
+        if self.text_transform is not None:
+            text = self.text_transform(text)
+        return {"image": image, "text": text, "labels": _labels(meta.get("labels", {}), self.label_names),
+                "image_id": meta["image_id"], "study_id": meta["study_id"], "patient_id": meta["patient_id"]}

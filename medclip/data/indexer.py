@@ -1,0 +1,689 @@
+"""Index a PACS export (folders of DICOM / NIfTI / PNG / JPEG + reports) into a de-identified manifest.
+
+The run reads each file's header in parallel workers, groups DICOM slices into volumes, links reports,
+scrubs identifiers from report text, hashes every identifier with a salt, assigns patient-level splits,
+and writes ``manifest.parquet`` plus two sidecars: ``<manifest>.skipped.csv`` (what could not be read,
+and why) and ``<manifest>.files.parquet`` (per-file state that makes re-runs incremental). Raw PHI is
+never written: the state keeps only salted hashes, including hashes of name and ID tokens, which is
+how report text is scrubbed of a patient's own identifiers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
+from medclip.data.reports import ReportSections, parse_sections, sections_from_fields
+from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
+from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
+#: Files that are never images: ignored silently (not counted as unreadable).
+IGNORED_NAMES = {"dicomdir", "thumbs.db", ".ds_store"}
+IGNORED_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".pdf", ".parquet", ".yaml", ".yml",
+                    ".log", ".py", ".zip", ".tar", ".gz", ".bval", ".bvec")
+VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
+SR_MODALITIES = {"SR", "DOC"}
+STATE_VERSION = 1
+
+
+@dataclass
+class IndexResult:
+    """What an indexing run produced and counted."""
+
+    manifest: pd.DataFrame
+    manifest_path: Path
+    files_seen: int = 0
+    files_read: int = 0
+    files_reused: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    reports_linked: int = 0
+    reports_unlinked: int = 0
+    leaked_patients: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A human-readable summary (no PHI)."""
+        df = self.manifest
+        lines = [
+            f"manifest: {self.manifest_path}",
+            f"files: {self.files_seen} seen, {self.files_read} read, {self.files_reused} unchanged (reused)",
+            f"rows: {len(df)} ({int((df['kind'] == 'image').sum()) if len(df) else 0} images, "
+            f"{int((df['kind'] == 'volume').sum()) if len(df) else 0} volumes) from "
+            f"{df['patient_id'].nunique() if len(df) else 0} patients, {df['study_id'].nunique() if len(df) else 0} studies",
+        ]
+        if len(df):
+            counts = df.groupby("split")["patient_id"].nunique().to_dict()
+            rows = df["split"].value_counts().to_dict()
+            lines.append("splits: " + ", ".join(f"{s} {rows.get(s, 0)} rows / {counts.get(s, 0)} patients" for s in SPLITS))
+            lines.append(f"modalities: {dict(df['modality'].value_counts())}")
+            with_report = int((df["report_text"].str.len() > 0).sum())
+            lines.append(f"reports: {with_report}/{len(df)} rows have a report; "
+                         f"{self.reports_linked} report rows linked, {self.reports_unlinked} unlinked")
+        if self.skipped:
+            lines.append(f"skipped {sum(self.skipped.values())} files: "
+                         + ", ".join(f"{k}: {v}" for k, v in self.skipped.most_common()))
+        lines.append("patients in several splits: " + (", ".join(self.leaked_patients) if self.leaked_patients else "none"))
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- walking
+
+def classify_file(path: Path) -> str | None:
+    """'dicom', 'nifti', 'raster', or None (not an image: ignored) for one file."""
+    name = path.name.lower()
+    if name in IGNORED_NAMES or name.startswith("."):
+        return None
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(RASTER_SUFFIXES):
+        return "raster"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if name.endswith(IGNORED_SUFFIXES):
+        return None
+    return "dicom"  # extension-less or unknown: PACS exports often name DICOM files IM0001, 1.2.840...
+
+
+def walk_export(root: Path) -> Iterator[Path]:
+    """All candidate image files under ``root`` in a stable order (hidden folders skipped)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if classify_file(p) is not None:
+                yield p
+
+
+# ------------------------------------------------------------------------------------------- per file
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]|[A-Za-z0-9]")
+
+
+def identifier_tokens(values: Iterable[object]) -> set[str]:
+    """Lower-cased tokens of raw identifiers (names split at ^ and spaces; IDs whole and split at -)."""
+    out: set[str] = set()
+    for value in values:
+        text = str(value or "").strip()
+        if not text or text.lower() in {"nan", "none", "anonymous", "unknown"}:
+            continue
+        out.add(text.lower())
+        for part in re.split(r"[\^ ,]+", text):
+            part = part.strip().lower()
+            if len(part) >= 2:
+                out.add(part)
+                out.update(t.lower() for t in _TOKEN_RE.findall(part) if len(t) >= 3)
+    return out
+
+
+def scrub_with_hashes(text: str, phi_hashes: set[str], salt: str) -> str:
+    """Replace every token of ``text`` whose salted hash is a known identifier hash by ``XXXX``."""
+    if not text or not phi_hashes:
+        return text
+
+    def repl(m: re.Match) -> str:
+        tok = m.group(0)
+        if hash_identifier(tok.lower(), salt) in phi_hashes:
+            return "XXXX"
+        parts = tok.split("-")
+        if len(parts) > 1 and any(hash_identifier(p.lower(), salt) in phi_hashes for p in parts if p):
+            return "XXXX"
+        return tok
+
+    return _TOKEN_RE.sub(repl, text)
+
+
+def _dicom_person_name(value: object) -> str:
+    return str(value or "")
+
+
+def _sr_text(ds) -> tuple[str, dict[str, str]]:
+    """Text of a DICOM Structured Report, and any sections found by concept name."""
+    sections: dict[str, list[str]] = {}
+    texts: list[str] = []
+
+    def walk(items, heading: str = "") -> None:
+        for item in items or []:
+            name = ""
+            if "ConceptNameCodeSequence" in item and len(item.ConceptNameCodeSequence):
+                name = str(item.ConceptNameCodeSequence[0].get("CodeMeaning", "") or "")
+            vt = str(item.get("ValueType", "") or "")
+            if vt == "TEXT" and "TextValue" in item:
+                value = str(item.TextValue)
+                texts.append(value)
+                key = (name or heading).lower()
+                sections.setdefault(key, []).append(value)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence, name or heading)
+
+    walk(ds.get("ContentSequence", []))
+    mapped: dict[str, str] = {}
+    for key, values in sections.items():
+        for canon in ("findings", "impression", "indication", "history", "conclusion"):
+            if canon in key:
+                target = {"history": "indication", "conclusion": "impression"}.get(canon, canon)
+                mapped[target] = (mapped.get(target, "") + " " + " ".join(values)).strip()
+    return "\n".join(texts), mapped
+
+
+def read_file_record(args: tuple[str, str, str, bool]) -> dict:
+    """Header record of one file (runs in a worker). Never raises: failures come back as ``status``."""
+    path_str, kind, salt, verify = args
+    path = Path(path_str)
+    rec: dict = {"path": path_str, "kind_hint": kind, "status": "ok"}
+    try:
+        st = path.stat()
+        rec["file_size"], rec["mtime"] = int(st.st_size), float(st.st_mtime)
+        if st.st_size == 0:
+            rec["status"] = "empty file"
+            return rec
+        if kind == "dicom":
+            _dicom_record(path, salt, verify, rec)
+        elif kind == "nifti":
+            _nifti_record(path, verify, rec)
+        else:
+            _raster_record(path, verify, rec)
+    except Exception as exc:  # one bad file must never stop the run
+        rec["status"] = _reason(exc)
+    return rec
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return str(reason)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, defer_size="2 KB")
+    except InvalidDicomError:
+        rec["status"] = "not DICOM"
+        return
+    except Exception as exc:
+        rec["status"] = f"unreadable DICOM header ({type(exc).__name__})"
+        return
+    modality = str(ds.get("Modality", "") or "").upper()
+    raw_ids = {
+        "PatientID": str(ds.get("PatientID", "") or ""),
+        "StudyInstanceUID": str(ds.get("StudyInstanceUID", "") or ""),
+        "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
+        "SOPInstanceUID": str(ds.get("SOPInstanceUID", "") or ""),
+        "AccessionNumber": str(ds.get("AccessionNumber", "") or ""),
+    }
+    name = _dicom_person_name(ds.get("PatientName", ""))
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    phi = identifier_tokens([name, raw_ids["PatientID"], raw_ids["AccessionNumber"], birth,
+                             _dicom_person_name(ds.get("OtherPatientNames", "")),
+                             str(ds.get("OtherPatientIDs", "") or "")])
+    rec["phi_hashes"] = sorted(hash_identifier(t, salt) for t in phi)
+    rec["patient_key"] = hash_identifier(raw_ids["PatientID"] or (name + birth), salt)
+    rec["study_key"] = hash_identifier(raw_ids["StudyInstanceUID"], salt)
+    rec["series_key"] = hash_identifier(raw_ids["SeriesInstanceUID"], salt)
+    rec["image_key"] = hash_identifier(raw_ids["SOPInstanceUID"], salt)
+    rec["accession_key"] = hash_identifier(raw_ids["AccessionNumber"], salt)
+    rec["modality"] = modality
+    rec["sex"] = coarse_sex(ds.get("PatientSex", ""))
+    age = ds.get("PatientAge", "")
+    if not age and birth and str(ds.get("StudyDate", "") or ""):
+        try:
+            age = str(int(str(ds.StudyDate)[:4]) - int(birth[:4]))
+        except ValueError:
+            age = ""
+    rec["age_group"] = coarse_age(age)
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    is_sr = modality in SR_MODALITIES or sop_class.startswith("1.2.840.10008.5.1.4.1.1.88")
+    if is_sr:
+        text, sections = _sr_text(ds)
+        rec["kind_hint"] = "sr"
+        rec["sr_text"] = text
+        rec["sr_sections"] = json.dumps(sections)
+        if not text:
+            rec["status"] = "structured report without text"
+        return
+    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not has_pixels:
+        rec["status"] = "no pixel data"
+        return
+    from medclip.io.dicom import safe_metadata
+
+    meta = safe_metadata(ds, salt=salt)
+    rec["view_position"] = str(meta.get("view_position", "") or "")
+    rec["body_part"] = str(meta.get("body_part", "") or "")
+    rec["photometric"] = str(meta.get("photometric", "") or "")
+    rec["rows"] = int(ds.get("Rows", 0) or 0)
+    rec["columns"] = int(ds.get("Columns", 0) or 0)
+    rec["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
+    rec["has_position"] = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+    if verify:
+        from medclip.io import load_image
+
+        load_image(path, window=None)
+
+
+def _nifti_record(path: Path, verify: bool, rec: dict) -> None:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = img.shape
+    rec["modality"] = ""
+    rec["rows"], rec["columns"] = int(shape[1]) if len(shape) > 1 else 0, int(shape[0])
+    rec["frames"] = int(shape[2]) if len(shape) > 2 else 1
+    rec["kind_hint"] = "nifti"
+    if verify:
+        from medclip.io import load_image
+
+        load_image(path, window=None)
+
+
+def _raster_record(path: Path, verify: bool, rec: dict) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rec["columns"], rec["rows"] = im.size
+        rec["frames"] = 1
+        if verify:
+            im.load()
+    rec["modality"] = ""
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+#: Column names recognised in a reports table, by role (first match wins, case-insensitive).
+REPORT_KEY_COLUMNS = {
+    "accession": ("accession_number", "accessionnumber", "accession", "acc"),
+    "study_uid": ("study_instance_uid", "studyinstanceuid", "study_uid", "studyuid"),
+    "path": ("path", "file", "filepath", "file_path", "image_path", "filename", "file_name", "image"),
+}
+REPORT_TEXT_COLUMNS = {
+    "text": ("report", "report_text", "text", "reporttext", "full_text"),
+    "findings": ("findings", "finding_text"),
+    "impression": ("impression", "impressions", "conclusion"),
+    "indication": ("indication", "history", "clinical_history", "clinical_notes", "reason"),
+    "comparison": ("comparison",),
+}
+REPORT_PATIENT_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "mrn")
+REPORT_STUDY_COLUMNS = ("study_id", "studyid", "study")
+
+
+def _find_col(columns: Iterable[str], names: Iterable[str]) -> str | None:
+    lower = {c.lower().strip(): c for c in columns}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def load_reports(path: Path, key_column: str | None = None, link_on: str | None = None) -> tuple[pd.DataFrame, str, str]:
+    """Read a reports CSV/Parquet; return it, its key column and what the key matches ('accession'|'study_uid'|'path')."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: reports file not found")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read reports table ({exc})") from exc
+    if link_on is not None and link_on not in REPORT_KEY_COLUMNS:
+        raise ValueError(f"link_on must be one of {sorted(REPORT_KEY_COLUMNS)}, got {link_on!r}")
+    if key_column is not None:
+        if key_column not in df.columns:
+            raise ValueError(f"{path}: no column {key_column!r} (columns: {list(df.columns)})")
+        if link_on is None:
+            link_on = next((role for role, names in REPORT_KEY_COLUMNS.items() if key_column.lower() in names), None)
+            if link_on is None:
+                raise ValueError(f"{path}: say what column {key_column!r} holds with --link-on accession|study_uid|path")
+        return df, key_column, link_on
+    roles = [link_on] if link_on else list(REPORT_KEY_COLUMNS)
+    for role in roles:
+        col = _find_col(df.columns, REPORT_KEY_COLUMNS[role])
+        if col is not None:
+            return df, col, role
+    raise ValueError(f"{path}: no column to link reports to images; expected one of "
+                     f"{sorted(n for v in REPORT_KEY_COLUMNS.values() for n in v)} or name it with --report-key")
+
+
+def report_sections_from_row(row: pd.Series) -> ReportSections:
+    """Sections of one reports-table row, whatever its columns are called."""
+    cols = {role: _find_col(row.index, names) for role, names in REPORT_TEXT_COLUMNS.items()}
+    get = lambda role: row[cols[role]] if cols[role] is not None else ""  # noqa: E731
+    if cols["findings"] is None and cols["impression"] is None:
+        s = parse_sections(get("text"))
+        s.indication = s.indication or str(get("indication") or "").strip()
+        if s.indication and s.text and s.indication not in s.text:
+            s.text = f"INDICATION: {s.indication}\n{s.text}"
+        return s
+    return sections_from_fields(findings=get("findings"), impression=get("impression"),
+                                indication=get("indication"), comparison=get("comparison"), text=get("text"))
+
+
+# ------------------------------------------------------------------------------------------- indexing
+
+def _state_path(manifest_path: Path) -> Path:
+    return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + ".files.parquet")
+
+
+def skipped_path(manifest_path: Path) -> Path:
+    """The sidecar CSV that lists files the indexer could not use, with the reason."""
+    return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + ".skipped.csv")
+
+
+def _load_state(manifest_path: Path, salt_check: str, root: Path) -> dict[str, dict]:
+    p = _state_path(manifest_path)
+    if not p.exists():
+        return {}
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p)
+        meta = json.loads((table.schema.metadata or {}).get(b"medclip", b"{}"))
+        if meta.get("salt_check") != salt_check or meta.get("version") != STATE_VERSION or meta.get("root") != str(root):
+            log.warning("previous index state was made with another salt, root or version: re-reading everything")
+            return {}
+        df = table.to_pandas()
+    except Exception as exc:
+        log.warning("cannot read previous index state %s (%s): re-reading everything", p, exc)
+        return {}
+    out = {}
+    for rec in df.to_dict("records"):
+        rec = {k: v for k, v in rec.items() if not (isinstance(v, float) and np.isnan(v))}
+        if "phi_hashes" in rec and rec["phi_hashes"] is not None:
+            rec["phi_hashes"] = list(rec["phi_hashes"])
+        out[rec["path"]] = rec
+    return out
+
+
+def _save_state(manifest_path: Path, records: list[dict], salt_check: str, root: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame(records)
+    if "sr_text" in df:  # report text lives in the manifest, scrubbed; the state keeps only structure
+        df = df.drop(columns=[c for c in ("sr_text", "sr_sections") if c in df])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({b"medclip": json.dumps(
+        {"salt_check": salt_check, "version": STATE_VERSION, "root": str(root)}).encode()})
+    tmp = _state_path(manifest_path).with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, _state_path(manifest_path))
+
+
+def index_export(
+    export_dir: str | Path,
+    output: str | Path,
+    *,
+    reports: str | Path | None = None,
+    report_key: str | None = None,
+    link_on: str | None = None,
+    salt: str | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    workers: int | None = None,
+    verify_pixels: bool = True,
+    incremental: bool = True,
+    progress: bool = True,
+) -> IndexResult:
+    """Index a PACS export folder into a de-identified, patient-split manifest (see module docstring)."""
+    root = Path(export_dir).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"{export_dir}: export folder not found")
+    output = Path(output)
+    if output.suffix != ".parquet":
+        output = output / "manifest.parquet" if output.is_dir() or not output.suffix else output.with_suffix(".parquet")
+    fractions = validate_fractions(fractions)
+    salt = get_salt(salt)
+    salt_check = hash_identifier("medclip-salt-check", salt)
+    state = _load_state(output, salt_check, root) if incremental else {}
+
+    files = list(tqdm(walk_export(root), desc="scanning", unit=" files", disable=not progress, leave=False))
+    records: list[dict] = []
+    todo: list[tuple[str, str, str, bool]] = []
+    reused = 0
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        st = p.stat()
+        old = state.get(rel)
+        if old is not None and old.get("file_size") == st.st_size and old.get("mtime") == float(st.st_mtime) \
+                and old.get("kind_hint") != "sr":
+            records.append(old)
+            reused += 1
+        else:
+            todo.append((str(p), classify_file(p) or "dicom", salt, verify_pixels))
+
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(todo), desc="indexing", unit=" files", disable=not progress)
+    if n_workers > 1 and len(todo) > 16:
+        with ProcessPoolExecutor(n_workers) as pool:
+            for rec in pool.map(read_file_record, todo, chunksize=max(1, min(64, len(todo) // (n_workers * 8) or 1))):
+                records.append(rec)
+                bar.update()
+    else:
+        for args in todo:
+            records.append(read_file_record(args))
+            bar.update()
+    bar.close()
+    for rec in records:
+        if Path(rec["path"]).is_absolute():
+            rec["path"] = Path(rec["path"]).relative_to(root).as_posix()
+
+    result = IndexResult(manifest=pd.DataFrame(), manifest_path=output, files_seen=len(files),
+                         files_read=len(todo), files_reused=reused)
+    ok = [r for r in records if r.get("status") == "ok"]
+    bad = [r for r in records if r.get("status") != "ok"]
+    result.skipped = Counter(r["status"] for r in bad)
+
+    rows, sr_reports = _build_rows(ok, root)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=list(MANIFEST_COLUMNS))
+    for col in ("report_indication", "report_findings", "report_impression", "report_text"):
+        df[col] = ""
+
+    phi_by_study: dict[str, set[str]] = {}
+    for r in ok:
+        if r.get("study_key"):
+            phi_by_study.setdefault(r["study_key"], set()).update(r.get("phi_hashes") or [])
+
+    # reports: from DICOM SR in the export, then from the reports table (which wins where both exist)
+    for study_key, sections in sr_reports.items():
+        _attach_report(df, df["study_id"] == study_key, sections, phi_by_study.get(study_key, set()), salt)
+    if reports is not None:
+        table, key_col, role = load_reports(Path(reports), report_key, link_on)
+        linked = 0
+        key_series = _image_keys(df, ok, root, role, salt)
+        for _, row in tqdm(table.iterrows(), total=len(table), desc="linking reports", disable=not progress, leave=False):
+            raw_key = str(row[key_col]).strip()
+            if not raw_key:
+                continue
+            match = _match_rows(key_series, raw_key, role, salt)
+            if not match.any():
+                continue
+            linked += 1
+            studies = set(df.loc[match, "study_id"])
+            phi = set().union(*(phi_by_study.get(s, set()) for s in studies))
+            _attach_report(df, match, report_sections_from_row(row), phi, salt)
+            if role == "path":
+                _adopt_ids_from_report(df, match, row, salt)
+        result.reports_linked = linked
+        result.reports_unlinked = len(table) - linked
+
+    if len(df):
+        df["split"] = assign_splits(df["patient_id"], fractions, seed)
+    else:
+        df["split"] = pd.Series(dtype=str)
+    result.leaked_patients = patients_in_several_splits(df)
+    df = df[[c for c in MANIFEST_COLUMNS if c in df.columns]].reset_index(drop=True)
+    for col in ("rows", "columns", "frames", "file_size"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).astype("int64")
+    df["mtime"] = pd.to_numeric(df["mtime"], errors="coerce").astype("float64")
+
+    _warn_phi_in_paths(df, phi_by_study, salt, result)
+    write_manifest(df, output, root=root, extra={
+        "salt_check": salt_check, "fractions": list(fractions), "seed": seed, "created_by": "medclip index",
+    })
+    df = df.copy()
+    df["path"] = [str(root / p) if not Path(p).is_absolute() else p for p in df["path"]]
+    _save_state(output, records, salt_check, root)
+    _write_skipped(output, bad)
+    result.manifest = df
+    return result
+
+
+def _build_rows(ok: list[dict], root: Path) -> tuple[list[dict], dict[str, ReportSections]]:
+    """Manifest rows (images and assembled volumes) and SR reports by study, from per-file records."""
+    rows: list[dict] = []
+    sr_reports: dict[str, ReportSections] = {}
+    series: dict[str, list[dict]] = {}
+    for r in ok:
+        hint = r.get("kind_hint")
+        if hint == "sr":
+            sections = json.loads(r.get("sr_sections") or "{}")
+            s = sections_from_fields(findings=sections.get("findings", ""), impression=sections.get("impression", ""),
+                                     indication=sections.get("indication", ""), text=r.get("sr_text", ""))
+            if r.get("study_key"):
+                sr_reports[r["study_key"]] = s
+            continue
+        if hint == "dicom" and r.get("modality") in VOLUME_MODALITIES and r.get("has_position") and r.get("series_key"):
+            series.setdefault(r["series_key"], []).append(r)
+            continue
+        rows.append(_image_row(r, root))
+    for key, members in series.items():
+        if len(members) == 1:
+            rows.append(_image_row(members[0], root, kind="volume" if members[0].get("frames", 1) > 1 else "image"))
+            continue
+        members.sort(key=lambda m: m["path"])
+        first = members[0]
+        row = _image_row(first, root, kind="volume")
+        row["image_id"] = key
+        row["path"] = str(Path(first["path"]).parent.as_posix())
+        row["files"] = [m["path"] for m in members]
+        row["frames"] = len(members)
+        row["file_size"] = int(sum(m.get("file_size", 0) for m in members))
+        row["mtime"] = float(max(m.get("mtime", 0.0) for m in members))
+        rows.append(row)
+    return rows, sr_reports
+
+
+def _image_row(r: dict, root: Path, kind: str | None = None) -> dict:
+    rel = r["path"]
+    hint = r.get("kind_hint")
+    if hint == "dicom":
+        patient, study, series, image = r.get("patient_key"), r.get("study_key"), r.get("series_key"), r.get("image_key")
+        if kind is None:
+            kind = "volume" if r.get("frames", 1) > 1 and r.get("modality") in VOLUME_MODALITIES else "image"
+    else:
+        # non-DICOM: identity from the folder layout <patient>/<study>/.../file, until a reports row says otherwise
+        parts = Path(rel).parts
+        patient = hash_identifier(parts[0] if len(parts) > 1 else rel)
+        study = hash_identifier("/".join(parts[:-1]) or rel)
+        series = study
+        image = hash_identifier(rel)
+        if kind is None:
+            kind = "volume" if hint == "nifti" and r.get("frames", 1) > 1 else "image"
+    if not patient:
+        patient = study or image
+    return {
+        "image_id": image or hash_identifier(rel), "path": rel, "kind": kind, "files": None,
+        "patient_id": patient, "study_id": study or image, "series_id": series or study or image,
+        "modality": r.get("modality", "") or ("MR/CT" if hint == "nifti" else ""),
+        "view_position": r.get("view_position", "") or "", "body_part": r.get("body_part", "") or "",
+        "photometric": r.get("photometric", "") or "", "rows": r.get("rows", 0), "columns": r.get("columns", 0),
+        "frames": r.get("frames", 1), "sex": r.get("sex", "") or "", "age_group": r.get("age_group", "") or "",
+        "file_size": r.get("file_size", 0), "mtime": r.get("mtime", 0.0),
+        "_accession": r.get("accession_key", ""),
+    }
+
+
+def _image_keys(df: pd.DataFrame, ok: list[dict], root: Path, role: str, salt: str) -> pd.Series:
+    if df.empty:
+        return pd.Series(dtype=str)
+    if role == "accession":
+        return df["_accession"].fillna("")
+    if role == "study_uid":
+        return df["study_id"]
+    return df["path"]
+
+
+def _match_rows(keys: pd.Series, raw_key: str, role: str, salt: str) -> pd.Series:
+    if role in ("accession", "study_uid"):
+        return keys == hash_identifier(raw_key, salt)
+    key = raw_key.replace("\\", "/").lstrip("./")
+    exact = keys == key
+    if exact.any():
+        return exact
+    return keys.str.endswith("/" + key) | (keys.map(lambda p: Path(p).name) == key)
+
+
+def _attach_report(df: pd.DataFrame, mask: pd.Series, s: ReportSections, phi: set[str], salt: str) -> None:
+    if not mask.any():
+        return
+    scrub = lambda t: scrub_with_hashes(t, phi, salt)  # noqa: E731
+    from medclip.data.reports import scrub_identifiers
+
+    clean = lambda t: scrub_identifiers(scrub(t or ""))  # noqa: E731
+    df.loc[mask, "report_indication"] = clean(s.indication)
+    df.loc[mask, "report_findings"] = clean(s.findings)
+    df.loc[mask, "report_impression"] = clean(s.impression)
+    df.loc[mask, "report_text"] = clean(s.text)
+
+
+def _adopt_ids_from_report(df: pd.DataFrame, mask: pd.Series, row: pd.Series, salt: str) -> None:
+    """For non-DICOM images linked by path: take patient/study identity from the reports row when it has one."""
+    pcol = _find_col(row.index, REPORT_PATIENT_COLUMNS)
+    scol = _find_col(row.index, REPORT_STUDY_COLUMNS)
+    if pcol and str(row[pcol]).strip():
+        df.loc[mask, "patient_id"] = hash_identifier(str(row[pcol]).strip(), salt)
+    if scol and str(row[scol]).strip():
+        study = hash_identifier(f"{row[pcol] if pcol else ''}/{row[scol]}".strip(), salt)
+        df.loc[mask, "study_id"] = study
+        df.loc[mask, "series_id"] = study
+
+
+def _warn_phi_in_paths(df: pd.DataFrame, phi_by_study: dict[str, set[str]], salt: str, result: IndexResult) -> None:
+    if df.empty:
+        return
+    all_phi = set().union(*phi_by_study.values()) if phi_by_study else set()
+    if not all_phi:
+        return
+    n = 0
+    for p in df["path"]:
+        for part in re.split(r"[/_.\s]+", p):
+            if part and hash_identifier(part.lower(), salt) in all_phi:
+                n += 1
+                break
+    if n:
+        result.warnings.append(
+            f"{n} file paths contain a patient name or ID: the manifest's 'path' column is then not de-identified; "
+            "share the cache (which holds no paths), not the manifest")
+
+
+def _write_skipped(manifest_path: Path, bad: list[dict]) -> None:
+    p = skipped_path(manifest_path)
+    tmp = p.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "reason"])
+        for r in sorted(bad, key=lambda r: r["path"]):
+            w.writerow([r["path"], r["status"]])
+    os.replace(tmp, p)

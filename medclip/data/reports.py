@@ -1,0 +1,155 @@
+"""Radiology report text: section parsing, sentence splitting and identifier scrubbing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+#: Canonical section names and the headers that introduce them (case-insensitive).
+SECTION_HEADERS: dict[str, tuple[str, ...]] = {
+    "indication": (
+        "indication", "indications", "clinical indication", "clinical history", "history",
+        "clinical information", "clinical notes", "reason for exam", "reason for study",
+        "reason for examination", "clinical data", "clinical details",
+    ),
+    "comparison": ("comparison", "comparisons", "prior", "priors", "prior studies"),
+    "technique": ("technique", "examination", "exam", "procedure", "views"),
+    "findings": ("findings", "finding", "report", "description", "body"),
+    "impression": ("impression", "impressions", "conclusion", "conclusions", "summary", "opinion",
+                   "diagnosis", "interpretation", "assessment"),
+}
+
+_HEADER_TO_SECTION = {h: s for s, hs in SECTION_HEADERS.items() for h in hs}
+_HEADER_RE = re.compile(
+    r"(?im)(?:^|(?<=[\n.;]))[ \t]*(" + "|".join(sorted((re.escape(h) for h in _HEADER_TO_SECTION), key=len, reverse=True))
+    + r")[ \t]*:[ \t]*"
+)
+
+
+@dataclass
+class ReportSections:
+    """A report split into its standard sections; ``text`` is the whole report."""
+
+    indication: str = ""
+    comparison: str = ""
+    technique: str = ""
+    findings: str = ""
+    impression: str = ""
+    text: str = ""
+    other: list[str] = field(default_factory=list)
+
+    def body(self) -> str:
+        """The clinically descriptive part: findings then impression (falls back to the whole text)."""
+        parts = [p for p in (self.findings, self.impression) if p]
+        return " ".join(parts) if parts else self.text
+
+
+def _clean(text: object) -> str:
+    if text is None:
+        return ""
+    s = str(text)
+    if s.strip().lower() in {"", "nan", "none", "null"}:
+        return ""
+    return re.sub(r"[ \t]+", " ", s.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def parse_sections(text: object) -> ReportSections:
+    """Split free report text at headers like ``FINDINGS:`` / ``IMPRESSION:``; text before any header is findings."""
+    clean = _clean(text)
+    sections = ReportSections(text=clean)
+    if not clean:
+        return sections
+    matches = list(_HEADER_RE.finditer(clean))
+    if not matches:
+        sections.findings = clean
+        return sections
+    lead = clean[: matches[0].start()].strip()
+    if lead:
+        sections.other.append(lead)
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(clean)
+        body = clean[m.end(): end].strip()
+        name = _HEADER_TO_SECTION[m.group(1).lower()]
+        prev = getattr(sections, name)
+        setattr(sections, name, f"{prev} {body}".strip() if prev else body)
+    if not sections.findings and not sections.impression and sections.other:
+        sections.findings = " ".join(sections.other)
+    return sections
+
+
+def sections_from_fields(findings: object = "", impression: object = "", indication: object = "",
+                         comparison: object = "", text: object = "") -> ReportSections:
+    """Sections from already-separated fields (e.g. a reports CSV with one column per section)."""
+    s = ReportSections(indication=_clean(indication), comparison=_clean(comparison),
+                       findings=_clean(findings), impression=_clean(impression))
+    if not (s.findings or s.impression) and _clean(text):
+        parsed = parse_sections(text)
+        parsed.indication = parsed.indication or s.indication
+        parsed.comparison = parsed.comparison or s.comparison
+        return parsed
+    parts = []
+    for name in ("indication", "comparison", "findings", "impression"):
+        value = getattr(s, name)
+        if value:
+            parts.append(f"{name.upper()}: {value}")
+    s.text = "\n".join(parts) if parts else _clean(text)
+    return s
+
+
+_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])|\n+")
+_ABBREV = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|vs|approx|e\.g|i\.e|cf|no|fig)\.$", re.IGNORECASE)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split report text into sentences (abbreviation-aware, numbered lists kept apart)."""
+    text = _clean(text)
+    if not text:
+        return []
+    pieces = _SENT_RE.split(text)
+    out: list[str] = []
+    for piece in pieces:
+        piece = piece.strip()
+        if not piece:
+            continue
+        if out and (_ABBREV.search(out[-1]) or re.fullmatch(r"\d+[.)]", out[-1])):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return [re.sub(r"^\d+[.)]\s+", "", s).strip() for s in out if s.strip(" .")]
+
+
+_DATE_RES = (
+    re.compile(r"\b\d{1,4}[/-]\d{1,2}[/-]\d{1,4}\b"),
+    re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
+    re.compile(r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+(?:19|20)\d{2}\b",
+               re.IGNORECASE),
+    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?,?\s+(?:19|20)\d{2}\b",
+               re.IGNORECASE),
+)
+_LONG_NUMBER = re.compile(r"\b(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{6,}\b")
+_PHONE = re.compile(r"\b\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
+
+
+def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str:
+    """Replace known identifiers (names, IDs of this patient) and date/ID/phone/e-mail patterns by ``XXXX``.
+
+    ``known`` holds the raw identifiers read from the image headers of the same study: a DICOM
+    person name ``DOE^JANE`` contributes each of its name parts.
+    """
+    if not text:
+        return text
+    tokens: set[str] = set()
+    for value in known:
+        value = str(value or "").strip()
+        if not value:
+            continue
+        tokens.add(value)
+        for part in re.split(r"[\^ ,]+", value):
+            if len(part) >= 2 and not part.isdigit() or len(part) >= 4:
+                tokens.add(part)
+    for token in sorted(tokens, key=len, reverse=True):
+        text = re.sub(r"(?<!\w)" + re.escape(token) + r"(?!\w)", "XXXX", text, flags=re.IGNORECASE)
+    for pattern in (*_DATE_RES, _PHONE, _EMAIL, _LONG_NUMBER):
+        text = pattern.sub("XXXX", text)
+    return text
