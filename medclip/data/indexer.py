@@ -201,6 +201,8 @@ def read_file_record(args: tuple[str, str, str, bool]) -> dict:
             _nifti_record(path, verify, rec)
         else:
             _raster_record(path, verify, rec)
+    except (ImportError, NameError):  # a broken installation, not a bad file: stop loudly
+        raise
     except Exception as exc:  # one bad file must never stop the run
         rec["status"] = _reason(exc)
     return rec

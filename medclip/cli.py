@@ -1,0 +1,205 @@
+"""The ``medclip`` command line: index, label, cache, fit, eval, demo, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_EXPORT = REPO_ROOT / "datasets" / "sample" / "export"
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected train,val,test fractions, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index a PACS export into a de-identified, patient-split manifest",
+                       description="Walk EXPORT_DIR (DICOM / NIfTI / PNG / JPEG, DICOM SR), link reports, drop PHI, "
+                                   "hash identifiers with a salt ($MEDCLIP_SALT), split by patient, write Parquet.")
+    p.add_argument("export_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="manifest path (.parquet) or folder")
+    p.add_argument("--reports", type=Path, help="reports table (CSV or Parquet)")
+    p.add_argument("--report-key", help="column of the reports table that links to images (default: auto)")
+    p.add_argument("--link-on", choices=["accession", "study_uid", "path"],
+                   help="what --report-key holds (default: guessed from the column name)")
+    p.add_argument("--split", type=_fractions, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--salt", help="hashing salt (default: $MEDCLIP_SALT); keep it secret and constant per site")
+    p.add_argument("--workers", type=int, default=None, help="parallel reader processes (default: CPU count, max 8)")
+    p.add_argument("--no-verify", action="store_true", help="read headers only (skip decoding pixels)")
+    p.add_argument("--full", action="store_true", help="re-read every file instead of only new or changed ones")
+    p.set_defaults(func=_cmd_index)
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from medclip.data.indexer import index_export, skipped_path
+
+    res = index_export(args.export_dir, args.output, reports=args.reports, report_key=args.report_key,
+                       link_on=args.link_on, salt=args.salt, fractions=args.split, seed=args.seed,
+                       workers=args.workers, verify_pixels=not args.no_verify, incremental=not args.full,
+                       progress=not args.quiet)
+    print(res.summary())
+    if res.skipped:
+        print(f"skipped files are listed in {skipped_path(res.manifest_path)}")
+    return 0
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    from medclip.data.cache import CacheConfig
+
+    d = CacheConfig()
+    p = sub.add_parser("cache", help="decode, window and resize every manifest image once into WebDataset shards")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="cache folder")
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--window", default=d.window, help="auto | lung | mediastinum | bone | brain | abdomen | C,W")
+    p.add_argument("--volume-shape", type=int, nargs=3, default=d.volume_shape, metavar=("D", "H", "W"))
+    p.add_argument("--volume-spacing", type=float, nargs=3, default=d.volume_spacing, metavar=("SD", "SH", "SW"))
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a cache with other settings")
+    p.set_defaults(func=_cmd_cache)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from medclip.data.cache import CacheConfig, build_cache
+
+    cfg = CacheConfig(image_size=args.image_size, window=args.window, volume_shape=tuple(args.volume_shape),
+                      volume_spacing=tuple(args.volume_spacing), shard_size=args.shard_size)
+    res = build_cache(args.manifest, args.output, config=cfg, workers=args.workers, progress=not args.quiet,
+                      overwrite=args.overwrite)
+    print(res.summary())
+    return 0
+
+
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="label each report (positive / negative / uncertain / not mentioned per finding)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="write here instead of updating MANIFEST in place")
+    p.add_argument("--findings", help="comma-separated concept ids or a task name (default: all chest findings)")
+    p.set_defaults(func=_cmd_label)
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from medclip.knowledge.labeler import label_manifest
+
+    findings = args.findings
+    df = label_manifest(args.manifest, output_path=args.output, findings=findings, progress=not args.quiet)
+    cols = [c for c in df.columns if c.startswith("label.")]
+    print(f"labelled {len(df)} rows with {len(cols)} findings -> {args.output or args.manifest}")
+    counts = {c[6:]: int((df[c] == 1).sum()) for c in cols}
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:10]
+    print("most frequent positives: " + ", ".join(f"{k} {v}" for k, v in top))
+    return 0
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="train a dual encoder with Lightning from a YAML config",
+                       description="Every lightning.Trainer option is reachable as trainer.<name>=value.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
+    p.set_defaults(func=_cmd_fit)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from medclip.train import fit, load_config
+
+    out = fit(load_config(args.config, args.overrides))
+    print(f"model saved to {out}")
+    return 0
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quickstart", help="index, label, cache and train on the bundled sample (offline)")
+    p.add_argument("-o", "--output", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the quickstart config's)")
+    p.add_argument("--skip-train", action="store_true", help="stop after indexing and caching")
+    p.set_defaults(func=_cmd_quickstart)
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from medclip.data.cache import CacheConfig, build_cache
+    from medclip.data.indexer import index_export
+
+    out: Path = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[1/4] indexing the bundled sample export {SAMPLE_EXPORT}")
+    res = index_export(SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_EXPORT / "reports.csv",
+                       progress=not args.quiet)
+    print(res.summary())
+    print("[2/4] labelling reports with the knowledge graph")
+    try:
+        from medclip.knowledge.labeler import label_manifest
+    except ImportError as exc:  # the knowledge layer is optional for indexing/caching
+        print(f"  labeller not available ({exc}); continuing without labels")
+    else:
+        df = label_manifest(out / "manifest.parquet", progress=not args.quiet)
+        cols = [c for c in df.columns if c.startswith("label.")]
+        pos = {c[6:]: int((df[c] == 1).sum()) for c in cols}
+        print("  positives: " + ", ".join(f"{k} {v}" for k, v in sorted(pos.items(), key=lambda kv: -kv[1]) if v))
+    print("[3/4] caching preprocessed images")
+    cres = build_cache(out / "manifest.parquet", out / "cache", config=CacheConfig(image_size=224, shard_size=64),
+                       progress=not args.quiet)
+    print(cres.summary())
+    if args.skip_train:
+        return 0
+    print("[4/4] training the offline default model (EfficientNet-Lite0 + MiniLM)")
+    from medclip.train import fit, load_config
+
+    overrides = [f"data.cache_dir={out / 'cache'}", f"data.manifest={out / 'manifest.parquet'}", f"output_dir={out}"]
+    if args.max_steps is not None:
+        overrides.append(f"trainer.max_steps={args.max_steps}")
+    model_dir = fit(load_config(REPO_ROOT / "configs" / "quickstart.yaml", overrides))
+    print(f"done: checkpoint folder {model_dir}")
+    print(f"next: medclip demo --checkpoint {model_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from medclip import __version__
+
+    parser = argparse.ArgumentParser(prog="medclip", description="Medical vision-language foundation kit.")
+    parser.add_argument("--version", action="version", version=f"medclip {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_index(sub)
+    _add_label(sub)
+    _add_cache(sub)
+    _add_fit(sub)
+    _add_quickstart(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medclip`` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
