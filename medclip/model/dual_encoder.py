@@ -1,0 +1,145 @@
+"""The CLIP-style dual encoder: vision tower + text tower + learnable temperature; save/load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+from .config import DualEncoderConfig
+from .resources import HF_HUB_PREFIX, ModelLoadError, resolve_hf_hub
+from .text import TextTower
+from .tokenizer import load_tokenizer
+from .vision import VisionTower
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+#: Marks a medclip checkpoint folder's config.json.
+CHECKPOINT_FORMAT = "medclip.DualEncoder"
+
+
+class DualEncoder(nn.Module):
+    """Images (B, 1, H, W) or volumes (B, 1, D, H, W), float in [0, 1], and report tokens -> joint embeddings.
+
+    The model normalises images itself (config mean/std). ``forward`` returns normalised
+    ``image_features`` and ``text_features``, ``logit_scale`` (exp'ed, at most
+    ``max_logit_scale``) and ``logit_bias`` (None unless configured, e.g. for the sigmoid loss).
+    """
+
+    def __init__(
+        self,
+        config: DualEncoderConfig,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        load_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        text_cfg = config.text
+        if tokenizer is None:
+            source = text_cfg.vocab or text_cfg.tokenizer or text_cfg.name
+            if source is None:
+                raise ModelLoadError("text config names no tokenizer: set text.name, text.tokenizer or text.vocab")
+            tokenizer = load_tokenizer(source, model_max_length=text_cfg.context_length)
+        self.tokenizer = tokenizer
+        self.visual = VisionTower(config.vision, config.embed_dim, load_pretrained=load_pretrained)
+        self.text = TextTower(text_cfg, config.embed_dim, vocab_size=len(tokenizer), load_pretrained=load_pretrained)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.init_logit_bias is not None else None
+
+    # ----------------------------------------------------------------- encoding
+    @property
+    def context_length(self) -> int:
+        """Longest token sequence a text is truncated to."""
+        return min(self.config.text.context_length, self.text.max_positions)
+
+    def tokenize(self, texts: list[str] | tuple[str, ...], max_length: int | None = None) -> BatchEncoding:
+        """Token ids and attention masks (torch), padded to the longest text of the batch and
+        truncated at ``max_length`` (default: the config's ``context_length``)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("tokenize takes a list of strings")
+        limit = min(max_length or self.context_length, self.text.max_positions)
+        enc = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return BatchEncoding({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 1, H, W) images or (B, 1, D, H, W) volumes in [0, 1] -> (B, embed_dim)."""
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Token ids and attention mask (B, L) -> (B, embed_dim)."""
+        features = self.text(input_ids, attention_mask)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Normalised features of both towers plus the temperature (and bias)."""
+        return {
+            "image_features": self.encode_image(images, normalize=True),
+            "text_features": self.encode_text(input_ids, attention_mask, normalize=True),
+            "logit_scale": self.logit_scale.exp().clamp(max=self.config.max_logit_scale),
+            "logit_bias": self.logit_bias,
+        }
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in both towers."""
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    # ----------------------------------------------------------------- save / load
+    def checkpoint_config(self) -> DualEncoderConfig:
+        """The config to rebuild this model with no download: towers un-pretrained, full text config."""
+        text = dict(self.config.text.__dict__, pretrained=False, hf_config=self.text.hf_config_dict(), vocab=None, tokenizer=None)
+        vision = dict(self.config.vision.__dict__, pretrained=False)
+        return DualEncoderConfig.from_dict(dict(self.config.to_dict(), text=text, vision=vision))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``directory``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.checkpoint_config().to_dict()
+        (directory / CONFIG_NAME).write_text(json.dumps({"format": CHECKPOINT_FORMAT, **config}, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "medclip": CHECKPOINT_FORMAT})
+        self.tokenizer.save_pretrained(str(directory))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, map_location: str | torch.device = "cpu") -> "DualEncoder":
+        """Load a folder written by :meth:`save_pretrained`, or ``"hf-hub:org/name"`` (HF cache when offline)."""
+        name = str(name_or_path)
+        directory = resolve_hf_hub(name) if name.startswith(HF_HUB_PREFIX) else Path(name)
+        config_path = directory / CONFIG_NAME
+        weights_path = directory / WEIGHTS_NAME
+        for needed in (config_path, weights_path):
+            if not needed.is_file():
+                raise ModelLoadError(f"{directory}: not a medclip checkpoint ({needed.name} missing)")
+        try:
+            data = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"{config_path}: cannot read: {err}") from err
+        if not isinstance(data, dict) or data.pop("format", None) != CHECKPOINT_FORMAT:
+            raise ModelLoadError(f"{config_path}: not a medclip checkpoint config (format != {CHECKPOINT_FORMAT!r})")
+        try:
+            config = DualEncoderConfig.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"{config_path}: invalid config: {err}") from err
+        tokenizer = load_tokenizer(str(directory), model_max_length=config.text.context_length)
+        model = cls(config, tokenizer=tokenizer, load_pretrained=False)
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except Exception as err:  # safetensors raises its own error types
+            raise ModelLoadError(f"{weights_path}: cannot read weights: {err}") from err
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(f"{weights_path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.to(map_location)
