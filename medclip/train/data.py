@@ -1,0 +1,312 @@
+"""The training DataModule: manifest or cache datasets, report text augmentation, tokenizing collate.
+
+Text policy for reports (long, variable length):
+
+* the dataset supplies the report text (``data.text_field`` picks the manifest column);
+* in training the text goes through a pluggable ``text_transform(text, rng) -> str``, by default the
+  knowledge-graph :class:`medclip.knowledge.ReportAugmenter` (sentence sampling and rewording);
+  its ``rng`` is seeded from ``(seed, epoch, sample)`` so augmentation is reproducible and resumable;
+* the batch is tokenized with the model's tokenizer, padded to the longest text in the batch
+  (dynamic padding) and truncated on the right at ``data.max_text_tokens`` (default: the text
+  tower's maximum); the attention mask marks real tokens. Reports keep the impression first when
+  the dataset builds the text, so right truncation drops the least important part.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from medclip.train.sampler import ResumableSampler
+
+log = logging.getLogger(__name__)
+
+#: ``text_transform(text, rng) -> text``: a report rewriting applied to each training sample.
+TextTransform = Callable[[str, random.Random], str]
+#: ``tokenize(texts, max_length) -> mapping with input_ids and attention_mask`` (``DualEncoder.tokenize``).
+Tokenize = Callable[..., Mapping[str, torch.Tensor]]
+
+
+def sample_seed(seed: int, epoch: int, key: int | str) -> int:
+    """A stable seed for one sample in one epoch (the same in every process, worker and restart)."""
+    return zlib.crc32(f"{seed}:{epoch}:{key}".encode())
+
+
+def default_text_transform(seed: int = 0) -> TextTransform | None:
+    """The knowledge-graph report augmenter, or ``None`` (with a warning) when it cannot be built."""
+    try:
+        from medclip.knowledge import Graph, ReportAugmenter
+    except ImportError as exc:
+        log.warning("text augmentation disabled: medclip.knowledge is not available (%s)", exc)
+        return None
+    return ReportAugmenter(Graph.load(), seed=seed)
+
+
+class AugmentedDataset(Dataset):
+    """A map-style dataset whose report texts are rewritten by ``text_transform``, keyed by ``(index, epoch)``."""
+
+    def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int) -> None:
+        self.dataset = dataset
+        self.text_transform = text_transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        item = self.dataset[index]
+        if self.text_transform is not None:
+            item = dict(item)
+            item["text"] = self.text_transform(item["text"], random.Random(sample_seed(self.seed, epoch, index)))
+        return item
+
+
+class AugmentedIterable(IterableDataset):
+    """Wraps the cache stream: per-epoch reshuffle, mid-epoch resume, texts rewritten with an rng keyed
+    by ``(epoch, image_id)``."""
+
+    def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.text_transform = text_transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Stream ``epoch`` from its start."""
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def resume_from(self, epoch: int, batches_done: int, batch_size: int) -> None:
+        """Stream ``epoch`` after the ``batches_done`` batches this rank already trained on."""
+        self.set_epoch(epoch)
+        self.dataset.skip_batches(batches_done, batch_size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.dataset:
+            if self.text_transform is not None:
+                item = dict(item)
+                rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
+                item["text"] = self.text_transform(item["text"], rng)
+            yield item
+
+
+class ReportCollator:
+    """Stacks images and labels, tokenizes texts with dynamic padding, groups samples by study."""
+
+    def __init__(self, tokenize: Tokenize, max_text_tokens: int | None = None) -> None:
+        self.tokenize = tokenize
+        self.max_text_tokens = max_text_tokens
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        shapes = {tuple(item["image"].shape) for item in items}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"images in one batch have different shapes {sorted(shapes)}: set data.image_size "
+                "(or build the cache with one size)"
+            )
+        texts = [str(item["text"] or "") for item in items]
+        tokens = self.tokenize(texts, max_length=self.max_text_tokens)
+        studies: dict[str, int] = {}
+        group_ids = []
+        for position, item in enumerate(items):
+            study = str(item.get("study_id") or "")
+            # no study id: the sample is its own group
+            group_ids.append(studies.setdefault(study, len(studies)) if study else -1 - position)
+        return {
+            "images": torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items]),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "labels": torch.stack([torch.as_tensor(item["labels"], dtype=torch.float32) for item in items]),
+            "group_ids": torch.as_tensor(group_ids, dtype=torch.long),
+        }
+
+
+class MedClipDataModule(L.LightningDataModule):
+    """Training and validation batches from a manifest (map-style) or a WebDataset cache (iterable).
+
+    The data position (epoch, samples consumed) is saved in Lightning checkpoints through
+    :meth:`state_dict` and restored by :meth:`load_state_dict`, so a resumed run continues with the
+    next unseen batch instead of restarting the epoch.
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        tokenize: Tokenize,
+        *,
+        seed: int = 0,
+        text_transform: TextTransform | None | str = "default",
+    ) -> None:
+        super().__init__()
+        self.cfg = dict(data)
+        self.seed = seed
+        self.collate = ReportCollator(tokenize, self.cfg.get("max_text_tokens"))
+        if text_transform == "default":
+            text_transform = default_text_transform(seed) if self.cfg.get("text_augmentation", True) else None
+        self.text_transform: TextTransform | None = text_transform  # type: ignore[assignment]
+        self._train_source: Any = None
+        self._val_source: Any = None
+        self._train_wrapper: AugmentedDataset | AugmentedIterable | None = None
+        self._sampler: ResumableSampler | None = None
+        self._resume: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ datasets
+    def _make_dataset(self, split: str, *, train: bool) -> Any:
+        from medclip.data.dataset import CacheDataset, ManifestDataset
+
+        kwargs = dict(self.cfg.get("dataset_kwargs") or {})
+        if self.cfg.get("text_field"):
+            kwargs.setdefault("text_field", self.cfg["text_field"])
+        if not self.is_iterable:
+            kwargs.setdefault("image_size", self.cfg.get("image_size", 224))
+            return ManifestDataset(self.cfg["manifest"], split=split, **kwargs)
+        # the cache was resized when it was built; ranks are passed explicitly (workers have no process group)
+        rank, world = self._rank_and_world()
+        kwargs.setdefault("seed", self.seed)
+        kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train)
+        return CacheDataset(self.cfg["cache_dir"], split=split, rank=rank, world_size=world, **kwargs)
+
+    @property
+    def is_iterable(self) -> bool:
+        """Whether batches stream from the cache (iterable) rather than index the manifest."""
+        return not self.cfg.get("manifest")
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self._train_source is None:
+            self._train_source = self._make_dataset(self.cfg.get("train_split") or "train", train=True)
+            if not self.is_iterable and len(self._train_source) == 0:
+                raise ValueError(f"{self.cfg['manifest']}: no rows in split {self.cfg.get('train_split')!r}")
+        if stage in (None, "fit", "validate") and self._val_source is None and self.cfg.get("val_split"):
+            try:
+                val = self._make_dataset(self.cfg["val_split"], train=False)
+            except (ValueError, FileNotFoundError, KeyError) as exc:
+                log.warning("no validation: split %r unavailable (%s)", self.cfg["val_split"], exc)
+                val = None
+            if val is not None and not self.is_iterable and len(val) == 0:
+                log.warning("no validation: split %r is empty", self.cfg["val_split"])
+                val = None
+            self._val_source = val
+
+    # ------------------------------------------------------------------ loaders
+    def _loader_kwargs(self, iterable: bool) -> dict[str, Any]:
+        workers = int(self.cfg.get("num_workers", 0))
+        persistent = bool(self.cfg.get("persistent_workers")) and workers > 0
+        if persistent and iterable:
+            log.warning("persistent_workers is ignored for the cache: workers must see each new epoch")
+            persistent = False
+        return {
+            "num_workers": workers,
+            "collate_fn": self.collate,
+            "pin_memory": bool(self.cfg.get("pin_memory")) and torch.cuda.is_available(),
+            "persistent_workers": persistent,
+            # a private generator: creating an iterator must not consume the global RNG (resume equality)
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train_source is None:
+            self.setup("fit")
+        batch_size = int(self.cfg["batch_size"])
+        rank, world = self._rank_and_world()
+        resume = self._resume or {}
+        if self.is_iterable:
+            wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed)
+            if resume:
+                wrapper.resume_from(resume["epoch"], resume["batches_done"], batch_size)
+            self._train_wrapper = wrapper
+            return DataLoader(
+                wrapper, batch_size=batch_size, drop_last=bool(self.cfg.get("drop_last", True)),
+                **self._loader_kwargs(iterable=True),
+            )
+        sampler = ResumableSampler(
+            len(self._train_source), shuffle=bool(self.cfg.get("shuffle", True)), seed=self.seed,
+            rank=rank, world_size=world,
+        )
+        if resume:
+            sampler.resume_from(resume["epoch"], resume["samples_consumed"])
+            sampler.set_epoch(resume["epoch"])
+        if sampler.per_rank < batch_size and self.cfg.get("drop_last", True):
+            raise ValueError(
+                f"{self.cfg['manifest']}: split {self.cfg.get('train_split')!r} has {len(self._train_source)} "
+                f"samples, fewer than data.batch_size={batch_size} per rank x {world} ranks; "
+                "lower the batch size or set data.drop_last=false"
+            )
+        self._sampler = sampler
+        self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed)
+        return DataLoader(
+            self._train_wrapper, batch_size=batch_size, sampler=sampler,
+            drop_last=bool(self.cfg.get("drop_last", True)), **self._loader_kwargs(iterable=False),
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self._val_source is None:
+            self.setup("validate")
+        if self._val_source is None:
+            return []
+        batch_size = int(self.cfg.get("val_batch_size") or self.cfg["batch_size"])
+        kwargs = self._loader_kwargs(iterable=self.is_iterable)
+        if self.is_iterable:
+            return DataLoader(self._val_source, batch_size=batch_size, **kwargs)
+        rank, world = self._rank_and_world()
+        sampler = ResumableSampler(len(self._val_source), shuffle=False, rank=rank, world_size=world)
+        return DataLoader(AugmentedDataset(self._val_source, None, self.seed), batch_size=batch_size,
+                          sampler=sampler, **kwargs)
+
+    # ------------------------------------------------------------------ epochs and resume
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the iterable cache stream which epoch starts (the sampler gets it from Lightning)."""
+        if isinstance(self._train_wrapper, AugmentedIterable) and self._train_wrapper.epoch != epoch:
+            self._train_wrapper.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: epoch and batches done on each rank (saved in every Lightning checkpoint)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        _, world = self._rank_and_world()
+        return {
+            "epoch": trainer.current_epoch,
+            "batches_done": int(batches_done),
+            "batch_size": int(self.cfg["batch_size"]),
+            "world_size": world,
+            "samples_consumed": int(batches_done) * int(self.cfg["batch_size"]) * world,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the data position saved by :meth:`state_dict` (before the train loader is built)."""
+        if not state_dict:
+            return
+        self._resume = {k: int(state_dict[k]) for k in ("epoch", "batches_done", "samples_consumed")}
+        _, world = self._rank_and_world()
+        if self.is_iterable and state_dict.get("world_size", world) != world:
+            log.warning(
+                "resuming a cache stream saved on %s ranks on %s ranks: the mid-epoch position is approximate",
+                state_dict.get("world_size"), world,
+            )
+
+
+def resolve_path(value: str | Path | None) -> str | None:
+    """A config path as an absolute string (relative paths are taken from the working directory)."""
+    return None if value in (None, "") else str(Path(value).expanduser().resolve())

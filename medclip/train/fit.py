@@ -1,0 +1,191 @@
+"""``fit``: build the module, data, callbacks, loggers and Trainer from a config, train, export the model."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from medclip.train.config import ConfigError, load_config
+from medclip.train.data import MedClipDataModule, resolve_path
+from medclip.train.module import DualEncoderModule
+
+log = logging.getLogger(__name__)
+
+#: Trainer options that may be given as ``{class_path: ..., init_args: {...}}`` in YAML.
+_OBJECT_OPTIONS = ("callbacks", "plugins", "strategy", "profiler", "accelerator")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it into place.
+
+    A run killed while saving leaves the previous checkpoint intact and never a truncated file
+    (a rename within one directory is atomic on POSIX file systems, shared ones included).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+
+def _instantiate(spec: Any, where: str) -> Any:
+    """``{class_path, init_args}`` -> an object; anything else is returned unchanged."""
+    if isinstance(spec, list):
+        return [_instantiate(item, where) for item in spec]
+    if not (isinstance(spec, Mapping) and "class_path" in spec):
+        return spec
+    module_name, _, class_name = str(spec["class_path"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot import {spec['class_path']!r} ({exc})") from None
+    return cls(**dict(spec.get("init_args") or {}))
+
+
+def _checkpoint_dir(cfg: Mapping[str, Any], output_dir: Path) -> Path:
+    return Path(cfg["checkpoint"].get("dir") or output_dir / "checkpoints").expanduser().resolve()
+
+
+def _resume_path(cfg: Mapping[str, Any], checkpoint_dir: Path) -> str | None:
+    resume = cfg.get("resume")
+    if resume in (None, "", False):
+        return None
+    if resume == "last":
+        last = checkpoint_dir / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        log.info("resume=last: no checkpoint in %s yet, starting from scratch", checkpoint_dir)
+        return None
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"resume: checkpoint {path} not found")
+    return str(path)
+
+
+def _callbacks(cfg: Mapping[str, Any], checkpoint_dir: Path, with_loggers: bool) -> list[L.Callback]:
+    ckpt = cfg["checkpoint"]
+    keep = int(ckpt.get("save_top_k", -1))
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=str(checkpoint_dir),
+            filename="step-{step:08d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=ckpt.get("every_n_steps"),
+            save_top_k=keep,
+            # "step" as the monitor keeps the most recent ``keep`` checkpoints
+            monitor="step" if keep > 0 else None,
+            mode="max",
+            save_last=bool(ckpt.get("save_last", True)),
+            save_on_train_epoch_end=False,
+            # step-N names never collide; overwrite last.ckpt rather than write last-v1.ckpt after a resume
+            enable_version_counter=False,
+        )
+    ]
+    if with_loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
+
+
+def _loggers(cfg: Mapping[str, Any], output_dir: Path) -> list[Any]:
+    loggers = []
+    for name in cfg.get("loggers") or []:
+        if name == "csv":
+            loggers.append(CSVLogger(output_dir, name="csv_logs"))
+        elif name == "tensorboard":
+            loggers.append(TensorBoardLogger(output_dir, name="tensorboard"))
+        else:
+            loggers.append(_instantiate(name, "loggers"))
+    return loggers
+
+
+def build_trainer(cfg: Mapping[str, Any], output_dir: Path, checkpoint_dir: Path) -> L.Trainer:
+    """The ``lightning.Trainer`` for a training config (every ``trainer`` key passed through)."""
+    kwargs = {key: _instantiate(value, f"trainer.{key}") if key in _OBJECT_OPTIONS else value
+              for key, value in cfg["trainer"].items()}
+    if kwargs.get("use_distributed_sampler"):
+        log.warning("trainer.use_distributed_sampler is ignored: medclip's resumable sampler splits data by rank")
+    kwargs["use_distributed_sampler"] = False
+    kwargs.setdefault("default_root_dir", str(output_dir))
+    loggers = _loggers(cfg, output_dir)
+    kwargs["logger"] = loggers or False
+    kwargs["callbacks"] = _callbacks(cfg, checkpoint_dir, bool(loggers)) + list(kwargs.get("callbacks") or [])
+    plugins = kwargs.get("plugins") or []
+    plugins = plugins if isinstance(plugins, list) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    kwargs["plugins"] = plugins
+    return L.Trainer(**kwargs)
+
+
+def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> None:
+    """Save the trained DualEncoder as a Hugging Face-style folder (rank 0; gathers sharded weights)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        # every rank takes part in gathering the full state dict; rank 0 writes it
+        state = trainer.strategy.lightning_module_state_dict()
+        if trainer.is_global_zero:
+            from medclip.model import create_model
+
+            model_cfg = module.hparams["model"]
+            fresh = create_model(model_cfg["name"], **dict(model_cfg.get("overrides") or {}))
+            prefix = "model."
+            fresh.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            fresh.save_pretrained(model_dir)
+    elif trainer.is_global_zero:
+        module.model.save_pretrained(model_dir)
+    trainer.strategy.barrier("medclip-export")
+
+
+def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Train a dual encoder as the config says; return the exported model folder (``<output_dir>/model``)."""
+    cfg = load_config(config, overrides)
+    seed = int(cfg["seed"])
+    L.seed_everything(seed, workers=True)
+    output_dir = Path(cfg["output_dir"]).expanduser().resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = _checkpoint_dir(cfg, output_dir)
+
+    data_cfg = dict(cfg["data"])
+    data_cfg["manifest"] = resolve_path(data_cfg.get("manifest"))
+    data_cfg["cache_dir"] = resolve_path(data_cfg.get("cache_dir"))
+    for key in ("manifest", "cache_dir"):
+        if data_cfg[key] and not Path(data_cfg[key]).exists():
+            raise ConfigError(f"data.{key}: {data_cfg[key]} does not exist")
+
+    module = DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
+    datamodule = MedClipDataModule(data_cfg, module.model.tokenize, seed=seed)
+    trainer = build_trainer(cfg, output_dir, checkpoint_dir)
+    if trainer.is_global_zero:
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    with warnings.catch_warnings():
+        # the DataModule restores the data position itself (MedClipDataModule.load_state_dict)
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, checkpoint_dir))
+    model_dir = output_dir / "model"
+    _export(trainer, module, model_dir)
+    return model_dir

@@ -1,0 +1,179 @@
+"""The LightningModule: a DualEncoder, a contrastive loss, AdamW with linear warmup and cosine decay."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+#: Parameters that get no weight decay: biases, norm weights, temperature and logit bias.
+_NO_DECAY_MARKERS = ("bias", "norm", "logit_scale", "logit_bias", "embeddings.position", "bn")
+
+
+def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """The learning-rate multiplier at ``step``: linear warmup, then cosine / linear decay or constant."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "linear":
+        decay = 1.0 - progress
+    else:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, linear or constant)")
+    return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch CPU RNG states in types a ``weights_only`` checkpoint load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(state["torch"])
+
+
+class DualEncoderModule(L.LightningModule):
+    """Trains a :class:`medclip.model.DualEncoder` with a loss from :func:`medclip.model.losses.build_loss`.
+
+    ``model_cfg``, ``loss_cfg`` and ``optim_cfg`` are the ``model``, ``loss`` and ``optim`` sections of
+    the training config; they are saved as hyperparameters so a checkpoint rebuilds the module.
+    """
+
+    def __init__(
+        self,
+        model_cfg: Mapping[str, Any],
+        loss_cfg: Mapping[str, Any],
+        optim_cfg: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        from medclip.model import create_model
+        from medclip.model.losses import build_loss
+
+        self.save_hyperparameters({"model": dict(model_cfg), "loss": dict(loss_cfg), "optim": dict(optim_cfg)})
+        self.model = create_model(model_cfg["name"], **dict(model_cfg.get("overrides") or {}))
+        if model_cfg.get("grad_checkpointing"):
+            self.model.set_grad_checkpointing(True)
+        self.loss_name = str(loss_cfg["name"])
+        self.loss_fn = build_loss(self.loss_name, **dict(loss_cfg.get("kwargs") or {}))
+        self.optim_cfg = dict(optim_cfg)
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ steps
+    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        labels = batch.get("labels")
+        if self.loss_name == "label_aware" and (labels is None or labels.shape[-1] == 0):
+            raise ValueError("loss 'label_aware' needs finding labels: run `medclip label` on the manifest first")
+        loss = self.loss_fn(
+            out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias"),
+            labels=labels, group_ids=batch.get("group_ids"),
+        )
+        with torch.no_grad():
+            logits = out["image_features"].float() @ out["text_features"].float().t()
+            target = torch.arange(logits.shape[0], device=logits.device)
+            i2t = (logits.argmax(dim=1) == target).float().mean()
+            t2i = (logits.argmax(dim=0) == target).float().mean()
+        stats = {"acc_i2t": i2t, "acc_t2i": t2i, "logit_scale": out["logit_scale"].detach()}
+        return loss, stats
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, stats = self._loss(batch)
+        batch_size = batch["images"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc_i2t", stats["acc_i2t"], batch_size=batch_size)
+        self.log("train/acc_t2i", stats["acc_t2i"], batch_size=batch_size)
+        self.log("train/logit_scale", stats["logit_scale"].float().mean(), batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, stats = self._loss(batch)
+        batch_size = batch["images"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log("val/acc_i2t", stats["acc_i2t"], sync_dist=True, batch_size=batch_size)
+        self.log("val/acc_t2i", stats["acc_t2i"], sync_dist=True, batch_size=batch_size)
+        return loss
+
+    # ------------------------------------------------------------------ optimizer and schedule
+    def _param_groups(self) -> list[dict[str, Any]]:
+        cfg = self.optim_cfg
+        tower_lr: Mapping[str, float] = cfg.get("tower_lr") or {}
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            lr = float(cfg["lr"])
+            for tower, tower_value in tower_lr.items():
+                if name.startswith(f"{tower}.") or f".{tower}." in name or name.startswith(f"{tower}_"):
+                    lr = float(tower_value)
+            no_decay = param.ndim <= 1 or any(marker in name for marker in _NO_DECAY_MARKERS)
+            decay = 0.0 if no_decay else float(cfg["weight_decay"])
+            groups.setdefault((lr, decay), []).append(param)
+        return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+    def _total_steps(self) -> int:
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        estimated = trainer.estimated_stepping_batches
+        if not math.isfinite(estimated):
+            raise ValueError("set trainer.max_steps (or max_epochs with a sized dataset) for the lr schedule")
+        return int(estimated)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        groups = self._param_groups()
+        name = str(cfg.get("optimizer", "adamw")).lower()
+        if name == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                groups, lr=float(cfg["lr"]), betas=tuple(cfg.get("betas", (0.9, 0.98))), eps=float(cfg.get("eps", 1e-6))
+            )
+        elif name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)))
+        else:
+            raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
+        total = self._total_steps()
+        warmup = int(cfg.get("warmup_steps", 0))
+        schedule = str(cfg.get("schedule", "cosine"))
+        min_ratio = float(cfg.get("min_lr_ratio", 0.0))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_lambda(step, warmup_steps=warmup, total_steps=total, schedule=schedule,
+                                   min_lr_ratio=min_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ epochs, RNG, checkpoints
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and callable(getattr(datamodule, "set_epoch", None)):
+            datamodule.set_epoch(self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not save RNG states; dropout must continue exactly where it was
+        checkpoint["medclip_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("medclip_rng")
+
+    def on_train_start(self) -> None:
+        # restored as late as possible: building the model and loaders in between draws random numbers
+        if self._rng_to_restore is not None:
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
