@@ -11,10 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_datasets_folder_does_not_shadow_hf_datasets():
     assert not (REPO / "datasets" / "__init__.py").exists()
-    code = ("import sys, importlib.util; spec = importlib.util.find_spec('datasets'); "
-            "assert spec is None or 'site-packages' in str(spec.origin) or spec.origin is None and "
-            "all('site-packages' in p for p in spec.submodule_search_locations or []), spec; "
-            "import transformers; from transformers import AutoTokenizer; print('ok')")
+    # run from the repo root, where '' on sys.path makes datasets/ a namespace-package candidate
+    code = ("import transformers, torch\n"
+            "from transformers import BertConfig, BertModel, BertTokenizer\n"
+            "import tempfile, os\n"
+            "d = tempfile.mkdtemp(); v = os.path.join(d, 'vocab.txt')\n"
+            "open(v, 'w').write('\\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'no', 'effusion']))\n"
+            "tok = BertTokenizer(vocab_file=v)\n"
+            "m = BertModel(BertConfig(vocab_size=7, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))\n"
+            "enc = tok(['no effusion'], return_tensors='pt')\n"
+            "assert m(**enc).last_hidden_state.shape == (1, 4, 8)\n"
+            "import medclip.data.dataset\n"
+            "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")

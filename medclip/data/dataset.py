@@ -125,11 +125,21 @@ class CacheDataset(IterableDataset):
     def total(self) -> int:
         return sum(c for _, c in self.shards)
 
+    def _rank_shards(self, rank: int, world: int) -> list[int]:
+        """Shards owned by one rank (fixed across epochs: shard j belongs to rank j % world)."""
+        return [j for j in range(len(self.shards)) if j % world == rank]
+
+    def _per_rank(self, world: int) -> int:
+        if len(self.shards) >= world:
+            return min(sum(self.shards[j][1] for j in self._rank_shards(r, world)) for r in range(world))
+        return self.total // world
+
     def __len__(self) -> int:
         """Samples this rank yields per epoch (equal on every rank)."""
-        return self.total // self._dist()[1]
+        return self._per_rank(self._dist()[1])
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of this epoch (and forget any resume position)."""
         self.epoch = int(epoch)
         self._skip = (0, 0)
 
@@ -138,26 +148,32 @@ class CacheDataset(IterableDataset):
         self._skip = (int(n_batches), int(batch_size))
 
     def _items(self, rank: int, world: int, worker: int, n_workers: int) -> Iterator[dict]:
-        order = list(range(len(self.shards)))
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        if self.shuffle:
-            rng.shuffle(order)
-        readers = world * n_workers
-        per_rank = self.total // world
-        if len(order) >= readers:
-            # shard-level: reader (rank, worker) owns shards j with j % readers == rank * n_workers + worker
-            me = rank * n_workers + worker
-            mine = [order[j] for j in range(len(order)) if j % readers == me]
-            # equalise ranks: every rank yields per_rank samples, each worker its share
-            rank_owned = [order[j] for j in range(len(order)) if (j % readers) // n_workers == rank]
-            rank_count = sum(self.shards[i][1] for i in rank_owned)
-            limit = self._worker_share(min(per_rank, rank_count), worker, n_workers)
-            stream = (s for i in mine for s in iter_shard(self.shards[i][0]))
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 101 + rank)
+        per_rank = self._per_rank(world)
+        owned = self._rank_shards(rank, world)
+        if len(owned) >= n_workers and len(self.shards) >= world:
+            # shard-level: the rank's shards, shuffled per epoch, dealt to its workers
+            if self.shuffle:
+                rng.shuffle(owned)
+            counts = [sum(self.shards[j][1] for k, j in enumerate(owned) if k % n_workers == w) for w in range(n_workers)]
+            excess = sum(counts) - per_rank
+            for w in range(n_workers - 1, -1, -1):  # trim so that every rank yields per_rank samples
+                cut = min(excess, counts[w])
+                counts[w] -= cut
+                excess -= cut
+            limit = counts[worker]
+            stream: Iterator[dict] = (s for k, j in enumerate(owned) if k % n_workers == worker
+                                      for s in iter_shard(self.shards[j][0]))
         else:
+            # sample-level: every reader scans all shards and keeps its own samples
+            order = list(range(len(self.shards)))
+            if self.shuffle:
+                random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+
             def stream_all() -> Iterator[dict]:
                 g = 0
-                for i in order:
-                    for s in iter_shard(self.shards[i][0]):
+                for j in order:
+                    for s in iter_shard(self.shards[j][0]):
                         if g % world == rank and (g // world) % n_workers == worker:
                             yield s
                         g += 1
@@ -191,9 +207,11 @@ class CacheDataset(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         n_batches, batch_size = self._skip
-        # the DataLoader takes batches from the workers round-robin: worker w made batches w, w + W, ...
-        skip_here = max(0, -(-(n_batches - worker) // n_workers)) * batch_size
-        for i, sample in enumerate(self._items(rank, world, worker, n_workers)):
+        # The DataLoader takes batches from workers round-robin, so batch k came from worker k % W as its
+        # (k // W)-th batch. Resuming at batch s, worker w takes over the stream of worker (s + w) % W.
+        role = (n_batches + worker) % n_workers
+        skip_here = ((n_batches + worker) // n_workers) * batch_size
+        for i, sample in enumerate(self._items(rank, world, role, n_workers)):
             if i < skip_here:
                 continue
             yield self._item(sample)
