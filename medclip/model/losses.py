@@ -57,14 +57,29 @@ def gather_rows(
     longest = max(sizes)
     padded = x if x.shape[0] == longest else torch.cat([x, x.new_zeros((longest - x.shape[0],) + x.shape[1:])])
     if with_grad and x.requires_grad:
-        import torch.distributed.nn
-
-        parts = list(torch.distributed.nn.all_gather(padded))
+        parts = list(_AllGatherWithGrad.apply(padded, rank, world_size).chunk(world_size))
     else:
         parts = [torch.empty_like(padded) for _ in range(world_size)]
         dist.all_gather(parts, padded.detach().contiguous())
         parts[rank] = padded
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sizes
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather of equal-sized row blocks; each rank gets back the summed gradient of its block."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on every block
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
 
 
 class _RingShift(torch.autograd.Function):

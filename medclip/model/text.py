@@ -7,6 +7,9 @@ Token states of real tokens do not depend on padding, so the embeddings are the 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -82,17 +85,38 @@ def _from_config(config: PretrainedConfig) -> nn.Module:
         return AutoModel.from_config(config)
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bar (missing weights are checked here instead)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(path: str, config: PretrainedConfig | None) -> nn.Module:
-    kwargs: dict[str, Any] = dict(trust_remote_code=False, local_files_only=hf_offline())
+    kwargs: dict[str, Any] = dict(trust_remote_code=False, local_files_only=hf_offline(), output_loading_info=True)
     if config is not None:
         kwargs["config"] = config
     try:
-        try:
-            return AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
-        except TypeError:
-            return AutoModel.from_pretrained(path, **kwargs)
+        with _quiet_transformers():
+            try:
+                model, info = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+            except TypeError:
+                model, info = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"text model {path!r}: cannot load ({err})") from err
+    missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
+    if missing:
+        warnings.warn(f"text model {path!r}: {len(missing)} weights not in the checkpoint (random init), e.g. {missing[:3]}", stacklevel=3)
+    return model
 
 
 class TextTower(nn.Module):
