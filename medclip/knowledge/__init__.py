@@ -1,0 +1,15 @@
+"""Knowledge layer: the medical knowledge graph, report labeler, text augmentation and zero-shot prompts.
+
+>>> from medclip.knowledge import Graph, ReportLabeler
+>>> graph = Graph.load()
+>>> ReportLabeler(graph).label("No pleural effusion or pneumothorax.")["pneumothorax"].status
+'negative'
+"""
+
+from .graph import Concept, Fact, Graph, GraphError, normalize_name
+from .labeler import Labeler, Mention, ReportLabeler, label_manifest
+
+__all__ = [
+    "Concept", "Fact", "Graph", "GraphError", "Labeler", "Mention", "ReportLabeler",
+    "label_manifest", "normalize_name",
+]

@@ -1,0 +1,332 @@
+"""Rule-based report labeler: report text -> positive / negative / uncertain / not mentioned per finding.
+
+Mentions come from the graph's phrases (CheXpert labeler, NegBio, HPO, curated); their status
+from the graph's cue lexicon (NegBio / CheXpert pattern templates plus curated cues), with
+NegEx-style scope: a cue before a mention reaches it unless a clause terminator ("but",
+"however", ";") lies between, so "no effusion or pneumothorax" negates both. Uncertainty cues
+that contain a negation ("cannot exclude") win over negation, as in the CheXpert labeler.
+Indication / history / comparison sections and "history of" statements are not findings.
+A finding's positive or uncertain status propagates to its is-a ancestors; ``no_finding`` is
+positive when nothing (support devices aside) is positive or uncertain.
+
+Any object with ``label(text_or_sections) -> dict[str, Mention]`` (``Labeler``) can replace
+:class:`ReportLabeler` in :func:`label_manifest`, e.g. a model-based labeler.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Protocol
+
+from .graph import Graph, normalize_name
+from .matching import PhraseMatcher, Token, tokenize
+
+POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = "positive", "negative", "uncertain", "not_mentioned"
+STATUS_VALUE = {POSITIVE: 1.0, NEGATIVE: 0.0, UNCERTAIN: -1.0, NOT_MENTIONED: math.nan}
+_RANK = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1, NOT_MENTIONED: 0}
+
+NO_FINDING = "no_finding"
+#: Findings that do not make a study abnormal (as in CheXpert's "No Finding").
+NOT_ABNORMAL = frozenset({"support_devices"})
+
+#: Tokens between a cue and the mention it governs (before / after the mention).
+PRE_WINDOW = 12
+POST_WINDOW = 6
+#: Tokens around an anatomic mention ("heart size") searched for its modifier ("enlarged").
+MODIFIER_WINDOW = 6
+
+_REDACTION = re.compile(r"\bX{2,}\b")
+_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\.(?=\s)|[!?;\n]")
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A finding's status in one report, with the evidence that decided it."""
+
+    status: str
+    evidence_span: tuple[int, int] | None = None  # character span of the phrase in its section's text
+    section: str | None = None
+    phrase: str | None = None  # the report's words that named the finding
+    sentence: str | None = None
+    cue: str | None = None  # the negation / uncertainty cue, if any
+    inferred_from: str | None = None  # concept id the status was propagated from
+
+    @property
+    def value(self) -> float:
+        """Manifest encoding: 1 positive, 0 negative, -1 uncertain, NaN not mentioned."""
+        return STATUS_VALUE[self.status]
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+
+
+class Labeler(Protocol):
+    """What :func:`label_manifest` needs from a labeler (rule-based or model-based)."""
+
+    findings: list[str]
+
+    def label(self, report: str | Mapping[str, str | None]) -> dict[str, Mention]: ...
+
+
+@dataclass(frozen=True)
+class _Cue:
+    start: int
+    end: int
+    kinds: frozenset[str]
+    text: str
+
+
+class ReportLabeler:
+    """Label reports with the graph's findings; fast, deterministic, rule-based."""
+
+    def __init__(self, graph: Graph | None = None, findings: str | Iterable[str] | None = None,
+                 propagate: bool = True):
+        self.graph = graph or Graph.load()
+        self.findings = self.graph.resolve(findings)
+        self.propagate = propagate
+        phrases = []
+        for c in self.graph:
+            for f in c.mention_facts:
+                phrases.append((f.text, (c.id, "anatomic" if f.anatomic else "mention")))
+            for f in c.exclusion_facts:
+                phrases.append((f.text, (c.id, "exclude")))
+        self._mentions = PhraseMatcher(phrases)
+        cue_kinds = ("negation_before", "negation_after", "uncertainty_before", "uncertainty_after",
+                     "uncertainty_first", "pseudo", "terminators", "history")
+        self._cues = PhraseMatcher((text, kind) for kind in cue_kinds for text in self.graph.cue_phrases(kind))
+        self._modifiers = {c.id: [" " + normalize_name(m) + " " for m in c.modifiers] for c in self.graph}
+        self._history_sections = {normalize_name(t) for t in self.graph.cue_phrases("history_sections")}
+        titles = sorted({t for t in self.graph.cue_phrases("section_titles")}, key=len, reverse=True)
+        self._section_re = re.compile(
+            r"(?:^|(?<=[\s.]))(" + "|".join(re.escape(t).replace(r"\ ", r"\s+") for t in titles) + r")\s*:",
+            re.IGNORECASE,
+        ) if titles else None
+        self._ancestors = {cid: self.graph.ancestors(cid) for cid in self.graph.concepts}
+        devices = {"support_devices", *self.graph.descendants("support_devices")} if "support_devices" in self.graph else set()
+        self._not_abnormal = (NOT_ABNORMAL | devices) & set(self.graph.concepts)
+
+    # ------------------------------------------------------------------ sections
+    def split_sections(self, text: str) -> dict[str, str]:
+        """Split full report text at section headers ("FINDINGS:", "IMPRESSION:") -> {title: text}."""
+        if not self._section_re:
+            return {"text": text}
+        out: dict[str, str] = {}
+        last_title, last_end = "text", 0
+        for m in self._section_re.finditer(text):
+            chunk = text[last_end:m.start()]
+            if chunk.strip():
+                out[last_title] = (out.get(last_title, "") + " " + chunk).strip() if last_title in out else chunk
+            last_title, last_end = normalize_name(m.group(1)), m.end()
+        chunk = text[last_end:]
+        if chunk.strip():
+            out[last_title] = (out[last_title] + " " + chunk) if last_title in out else chunk
+        return out
+
+    def _is_history(self, section: str) -> bool:
+        key = normalize_name(section.removeprefix("report_"))
+        return key in self._history_sections or key in {"indication", "history", "comparison"}
+
+    # ------------------------------------------------------------------ labelling
+    def label(self, report: str | Mapping[str, str | None]) -> dict[str, Mention]:
+        """Label one report (full text, or a mapping of section name -> text) for every finding."""
+        if isinstance(report, str):
+            sections = self.split_sections(report)
+        elif isinstance(report, Mapping):
+            sections = {}
+            for name, text in report.items():
+                if isinstance(text, str) and text.strip():
+                    key = str(name).removeprefix("report_")
+                    if key == "text":
+                        for sub, sub_text in self.split_sections(text).items():
+                            sections.setdefault(sub, sub_text)
+                    else:
+                        sections[key] = text
+        else:
+            raise TypeError(f"report must be a string or a mapping of sections, got {type(report).__name__}")
+        found: dict[str, Mention] = {}
+        has_text = False
+        for section, text in sections.items():
+            if self._is_history(section):
+                continue
+            has_text = has_text or bool(text.strip())
+            for cid, mention in self._label_text(section, text):
+                if _RANK[mention.status] > _RANK[found[cid].status if cid in found else NOT_MENTIONED]:
+                    found[cid] = mention
+        if self.propagate:
+            for cid, mention in list(found.items()):
+                if mention.status in (POSITIVE, UNCERTAIN):
+                    for anc in self._ancestors[cid]:
+                        current = found.get(anc)
+                        if current is None or _RANK[mention.status] > _RANK[current.status]:
+                            found[anc] = Mention(mention.status, mention.evidence_span, mention.section,
+                                                 mention.phrase, mention.sentence, mention.cue, inferred_from=cid)
+        if NO_FINDING in self.graph and has_text:
+            found[NO_FINDING] = self._no_finding(found)
+        return {cid: found.get(cid, Mention(NOT_MENTIONED)) for cid in self.findings}
+
+    def _no_finding(self, found: dict[str, Mention]) -> Mention:
+        abnormal = {cid: m for cid, m in found.items() if cid != NO_FINDING and cid not in self._not_abnormal}
+        positives = [cid for cid, m in abnormal.items() if m.status == POSITIVE]
+        if positives:
+            m = abnormal[positives[0]]
+            return Mention(NEGATIVE, m.evidence_span, m.section, m.phrase, m.sentence, None, positives[0])
+        uncertain = [cid for cid, m in abnormal.items() if m.status == UNCERTAIN]
+        if uncertain:
+            m = abnormal[uncertain[0]]
+            return Mention(UNCERTAIN, m.evidence_span, m.section, m.phrase, m.sentence, m.cue, uncertain[0])
+        explicit = found.get(NO_FINDING)
+        if explicit is not None and explicit.status == POSITIVE:
+            return explicit
+        return Mention(POSITIVE, inferred_from="no positive findings")
+
+    def _label_text(self, section: str, text: str):
+        text = _REDACTION.sub(lambda m: "x" * len(m.group()), text)  # keep offsets; "xxxx" is a filler word
+        tokens = tokenize(text)
+        if not tokens:
+            return
+        bounds = [m.start() for m in _SENTENCE_END.finditer(text)]
+        sentence_of = [bisect.bisect_right(bounds, t.start) for t in tokens]
+        start = 0
+        for i in range(1, len(tokens) + 1):
+            if i == len(tokens) or sentence_of[i] != sentence_of[start]:
+                yield from self._label_sentence(section, text, tokens[start:i])
+                start = i
+
+    def _label_sentence(self, section: str, text: str, toks: list[Token]):
+        norms = [t.norm for t in toks]
+        cues = [_Cue(m.start, m.end, frozenset(m.payloads), " ".join(m.phrase)) for m in self._cues.find(norms)]
+        terminators = [c for c in cues if "terminators" in c.kinds]
+        sentence = text[toks[0].start:toks[-1].end]
+        for match in self._mentions.find(norms):
+            excluded = {cid for cid, kind in match.payloads if kind == "exclude"}
+            for cid, kind in match.payloads:
+                if kind == "exclude" or cid in excluded:
+                    continue
+                status, cue = self._status(match.start, match.end, cues, terminators)
+                if status is None:  # a history statement, not a finding
+                    continue
+                if kind == "anatomic" and not self._has_modifier(cid, norms, match.start, match.end, terminators):
+                    if status != NEGATIVE:
+                        continue  # "heart size is stable": names the organ, not a finding
+                span = (toks[match.start].start, toks[match.end - 1].end)
+                yield cid, Mention(status, span, section, text[span[0]:span[1]], sentence, cue)
+
+    @staticmethod
+    def _blocked(a: int, b: int, terminators: list[_Cue]) -> bool:
+        return any(t.start >= a and t.end <= b for t in terminators)
+
+    def _status(self, s: int, e: int, cues: list[_Cue], terminators: list[_Cue]) -> tuple[str | None, str | None]:
+        before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, terminators)]
+        after = [c for c in cues if c.start >= e and c.start - e <= POST_WINDOW and not self._blocked(e, c.start, terminators)]
+        for c in before:
+            if "history" in c.kinds:
+                return None, c.text
+        for c in before + after:
+            if "uncertainty_first" in c.kinds:
+                return UNCERTAIN, c.text
+        for c in reversed(before):
+            if "negation_before" in c.kinds:
+                return NEGATIVE, c.text
+        for c in after:
+            if "negation_after" in c.kinds:
+                return NEGATIVE, c.text
+        for c in reversed(before):
+            if "uncertainty_before" in c.kinds:
+                return UNCERTAIN, c.text
+        for c in after:
+            if "uncertainty_after" in c.kinds:
+                return UNCERTAIN, c.text
+        return POSITIVE, None
+
+    def _has_modifier(self, cid: str, norms: list[str], s: int, e: int, terminators: list[_Cue]) -> bool:
+        lo, hi = max(0, s - MODIFIER_WINDOW), min(len(norms), e + MODIFIER_WINDOW)
+        for t in terminators:
+            if t.end <= s:
+                lo = max(lo, t.end)
+            elif t.start >= e:
+                hi = min(hi, t.start)
+        window = " " + " ".join(norms[lo:hi]) + " "
+        return any(m in window for m in self._modifiers.get(cid, ()))
+
+
+# ---------------------------------------------------------------------- manifests
+
+REPORT_COLUMNS = ("report_indication", "report_findings", "report_impression", "report_text")
+
+
+def report_sections(row: Mapping[str, object]) -> dict[str, str]:
+    """The sections of one manifest row: split sections when present, else the full text."""
+    def text(col: str) -> str:
+        v = row.get(col)
+        return v if isinstance(v, str) else ""
+
+    if text("report_findings").strip() or text("report_impression").strip():
+        return {c.removeprefix("report_"): text(c) for c in REPORT_COLUMNS[:3] if text(c).strip()}
+    return {"text": text("report_text")} if text("report_text").strip() else {}
+
+
+def label_manifest(manifest_path: str | Path, output_path: str | Path | None = None,
+                   findings: str | Iterable[str] | None = None, progress: bool = True,
+                   labeler: Labeler | None = None):
+    """Add ``label.<concept_id>`` (float32) and ``label_evidence`` (JSON) columns to a manifest.
+
+    Reads the Parquet, labels every row's report, and writes atomically to ``output_path`` (or
+    in place), keeping the file's schema metadata. Returns the labelled DataFrame.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: manifest not found")
+    try:
+        table = pq.read_table(manifest_path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{manifest_path}: not a readable Parquet manifest ({exc})") from exc
+    present = [c for c in REPORT_COLUMNS if c in table.column_names]
+    if not present:
+        raise ValueError(f"{manifest_path}: no report columns (expected one of {', '.join(REPORT_COLUMNS)})")
+    if labeler is None:
+        labeler = ReportLabeler(findings=findings)
+    wanted = labeler.findings if findings is None else [f for f in labeler.findings
+                                                        if f in set(labeler.graph.resolve(findings))] \
+        if hasattr(labeler, "graph") else labeler.findings
+    df = table.to_pandas()
+    df = df.drop(columns=[c for c in df.columns if c.startswith("label.") or c == "label_evidence"])
+    values = np.full((len(df), len(wanted)), np.nan, dtype=np.float32)
+    evidence = []
+    rows = df[present].to_dict("records")
+    for i, row in enumerate(tqdm(rows, desc="labelling reports", unit="report", disable=not progress)):
+        result = labeler.label(report_sections(row))
+        values[i] = [result[cid].value for cid in wanted]
+        evidence.append(json.dumps({cid: result[cid].to_json() for cid in wanted
+                                    if result[cid].status != NOT_MENTIONED}, ensure_ascii=False))
+    labels = pd.DataFrame(values, columns=[f"label.{cid}" for cid in wanted], index=df.index)
+    df = pd.concat([df, labels], axis=1)
+    df["label_evidence"] = evidence
+    out_table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta.pop(b"pandas", None)
+    meta.update(out_table.schema.metadata or {})
+    out_table = out_table.replace_schema_metadata(meta)
+    target = Path(output_path) if output_path is not None else manifest_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        pq.write_table(out_table, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return df

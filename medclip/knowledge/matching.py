@@ -1,0 +1,114 @@
+"""Token-level phrase matching shared by the labeler and the augmenter.
+
+Text is lower-cased and split into alphanumeric tokens; every token is reduced to a crude
+singular, so phrases match plurals, hyphenation ("air-space" = "air space") and punctuation
+variants. A phrase ending in ``*`` matches any token that starts with its last word
+("atelecta*" -> atelectasis, atelectatic). Matching is longest-first, left to right.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Generic, Hashable, Iterable, TypeVar
+
+from .graph import singular
+
+P = TypeVar("P", bound=Hashable)
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_MIN_STEM = 4
+
+
+@dataclass(frozen=True)
+class Token:
+    """One normalised token and its character span in the original text."""
+
+    norm: str
+    start: int
+    end: int
+
+
+def tokenize(text: str) -> list[Token]:
+    """Lower-case alphanumeric tokens of ``text`` with their spans, singularised."""
+    return [Token(singular(m.group()), m.start(), m.end()) for m in _TOKEN.finditer(text.lower())]
+
+
+def phrase_tokens(phrase: str) -> tuple[tuple[str, ...], bool]:
+    """(normalised tokens, last-token-is-a-prefix) of a phrase such as "consolidat*"."""
+    stem = phrase.rstrip().endswith("*")
+    words = _TOKEN.findall(phrase.lower())
+    if not words:
+        return (), False
+    tokens = tuple(singular(w) for w in words[:-1]) + ((words[-1] if stem else singular(words[-1])),)
+    return tokens, stem
+
+
+@dataclass(frozen=True)
+class Match(Generic[P]):
+    """A phrase occurrence: token range [start, end) and the payloads of the matched phrase."""
+
+    start: int
+    end: int
+    payloads: tuple[P, ...]
+    phrase: tuple[str, ...]
+
+
+class PhraseMatcher(Generic[P]):
+    """Longest-first phrase matcher over token lists; each phrase carries one or more payloads."""
+
+    def __init__(self, phrases: Iterable[tuple[str, P]]):
+        entries: dict[tuple[tuple[str, ...], bool], list[P]] = {}
+        for text, payload in phrases:
+            key = phrase_tokens(text)
+            if not key[0]:
+                continue
+            bucket = entries.setdefault(key, [])
+            if payload not in bucket:
+                bucket.append(payload)
+        self._exact: dict[str, list[tuple[tuple[str, ...], bool, tuple[P, ...]]]] = {}
+        self._stems: dict[str, list[tuple[tuple[str, ...], bool, tuple[P, ...]]]] = {}
+        for (tokens, stem), payloads in entries.items():
+            item = (tokens, stem, tuple(payloads))
+            if stem and len(tokens) == 1:
+                if len(tokens[0]) < _MIN_STEM:
+                    raise ValueError(f"stem phrase {tokens[0]!r}* is shorter than {_MIN_STEM} letters")
+                self._stems.setdefault(tokens[0], []).append(item)
+            else:
+                self._exact.setdefault(tokens[0], []).append(item)
+        for bucket in (*self._exact.values(), *self._stems.values()):
+            bucket.sort(key=lambda it: -len(it[0]))
+        self._stem_lengths = sorted({len(k) for k in self._stems})
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._exact.values()) + sum(len(v) for v in self._stems.values())
+
+    def _candidates(self, token: str):
+        yield from self._exact.get(token, ())
+        for k in self._stem_lengths:
+            if k > len(token):
+                break
+            yield from self._stems.get(token[:k], ())
+
+    def find(self, tokens: list[str]) -> list[Match[P]]:
+        """Non-overlapping matches, longest phrase first at each position, left to right."""
+        out: list[Match[P]] = []
+        i, n = 0, len(tokens)
+        while i < n:
+            best = None
+            for phrase, stem, payloads in self._candidates(tokens[i]):
+                m = len(phrase)
+                if i + m > n or (best is not None and m <= len(best[0])):
+                    continue
+                if stem:
+                    ok = tokens[i:i + m - 1] == list(phrase[:-1]) and tokens[i + m - 1].startswith(phrase[-1])
+                else:
+                    ok = tokens[i:i + m] == list(phrase)
+                if ok:
+                    best = (phrase, payloads)
+            if best is None:
+                i += 1
+                continue
+            out.append(Match(i, i + len(best[0]), best[1], best[0]))
+            i += len(best[0])
+        return out
