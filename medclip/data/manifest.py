@@ -97,3 +97,67 @@ def read_manifest(path: str | Path, *, resolve_paths: bool = True, root: str | P
                            for f in df["files"]]
     df.attrs["medclip"] = meta
     return df
+
+
+def manifest_from_records(records: pd.DataFrame, root: str | Path, *, salt: str | None = None,
+                          fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                          require_files: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A manifest from a published dataset's table (used by the recipes in ``datasets/``).
+
+    ``records`` has at least ``path`` (relative to ``root``) and ``patient`` (the dataset's raw patient
+    id), optionally ``study``, ``split`` (the dataset's official split, kept when given; "validate" and
+    "valid" become "val"), ``report_text`` / ``report_findings`` / ``report_impression`` /
+    ``report_indication``, ``view_position``, ``sex``, ``age`` and ``label.<concept>`` columns.
+    Raw ids are hashed with the salt; rows whose file is missing are dropped and counted.
+    Returns the manifest and counts (``rows``, ``missing_files``).
+    """
+    from medclip.data.reports import parse_sections, scrub_identifiers
+    from medclip.data.splits import assign_splits
+    from medclip.deid import coarse_age, coarse_sex, hash_identifier
+
+    root = Path(root).resolve()
+    df = records.copy().reset_index(drop=True)
+    for col in ("path", "patient"):
+        if col not in df:
+            raise ManifestError(f"recipe records need a {col!r} column")
+    counts = {"rows": len(df), "missing_files": 0}
+    if require_files:
+        exists = [(root / str(p)).is_file() for p in df["path"]]
+        counts["missing_files"] = int(len(df) - sum(exists))
+        df = df[exists].reset_index(drop=True)
+    out = pd.DataFrame({
+        "image_id": [hash_identifier(p, salt) for p in df["path"].astype(str)],
+        "path": df["path"].astype(str),
+        "kind": df.get("kind", pd.Series(["image"] * len(df))),
+        "files": [None] * len(df),
+        "patient_id": [hash_identifier(p, salt) for p in df["patient"].astype(str)],
+    })
+    study = df["study"].astype(str) if "study" in df else df["path"].map(lambda p: str(Path(str(p)).parent))
+    out["study_id"] = [hash_identifier(f"{p}/{s}", salt) for p, s in zip(df["patient"].astype(str), study)]
+    out["series_id"] = out["study_id"]
+    for col in ("modality", "view_position", "body_part", "photometric"):
+        out[col] = df[col].fillna("").astype(str) if col in df else ""
+    out["rows"], out["columns"], out["frames"] = 0, 0, 1
+    out["sex"] = [coarse_sex(x) for x in df["sex"]] if "sex" in df else ""
+    out["age_group"] = [coarse_age(x) for x in df["age"]] if "age" in df else ""
+    for col in ("report_indication", "report_findings", "report_impression", "report_text"):
+        out[col] = df[col].fillna("").astype(str).map(scrub_identifiers) if col in df else ""
+    no_sections = (out["report_findings"] == "") & (out["report_impression"] == "") & (out["report_text"] != "")
+    for i in out.index[no_sections]:
+        s = parse_sections(out.at[i, "report_text"])
+        out.at[i, "report_findings"], out.at[i, "report_impression"] = s.findings, s.impression
+        out.at[i, "report_indication"] = out.at[i, "report_indication"] or s.indication
+    if "split" in df and df["split"].notna().all():
+        out["split"] = df["split"].astype(str).str.lower().replace({"validate": "val", "valid": "val", "validation": "val"})
+    else:
+        out["split"] = assign_splits(out["patient_id"], fractions, seed)
+    out["file_size"] = [int((root / p).stat().st_size) if (root / p).is_file() else 0 for p in out["path"]]
+    out["mtime"] = [float((root / p).stat().st_mtime) if (root / p).is_file() else 0.0 for p in out["path"]]
+    for col in [c for c in df.columns if c.startswith(LABEL_PREFIX)]:
+        out[col] = pd.to_numeric(df[col], errors="coerce").astype("float32")
+    used = {"path", "patient", "study", "split", "sex", "age", "kind", *MANIFEST_COLUMNS}
+    for col in df.columns:  # dataset-specific extras (e.g. reference labels kept for evaluation)
+        if col not in used and not col.startswith(LABEL_PREFIX):
+            out[col] = df[col].values
+    counts["rows"] = len(out)
+    return out, counts

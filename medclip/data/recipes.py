@@ -1,0 +1,56 @@
+"""Shared plumbing for the dataset recipes in ``datasets/`` (each turns a published layout into a manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from medclip.data.manifest import LABEL_PREFIX, manifest_from_records, write_manifest
+from medclip.data.splits import patients_in_several_splits
+
+
+def concept_id(name: str) -> str:
+    """The knowledge-graph concept id for a dataset's label name (graph lookup, else a snake_case slug)."""
+    try:
+        from medclip.knowledge import Graph
+
+        concept = Graph.load().lookup(name)
+        if concept is not None:
+            return concept.id
+    except Exception:  # the knowledge layer is optional for recipes
+        pass
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def label_columns_from(df: pd.DataFrame, names: list[str]) -> dict[str, str]:
+    """Rename map {dataset label column: 'label.<concept_id>'} for the columns present."""
+    return {n: LABEL_PREFIX + concept_id(n) for n in names if n in df.columns}
+
+
+def recipe_parser(description: str) -> argparse.ArgumentParser:
+    """The command line every recipe shares: ROOT -o MANIFEST [--salt] [--split] [--seed]."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("root", type=Path, help="the dataset folder, as published")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="manifest .parquet to write")
+    ap.add_argument("--salt", help="hashing salt (default: $MEDCLIP_SALT)")
+    ap.add_argument("--seed", type=int, default=0, help="split seed when the dataset has no official split")
+    ap.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is absent")
+    return ap
+
+
+def write_recipe_manifest(records: pd.DataFrame, root: Path, output: Path, *, salt: str | None = None,
+                          seed: int = 0, require_files: bool = True, name: str = "") -> pd.DataFrame:
+    """Hash, split, write the manifest and print a summary; returns it."""
+    df, counts = manifest_from_records(records, root, salt=salt, seed=seed, require_files=require_files)
+    write_manifest(df, output, extra={"created_by": f"datasets recipe {name}".strip(), "root": str(Path(root).resolve())})
+    leaks = patients_in_several_splits(df)
+    print(f"{name}: {counts['rows']} rows, {df['patient_id'].nunique()} patients -> {output}")
+    if counts["missing_files"]:
+        print(f"  {counts['missing_files']} rows dropped: image file not found under {root}")
+    print("  splits: " + ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()))
+    if leaks:
+        print(f"  warning: {len(leaks)} patients appear in several official splits")
+    return df

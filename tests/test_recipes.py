@@ -1,0 +1,136 @@
+"""Dataset recipes: real files where we have them, the published layouts otherwise."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medclip.data.manifest import read_manifest
+from medclip.data.splits import patients_in_several_splits
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe(name: str):
+    path = REPO / "datasets" / name / "recipe.py"
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(path)
+
+
+def test_covid_recipe_on_real_files(shared_dir, tmp_path):
+    root = shared_dir / "data" / "covid_cxr"
+    out = tmp_path / "m.parquet"
+    assert recipe("covid_chestxray").main([str(root), "-o", str(out), "--salt", "s"]) == 0
+    df = read_manifest(out)
+    meta = pd.read_csv(root / "metadata.csv")
+    assert len(df) == sum((root / "images" / f).exists() for f in meta["filename"])
+    assert df["patient_id"].nunique() == meta["patientid"].nunique()
+    assert patients_in_several_splits(df) == []
+    assert all(Path(p).exists() for p in df["path"])
+    assert not set(meta["patientid"].astype(str)) & set(df["patient_id"])
+    covid = [c for c in df.columns if c.startswith("label.") and "covid" in c]
+    assert covid and df[covid[0]].sum() == (meta["finding"].fillna("").str.contains("COVID-19")).sum()
+    assert (df["report_indication"].str.len() > 0).sum() > 300
+
+
+def test_iu_recipe_on_real_reports(shared_dir, tmp_path):
+    reports = pd.read_csv(shared_dir / "data" / "iu_reports" / "indiana_reports.csv", dtype=str, keep_default_na=False)
+    root = tmp_path / "iu"
+    root.mkdir()
+    reports.to_csv(root / "indiana_reports.csv", index=False)
+    uids = reports["uid"].head(30)
+    proj = pd.DataFrame({"uid": list(uids) * 2, "filename": [f"{u}_IM-0001-{k}.dcm.png" for k in (1, 2) for u in uids],
+                         "projection": ["Frontal"] * 30 + ["Lateral"] * 30})
+    proj.to_csv(root / "indiana_projections.csv", index=False)
+    for f in proj["filename"].head(50):
+        _png(root / "images" / "images_normalized" / f)
+    out = tmp_path / "m.parquet"
+    recipe("iu_xray").main([str(root), "-o", str(out)])
+    df = read_manifest(out)
+    assert len(df) == 50  # 10 image files are missing: dropped and counted
+    first = reports.set_index("uid").loc[uids.iloc[0]]
+    row = df[df["path"].str.contains(f"/{uids.iloc[0]}_IM")].iloc[0]
+    assert row["report_findings"] == first["findings"]
+    assert row["mesh_problems"] == first["Problems"]
+    assert (df.groupby("patient_id")["split"].nunique() == 1).all()
+
+
+def test_mimic_recipe_on_published_layout(tmp_path):
+    root = tmp_path / "mimic"
+    rows = [("d1", 10000032, 50414267, "PA", "train"), ("d2", 10000032, 50414267, "LATERAL", "train"),
+            ("d3", 10000764, 57375967, "AP", "validate"), ("d4", 10000898, 50771383, "PA", "test")]
+    pd.DataFrame([r[:4] for r in rows], columns=["dicom_id", "subject_id", "study_id", "ViewPosition"]).to_csv(
+        root.mkdir() or root / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
+    pd.DataFrame([(r[0], r[2], r[1], r[4]) for r in rows], columns=["dicom_id", "study_id", "subject_id", "split"]).to_csv(
+        root / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    pd.DataFrame({"subject_id": [10000032, 10000764, 10000898], "study_id": [50414267, 57375967, 50771383],
+                  "Cardiomegaly": [1.0, np.nan, -1.0], "Pleural Effusion": [0.0, 1.0, np.nan]}).to_csv(
+        root / "mimic-cxr-2.0.0-chexpert.csv.gz", index=False)
+    for d, s, st, *_ in rows:
+        _png(root / f"files/p{str(s)[:2]}/p{s}/s{st}/{d}.jpg")
+    (root / "files/p10/p10000032/s50414267.txt").write_text(
+        "FINAL REPORT\n INDICATION: ___ with cough.\n FINDINGS: Enlarged heart. No effusion.\n IMPRESSION: Cardiomegaly.")
+    out = tmp_path / "m.parquet"
+    recipe("mimic_cxr").main([str(root), "-o", str(out)])
+    df = read_manifest(out).set_index(read_manifest(out)["path"].map(lambda p: Path(p).stem))
+    assert list(df["split"].sort_index()) == ["train", "train", "val", "test"]
+    card = [c for c in df.columns if "cardiomegaly" in c][0]
+    assert df.loc["d1", card] == 1.0 and df.loc["d4", card] == -1.0 and np.isnan(df.loc["d3", card])
+    assert df.loc["d1", "report_findings"] == "Enlarged heart. No effusion."
+    assert df.loc["d1", "report_impression"] == "Cardiomegaly."
+    assert df.loc["d1", "study_id"] == df.loc["d2", "study_id"]
+
+
+def test_chexpert_recipe_on_published_layout(tmp_path):
+    root = tmp_path / "CheXpert-v1.0-small"
+    rows = []
+    for split, pid in (("train", "patient00001"), ("train", "patient00002"), ("valid", "patient64541")):
+        rel = f"CheXpert-v1.0-small/{split}/{pid}/study1/view1_frontal.jpg"
+        _png(tmp_path / rel)
+        rows.append({"Path": rel, "Sex": "Female", "Age": 68, "Frontal/Lateral": "Frontal", "AP/PA": "AP",
+                     "No Finding": 1.0 if pid.endswith("1") else np.nan, "Edema": -1.0, "_split": split})
+    df = pd.DataFrame(rows)
+    df[df["_split"] == "train"].drop(columns="_split").to_csv(root / "train.csv", index=False)
+    df[df["_split"] == "valid"].drop(columns="_split").to_csv(root / "valid.csv", index=False)
+    out = tmp_path / "m.parquet"
+    recipe("chexpert").main([str(root), "-o", str(out)])
+    m = read_manifest(out)
+    assert len(m) == 3 and all(Path(p).exists() for p in m["path"])
+    assert (m["split"] == "test").sum() == 1
+    assert set(m["age_group"]) == {"60-69"}
+    assert [c for c in m.columns if "edema" in c] and (m[[c for c in m.columns if "edema" in c][0]] == -1).all()
+
+
+def test_nih_recipe_on_published_layout(tmp_path):
+    root = tmp_path / "nih"
+    names = ["00000001_000.png", "00000001_001.png", "00000002_000.png"]
+    for i, n in enumerate(names):
+        _png(root / f"images_00{i % 2 + 1}" / "images" / n)
+    pd.DataFrame({"Image Index": names, "Finding Labels": ["Cardiomegaly|Effusion", "No Finding", "Infiltration"],
+                  "Follow-up #": [0, 1, 0], "Patient ID": [1, 1, 2], "Patient Age": [58, 58, 81],
+                  "Patient Gender": ["M", "M", "F"], "View Position": ["PA", "PA", "AP"]}).to_csv(
+        root / "Data_Entry_2017.csv", index=False)
+    (root / "test_list.txt").write_text("00000002_000.png\n")
+    (root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n")
+    out = tmp_path / "m.parquet"
+    recipe("nih_chestxray14").main([str(root), "-o", str(out)])
+    m = read_manifest(out)
+    assert len(m) == 3 and all(Path(p).exists() for p in m["path"])
+    eff = [c for c in m.columns if "effusion" in c][0]
+    assert list(m[eff]) == [1.0, 0.0, 0.0]
+    assert m["split"].iloc[2] == "test"
+    assert m["patient_id"].iloc[0] == m["patient_id"].iloc[1]
