@@ -190,7 +190,15 @@ class TextTower(nn.Module):
         return self.proj(pooled)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # transformers >= 5 renamed gradient_checkpointing_* to activation_checkpointing_*
+        enc = self.encoder
         if enable:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(enc, "activation_checkpointing_enable"):
+                enc.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        elif hasattr(enc, "activation_checkpointing_disable"):
+            enc.activation_checkpointing_disable()
         else:
-            self.encoder.gradient_checkpointing_disable()
+            enc.gradient_checkpointing_disable()
