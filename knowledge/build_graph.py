@@ -155,8 +155,9 @@ def build(sources_dir: Path, umls: Path | None = None) -> dict:
                 definition.add(term.definition, "hpo")
             synonyms.add(term.name, "hpo")
             mention(term.name, "hpo")
-            for syn, scope in term.synonyms:
-                if scope in {"EXACT", "NARROW", "RELATED"} and len(syn.split()) <= 5:
+            for syn, scope, kind in term.synonyms:
+                # Layperson synonyms ("fluid around lungs") are not report language.
+                if scope in {"EXACT", "NARROW", "RELATED"} and kind != "layperson" and len(syn.split()) <= 5:
                     synonyms.add(syn, "hpo")
                     mention(syn, "hpo")
         codes = c.get("icd10cm") or []

@@ -7,9 +7,11 @@
 """
 
 from .graph import Concept, Fact, Graph, GraphError, normalize_name
+from .augment import ReportAugmenter
 from .labeler import Labeler, Mention, ReportLabeler, label_manifest
+from .prompts import zeroshot_prompts
 
 __all__ = [
     "Concept", "Fact", "Graph", "GraphError", "Labeler", "Mention", "ReportLabeler",
-    "label_manifest", "normalize_name",
+    "ReportAugmenter", "label_manifest", "normalize_name", "zeroshot_prompts",
 ]

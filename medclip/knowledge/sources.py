@@ -38,7 +38,7 @@ class OboTerm:
     id: str
     name: str
     definition: str = ""
-    synonyms: list[tuple[str, str]] = field(default_factory=list)  # (text, scope)
+    synonyms: list[tuple[str, str, str]] = field(default_factory=list)  # (text, scope, type or "")
     is_a: list[str] = field(default_factory=list)
     xrefs: list[str] = field(default_factory=list)
     obsolete: bool = False
@@ -100,8 +100,10 @@ def parse_obo(path: str | Path) -> tuple[dict[str, str], dict[str, OboTerm]]:
         elif tag == "synonym":
             m = _OBO_QUOTED.match(value)
             if m:
-                scope = (m.group(2).split() or ["RELATED"])[0]
-                current.synonyms.append((m.group(1).replace('\\"', '"'), scope))
+                words = [w for w in m.group(2).split() if not w.startswith("[")]
+                scope = words[0] if words else "RELATED"
+                kind = words[1] if len(words) > 1 else ""
+                current.synonyms.append((m.group(1).replace('\\"', '"'), scope, kind))
         elif tag == "is_a":
             current.is_a.append(value.split("!")[0].strip())
         elif tag == "xref":
