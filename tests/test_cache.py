@@ -142,3 +142,17 @@ def test_manifest_dataset_items(manifest):
     assert item["text"] and "Zzplanted" not in item["text"]
     assert item["labels"].shape == (1,)
     assert ds.label_names == ["pneumonia"]
+
+
+def test_volumes_are_cached_resampled(shared_dir, tmp_path):
+    """Real GE MR series (4D: 10 volumes of 15 slices) -> first volume, resampled, float16 (D, H, W)."""
+    export = shared_dir / "data" / "dicom_series_nih" / "In" / "20180918GE"
+    index_export(export, tmp_path / "m.parquet", salt="s", workers=1, progress=False)
+    cfg = CacheConfig(volume_shape=(8, 32, 32), volume_spacing=(6.0, 8.0, 8.0))
+    res = build_cache(tmp_path / "m.parquet", tmp_path / "c", config=cfg, workers=1, progress=False)
+    assert res.written == 4 and not res.skipped
+    samples = list(iter_cache(tmp_path / "c"))
+    assert all(s["image"].shape == (8, 32, 32) and s["image"].dtype == np.float16 for s in samples)
+    assert all(s["meta"]["kind"] == "volume" and float(s["image"].max()) > 0.5 for s in samples)
+    ds = CacheDataset(tmp_path / "c", split=None, shuffle=False)
+    assert next(iter(ds))["image"].shape == (1, 8, 32, 32)

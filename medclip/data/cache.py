@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 
 CACHE_VERSION = 1
@@ -76,9 +77,13 @@ def preprocess_row(row: dict, config: CacheConfig) -> np.ndarray:
 
     window = _parse_window(config.window)
     if row.get("kind") == "volume":
+        # a 4D acquisition (fMRI, dynamic series) is represented by its first volume
         files = row.get("files")
-        image = read_dicom_series(list(files), window=window) if files is not None and len(files) else \
-            load_image(row["path"], window=window)
+        if files is not None and len(files):
+            image = read_dicom_series(list(files), window=window, volume_index=0)
+        else:
+            is_nifti = str(row["path"]).lower().endswith((".nii", ".nii.gz"))
+            image = load_image(row["path"], window=window, frame=0 if is_nifti else None)
         vol = resample_volume(image, spacing=tuple(config.volume_spacing), shape=tuple(config.volume_shape))
         return np.clip(vol.array, 0.0, 1.0).astype(np.float16)
     image = load_image(row["path"], window=window)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
 from medclip.data.reports import ReportSections, parse_sections, sections_from_fields
 from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
