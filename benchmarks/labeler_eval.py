@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reports", type=Path, default=default_reports())
     ap.add_argument("--min-support", type=int, default=20)
-    ap.add_argument("--uncertain", choices=["positive", "negative"], default="positive",
-                    help="count the labeler's uncertain mentions as positive or negative (default: %(default)s)")
+    ap.add_argument("--uncertain", choices=["positive", "negative"], default="negative",
+                    help="count the labeler's uncertain mentions as positive or negative (default: %(default)s; "
+                         "the IU indexers index asserted findings only)")
     ap.add_argument("--errors", metavar="CONCEPT", help="print the labeler's errors for one concept")
     args = ap.parse_args(argv)
     if not args.reports.is_file():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Protocol
 
 from .graph import Graph, normalize_name
-from .matching import PhraseMatcher, Token, tokenize
+from .matching import PhraseMatcher, Token, phrase_tokens, tokenize
 
 POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = "positive", "negative", "uncertain", "not_mentioned"
 STATUS_VALUE = {POSITIVE: 1.0, NEGATIVE: 0.0, UNCERTAIN: -1.0, NOT_MENTIONED: math.nan}
@@ -101,6 +101,7 @@ class ReportLabeler:
         cue_kinds = ("negation_before", "negation_after", "uncertainty_before", "uncertainty_after",
                      "uncertainty_first", "pseudo", "terminators", "history")
         self._cues = PhraseMatcher((text, kind) for kind in cue_kinds for text in self.graph.cue_phrases(kind))
+        self._adjectives = {" ".join(phrase_tokens(t)[0]) for t in self.graph.cue_phrases("negation_adjective")}
         self._modifiers = {c.id: [" " + normalize_name(m) + " " for m in c.modifiers] for c in self.graph}
         self._history_sections = {normalize_name(t) for t in self.graph.cue_phrases("history_sections")}
         titles = sorted({t for t in self.graph.cue_phrases("section_titles")}, key=len, reverse=True)
@@ -209,7 +210,7 @@ class ReportLabeler:
             for cid, kind in match.payloads:
                 if kind == "exclude" or cid in excluded:
                     continue
-                status, cue = self._status(match.start, match.end, cues, terminators)
+                status, cue = self._status(match.start, match.end, cues, terminators, kind == "anatomic")
                 if status is None:  # a history statement, not a finding
                     continue
                 if kind == "anatomic" and not self._has_modifier(cid, norms, match.start, match.end, terminators):
@@ -222,8 +223,10 @@ class ReportLabeler:
     def _blocked(a: int, b: int, terminators: list[_Cue]) -> bool:
         return any(t.start >= a and t.end <= b for t in terminators)
 
-    def _status(self, s: int, e: int, cues: list[_Cue], terminators: list[_Cue]) -> tuple[str | None, str | None]:
-        before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, terminators)]
+    def _status(self, s: int, e: int, cues: list[_Cue], terminators: list[_Cue],
+                anatomic: bool = False) -> tuple[str | None, str | None]:
+        before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, terminators)
+                  and (anatomic or c.text not in self._adjectives or s - c.end <= 1)]
         after = [c for c in cues if c.start >= e and c.start - e <= POST_WINDOW and not self._blocked(e, c.start, terminators)]
         for c in before:
             if "history" in c.kinds:
