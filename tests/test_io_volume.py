@@ -227,6 +227,16 @@ def test_nifti_scaling_nan_handling_and_single_slice(tmp_path: Path) -> None:
     assert flat.shape == (8, 8) and not flat.is_volume
 
 
+def test_nifti_hdr_img_pair(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).random((6, 5, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Pair(data, np.eye(4)), tmp_path / "pair.hdr")
+    assert (tmp_path / "pair.img").is_file()
+    np.testing.assert_allclose(load_image(tmp_path / "pair.hdr", window=None).array, data.transpose(2, 1, 0))
+    (tmp_path / "pair.img").unlink()
+    with pytest.raises(ImageReadError, match="pair is missing"):
+        load_image(tmp_path / "pair.hdr")
+
+
 def test_truncated_nifti_is_an_image_read_error(tmp_path: Path) -> None:
     data = (Path(NIBABEL_DATA) / "anatomical.nii").read_bytes()
     cut = tmp_path / "cut.nii"

@@ -311,7 +311,10 @@ def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
         if "less than expected" in lowered or "truncat" in lowered or "end of file" in lowered:
             reason = f"pixel data truncated or wrong length ({message})"
         elif "plugin" in lowered or "decoder" in lowered or "no pixel data handler" in lowered:
-            reason = f"no working decoder for transfer syntax {ds.file_meta.get('TransferSyntaxUID', '?')} ({message})"
+            syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
+            reason = (
+                f"no installed decoder could decode this {syntax} pixel data (python-gdcm may; {message})"
+            )
         else:
             reason = f"pixel data could not be decoded ({message})"
         raise ImageReadError(path, reason) from exc
@@ -771,6 +774,8 @@ def read_dicom_series(
     else:
         members = next(iter(by_series.values()))
 
+    if len(members) == 1:  # a one-file "series": a 2D image or a multi-frame file
+        return read_dicom(members[0][0], window=window, frame=None, volume_index=volume_index, salt=salt)
     slices: list[_Slice] = []
     for index, (file, ds) in enumerate(members):
         if not any(keyword in ds for keyword in _PIXEL_KEYWORDS) and not _int(ds, "Rows"):

@@ -41,7 +41,7 @@ def read_nifti(
         raise ImageReadError(path, "file not found") from None
     except _ERRORS as exc:
         raise ImageReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+    if not isinstance(image, nib.Nifti1Pair) or isinstance(image, nib.Cifti2Image):  # Nifti1/2 image or .hdr/.img pair
         raise ImageReadError(path, f"not a NIfTI image ({type(image).__name__})")
 
     shape = tuple(int(n) for n in image.shape)
@@ -70,6 +70,8 @@ def read_nifti(
             data = np.asarray(dataobj, dtype=np.float32).reshape(shape)
     except ImageReadError:
         raise
+    except FileNotFoundError as exc:
+        raise ImageReadError(path, f"the image file of this .hdr/.img pair is missing ({exc.filename})") from None
     except _ERRORS as exc:
         raise ImageReadError(path, f"voxel data unreadable, truncated? ({type(exc).__name__}: {exc})") from exc
 

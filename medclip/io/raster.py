@@ -32,9 +32,9 @@ def read_raster(path: PathLike, *, window: WindowSpec = "auto", salt: str | None
     check_window(window)
     try:
         with Image.open(path) as img:
+            fmt = (img.format or "").lower()
             img = ImageOps.exif_transpose(img)
             img.load()
-            fmt = (img.format or Path(path).suffix.lstrip(".")).lower() if hasattr(img, "format") else ""
             mode = img.mode
             if mode in _HIGH_BIT_MODES:
                 values = np.asarray(img, dtype=np.float32)

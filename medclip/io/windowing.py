@@ -73,7 +73,9 @@ def apply_window(
     if function == "SIGMOID":
         if width <= 0:
             raise ValueError(f"window width must be > 0 for SIGMOID, got {width}")
-        out = np.exp(-4.0 * (x - np.float32(center)) / np.float32(width))
+        exponent = (x - np.float32(center)) * np.float32(-4.0 / width)
+        np.clip(exponent, -80.0, 80.0, out=exponent)  # float32 exp overflows beyond ~88
+        out = np.exp(exponent)
         out += 1.0
         np.reciprocal(out, out=out)
         return out.astype(np.float32, copy=False)
