@@ -67,6 +67,9 @@ class Mention:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
 
 
+_NOT_MENTIONED = Mention(NOT_MENTIONED)
+
+
 class Labeler(Protocol):
     """What :func:`label_manifest` needs from a labeler (rule-based or model-based)."""
 
@@ -170,7 +173,7 @@ class ReportLabeler:
                                                  mention.phrase, mention.sentence, mention.cue, inferred_from=cid)
         if NO_FINDING in self.graph and has_text:
             found[NO_FINDING] = self._no_finding(found)
-        return {cid: found.get(cid, Mention(NOT_MENTIONED)) for cid in self.findings}
+        return {cid: found.get(cid, _NOT_MENTIONED) for cid in self.findings}
 
     def _no_finding(self, found: dict[str, Mention]) -> Mention:
         abnormal = {cid: m for cid, m in found.items() if cid != NO_FINDING and cid not in self._not_abnormal}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Generic, Hashable, Iterable, TypeVar
 
 from .graph import singular
@@ -29,9 +30,12 @@ class Token:
     end: int
 
 
+_singular = lru_cache(maxsize=65536)(singular)
+
+
 def tokenize(text: str) -> list[Token]:
     """Lower-case alphanumeric tokens of ``text`` with their spans, singularised."""
-    return [Token(singular(m.group()), m.start(), m.end()) for m in _TOKEN.finditer(text.lower())]
+    return [Token(_singular(m.group()), m.start(), m.end()) for m in _TOKEN.finditer(text.lower())]
 
 
 def phrase_tokens(phrase: str) -> tuple[tuple[str, ...], bool]:
@@ -79,16 +83,23 @@ class PhraseMatcher(Generic[P]):
         for bucket in (*self._exact.values(), *self._stems.values()):
             bucket.sort(key=lambda it: -len(it[0]))
         self._stem_lengths = sorted({len(k) for k in self._stems})
+        self._cache: dict[str, tuple] = {}
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._exact.values()) + sum(len(v) for v in self._stems.values())
 
-    def _candidates(self, token: str):
-        yield from self._exact.get(token, ())
-        for k in self._stem_lengths:
-            if k > len(token):
-                break
-            yield from self._stems.get(token[:k], ())
+    def _candidates(self, token: str) -> tuple:
+        found = self._cache.get(token)
+        if found is None:
+            items = list(self._exact.get(token, ()))
+            for k in self._stem_lengths:
+                if k > len(token):
+                    break
+                items.extend(self._stems.get(token[:k], ()))
+            found = tuple(items)
+            if len(self._cache) < 200_000:
+                self._cache[token] = found
+        return found
 
     def find(self, tokens: list[str]) -> list[Match[P]]:
         """Non-overlapping matches, longest phrase first at each position, left to right."""
@@ -96,7 +107,11 @@ class PhraseMatcher(Generic[P]):
         i, n = 0, len(tokens)
         while i < n:
             best = None
-            for phrase, stem, payloads in self._candidates(tokens[i]):
+            candidates = self._candidates(tokens[i])
+            if not candidates:
+                i += 1
+                continue
+            for phrase, stem, payloads in candidates:
                 m = len(phrase)
                 if i + m > n or (best is not None and m <= len(best[0])):
                     continue
