@@ -1,0 +1,107 @@
+"""The ``medclip eval`` subcommand: ``add_eval_parser(subparsers)`` registers it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .runner import TASKS, EvalOptions
+
+
+def _tasks(values: list[str] | None) -> list[str]:
+    if not values:
+        return list(TASKS)
+    tasks = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``eval`` (arguments and handler) on the ``medclip`` command's subparsers."""
+    d = EvalOptions()
+    p = subparsers.add_parser(
+        "eval", help="zero-shot diagnosis, retrieval, report drafting and few-shot metrics with CIs and plots",
+        description="Evaluate a medclip checkpoint folder (or an open_clip model: 'open_clip:hf-hub:ORG/NAME', "
+                    "'open_clip:ARCH@weights.pt' or a folder with open_clip_config.json) on a manifest. Writes "
+                    "metrics.json and PNG plots to --output and prints tables.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, hf-hub id, or open_clip model (see above)")
+    p.add_argument("--manifest", type=Path, required=True, help="labelled manifest (.parquet)")
+    p.add_argument("--task", action="append", metavar="TASK",
+                   help=f"one of {', '.join(TASKS)}; repeat or comma-separate for several (default: all)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="folder for metrics.json and plots "
+                                                                    "(default: <checkpoint>/eval or ./eval)")
+    p.add_argument("--split", default=d.split, help="split evaluated (default: %(default)s)")
+    p.add_argument("--val-split", default=d.val_split, help="split thresholds are chosen on ('none' to skip)")
+    p.add_argument("--train-split", default=d.train_split, help="split for the drafting corpus and few-shot examples")
+    p.add_argument("--findings", help="comma-separated concept ids or a graph task name (default: every label column)")
+    p.add_argument("--text-field", default=d.text_field, choices=["body", "text", "findings", "impression"],
+                   help="report text used for retrieval and drafting (default: findings + impression)")
+    p.add_argument("--prompt-style", default=d.style, help="zero-shot prompt style (default: %(default)s)")
+    p.add_argument("--unmentioned-as-negative", action="store_true",
+                   help="treat findings a report does not mention (NaN labels) as negative instead of unknown")
+    p.add_argument("--bootstrap", type=int, default=d.n_boot, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--shots", default=",".join(map(str, d.shots)), help="few-shot k values (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--workers", type=int, default=d.num_workers, help="image decoding workers")
+    p.add_argument("--max-images", type=int, default=None, help="cap images per split (whole patients) for a quick look")
+    p.add_argument("--faiss", choices=["auto", "yes", "no"], default="auto", help="approximate index for large galleries")
+    p.add_argument("--save-to-checkpoint", action="store_true",
+                   help="write thresholds.json and the report drafter into the checkpoint folder (for the demo)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_eval_command)
+    return p
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """Handler of ``medclip eval``."""
+    from .encoders import is_open_clip
+    from .runner import evaluate, format_results
+
+    tasks = _tasks(args.task)
+    try:
+        shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
+    except ValueError:
+        raise ValueError(f"--shots must be comma-separated integers, got {args.shots!r}") from None
+    if any(k < 1 for k in shots):
+        raise ValueError(f"--shots must be positive, got {args.shots!r}")
+    output = args.output
+    if output is None:
+        ckpt = Path(args.checkpoint)
+        output = ckpt / "eval" if ckpt.is_dir() and not is_open_clip(args.checkpoint) else Path("eval")
+    results = evaluate(
+        args.checkpoint, args.manifest, tasks, output_dir=output, save_to_checkpoint=args.save_to_checkpoint,
+        device=args.device, split=args.split, val_split=None if str(args.val_split).lower() == "none" else args.val_split,
+        train_split=args.train_split, findings=args.findings.split(",") if args.findings and "," in args.findings
+        else args.findings, text_field=args.text_field, style=args.prompt_style,
+        unmentioned_as_negative=args.unmentioned_as_negative, n_boot=args.bootstrap, seed=args.seed,
+        batch_size=args.batch_size, num_workers=args.workers, use_faiss={"auto": "auto", "yes": True, "no": False}[args.faiss],
+        shots=shots, max_images=args.max_images)
+    print(format_results(results))
+    print(f"\nmetrics: {output / 'metrics.json'}")
+    for plot in results.get("plots", []):
+        print(f"plot: {plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``eval`` on its own (``python -m medclip.eval``), for when the main CLI does not have it yet."""
+    import os
+    import sys
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="medclip")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_eval_parser(sub)
+    args = parser.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"medclip eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_eval_parser", "run_eval_command"]

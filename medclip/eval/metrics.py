@@ -1,0 +1,299 @@
+"""Evaluation metrics: AUROC / AUPRC / F1 / accuracy with patient-level bootstrap CIs, calibration,
+Recall@K and median rank at study level, BLEU-4 and ROUGE-L.
+
+Everything takes plain numpy arrays (or lists of strings) and returns floats or small dicts, so
+the metrics are usable without a model. Undefined values (AUROC with one class present) are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+# ------------------------------------------------------------------ classification
+def _binary(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    s = np.asarray(y_score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length ({y.size} vs {s.size})")
+    if y.size and not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1 (drop unknown / uncertain labels first)")
+    return y, s
+
+
+def auroc(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with tied scores counted half); NaN if one class only."""
+    y, s = _binary(y_true, y_score)
+    n_pos = float(y.sum())
+    n_neg = float(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(s, method="average")
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def auprc(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> float:
+    """Average precision (step-wise area under precision-recall, as scikit-learn); NaN without positives."""
+    y, s = _binary(y_true, y_score)
+    n_pos = y.sum()
+    if n_pos == 0:
+        return math.nan
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
+    tp = np.cumsum(y_sorted)[last_of_tie]
+    predicted = last_of_tie + 1.0
+    precision = tp / predicted
+    recall = tp / n_pos
+    recall_steps = np.diff(np.r_[0.0, recall])
+    return float((recall_steps * precision).sum())
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) of binary predictions."""
+    y, p = _binary(y_true, y_pred)
+    tp = int(((p == 1) & (y == 1)).sum())
+    fp = int(((p == 1) & (y == 0)).sum())
+    fn = int(((p == 0) & (y == 1)).sum())
+    return tp, fp, fn, int(y.size - tp - fp - fn)
+
+
+def f1_score(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> float:
+    """F1 of binary predictions (0 when there is no true or predicted positive, as scikit-learn)."""
+    tp, fp, fn, _ = confusion_counts(np.asarray(y_true), np.asarray(y_pred))
+    return 0.0 if tp == 0 else 2.0 * tp / (2.0 * tp + fp + fn)
+
+
+def accuracy(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> float:
+    """Fraction of correct binary predictions; NaN for no samples."""
+    y, p = _binary(y_true, y_pred)
+    return float((y == p).mean()) if y.size else math.nan
+
+
+def f1_at(threshold: float) -> MetricFn:
+    """F1 of ``score >= threshold`` as a metric of (labels, scores)."""
+    return lambda y, s: f1_score(y, (np.asarray(s) >= threshold).astype(float))
+
+
+def accuracy_at(threshold: float) -> MetricFn:
+    """Accuracy of ``score >= threshold`` as a metric of (labels, scores)."""
+    return lambda y, s: accuracy(y, (np.asarray(s) >= threshold).astype(float))
+
+
+def expected_calibration_error(y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray,
+                               n_bins: int = 10) -> float:
+    """ECE: the sample-weighted mean |observed positive rate - mean predicted probability| over equal-width bins."""
+    table = reliability_table(y_true, y_prob, n_bins)
+    n = table["count"].sum()
+    if n == 0:
+        return math.nan
+    filled = table["count"] > 0
+    gaps = np.abs(table["fraction_positive"][filled] - table["mean_predicted"][filled])
+    return float((gaps * table["count"][filled]).sum() / n)
+
+
+def reliability_table(y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray,
+                      n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Per equal-width probability bin: ``count``, ``mean_predicted`` and ``fraction_positive`` (NaN if empty)."""
+    y, p = _binary(y_true, y_prob)
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise ValueError("probabilities must lie in [0, 1]")
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_pred = np.bincount(bins, weights=p, minlength=n_bins) / count
+        frac_pos = np.bincount(bins, weights=y, minlength=n_bins) / count
+    return {"count": count, "mean_predicted": mean_pred, "fraction_positive": frac_pos,
+            "edges": np.linspace(0.0, 1.0, n_bins + 1)}
+
+
+# ------------------------------------------------------------------ bootstrap
+@dataclass(frozen=True)
+class Estimate:
+    """A metric value with its bootstrap confidence interval (NaN when undefined)."""
+
+    value: float
+    low: float
+    high: float
+    n: int  # samples the value was computed on
+    n_groups: int  # resampling units (patients)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+    def __str__(self) -> str:
+        if math.isnan(self.value):
+            return "n/a"
+        if math.isnan(self.low):
+            return f"{self.value:.3f}"
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap_ci(metric: MetricFn, y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray,
+                 groups: Sequence[object] | None = None, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> Estimate:
+    """``metric(y_true, y_score)`` with a percentile bootstrap CI, resampling whole ``groups`` (patients).
+
+    Resampling by patient keeps a patient's images together, so correlated images do not make
+    the interval look narrower than the data allow. Resamples where the metric is undefined
+    (e.g. one class only) are dropped; with fewer than 20 valid resamples the CI is NaN.
+    """
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    s = np.asarray(y_score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length ({y.size} vs {s.size})")
+    value = metric(y, s) if y.size else math.nan
+    if groups is None:
+        codes = np.arange(y.size)
+    else:
+        groups = np.asarray(groups, dtype=object).ravel()
+        if groups.size != y.size:
+            raise ValueError(f"groups and labels differ in length ({groups.size} vs {y.size})")
+        _, codes = np.unique(groups.astype(str), return_inverse=True)
+    n_groups = int(codes.max()) + 1 if codes.size else 0
+    if n_groups < 2 or n_boot <= 0:
+        return Estimate(float(value), math.nan, math.nan, int(y.size), n_groups)
+    members = [np.flatnonzero(codes == g) for g in range(n_groups)]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        picked = rng.integers(0, n_groups, n_groups)
+        idx = np.concatenate([members[g] for g in picked])
+        v = metric(y[idx], s[idx])
+        if not math.isnan(v):
+            stats.append(v)
+    if len(stats) < 20:
+        return Estimate(float(value), math.nan, math.nan, int(y.size), n_groups)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return Estimate(float(value), float(low), float(high), int(y.size), n_groups)
+
+
+# ------------------------------------------------------------------ retrieval
+def ranks_of_matches(similarity: np.ndarray, query_groups: Sequence[object], gallery_groups: Sequence[object]) -> np.ndarray:
+    """1-based rank of the best-ranked gallery item sharing each query's group (study); 0 if none exists.
+
+    Several images or reports of one study all count as correct matches for each other.
+    """
+    sim = np.asarray(similarity, dtype=np.float64)
+    q = np.asarray([str(g) for g in query_groups])
+    g = np.asarray([str(x) for x in gallery_groups])
+    if sim.shape != (q.size, g.size):
+        raise ValueError(f"similarity shape {sim.shape} does not match {q.size} queries x {g.size} gallery items")
+    match = q[:, None] == g[None, :]
+    best_match = np.where(match, sim, -np.inf).max(axis=1)
+    # rank = 1 + number of non-matching items scored strictly higher than the best match
+    higher = ((sim > best_match[:, None]) & ~match).sum(axis=1)
+    ranks = higher + 1
+    ranks[~match.any(axis=1)] = 0
+    return ranks
+
+
+def ranks_from_neighbours(neighbours: np.ndarray, query_groups: Sequence[object], gallery_groups: Sequence[object]) -> np.ndarray:
+    """Like :func:`ranks_of_matches` from top-k neighbour lists (approximate search): 1-based position of
+    the first neighbour in the query's group; ``k + 1`` when none of the k neighbours is."""
+    nb = np.asarray(neighbours)
+    q = np.asarray([str(x) for x in query_groups])
+    g = np.asarray([str(x) for x in gallery_groups])
+    out = np.empty(q.size, dtype=np.int64)
+    for i in range(q.size):
+        row = nb[i][nb[i] >= 0]
+        hits = g[row] == q[i]
+        out[i] = int(np.argmax(hits)) + 1 if hits.any() else row.size + 1
+    return out
+
+
+def recall_at_k(ranks: Sequence[int] | np.ndarray, k: int) -> float:
+    """Fraction of queries whose first correct match is within the top ``k`` (queries with rank 0 excluded)."""
+    r = np.asarray(ranks)
+    r = r[r > 0]
+    return float((r <= k).mean()) if r.size else math.nan
+
+
+def median_rank(ranks: Sequence[int] | np.ndarray) -> float:
+    """Median 1-based rank of the first correct match (queries with rank 0 excluded)."""
+    r = np.asarray(ranks)
+    r = r[r > 0]
+    return float(np.median(r)) if r.size else math.nan
+
+
+# ------------------------------------------------------------------ text overlap
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def text_tokens(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens (the tokenisation BLEU and ROUGE-L use here)."""
+    return _TOKEN.findall(text.lower())
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str | Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU-``max_n`` (Papineni et al. 2002): clipped n-gram precisions pooled over the corpus,
+    geometric mean with uniform weights, brevity penalty against the closest reference length.
+    Each hypothesis has one reference string or a list of them. 0 when any n-gram order has no match."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    matched = [0] * max_n
+    total = [0] * max_n
+    hyp_len = ref_len = 0
+    for hyp, refs in zip(hypotheses, references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        h = text_tokens(hyp)
+        r_toks = [text_tokens(r) for r in refs]
+        hyp_len += len(h)
+        ref_len += min((abs(len(r) - len(h)), len(r)) for r in r_toks)[1] if r_toks else 0
+        for n in range(1, max_n + 1):
+            h_counts = _ngrams(h, n)
+            max_ref: Counter = Counter()
+            for r in r_toks:
+                max_ref |= _ngrams(r, n)
+            matched[n - 1] += sum(min(c, max_ref[g]) for g, c in h_counts.items())
+            total[n - 1] += max(len(h) - n + 1, 0)
+    if hyp_len == 0 or min(matched) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matched, total)) / max_n
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1.0 - ref_len / hyp_len)
+    return float(brevity * math.exp(log_precision))
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hypothesis: str, reference: str, beta: float = 1.0) -> float:
+    """ROUGE-L F-measure (Lin 2004) from the longest common token subsequence; ``beta`` weights recall."""
+    h, r = text_tokens(hypothesis), text_tokens(reference)
+    lcs = _lcs_length(h, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(h), lcs / len(r)
+    return float((1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision))
+
+
+def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Mean sentence-level ROUGE-L F1 over pairs."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return math.nan
+    return float(np.mean([rouge_l(h, r) for h, r in zip(hypotheses, references)]))

@@ -1,0 +1,466 @@
+"""Run evaluation tasks on a model and a manifest: the Python API behind ``medclip eval``.
+
+>>> results = evaluate("runs/quickstart/model", "runs/quickstart/manifest.parquet",
+...                    tasks=["zeroshot", "retrieval"], output_dir="runs/quickstart/eval")
+>>> print(format_results(results))
+
+Images are embedded once per split and shared by the tasks. Metrics come with patient-level
+bootstrap 95% CIs where the issue asks for them; ``metrics.json`` and PNG plots are written to
+``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from medclip.data.dataset import ManifestDataset, report_text
+from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+
+from . import metrics as M
+from .encoders import describe_model, embed_images, embed_texts, load_model, model_image_size
+from .thresholds import DEFAULT_THRESHOLD, choose_thresholds, save_thresholds
+from .zeroshot import PROMPT_STYLES, ZeroShotClassifier
+
+log = logging.getLogger(__name__)
+
+TASKS = ("zeroshot", "retrieval", "report", "fewshot")
+METRICS_FILE = "metrics.json"
+DRAFTER_DIR = "drafter"
+
+
+@dataclass
+class EvalOptions:
+    """Settings shared by the tasks."""
+
+    split: str = "test"
+    val_split: str | None = "val"
+    train_split: str = "train"
+    findings: list[str] | None = None  # None: every label column the graph knows
+    text_field: str = "body"
+    style: str = "ensemble"
+    unmentioned_as_negative: bool = False  # NaN labels count as negative (labeler output) instead of unknown
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 32
+    num_workers: int = 0
+    use_faiss: bool | str = "auto"
+    shots: tuple[int, ...] = (1, 4, 16)
+    fewshot_trials: int = 5
+    criterion: str = "youden"
+    max_images: int | None = None  # cap per split (quick looks), patients kept whole
+
+
+@dataclass
+class EmbeddedSplit:
+    """One manifest split with its image embeddings."""
+
+    frame: pd.DataFrame
+    image_features: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+
+    def labels(self, findings: Sequence[str], unmentioned_as_negative: bool = False) -> np.ndarray:
+        """(N, F) labels: 1 / 0 known, NaN unknown (uncertain -1 and, unless asked otherwise, not mentioned)."""
+        out = np.full((len(self.frame), len(findings)), np.nan)
+        for j, cid in enumerate(findings):
+            col = LABEL_PREFIX + cid
+            if col not in self.frame:
+                continue
+            v = pd.to_numeric(self.frame[col], errors="coerce").to_numpy(dtype=float)
+            if unmentioned_as_negative:
+                v = np.where(np.isnan(v), 0.0, v)
+            out[:, j] = np.where(np.isin(v, (0.0, 1.0)), v, np.nan)
+        return out
+
+    @property
+    def patients(self) -> np.ndarray:
+        return self.frame["patient_id"].astype(str).to_numpy()
+
+    @property
+    def studies(self) -> np.ndarray:
+        return self.frame["study_id"].astype(str).to_numpy()
+
+
+class Evaluator:
+    """Holds a model, a manifest and the embedded splits; each ``run_<task>`` returns a JSON-able dict."""
+
+    def __init__(self, model: nn.Module, manifest: str | Path | pd.DataFrame, options: EvalOptions | None = None,
+                 output_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> None:
+        self.model = model.eval()
+        self.options = options or EvalOptions()
+        self.manifest_path = None if isinstance(manifest, pd.DataFrame) else Path(manifest)
+        self.frame = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        for col in ("image_id", "patient_id", "study_id", "split"):
+            if col not in self.frame:
+                raise ValueError(f"{self.manifest_path or 'manifest'}: missing column {col!r}")
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._splits: dict[str, EmbeddedSplit] = {}
+        self._zeroshot: ZeroShotClassifier | None = None
+        self.plots: list[str] = []
+
+    # ------------------------------------------------------------------ data
+    def _where(self) -> str:
+        return str(self.manifest_path) if self.manifest_path else "manifest"
+
+    def split(self, name: str) -> EmbeddedSplit:
+        """The embedded split ``name`` (computed once)."""
+        if name not in self._splits:
+            df = self.frame[self.frame["split"] == name]
+            if df.empty:
+                have = sorted(self.frame["split"].dropna().unique())
+                raise ValueError(f"{self._where()}: no rows in split {name!r} (splits present: {have})")
+            if self.options.max_images and len(df) > self.options.max_images:
+                rng = np.random.default_rng(self.options.seed)
+                patients = df["patient_id"].unique()
+                keep, n = [], 0
+                for p in rng.permutation(patients):
+                    n += int((df["patient_id"] == p).sum())
+                    keep.append(p)
+                    if n >= self.options.max_images:
+                        break
+                df = df[df["patient_id"].isin(keep)]
+            df = df.reset_index(drop=True)
+            size = model_image_size(self.model)
+            size = max(size) if isinstance(size, tuple) else size
+            dataset = ManifestDataset(df, image_size=int(size), text_field=self.options.text_field, label_names=[])
+            log.info("embedding %d images of split %s", len(df), name)
+            feats = embed_images(self.model, dataset, self.options.batch_size, self.options.num_workers)
+            texts = [report_text(r, self.options.text_field) for r in df.to_dict("records")]
+            self._splits[name] = EmbeddedSplit(df, feats, texts)
+        return self._splits[name]
+
+    def findings(self) -> list[str]:
+        """The findings evaluated: label columns the knowledge graph has prompts for (or the ones asked for)."""
+        from medclip.knowledge import Graph
+
+        graph = Graph.load()
+        present = [c[len(LABEL_PREFIX):] for c in label_columns(self.frame)]
+        if self.options.findings:
+            wanted = graph.resolve(self.options.findings)
+            missing = [f for f in wanted if f not in present]
+            if missing:
+                raise ValueError(f"{self._where()}: no label column for {missing} (have {present})")
+            return wanted
+        if not self.options.unmentioned_as_negative:  # a column with no 0/1 value cannot be scored
+            present = [f for f in present
+                       if pd.to_numeric(self.frame[LABEL_PREFIX + f], errors="coerce").isin((0.0, 1.0)).any()]
+        usable = [f for f in present if f in graph]
+        skipped = [f for f in present if f not in graph]
+        if skipped:
+            log.warning("label columns without knowledge-graph prompts are skipped: %s", skipped)
+        if not usable:
+            raise ValueError(f"{self._where()}: no label.<finding> column with known (0/1) labels that the "
+                             f"knowledge graph has prompts for (run `medclip label` first)")
+        return usable
+
+    def zeroshot_classifier(self, style: str | None = None) -> ZeroShotClassifier:
+        """The zero-shot classifier over :meth:`findings` (the default style is cached)."""
+        style = style or self.options.style
+        if style == self.options.style and self._zeroshot is not None:
+            return self._zeroshot
+        clf = ZeroShotClassifier.from_model(self.model, self.findings(), style=style)
+        if style == self.options.style:
+            self._zeroshot = clf
+        return clf
+
+    def _plot(self, fn, *args, name: str) -> None:
+        if self.output_dir is None:
+            return
+        try:
+            path = fn(*args, self.output_dir / name)
+            self.plots.append(str(path))
+        except Exception as exc:  # a plot failing must not lose the metrics
+            log.warning("plot %s failed: %s", name, exc)
+
+    # ------------------------------------------------------------------ zero-shot
+    def run_zeroshot(self) -> dict[str, Any]:
+        """AUROC / AUPRC / F1 / accuracy per finding with patient-bootstrap CIs, thresholds from the
+        validation split, calibration, multi-class softmax AUROC, and the prompt-style sweep."""
+        from .plots import plot_prompt_sensitivity, plot_reliability, plot_roc_curves
+
+        opt = self.options
+        test = self.split(opt.split)
+        clf = self.zeroshot_classifier()
+        findings = clf.findings
+        y = test.labels(findings, opt.unmentioned_as_negative)
+        prob = clf.predict_proba(test.image_features)
+        multi = clf.predict_multiclass(test.image_features)
+
+        thresholds = {f: DEFAULT_THRESHOLD for f in findings}
+        threshold_source = "default 0.5"
+        if opt.val_split and (self.frame["split"] == opt.val_split).any():
+            val = self.split(opt.val_split)
+            chosen = choose_thresholds(val.labels(findings, opt.unmentioned_as_negative),
+                                       clf.predict_proba(val.image_features), findings, opt.criterion)
+            thresholds.update(chosen)
+            threshold_source = f"{opt.criterion} on split {opt.val_split!r}"
+            if self.checkpoint_dir is not None:
+                save_thresholds(self.checkpoint_dir, thresholds, criterion=opt.criterion)
+
+        per_finding: dict[str, dict] = {}
+        curves = {}
+        pooled_y, pooled_p = [], []
+        for j, cid in enumerate(findings):
+            known = ~np.isnan(y[:, j])
+            yj, pj, groups = y[known, j], prob[known, j], test.patients[known]
+            t = thresholds[cid]
+            boot = dict(groups=groups, n_boot=opt.n_boot, seed=opt.seed)
+            entry = {
+                "n": int(known.sum()), "positives": int(yj.sum()), "threshold": t,
+                "auroc": M.bootstrap_ci(M.auroc, yj, pj, **boot).to_dict(),
+                "auprc": M.bootstrap_ci(M.auprc, yj, pj, **boot).to_dict(),
+                "f1": M.bootstrap_ci(M.f1_at(t), yj, pj, **boot).to_dict(),
+                "accuracy": M.bootstrap_ci(M.accuracy_at(t), yj, pj, **boot).to_dict(),
+                "ece": M.expected_calibration_error(yj, pj) if yj.size else math.nan,
+                "auroc_multiclass_softmax": M.auroc(yj, multi[known, j]) if yj.size else math.nan,
+            }
+            per_finding[cid] = entry
+            if yj.size and 0 < yj.sum() < yj.size:
+                from sklearn.metrics import roc_curve
+
+                fpr, tpr, _ = roc_curve(yj, pj)
+                curves[cid] = (fpr, tpr, entry["auroc"]["value"])
+            pooled_y.append(yj)
+            pooled_p.append(pj)
+        pooled_y_arr, pooled_p_arr = np.concatenate(pooled_y), np.concatenate(pooled_p)
+        table = M.reliability_table(pooled_y_arr, pooled_p_arr)
+        ece = M.expected_calibration_error(pooled_y_arr, pooled_p_arr)
+
+        sweep: dict[str, dict[str, float]] = {}
+        for style in PROMPT_STYLES:
+            p_style = self.zeroshot_classifier(style).predict_proba(test.image_features)
+            sweep[style] = {}
+            for j, cid in enumerate(findings):
+                known = ~np.isnan(y[:, j])
+                sweep[style][cid] = M.auroc(y[known, j], p_style[known, j]) if known.any() else math.nan
+        spread = {cid: _spread([sweep[s][cid] for s in PROMPT_STYLES]) for cid in findings}
+        mean_by_style = {s: _nanmean(sweep[s].values()) for s in PROMPT_STYLES}
+
+        self._plot(plot_roc_curves, curves, name="zeroshot_roc.png")
+        self._plot(plot_reliability, table, ece, name="zeroshot_calibration.png")
+        self._plot(plot_prompt_sensitivity, sweep, name="zeroshot_prompt_sensitivity.png")
+        return {
+            "split": opt.split, "style": opt.style, "findings": findings, "threshold_source": threshold_source,
+            "thresholds_saved_to": str(self.checkpoint_dir) if self.checkpoint_dir is not None and "on split" in threshold_source else None,
+            "per_finding": per_finding,
+            "mean_auroc": _nanmean(e["auroc"]["value"] for e in per_finding.values()),
+            "mean_auroc_multiclass_softmax": _nanmean(e["auroc_multiclass_softmax"] for e in per_finding.values()),
+            "ece": ece,
+            "reliability": {k: v.tolist() for k, v in table.items()},
+            "prompt_sensitivity": {"auroc": sweep, "spread": spread, "mean_auroc": mean_by_style,
+                                   "mean_spread": _spread(list(mean_by_style.values()))},
+        }
+
+    # ------------------------------------------------------------------ retrieval
+    def _reports(self, split: EmbeddedSplit) -> tuple[list[str], list[str], np.ndarray]:
+        """Unique (study, report) pairs of a split, and which image rows have text."""
+        has_text = np.array([bool(t) for t in split.texts])
+        if not has_text.any():
+            raise ValueError(f"{self._where()}: split {split.frame['split'].iloc[0]!r} has no report text "
+                             f"in field {self.options.text_field!r}")
+        pairs = dict.fromkeys((s, t) for s, t, h in zip(split.studies, split.texts, has_text) if h)
+        return [t for _, t in pairs], [s for s, _ in pairs], has_text
+
+    def run_retrieval(self) -> dict[str, Any]:
+        """Image->report and report->image Recall@1/5/10 and median rank at study level."""
+        from .plots import plot_recall_curves
+        from .retrieval import evaluate_retrieval
+
+        test = self.split(self.options.split)
+        texts, text_studies, has_text = self._reports(test)
+        text_features = embed_texts(self.model, texts, self.options.batch_size)
+        result = evaluate_retrieval(test.image_features[torch.from_numpy(has_text)], text_features,
+                                    test.studies[has_text], text_studies, use_faiss=self.options.use_faiss)
+        ranks = result.pop("ranks")
+        n_studies = result["n_studies"]
+        result["chance_R@10"] = min(1.0, 10 / max(len(texts), 1))
+        result["split"] = self.options.split
+        self._plot(plot_recall_curves, ranks, name="retrieval_recall.png")
+        log.info("retrieval over %d studies", n_studies)
+        return result
+
+    # ------------------------------------------------------------------ drafting
+    def build_drafter(self):
+        """A :class:`ReportDrafter` over the training split's unique reports."""
+        from .drafting import ReportDrafter
+
+        train_rows = self.frame[self.frame["split"] == self.options.train_split]
+        corpus = list(dict.fromkeys(t for t in (report_text(r, self.options.text_field) for r in train_rows.to_dict("records")) if t))
+        if not corpus:
+            raise ValueError(f"{self._where()}: split {self.options.train_split!r} has no report text to draft from")
+        return ReportDrafter.build(self.model, corpus, self.options.batch_size)
+
+    def run_report(self, examples: int = 3) -> dict[str, Any]:
+        """Retrieval-based drafts for the test images, scored against their true reports."""
+        from medclip.knowledge import ReportLabeler
+
+        from .drafting import score_drafts
+
+        test = self.split(self.options.split)
+        _, _, has_text = self._reports(test)
+        drafter = self.build_drafter()
+        if self.checkpoint_dir is not None:
+            drafter.save(self.checkpoint_dir / DRAFTER_DIR)
+        rows = np.flatnonzero(has_text)
+        drafts = [drafter.draft(test.image_features[i]) for i in rows]
+        references = [test.texts[i] for i in rows]
+        labeler = ReportLabeler()
+        scores = score_drafts([d.text for d in drafts], references, labeler)
+        # reference points: the single nearest training report verbatim, and a random training report
+        nearest = [drafter.texts[d.neighbours[0]] for d in drafts]
+        rng = np.random.default_rng(self.options.seed)
+        random_reports = [drafter.texts[int(i)] for i in rng.integers(0, len(drafter), len(rows))]
+        scores["nearest_report"] = {k: v for k, v in score_drafts(nearest, references, labeler).items() if k != "per_finding"}
+        scores["random_report"] = {k: v for k, v in score_drafts(random_reports, references, labeler).items() if k != "per_finding"}
+        scores["corpus_reports"] = len(drafter)
+        scores["split"] = self.options.split
+        scores["examples"] = [{"draft": d.text, "truth": r} for d, r in list(zip(drafts, references))[:examples]]
+        if self.checkpoint_dir is not None:
+            scores["drafter_saved_to"] = str(self.checkpoint_dir / DRAFTER_DIR)
+        return scores
+
+    # ------------------------------------------------------------------ few-shot
+    def run_fewshot(self) -> dict[str, Any]:
+        """Linear probe and GDA with k shots per class (from the training split), alone and + zero-shot."""
+        from .fewshot import evaluate_fewshot
+        from .plots import plot_fewshot
+
+        opt = self.options
+        train, test = self.split(opt.train_split), self.split(opt.split)
+        clf = self.zeroshot_classifier()
+        findings = clf.findings
+        result = evaluate_fewshot(train.image_features.numpy(), train.labels(findings, opt.unmentioned_as_negative),
+                                  test.image_features.numpy(), test.labels(findings, opt.unmentioned_as_negative),
+                                  findings, zeroshot_logits=clf.logits(test.image_features).numpy(), shots=opt.shots,
+                                  trials=opt.fewshot_trials, seed=opt.seed, train_groups=train.patients)
+        result["split"] = opt.split
+        self._plot(plot_fewshot, result, name="fewshot_auroc.png")
+        return result
+
+    def run(self, tasks: Iterable[str]) -> dict[str, Any]:
+        """Run the tasks in order; returns {task: result} plus model and data descriptions."""
+        tasks = list(dict.fromkeys(tasks))
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}")
+        out: dict[str, Any] = {"model": describe_model(self.model),
+                               "manifest": self.manifest_path.name if self.manifest_path else None,
+                               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.options).items()}}
+        for task in tasks:
+            log.info("task %s", task)
+            out[task] = getattr(self, f"run_{task}")()
+        out["data"] = {name: {"images": len(s.frame), "patients": int(s.frame["patient_id"].nunique()),
+                              "studies": int(s.frame["study_id"].nunique())} for name, s in self._splits.items()}
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            out["plots"] = list(self.plots)
+            (self.output_dir / METRICS_FILE).write_text(json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n")
+        return out
+
+
+def evaluate(checkpoint: str | Path | nn.Module, manifest: str | Path | pd.DataFrame, tasks: Sequence[str] = TASKS,
+             output_dir: str | Path | None = None, save_to_checkpoint: bool = False, device: str = "cpu",
+             **options: Any) -> dict[str, Any]:
+    """Evaluate a checkpoint folder (medclip or open_clip, see :func:`load_model`) or a loaded model on a
+    manifest. ``options`` are :class:`EvalOptions` fields. With ``save_to_checkpoint`` the chosen
+    thresholds (``thresholds.json``) and the report drafter (``drafter/``) are written into the
+    checkpoint folder for the demo."""
+    opts = EvalOptions(**options)
+    model = checkpoint if isinstance(checkpoint, nn.Module) else load_model(checkpoint, device=device)
+    ckpt_dir = None
+    if save_to_checkpoint:
+        if isinstance(checkpoint, nn.Module) or not Path(str(checkpoint)).is_dir():
+            raise ValueError("save_to_checkpoint needs a checkpoint folder")
+        ckpt_dir = Path(str(checkpoint))
+    return Evaluator(model, manifest, opts, output_dir=output_dir, checkpoint_dir=ckpt_dir).run(tasks)
+
+
+# ---------------------------------------------------------------------- presentation
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, dict) and "value" in v:
+        return str(M.Estimate(*(math.nan if v[k] is None else v[k] for k in ("value", "low", "high", "n", "n_groups"))))
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """Human-readable tables of :func:`evaluate`'s results."""
+    parts = []
+    if "zeroshot" in results:
+        z = results["zeroshot"]
+        rows = [[cid, e["n"], e["positives"], _fmt(e["auroc"]), _fmt(e["auprc"]), _fmt(e["f1"]), _fmt(e["accuracy"]),
+                 _fmt(e["threshold"], 2), _fmt(e["ece"]), _fmt(e["auroc_multiclass_softmax"]),
+                 _fmt(z["prompt_sensitivity"]["spread"].get(cid))] for cid, e in z["per_finding"].items()]
+        parts.append(f"Zero-shot diagnosis (split {z['split']}, prompts {z['style']}, thresholds: {z['threshold_source']}; "
+                     "95% CIs by patient bootstrap)\n" + _table(
+                         ["finding", "n", "pos", "AUROC", "AUPRC", "F1", "accuracy", "thr", "ECE", "AUROC(multi)", "prompt spread"], rows))
+        ps = z["prompt_sensitivity"]["mean_auroc"]
+        parts.append(f"mean AUROC {_fmt(z['mean_auroc'])}; pooled ECE {_fmt(z['ece'])}; mean AUROC by prompt style: "
+                     + ", ".join(f"{s} {_fmt(v)}" for s, v in ps.items()))
+    if "retrieval" in results:
+        r = results["retrieval"]
+        rows = [[d.replace("_", " "), _fmt(r[d]["R@1"]), _fmt(r[d]["R@5"]), _fmt(r[d]["R@10"]), _fmt(r[d]["median_rank"], 1),
+                 r[d]["n_queries"], r[d]["gallery_size"]] for d in ("image_to_report", "report_to_image")]
+        parts.append(f"Retrieval (split {r['split']}, study level, {r['n_studies']} studies)\n"
+                     + _table(["direction", "R@1", "R@5", "R@10", "median rank", "queries", "gallery"], rows))
+    if "report" in results:
+        d = results["report"]
+        rows = [["retrieval draft", _fmt(d["macro_f1"]), _fmt(d["micro_f1"]), _fmt(d["bleu4"]), _fmt(d["rouge_l"])]]
+        for key, label in (("nearest_report", "nearest report"), ("random_report", "random report")):
+            s = d[key]
+            rows.append([label, _fmt(s["macro_f1"]), _fmt(s["micro_f1"]), _fmt(s["bleu4"]), _fmt(s["rouge_l"])])
+        parts.append(f"Report drafting ({d['n_reports']} reports, corpus {d['corpus_reports']} training reports)\n"
+                     + _table(["method", "macro F1", "micro F1", "BLEU-4", "ROUGE-L"], rows))
+    if "fewshot" in results:
+        f = results["fewshot"]
+        by_k = {int(k): v for k, v in f["shots"].items()}  # int keys in memory, str keys after JSON
+        shots = sorted(by_k)
+        methods = sorted({m for v in by_k.values() for m in v}, key=str)
+        rows = [[m, *(_fmt(by_k[k][m]["mean"]) for k in shots)] for m in methods]
+        if "zeroshot" in f:
+            rows.append(["zeroshot", *([_fmt(f["zeroshot"]["mean"])] * len(shots))])
+        parts.append(f"Few-shot mean AUROC (mean of {f['trials']} draws of the shots)\n"
+                     + _table(["method", *(f"k={k}" for k in shots)], rows))
+    return "\n\n".join(parts)
+
+
+def _nanmean(values: Iterable[float | None]) -> float:
+    arr = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def _spread(values: Sequence[float]) -> float:
+    arr = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    return float(arr.max() - arr.min()) if arr.size else math.nan
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN -> None, numpy -> Python, tuple keys/values -> lists (for strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) or math.isinf(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
