@@ -1,0 +1,191 @@
+"""The triage engine behind the demo: everything loaded once, one call per image.
+
+:class:`TriageEngine` holds the model, the zero-shot classifier (prompt embeddings computed once),
+the evaluation's operating points, the knowledge-graph cards, the reference gallery and the
+report drafter. :meth:`TriageEngine.model_view` turns an upload into exactly the array the model
+sees (window/level, slice, letterbox resize); :meth:`TriageEngine.predict` returns ranked findings,
+a triage priority, similar studies and a drafted report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medclip.eval.drafting import DraftedReport, ReportDrafter
+from medclip.eval.encoders import model_image_size
+from medclip.eval.thresholds import DEFAULT_UNCERTAIN_MARGIN, load_thresholds, load_uncertain_margin
+from medclip.eval.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
+from medclip.io import MedicalImage, to_model_input
+from medclip.io.windowing import WindowSpec, check_window
+from medclip.knowledge import Graph
+
+from .gallery import Gallery, GalleryMatch
+from .triage import ConceptCard, FindingResult, TriagePriority, concept_card, rank_findings, triage_priority
+from .uploads import LoadedStudy
+
+__all__ = ["TriageEngine", "TriageResult", "default_gallery_dir"]
+
+log = logging.getLogger(__name__)
+
+#: Where the engine looks for a gallery when none is named: inside the checkpoint folder.
+GALLERY_SUBDIR = "gallery"
+
+
+def default_gallery_dir(checkpoint_dir: str | Path) -> Path:
+    """The gallery folder that belongs to a checkpoint: ``<checkpoint>/gallery``."""
+    return Path(checkpoint_dir) / GALLERY_SUBDIR
+
+
+@dataclass
+class TriageResult:
+    """One prediction: ranked findings, study priority, similar studies, drafted report, timings (s)."""
+
+    findings: list[FindingResult]
+    priority: TriagePriority
+    similar: list[GalleryMatch]
+    draft: DraftedReport | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def report_text(self) -> str:
+        """The drafted report as the user copies it (empty without a gallery)."""
+        if self.draft is None:
+            return ""
+        parts = []
+        if self.draft.findings:
+            parts.append(f"FINDINGS: {self.draft.findings}")
+        if self.draft.impression:
+            parts.append(f"IMPRESSION: {self.draft.impression}")
+        return "\n\n".join(parts)
+
+
+class TriageEngine:
+    """Model + zero-shot classifier + operating points + knowledge cards + gallery + drafter."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        findings: str | Iterable[str] | None = None,
+        thresholds: dict[str, float] | None = None,
+        uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN,
+        gallery: Gallery | None = None,
+        drafter: ReportDrafter | None = None,
+        graph: Graph | None = None,
+        checkpoint_dir: Path | None = None,
+        gallery_note: str = "",
+        k_similar: int = 4,
+    ) -> None:
+        if getattr(getattr(getattr(model, "config", None), "vision", None), "is_volume", False):
+            raise ValueError("this checkpoint's vision tower takes 3D volumes; the triage demo serves 2D image models")
+        self.model = model.eval()
+        self.graph = graph or Graph.load()
+        self.classifier = ZeroShotClassifier.from_model(self.model, DEFAULT_FINDINGS if findings is None else findings,
+                                                        graph=self.graph)
+        self.thresholds = dict(thresholds or {})
+        self.uncertain_margin = float(uncertain_margin)
+        self.cards: dict[str, ConceptCard] = {cid: concept_card(self.graph, cid) for cid in self.classifier.findings
+                                              if cid in self.graph}
+        self.gallery = gallery
+        self.drafter = drafter
+        self.checkpoint_dir = checkpoint_dir
+        self.gallery_note = gallery_note
+        self.k_similar = k_similar
+        size = model_image_size(self.model)
+        self.image_size = int(size if isinstance(size, int) else max(size))
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint_dir: str | Path,
+        gallery_dir: str | Path | None = None,
+        *,
+        findings: str | Iterable[str] | None = None,
+    ) -> "TriageEngine":
+        """Load a checkpoint folder, its thresholds and a gallery (default ``<checkpoint>/gallery``, optional).
+
+        A missing default gallery only disables similar studies and drafting (the note says how to
+        build one); a named gallery that cannot be used raises :class:`GalleryError`.
+        """
+        from medclip.model import DualEncoder
+
+        checkpoint_dir = Path(checkpoint_dir)
+        model = DualEncoder.from_pretrained(checkpoint_dir).eval()
+        thresholds = load_thresholds(checkpoint_dir)
+        margin = load_uncertain_margin(checkpoint_dir)
+        gallery = drafter = None
+        note = ""
+        directory = Path(gallery_dir) if gallery_dir is not None else default_gallery_dir(checkpoint_dir)
+        if gallery_dir is not None or (directory / "gallery.json").is_file():
+            gallery = Gallery.load(directory, model)
+            drafter = gallery.drafter()
+        else:
+            note = (f"No reference gallery at {directory}: similar studies and the drafted report are off. Build one with "
+                    f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`.")
+        if not thresholds:
+            note = (note + " " if note else "") + ("No calibrated operating points (thresholds.json) in the checkpoint: "
+                                                   "every finding is judged at 0.5; run `medclip eval` to calibrate.")
+        return cls(model, findings=findings, thresholds=thresholds, uncertain_margin=margin, gallery=gallery,
+                   drafter=drafter, checkpoint_dir=checkpoint_dir, gallery_note=note)
+
+    # ----------------------------------------------------------------- what the model sees
+    def model_view(self, study: LoadedStudy | MedicalImage, window: WindowSpec = "auto",
+                   slice_index: int | None = None) -> np.ndarray:
+        """The uint8 (S, S) image the model sees: one slice of a volume (default: the middle one),
+        windowed (``"auto"``, a preset name or (center, width); ignored for PNG/JPEG, which are
+        display values already), letterboxed to the model's input size."""
+        image = study.image if isinstance(study, LoadedStudy) else study
+        check_window(window)
+        if window is None:
+            window = "auto"
+        if image.is_volume:
+            depth = image.array.shape[0]
+            index = depth // 2 if slice_index is None else int(slice_index)
+            if not 0 <= index < depth:
+                raise ValueError(f"slice {index} out of range: the volume has {depth} slices")
+            image = replace(image, array=image.array[index], spacing=image.spacing[1:], affine=None)
+        return to_model_input(image, self.image_size, window=window)
+
+    # ----------------------------------------------------------------- prediction
+    def encode(self, pixels: np.ndarray) -> torch.Tensor:
+        """Image embedding (1, E) of a uint8 (S, S) model view."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)[None, None]
+        with torch.inference_mode():
+            return self.model.encode_image(x, normalize=True).float()
+
+    def predict(self, pixels: np.ndarray) -> TriageResult:
+        """Findings, priority, similar studies and a drafted report for one model view."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        features = self.encode(pixels)
+        t1 = time.perf_counter()
+        probabilities = self.classifier.predict_proba(features)[0]
+        findings = rank_findings(probabilities, self.classifier.findings, self.graph, self.thresholds,
+                                 self.uncertain_margin, cards=self.cards)
+        priority = triage_priority(findings)
+        t2 = time.perf_counter()
+        similar = self.gallery.search(features, self.k_similar) if self.gallery is not None else []
+        t3 = time.perf_counter()
+        draft = self.drafter.draft(features) if self.drafter is not None else None
+        t4 = time.perf_counter()
+        timings.update(encode=t1 - t0, classify=t2 - t1, similar=t3 - t2, draft=t4 - t3)
+        return TriageResult(findings=findings, priority=priority, similar=similar, draft=draft, timings=timings)
+
+    def triage(self, study: LoadedStudy | MedicalImage, window: WindowSpec = "auto",
+               slice_index: int | None = None) -> tuple[np.ndarray, TriageResult]:
+        """:meth:`model_view` then :meth:`predict`; returns the view and the result."""
+        t0 = time.perf_counter()
+        pixels = self.model_view(study, window, slice_index)
+        t1 = time.perf_counter()
+        result = self.predict(pixels)
+        result.timings = {"view": t1 - t0, **result.timings}
+        return pixels, result
+

@@ -1,0 +1,115 @@
+"""HTML fragments for the demo page (pure functions, no Gradio): findings, priority, similar studies, header.
+
+Every text that reaches the page goes through :func:`html.escape`; thumbnails are inlined as
+base64 PNG so that no file path is ever served.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .gallery import GalleryMatch
+from .triage import FindingResult, TriagePriority
+
+__all__ = ["NOTICE", "render_error", "render_findings", "render_header", "render_priority", "render_similar"]
+
+#: Shown on every page: the demo is a research tool.
+NOTICE = ("RESEARCH USE ONLY - NOT FOR DIAGNOSIS. Outputs come from a research model and have not been "
+          "validated for clinical use; a qualified clinician must read every study.")
+
+_STATUS_STYLE = {"positive": "#b42318", "uncertain": "#b54708", "negative": "#475467"}
+_PRIORITY_STYLE = {"urgent": "#b42318", "priority": "#b54708", "routine": "#027a48"}
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_priority(priority: TriagePriority) -> str:
+    """A coloured banner: URGENT / PRIORITY / ROUTINE with the findings that set it."""
+    colour = _PRIORITY_STYLE.get(priority.level, "#475467")
+    parts = [f"<div id='triage-priority' data-level='{_e(priority.level)}' style='border-left:6px solid {colour};"
+             f"padding:8px 12px;margin:4px 0'><b style='color:{colour};font-size:1.2em'>"
+             f"Triage priority: {_e(priority.level.upper())}</b>"]
+    if priority.reasons:
+        parts.append(f"<br>because of: {_e(', '.join(priority.reasons))}")
+    if priority.review:
+        parts.append(f"<br>review (uncertain): {_e(', '.join(priority.review))}")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _card(result: FindingResult) -> str:
+    card = result.card
+    if card is None:
+        return ""
+    rows = []
+    if card.definition:
+        rows.append(f"<p><b>Definition.</b> {_e(card.definition)}</p>")
+    if card.synonyms:
+        rows.append(f"<p><b>Synonyms.</b> {_e('; '.join(card.synonyms))}</p>")
+    if card.appearance:
+        rows.append(f"<p><b>Typical appearance.</b> {_e(' '.join(card.appearance))}</p>")
+    if card.sources:
+        rows.append(f"<p style='font-size:0.85em'><b>Source.</b> {_e('; '.join(card.sources))}</p>")
+    return f"<details class='concept-card'><summary>about {_e(card.name)}</summary>{''.join(rows)}</details>"
+
+
+def render_findings(results: Sequence[FindingResult]) -> str:
+    """The ranked findings table: probability bar, operating point, status, urgency flag and card."""
+    head = ("<table id='ranked-findings' style='width:100%;border-collapse:collapse'><thead><tr>"
+            "<th style='text-align:left'>#</th><th style='text-align:left'>Finding</th>"
+            "<th style='text-align:left'>Probability</th><th style='text-align:left'>Operating point</th>"
+            "<th style='text-align:left'>Status</th></tr></thead><tbody>")
+    rows = []
+    for i, r in enumerate(results, 1):
+        colour = _STATUS_STYLE.get(r.status, "#475467")
+        flag = " <span title='urgent finding' style='color:#b42318'>&#9888; urgent</span>" if r.flagged else ""
+        bar = (f"<div style='background:#eaecf0;width:120px;height:8px;display:inline-block;margin-right:6px'>"
+               f"<div style='background:{colour};width:{max(0.0, min(1.0, r.probability)) * 120:.0f}px;height:8px'></div></div>")
+        rows.append(
+            f"<tr class='finding' data-concept='{_e(r.concept_id)}' data-status='{_e(r.status)}' "
+            f"style='border-top:1px solid #eaecf0'><td>{i}</td><td><b>{_e(r.name)}</b>{flag}{_card(r)}</td>"
+            f"<td>{bar}{r.probability:.2f}</td>"
+            f"<td>{r.threshold:.2f} &plusmn; {r.margin:.2f}</td>"
+            f"<td style='color:{colour};font-weight:bold'>{_e(r.status)}</td></tr>")
+    return head + "".join(rows) + "</tbody></table>"
+
+
+def _thumbnail_tag(path: Path | None) -> str:
+    if path is None:
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"<img alt='reference study' src='data:image/png;base64,{data}' style='max-width:120px;max-height:120px'>"
+
+
+def render_similar(matches: Sequence[GalleryMatch], note: str = "") -> str:
+    """The most similar reference studies with their reports (or the note saying why there are none)."""
+    if not matches:
+        return f"<p id='similar-studies'><i>{_e(note or 'No reference gallery loaded.')}</i></p>"
+    rows = []
+    for m in matches:
+        rows.append(
+            f"<div class='similar-study' style='display:flex;gap:10px;margin:6px 0;border-top:1px solid #eaecf0;"
+            f"padding-top:6px'>{_thumbnail_tag(m.thumbnail)}<div><b>#{m.rank}</b> similarity {m.score:.2f}"
+            f" &middot; study {_e(m.study_id[:8])} {_e(m.view_position)}<br><span>{_e(m.report)}</span></div></div>")
+    return "<div id='similar-studies'>" + "".join(rows) + "</div>"
+
+
+def render_header(header: Mapping[str, Any]) -> str:
+    """The de-identified header as a two-column table (ids are salted hashes)."""
+    if not header:
+        return "<p id='dicom-header'><i>no header</i></p>"
+    rows = "".join(f"<tr><td style='padding-right:12px'>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in header.items())
+    return ("<table id='dicom-header' style='font-size:0.9em'>" + rows + "</table>"
+            "<p style='font-size:0.8em'>De-identified: names, birth dates, IDs, accession numbers, dates and "
+            "institutions are never read; identifiers are salted hashes.</p>")
+
+
+def render_error(message: str) -> str:
+    """A visible error box (the app keeps serving)."""
+    return f"<div id='upload-error' role='alert' style='color:#b42318;font-weight:bold'>&#10060; {_e(message)}</div>"

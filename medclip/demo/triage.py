@@ -1,0 +1,190 @@
+"""Triage: per-finding decisions at the evaluation's operating points, urgency tiers and concept cards.
+
+Urgency tiers follow the usual split of radiology results communication (ACR Practice Parameter
+for Communication of Diagnostic Imaging Findings, 2020): *critical* findings that need action
+within minutes to hours (air where it must not be: pneumothorax, pneumoperitoneum,
+pneumomediastinum), *significant* findings that need attention the same day (consolidation,
+effusion, edema, fracture, a mass, ...), and everything else *routine*. Findings a site adds to
+the knowledge graph default to routine; pass ``urgency=`` to change the mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medclip.eval.thresholds import DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, NEGATIVE, POSITIVE, UNCERTAIN, decide
+from medclip.knowledge import Graph
+
+__all__ = [
+    "ConceptCard",
+    "FindingResult",
+    "PRIORITY_LABELS",
+    "URGENCY",
+    "concept_card",
+    "rank_findings",
+    "triage_priority",
+]
+
+CRITICAL, SIGNIFICANT, ROUTINE = 2, 1, 0
+
+#: Urgency tier per concept id of the knowledge graph (missing ids are routine).
+URGENCY: dict[str, int] = {
+    "pneumothorax": CRITICAL,
+    "pneumoperitoneum": CRITICAL,
+    "pneumomediastinum": CRITICAL,
+    "consolidation": SIGNIFICANT,
+    "pneumonia": SIGNIFICANT,
+    "covid19_pneumonia": SIGNIFICANT,
+    "pleural_effusion": SIGNIFICANT,
+    "edema": SIGNIFICANT,
+    "heart_failure": SIGNIFICANT,
+    "pericardial_effusion": SIGNIFICANT,
+    "fracture": SIGNIFICANT,
+    "lung_lesion": SIGNIFICANT,
+    "mass": SIGNIFICANT,
+    "enlarged_cardiomediastinum": SIGNIFICANT,
+    "subcutaneous_emphysema": SIGNIFICANT,
+    "tuberculosis": SIGNIFICANT,
+    "airspace_disease": SIGNIFICANT,
+}
+
+#: Study-level priority names, by tier.
+PRIORITY_LABELS: dict[int, str] = {CRITICAL: "urgent", SIGNIFICANT: "priority", ROUTINE: "routine"}
+_STATUS_ORDER = {POSITIVE: 0, UNCERTAIN: 1, NEGATIVE: 2}
+
+
+@dataclass(frozen=True)
+class ConceptCard:
+    """What the knowledge graph says about a finding, each fact with the source it came from."""
+
+    concept_id: str
+    name: str
+    definition: str = ""
+    synonyms: tuple[str, ...] = ()
+    appearance: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # human-readable names (with licence) of the sources used above
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    """One finding's probability, the operating point it was judged at and the resulting status."""
+
+    concept_id: str
+    name: str
+    probability: float
+    threshold: float
+    margin: float
+    status: str  # "positive" | "uncertain" | "negative"
+    urgency: int
+    card: ConceptCard | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """An urgent (critical-tier) finding that is positive or uncertain: shown first, drives the priority."""
+        return self.urgency == CRITICAL and self.status != NEGATIVE
+
+
+def _source_label(graph: Graph, key: str) -> str:
+    info = graph.sources.get(key) or {}
+    name = str(info.get("name") or key)
+    licence = info.get("licence")
+    return f"{name} ({licence})" if licence else name
+
+
+def concept_card(graph: Graph, concept_id: str) -> ConceptCard:
+    """The knowledge-graph card of one concept: definition, synonyms, radiographic appearance, sources."""
+    concept = graph[concept_id]
+    used: list[str] = []
+
+    def note(source: str) -> None:
+        if source and source not in used:
+            used.append(source)
+
+    definition = ""
+    if concept.definition:
+        definition = concept.definition[0].text
+        note(concept.definition[0].source)
+    synonyms = tuple(n for n in concept.names[1:] if n.lower() != concept.name.lower())
+    for fact in concept.synonym_facts:
+        if fact.text in synonyms:
+            note(fact.source)
+    appearance = tuple(f.text for f in concept.appearance)
+    for fact in concept.appearance:
+        note(fact.source)
+    return ConceptCard(
+        concept_id=concept.id,
+        name=concept.name,
+        definition=definition,
+        synonyms=synonyms,
+        appearance=appearance,
+        sources=tuple(_source_label(graph, s) for s in used),
+    )
+
+
+def rank_findings(
+    probabilities: Sequence[float] | np.ndarray,
+    findings: Sequence[str],
+    graph: Graph,
+    thresholds: Mapping[str, float] | None = None,
+    margin: float = DEFAULT_UNCERTAIN_MARGIN,
+    urgency: Mapping[str, int] | None = None,
+    cards: Mapping[str, ConceptCard] | None = None,
+) -> list[FindingResult]:
+    """Judge each finding at its operating point and rank: flagged urgent findings first, then by probability.
+
+    ``thresholds``: per-finding cut-offs from evaluation (:func:`medclip.eval.thresholds.load_thresholds`);
+    findings without one use 0.5. ``margin``: the uncertain band's half width.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if probs.shape[0] != len(findings):
+        raise ValueError(f"{probs.shape[0]} probabilities for {len(findings)} findings")
+    thresholds = thresholds or {}
+    urgency = URGENCY if urgency is None else urgency
+    results = []
+    for cid, p in zip(findings, probs):
+        t = float(thresholds.get(cid, DEFAULT_THRESHOLD))
+        card = cards.get(cid) if cards is not None else (concept_card(graph, cid) if cid in graph else None)
+        results.append(FindingResult(
+            concept_id=cid,
+            name=graph[cid].name if cid in graph else cid,
+            probability=float(p),
+            threshold=t,
+            margin=float(margin),
+            status=decide(float(p), t, margin),
+            urgency=int(urgency.get(cid, ROUTINE)),
+            card=card,
+        ))
+    return sorted(results, key=lambda r: (not r.flagged, -r.probability))
+
+
+@dataclass(frozen=True)
+class TriagePriority:
+    """The study's priority and the findings that set it."""
+
+    level: str  # "urgent" | "priority" | "routine"
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+    review: tuple[str, ...] = field(default_factory=tuple)  # uncertain findings of a higher tier
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "reasons": list(self.reasons), "review": list(self.review)}
+
+
+def triage_priority(results: Sequence[FindingResult]) -> TriagePriority:
+    """Highest tier among positive findings; uncertain findings of a higher tier are listed for review.
+
+    An uncertain critical finding raises the study to at least "priority" (a radiologist should
+    look today) without calling it urgent.
+    """
+    tier = ROUTINE
+    for r in results:
+        if r.status == POSITIVE:
+            tier = max(tier, r.urgency)
+        elif r.status == UNCERTAIN and r.urgency == CRITICAL:
+            tier = max(tier, SIGNIFICANT)
+    reasons = tuple(r.name for r in results if r.status == POSITIVE and r.urgency == tier and tier > ROUTINE)
+    review = tuple(r.name for r in results if r.status == UNCERTAIN and r.urgency >= max(tier, SIGNIFICANT))
+    return TriagePriority(level=PRIORITY_LABELS[tier], reasons=reasons, review=review)

@@ -1,0 +1,342 @@
+"""Uploads for the demo: size and pixel limits, safe zip extraction, reading into a :class:`MedicalImage`.
+
+Everything a user uploads is read from (and extracted into) a temporary folder that is removed as
+soon as the image is decoded; only the decoded pixels and non-PHI metadata stay in memory. Every
+way an upload can be wrong (too big, not an image, broken DICOM, empty zip, a zip entry that
+escapes its folder, a decompression bomb, too many pixels) raises :class:`UploadError` whose
+message names the file and says what is wrong, so the app can show it and keep serving.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from medclip.io import ImageReadError, MedicalImage, detect_format, load_image, read_dicom_series
+from medclip.io.dicom import find_dicom_series, is_dicom_file
+
+__all__ = [
+    "HEADER_FIELDS",
+    "LoadedStudy",
+    "UploadError",
+    "UploadLimits",
+    "bundled_examples",
+    "extract_zip",
+    "read_upload",
+    "upload_workspace",
+]
+
+PathLike = str | os.PathLike[str]
+
+#: Non-PHI header fields the demo shows, in display order (all come from
+#: :func:`medclip.io.safe_metadata`, the indexer's de-identification: ids are salted hashes).
+HEADER_FIELDS: tuple[str, ...] = (
+    "format", "modality", "view_position", "body_part", "photometric", "rows", "columns", "frames",
+    "volumes", "bits_stored", "pixel_spacing", "slice_thickness", "manufacturer", "transfer_syntax", "sex", "age_group",
+    "study_id", "series_id", "image_id",
+)
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty archive
+_CHUNK = 1 << 20
+
+
+class UploadError(ValueError):
+    """An upload the demo cannot use; the message names the file and the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name}: {reason}")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on what one upload may cost (bytes on disk, pixels in memory, zip expansion)."""
+
+    max_upload_bytes: int = 512 * 1024**2
+    max_pixels: int = 64_000_000  # one 2D image, e.g. 8000 x 8000
+    max_voxels: int = 256 * 1024**2  # one volume (1 GiB as float32)
+    max_zip_members: int = 5000
+    max_unzipped_bytes: int = 2 * 1024**3
+    max_compression_ratio: float = 200.0  # deflate bombs reach ~1000; real DICOM rarely passes 20
+    min_ratio_check_bytes: int = 1024**2  # small members may compress far (headers, blank masks)
+
+
+@dataclass
+class LoadedStudy:
+    """A decoded upload: the image (modality values when ``windowable``), its kind and safe header."""
+
+    image: MedicalImage
+    kind: str  # "dicom", "dicom_series", "nifti" or "raster"
+    name: str  # the uploaded file's base name, for messages
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def windowable(self) -> bool:
+        """True when the pixels are modality values (DICOM, NIfTI) that a window/level maps to display."""
+        return self.image.metadata.get("window") is None
+
+    @property
+    def n_slices(self) -> int:
+        """Slices along the first axis of a volume; 1 for a 2D image."""
+        return int(self.image.array.shape[0]) if self.image.is_volume else 1
+
+
+def safe_header(image: MedicalImage) -> dict[str, Any]:
+    """The header fields the demo shows: the reader's non-PHI metadata, in :data:`HEADER_FIELDS` order."""
+    meta = image.metadata
+    return {key: meta[key] for key in HEADER_FIELDS if meta.get(key) not in (None, "", [])}
+
+
+@contextmanager
+def upload_workspace(root: PathLike | None = None) -> Iterator[Path]:
+    """A private temporary folder (mode 0700) removed with everything in it on exit."""
+    path = Path(tempfile.mkdtemp(prefix="medclip-upload-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _member_target(root: Path, info: zipfile.ZipInfo, name: str) -> Path:
+    """Where a zip member may be written, or UploadError if it would leave ``root`` or is a link."""
+    member = info.filename.replace("\\", "/")
+    parts = PurePosixPath(member).parts
+    if member.startswith("/") or (parts and (":" in parts[0])) or ".." in parts:
+        raise UploadError(name, f"zip entry {info.filename!r} points outside the archive (path traversal); refused")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UploadError(name, f"zip entry {info.filename!r} is a symbolic link; refused")
+    target = (root / member).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise UploadError(name, f"zip entry {info.filename!r} points outside the archive (path traversal); refused")
+    return target
+
+
+def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLimits(), name: str | None = None) -> list[Path]:
+    """Extract the files of a zip into ``dest`` safely; returns the extracted files.
+
+    Refuses path traversal, links, encrypted entries, too many entries and decompression bombs
+    (declared or actual size over ``max_unzipped_bytes``, or a compression ratio over
+    ``max_compression_ratio``); sizes are counted while inflating, not taken from the header.
+    """
+    name = name or Path(path).name
+    dest = Path(dest)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UploadError(name, f"not a readable zip archive ({exc})") from exc
+    with archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+        if not infos:
+            raise UploadError(name, "the zip archive is empty: it holds no files")
+        if len(infos) > limits.max_zip_members:
+            raise UploadError(name, f"the zip holds {len(infos)} files, more than the limit of {limits.max_zip_members}")
+        targets = [_member_target(dest, info, name) for info in infos]  # check every name before writing any
+        declared = sum(i.file_size for i in infos)
+        if declared > limits.max_unzipped_bytes:
+            raise UploadError(name, f"the zip would expand to {declared / 1024**2:.0f} MiB, over the limit of "
+                                    f"{limits.max_unzipped_bytes / 1024**2:.0f} MiB (decompression bomb?)")
+        written = 0
+        out: list[Path] = []
+        for info, target in zip(infos, targets):
+            if info.flag_bits & 0x1:
+                raise UploadError(name, f"zip entry {info.filename!r} is encrypted; upload an unencrypted zip")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            member_bytes = 0
+            try:
+                with archive.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(_CHUNK):
+                        member_bytes += len(chunk)
+                        written += len(chunk)
+                        if written > limits.max_unzipped_bytes:
+                            raise UploadError(name, "the zip expands beyond the limit of "
+                                                    f"{limits.max_unzipped_bytes / 1024**2:.0f} MiB (decompression bomb?)")
+                        ratio = member_bytes / max(info.compress_size, 1)
+                        if member_bytes > limits.min_ratio_check_bytes and ratio > limits.max_compression_ratio:
+                            raise UploadError(name, f"zip entry {info.filename!r} expands more than "
+                                                    f"{limits.max_compression_ratio:.0f}x (decompression bomb); refused")
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
+                raise UploadError(name, f"zip entry {info.filename!r} cannot be extracted ({exc})") from exc
+            out.append(target)
+        return out
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) in _ZIP_MAGIC
+
+
+def _check_pixels(path: Path, kind: str, name: str, limits: UploadLimits) -> None:
+    """Refuse images whose header announces more pixels than the limits, before decoding them."""
+    shape: tuple[int, ...] = ()
+    try:
+        if kind == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            shape = (frames, int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0))
+        elif kind == "nifti":
+            import nibabel as nib
+
+            shape = tuple(int(n) for n in nib.load(str(path)).shape)
+        elif kind == "raster":
+            from PIL import Image
+
+            with Image.open(path) as img:
+                shape = (img.height, img.width)
+    except Exception:  # noqa: BLE001 - the reader reports unreadable files with its own clear message
+        return
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    plane = int(np.prod(shape[-2:], dtype=np.int64)) if len(shape) >= 2 else 0
+    if plane > limits.max_pixels:
+        raise UploadError(name, f"image of {shape[-2]} x {shape[-1]} pixels exceeds the limit of "
+                                f"{limits.max_pixels / 1e6:.0f} megapixels")
+    if count > limits.max_voxels:
+        raise UploadError(name, f"volume {shape} has {count / 1e6:.0f} M voxels, over the limit of "
+                                f"{limits.max_voxels / 1e6:.0f} M")
+
+
+def _read_image(path: Path, kind: str, name: str) -> MedicalImage:
+    """Modality values for DICOM/NIfTI (the demo windows them), display values for PNG/JPEG."""
+    window = "auto" if kind == "raster" else None
+    try:
+        return load_image(path, window=window)
+    except ImageReadError as exc:
+        raise UploadError(name, _reason_for(exc, kind)) from exc
+    except MemoryError as exc:
+        raise UploadError(name, "not enough memory to decode this image") from exc
+
+
+def _reason_for(exc: ImageReadError, kind: str) -> str:
+    what = {"dicom": "broken or unsupported DICOM file", "dicom_series": "DICOM series cannot be assembled",
+            "nifti": "broken NIfTI file", "raster": "broken image file"}.get(kind, "unreadable file")
+    return f"{what}: {exc.reason}"
+
+
+def _read_zip(path: Path, name: str, workdir: Path, limits: UploadLimits) -> tuple[MedicalImage, str]:
+    files = extract_zip(path, workdir / "zip", limits, name=name)
+    dicoms = [f for f in files if is_dicom_file(f)]
+    if not dicoms:
+        images = [f for f in files if _detect(f) in ("nifti", "raster")]
+        if len(images) == 1:
+            kind = _detect(images[0])
+            _check_pixels(images[0], kind, name, limits)
+            return _read_image(images[0], kind, name), kind
+        raise UploadError(name, f"the zip holds {len(files)} file(s) but no DICOM series "
+                                f"({len(images)} other images; upload those one at a time)")
+    _check_series_pixels(dicoms, name, limits)
+    series = find_dicom_series(dicoms)
+    if not series:
+        raise UploadError(name, "the zip holds DICOM files but none with pixel data")
+    # The series with the most files is the one to show (scouts and localizers are short).
+    members = max(series.values(), key=len)
+    if len(members) == 1:
+        _check_pixels(members[0], "dicom", name, limits)
+        return _read_image(members[0], "dicom", name), "dicom"
+    try:
+        try:
+            return read_dicom_series(members, window=None), "dicom_series"
+        except ImageReadError as exc:
+            if not exc.reason.startswith("4D data"):
+                raise
+            # fMRI / perfusion / multi-phase: show the first volume (the header says how many there are)
+            return read_dicom_series(members, window=None, volume_index=0), "dicom_series"
+    except ImageReadError as exc:
+        raise UploadError(name, _reason_for(exc, "dicom_series")) from exc
+    except MemoryError as exc:
+        raise UploadError(name, "not enough memory to assemble this series") from exc
+
+
+def _check_series_pixels(files: list[Path], name: str, limits: UploadLimits) -> None:
+    import pydicom
+
+    total = 0
+    for file in files:
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+            rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+            frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        except Exception:  # noqa: BLE001 - unreadable headers are reported by the series reader
+            continue
+        if rows * cols > limits.max_pixels:
+            raise UploadError(name, f"{file.name}: image of {rows} x {cols} pixels exceeds the limit of "
+                                    f"{limits.max_pixels / 1e6:.0f} megapixels")
+        total += rows * cols * frames
+        if total > limits.max_voxels:
+            raise UploadError(name, f"the series holds more than {limits.max_voxels / 1e6:.0f} M voxels, over the limit")
+
+
+def _detect(path: Path) -> str | None:
+    try:
+        return detect_format(path)
+    except ImageReadError:
+        return None
+
+
+def read_upload(
+    path: PathLike,
+    *,
+    limits: UploadLimits = UploadLimits(),
+    name: str | None = None,
+    workdir: PathLike | None = None,
+) -> LoadedStudy:
+    """Decode one upload (DICOM, zipped DICOM series, NIfTI, PNG or JPEG) into a :class:`LoadedStudy`.
+
+    ``name`` is what messages call the file (default: its base name). A zip is extracted into a
+    private temporary folder under ``workdir`` (default: the system temp folder) that is removed
+    before this returns. Raises :class:`UploadError` for anything that cannot be used.
+    """
+    path = Path(path)
+    name = name or path.name
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UploadError(name, f"cannot open the upload ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise UploadError(name, "the file is empty")
+    if size > limits.max_upload_bytes:
+        raise UploadError(name, f"the file is {size / 1024**2:.0f} MiB, over the upload limit of "
+                                f"{limits.max_upload_bytes / 1024**2:.0f} MiB")
+    if _is_zip(path):
+        with upload_workspace(workdir) as tmp:
+            image, kind = _read_zip(path, name, tmp, limits)
+    else:
+        try:
+            kind = detect_format(path)
+        except ImageReadError as exc:
+            raise UploadError(name, "not an image this demo reads (DICOM, a zipped DICOM series, NIfTI, PNG or "
+                                    f"JPEG): {exc.reason}") from exc
+        _check_pixels(path, kind, name, limits)
+        image = _read_image(path, kind, name)
+    image.source = name  # never keep the temporary path (or a folder name) around
+    return LoadedStudy(image=image, kind=kind, name=name, header=safe_header(image))
+
+
+def bundled_examples(export_dir: PathLike | None = None, limit: int = 6) -> dict[str, Path]:
+    """A few images of the bundled sample export, labelled by study folder: {label: path}."""
+    from medclip.cli import SAMPLE_EXPORT
+
+    root = Path(export_dir) if export_dir is not None else SAMPLE_EXPORT
+    out: dict[str, Path] = {}
+    if not root.is_dir():
+        return out
+    for study in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(f for f in study.rglob("*") if f.is_file() and _detect(f) in ("dicom", "nifti", "raster"))
+        if files:
+            out[f"sample {study.name} ({_detect(files[0])})"] = files[0]
+        if len(out) == limit:
+            break
+    return out
