@@ -111,3 +111,10 @@ def test_roundtrip_to_dict(graph: Graph, tmp_path: Path) -> None:
     path.write_text(json.dumps(graph.to_dict()))
     again = Graph.load(path)
     assert again["cardiomegaly"].to_dict() == graph["cardiomegaly"].to_dict()
+
+
+def test_default_graph_is_package_data() -> None:
+    from medclip.knowledge import graph as graph_module
+
+    assert graph_module.PACKAGED_GRAPH.is_file()
+    assert Graph.load().origin == str(graph_module.PACKAGED_GRAPH)

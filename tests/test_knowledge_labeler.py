@@ -42,6 +42,8 @@ def test_positive_and_evidence_span(labeler: ReportLabeler) -> None:
     assert m.status == "positive" and m.value == 1.0
     assert text[m.evidence_span[0]:m.evidence_span[1]] == "pleural effusion"
     assert m.sentence == "Small left pleural effusion"
+    neg = labeler.label("Heart size and mediastinal contours are within normal limits.")["cardiomegaly"]
+    assert neg.status == "negative" and neg.cue == "are within normal limits"
 
 
 def test_list_scope(labeler: ReportLabeler) -> None:
@@ -61,7 +63,7 @@ def test_sections(labeler: ReportLabeler) -> None:
     assert r["pneumothorax"].status == "not_mentioned"
     assert r["cardiomegaly"].status == "positive" and r["cardiomegaly"].section == "findings"
     assert r["no_finding"].status == "negative"
-    assert labeler.split_sections("FINDINGS: a. IMPRESSION: b.") == {"finding": " a. ", "impression": " b."}
+    assert labeler.split_sections("FINDINGS: a. IMPRESSION: b.") == {"findings": " a. ", "impression": " b."}
 
 
 def test_history_within_findings(labeler: ReportLabeler) -> None:
@@ -196,3 +198,26 @@ def test_cli_module(tmp_path: Path) -> None:
     out = pd.read_parquet(path)
     assert out["label.pleural_effusion"][0] == 1.0 and math.isnan(out["label.pneumothorax"][0])
     assert main([str(tmp_path / "missing.parquet")]) == 2
+
+
+def test_redacted_word_inside_a_phrase(labeler: ReportLabeler) -> None:
+    m = labeler.label("Aortic XXXX calcification.")["aortic_calcification"]
+    assert m.status == "positive" and m.phrase == "Aortic XXXX calcification"
+
+
+def test_label_manifest_accepts_another_labeler(tmp_path: Path) -> None:
+    """A model-based labeler only has to implement ``findings`` and ``label()``."""
+    import pandas as pd
+
+    from medclip.knowledge import Mention
+
+    class AlwaysUncertain:
+        findings = ["pneumonia"]
+
+        def label(self, report):
+            return {"pneumonia": Mention("uncertain", section="model")}
+
+    path = tmp_path / "m.parquet"
+    pd.DataFrame({"report_text": ["anything"]}).to_parquet(path)
+    out = label_manifest(path, progress=False, labeler=AlwaysUncertain())
+    assert out["label.pneumonia"].tolist() == [-1.0]

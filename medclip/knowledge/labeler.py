@@ -42,7 +42,7 @@ POST_WINDOW = 6
 #: Tokens around an anatomic mention ("heart size") searched for its modifier ("enlarged").
 MODIFIER_WINDOW = 6
 
-_REDACTION = re.compile(r"\bX{2,}\b")
+_REDACTED_TOKEN = re.compile(r"X{3,}|x{4,}")
 _SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\.(?=\s)|[!?;\n]")
 
 
@@ -83,7 +83,8 @@ class _Cue:
     start: int
     end: int
     kinds: frozenset[str]
-    text: str
+    text: str  # as written in the report
+    key: str  # normalised phrase
 
 
 class ReportLabeler:
@@ -127,7 +128,7 @@ class ReportLabeler:
             chunk = text[last_end:m.start()]
             if chunk.strip():
                 out[last_title] = (out.get(last_title, "") + " " + chunk).strip() if last_title in out else chunk
-            last_title, last_end = normalize_name(m.group(1)), m.end()
+            last_title, last_end = " ".join(m.group(1).lower().split()), m.end()
         chunk = text[last_end:]
         if chunk.strip():
             out[last_title] = (out[last_title] + " " + chunk) if last_title in out else chunk
@@ -191,8 +192,10 @@ class ReportLabeler:
         return Mention(POSITIVE, inferred_from="no positive findings")
 
     def _label_text(self, section: str, text: str):
-        text = _REDACTION.sub(lambda m: "x" * len(m.group()), text)  # keep offsets; "xxxx" is a filler word
-        tokens = tokenize(text)
+        # De-identified text replaces words with "XXXX"; the redacted word is unknown, so it is
+        # skipped: "Aortic XXXX calcification" still names aortic calcification, "no XXXX of a
+        # pleural effusion" still negates it. Offsets into the original text are kept.
+        tokens = [t for t in tokenize(text) if not _REDACTED_TOKEN.fullmatch(text[t.start:t.end])]
         if not tokens:
             return
         bounds = [m.start() for m in _SENTENCE_END.finditer(text)]
@@ -205,7 +208,8 @@ class ReportLabeler:
 
     def _label_sentence(self, section: str, text: str, toks: list[Token]):
         norms = [t.norm for t in toks]
-        cues = [_Cue(m.start, m.end, frozenset(m.payloads), " ".join(m.phrase)) for m in self._cues.find(norms)]
+        cues = [_Cue(m.start, m.end, frozenset(m.payloads), text[toks[m.start].start:toks[m.end - 1].end],
+                     " ".join(m.phrase)) for m in self._cues.find(norms)]
         terminators = [c for c in cues if "terminators" in c.kinds]
         sentence = text[toks[0].start:toks[-1].end]
         for match in self._mentions.find(norms):
@@ -229,7 +233,7 @@ class ReportLabeler:
     def _status(self, s: int, e: int, cues: list[_Cue], terminators: list[_Cue],
                 anatomic: bool = False) -> tuple[str | None, str | None]:
         before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, terminators)
-                  and (anatomic or c.text not in self._adjectives or s - c.end <= 1)]
+                  and (anatomic or c.key not in self._adjectives or s - c.end <= 1)]
         after = [c for c in cues if c.start >= e and c.start - e <= POST_WINDOW and not self._blocked(e, c.start, terminators)]
         for c in before:
             if "history" in c.kinds:

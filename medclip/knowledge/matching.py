@@ -113,13 +113,17 @@ class PhraseMatcher(Generic[P]):
                 continue
             for phrase, stem, payloads in candidates:
                 m = len(phrase)
-                if i + m > n or (best is not None and m <= len(best[0])):
+                if i + m > n or (best is not None and m < len(best[0])):
                     continue
                 if stem:
                     ok = tokens[i:i + m - 1] == list(phrase[:-1]) and tokens[i + m - 1].startswith(phrase[-1])
                 else:
                     ok = tokens[i:i + m] == list(phrase)
-                if ok:
+                if not ok:
+                    continue
+                if best is not None and m == len(best[0]):  # same length: exact and stem forms agree
+                    best = (best[0], best[1] + tuple(p for p in payloads if p not in best[1]))
+                else:
                     best = (phrase, payloads)
             if best is None:
                 i += 1
