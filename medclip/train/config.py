@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "output_dir": "runs/medclip",
     "data": {
-        "manifest": None,  # Parquet manifest (``medclip index``/``medclip label``) ...
-        "cache_dir": None,  # ... or a WebDataset cache (``medclip cache``): exactly one of the two
+        "manifest": None,  # Parquet manifest (``medclip index``/``medclip label``), decoded on the fly ...
+        "cache_dir": None,  # ... or a WebDataset cache (``medclip cache``), used when both are set
         "train_split": "train",
         "val_split": "val",  # null: no validation
         "batch_size": 32,
@@ -73,6 +74,28 @@ DEFAULTS: dict[str, Any] = {
     "loggers": ["csv", "tensorboard"],
 }
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: ``3e-4`` and ``1e5`` are numbers (PyYAML's YAML 1.1 reads them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 #: Trainer keywords that the ``checkpoint`` and ``loggers`` sections own.
 _TRAINER_OWNED = {"enable_checkpointing": "checkpoint", "logger": "loggers"}
 
@@ -99,7 +122,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
     return key.split("."), value
@@ -160,8 +183,8 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None
             )
 
     data = config.get("data", {})
-    if bool(data.get("manifest")) == bool(data.get("cache_dir")):
-        raise ConfigError(f"{source}: set exactly one of data.manifest and data.cache_dir")
+    if not data.get("manifest") and not data.get("cache_dir"):
+        raise ConfigError(f"{source}: set data.manifest or data.cache_dir")
     batch_size = data.get("batch_size")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"{source}: data.batch_size must be a positive integer, got {batch_size!r}")
@@ -187,7 +210,7 @@ def load_config(
         if not file.is_file():
             raise ConfigError(f"{file}: config file not found")
         try:
-            user = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            user = _yaml_load(file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML ({exc})") from None
         if not isinstance(user, Mapping):

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from medclip.model.losses import group_ids_from_keys
 from medclip.train.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -121,18 +122,15 @@ class ReportCollator:
             )
         texts = [str(item["text"] or "") for item in items]
         tokens = self.tokenize(texts, max_length=self.max_text_tokens)
-        studies: dict[str, int] = {}
-        group_ids = []
-        for position, item in enumerate(items):
-            study = str(item.get("study_id") or "")
-            # no study id: the sample is its own group
-            group_ids.append(studies.setdefault(study, len(studies)) if study else -1 - position)
+        # images of one study share a group (positives for the multi_positive loss); the ids are
+        # hashes of the study id, so they agree across ranks when the loss gathers the batch
+        keys = [str(item.get("study_id") or f"image:{item['image_id']}") for item in items]
         return {
             "images": torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items]),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "labels": torch.stack([torch.as_tensor(item["labels"], dtype=torch.float32) for item in items]),
-            "group_ids": torch.as_tensor(group_ids, dtype=torch.long),
+            "group_ids": group_ids_from_keys(keys),
         }
 
 
@@ -166,6 +164,11 @@ class MedClipDataModule(L.LightningDataModule):
         self._resume: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ datasets
+    @property
+    def source(self) -> str:
+        """The cache folder or manifest file the batches come from."""
+        return str(self.cfg["cache_dir"] if self.is_iterable else self.cfg["manifest"])
+
     def _make_dataset(self, split: str, *, train: bool) -> Any:
         from medclip.data.dataset import CacheDataset, ManifestDataset
 
@@ -183,8 +186,8 @@ class MedClipDataModule(L.LightningDataModule):
 
     @property
     def is_iterable(self) -> bool:
-        """Whether batches stream from the cache (iterable) rather than index the manifest."""
-        return not self.cfg.get("manifest")
+        """Whether batches stream from the cache (preferred when both a cache and a manifest are set)."""
+        return bool(self.cfg.get("cache_dir"))
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -196,7 +199,7 @@ class MedClipDataModule(L.LightningDataModule):
         if stage in (None, "fit") and self._train_source is None:
             self._train_source = self._make_dataset(self.cfg.get("train_split") or "train", train=True)
             if not self.is_iterable and len(self._train_source) == 0:
-                raise ValueError(f"{self.cfg['manifest']}: no rows in split {self.cfg.get('train_split')!r}")
+                raise ValueError(f"{self.source}: no rows in split {self.cfg.get('train_split')!r}")
         if stage in (None, "fit", "validate") and self._val_source is None and self.cfg.get("val_split"):
             try:
                 val = self._make_dataset(self.cfg["val_split"], train=False)
@@ -248,7 +251,7 @@ class MedClipDataModule(L.LightningDataModule):
             sampler.set_epoch(resume["epoch"])
         if sampler.per_rank < batch_size and self.cfg.get("drop_last", True):
             raise ValueError(
-                f"{self.cfg['manifest']}: split {self.cfg.get('train_split')!r} has {len(self._train_source)} "
+                f"{self.source}: split {self.cfg.get('train_split')!r} has {len(self._train_source)} "
                 f"samples, fewer than data.batch_size={batch_size} per rank x {world} ranks; "
                 "lower the batch size or set data.drop_last=false"
             )

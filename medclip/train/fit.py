@@ -52,6 +52,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+class FinalCheckpoint(L.Callback):
+    """Saves ``last.ckpt`` after the final training batch, which periodic checkpoints miss unless
+    ``max_steps`` is a multiple of ``every_n_steps``; saved mid-loop, so a resume continues exactly."""
+
+    def __init__(self, path: Path, every_n_steps: int | None) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        by_steps = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        max_epochs = trainer.max_epochs
+        by_epochs = (
+            max_epochs is not None and max_epochs > 0 and trainer.current_epoch >= max_epochs - 1
+            and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        )
+        periodic = bool(self.every_n_steps) and step % int(self.every_n_steps) == 0  # ModelCheckpoint saves it
+        if (by_steps or by_epochs) and not periodic:
+            trainer.save_checkpoint(self.path)
+
+
 def _instantiate(spec: Any, where: str) -> Any:
     """``{class_path, init_args}`` -> an object; anything else is returned unchanged."""
     if isinstance(spec, list):
@@ -105,6 +126,8 @@ def _callbacks(cfg: Mapping[str, Any], checkpoint_dir: Path, with_loggers: bool)
             enable_version_counter=False,
         )
     ]
+    if ckpt.get("save_last", True):
+        callbacks.append(FinalCheckpoint(checkpoint_dir / "last.ckpt", ckpt.get("every_n_steps")))
     if with_loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return callbacks
@@ -173,10 +196,11 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     data_cfg = dict(cfg["data"])
     data_cfg["manifest"] = resolve_path(data_cfg.get("manifest"))
     data_cfg["cache_dir"] = resolve_path(data_cfg.get("cache_dir"))
-    for key in ("manifest", "cache_dir"):
-        if data_cfg[key] and not Path(data_cfg[key]).exists():
-            raise ConfigError(f"data.{key}: {data_cfg[key]} does not exist")
+    used = "cache_dir" if data_cfg["cache_dir"] else "manifest"
+    if not Path(data_cfg[used]).exists():
+        raise ConfigError(f"data.{used}: {data_cfg[used]} does not exist")
 
+    ckpt_path = _resume_path(cfg, checkpoint_dir)
     module = DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
     datamodule = MedClipDataModule(data_cfg, module.model.tokenize, seed=seed)
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
@@ -185,7 +209,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     with warnings.catch_warnings():
         # the DataModule restores the data position itself (MedClipDataModule.load_state_dict)
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, checkpoint_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     model_dir = output_dir / "model"
     _export(trainer, module, model_dir)
     return model_dir

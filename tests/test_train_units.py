@@ -1,0 +1,213 @@
+"""Training building blocks: config loading and overrides, lr schedule, resumable sampler, report collate."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from medclip.train import DEFAULTS, ConfigError, load_config
+from medclip.train.config import apply_overrides, parse_override
+from medclip.train.data import AugmentedDataset, ReportCollator, sample_seed
+from medclip.train.module import lr_lambda
+from medclip.train.sampler import ResumableSampler
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- config
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_load_config_merges_defaults_file_and_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  manifest: m.parquet\n  batch_size: 8\ntrainer:\n  max_steps: 50\n")
+    cfg = load_config(path, ["trainer.max_steps=10", "trainer.precision=bf16-mixed", "optim.lr=3e-4",
+                             "trainer.devices=[0,1]", "model.overrides.vision.image_size=32", "resume=last"])
+    assert cfg["data"]["batch_size"] == 8
+    assert cfg["data"]["num_workers"] == DEFAULTS["data"]["num_workers"]
+    assert cfg["trainer"]["max_steps"] == 10
+    assert cfg["trainer"]["precision"] == "bf16-mixed"
+    assert cfg["trainer"]["devices"] == [0, 1]
+    assert cfg["optim"]["lr"] == pytest.approx(3e-4)
+    assert cfg["model"]["overrides"] == {"vision": {"image_size": 32}}
+    assert cfg["resume"] == "last"
+    # the defaults themselves are never modified
+    assert DEFAULTS["trainer"]["max_steps"] == 1000 and DEFAULTS["model"]["overrides"] == {}
+
+
+def test_any_trainer_option_is_reachable(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {manifest: m.parquet}\n")
+    cfg = load_config(path, ["trainer.strategy=fsdp", "trainer.num_nodes=4", "trainer.accumulate_grad_batches=8",
+                             "trainer.val_check_interval=0.5", "trainer.deterministic=true"])
+    assert cfg["trainer"]["strategy"] == "fsdp"
+    assert cfg["trainer"]["num_nodes"] == 4
+    assert cfg["trainer"]["accumulate_grad_batches"] == 8
+    assert cfg["trainer"]["deterministic"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_step=3"], "did you mean 'max_steps'"),
+        (["trainer.logger=false"], "loggers"),
+        (["dataa.manifest=x"], "unknown section 'dataa'"),
+        (["data.batchsize=3"], "did you mean 'batch_size'"),
+        (["data.manifest=null"], "set data.manifest or data.cache_dir"),
+        (["data.batch_size=0"], "data.batch_size must be a positive integer"),
+        (["optim.schedule=step"], "optim.schedule"),
+        (["checkpoint.every_n_steps=0"], "checkpoint.every_n_steps"),
+        (["trainer.max_steps"], "not of the form"),
+        (["data.batch_size=3", "data.batch_size.x=2"], "data.batch_size is a value"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, overrides: list[str], message: str) -> None:
+    path = _write(tmp_path, "data:\n  manifest: m.parquet\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, overrides)
+    if "not of the form" not in message and "is a value" not in message:
+        assert str(path) in str(info.value)
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "data: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_override_values_are_yaml() -> None:
+    assert parse_override("a.b=10") == (["a", "b"], 10)
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=") == (["a"], None)
+    assert parse_override("a=16-mixed") == (["a"], "16-mixed")
+    assert apply_overrides({"x": {"y": 1}}, ["x.z.w=true"]) == {"x": {"y": 1, "z": {"w": True}}}
+
+
+def test_quickstart_config_is_valid() -> None:
+    cfg = load_config(REPO_ROOT / "configs" / "quickstart.yaml")
+    assert cfg["model"]["name"] == "offline-default"
+    assert cfg["checkpoint"]["every_n_steps"] <= cfg["trainer"]["max_steps"]
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_lr_warmup_then_cosine() -> None:
+    kw = {"warmup_steps": 10, "total_steps": 110, "schedule": "cosine", "min_lr_ratio": 0.1}
+    values = [lr_lambda(s, **kw) for s in range(120)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(values[:10], values[1:10]))  # warmup rises
+    assert values[10] == pytest.approx(1.0)
+    assert values[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert values[110] == pytest.approx(0.1) and values[119] == pytest.approx(0.1)
+    assert all(b <= a + 1e-12 for a, b in zip(values[10:], values[11:]))  # decays monotonically
+    assert lr_lambda(50, warmup_steps=0, total_steps=100, schedule="linear", min_lr_ratio=0.0) == pytest.approx(0.5)
+    assert lr_lambda(99, warmup_steps=5, total_steps=100, schedule="constant", min_lr_ratio=0.0) == 1.0
+
+
+# ----------------------------------------------------------------------------- sampler
+def _indices(sampler: ResumableSampler) -> list[int]:
+    return [index for index, _ in sampler]
+
+
+def test_sampler_ranks_partition_each_epoch_and_reshuffle() -> None:
+    samplers = [ResumableSampler(10, seed=1, rank=r, world_size=3) for r in range(3)]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        parts = [_indices(s) for s in samplers]
+        assert all(len(p) == len(s) == 4 for p, s in zip(parts, samplers))  # padded to 12
+        assert set().union(*parts) == set(range(10))
+        if epoch == 0:
+            first = parts
+    assert parts != first  # a new order every epoch
+    assert all(e == 1 for _, e in samplers[0])  # items carry their epoch
+
+
+def test_sampler_resume_continues_the_same_order() -> None:
+    world, batch, done = 2, 3, 2
+    full = [ResumableSampler(23, seed=5, rank=r, world_size=world) for r in range(world)]
+    resumed = [ResumableSampler(23, seed=5, rank=r, world_size=world) for r in range(world)]
+    for f, s in zip(full, resumed):
+        f.set_epoch(4)
+        s.resume_from(epoch=4, consumed=done * batch * world)
+        s.set_epoch(4)
+        assert _indices(s) == _indices(f)[done * batch :]
+        assert len(s) == len(f)  # Lightning counts the batches already done itself
+        s.set_epoch(5)  # the skip only applies to the resumed epoch
+        f.set_epoch(5)
+        assert _indices(s) == _indices(f)
+
+
+def test_sampler_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one sample"):
+        ResumableSampler(0)
+    with pytest.raises(ValueError, match="rank 2"):
+        ResumableSampler(5, rank=2, world_size=2)
+
+
+# ----------------------------------------------------------------------------- text and collate
+def test_augmentation_rng_depends_on_seed_epoch_and_index_only() -> None:
+    items = [{"text": f"report {i}", "image": torch.zeros(1, 2, 2)} for i in range(4)]
+
+    def shuffle_words(text: str, rng: random.Random) -> str:
+        words = (text + " a b c d e f").split()
+        rng.shuffle(words)
+        return " ".join(words)
+
+    data = AugmentedDataset(items, shuffle_words, seed=7)
+    assert data[(2, 3)]["text"] == data[(2, 3)]["text"]
+    assert data[(2, 3)]["text"] != data[(2, 4)]["text"] or data[(2, 3)]["text"] != data[(2, 5)]["text"]
+    assert items[2]["text"] == "report 2"  # the source item is not modified
+    assert AugmentedDataset(items, None, seed=7)[1]["text"] == "report 1"
+    assert sample_seed(7, 3, 2) == sample_seed(7, 3, 2) != sample_seed(8, 3, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from medclip.model import create_model
+
+    return create_model("tiny-test", vision={"image_size": 32})
+
+
+def test_collate_pads_to_longest_truncates_and_masks(tiny_model) -> None:
+    long = " ".join(["effusion"] * 300)
+    items = [
+        {"image": torch.rand(1, 32, 32), "text": "no acute findings.", "labels": torch.tensor([1.0, float("nan")]),
+         "image_id": "a", "study_id": "s1", "patient_id": "p"},
+        {"image": torch.rand(1, 32, 32), "text": "small left effusion. heart size normal.",
+         "labels": torch.tensor([0.0, 1.0]), "image_id": "b", "study_id": "s1", "patient_id": "p"},
+        {"image": torch.rand(1, 32, 32), "text": long, "labels": torch.tensor([-1.0, 0.0]),
+         "image_id": "c", "study_id": "", "patient_id": "p"},
+    ]
+    short = ReportCollator(tiny_model.tokenize, max_text_tokens=16)(items[:2])
+    lengths = short["attention_mask"].sum(dim=1)
+    assert short["input_ids"].shape[1] == int(lengths.max())  # padded only to the longest in the batch
+    assert int(lengths[0]) < int(lengths[1])
+    pad_id = tiny_model.tokenizer.pad_token_id
+    assert bool((short["input_ids"][short["attention_mask"] == 0] == pad_id).all())
+    assert bool((short["input_ids"][short["attention_mask"] == 1] != pad_id).all())
+
+    batch = ReportCollator(tiny_model.tokenize, max_text_tokens=16)(items)
+    assert batch["images"].shape == (3, 1, 32, 32)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 16)  # truncated at max_text_tokens
+    assert batch["input_ids"][2, -1] == tiny_model.tokenizer.sep_token_id  # truncation keeps the end token
+    assert torch.isnan(batch["labels"][0, 1]) and batch["labels"].shape == (3, 2)
+    groups = batch["group_ids"].tolist()
+    assert groups[0] == groups[1] != groups[2]  # same study = same group
+    default = ReportCollator(tiny_model.tokenize)(items)
+    assert default["input_ids"].shape[1] == tiny_model.context_length  # default: the tower's maximum
+
+
+def test_collate_rejects_mixed_image_sizes(tiny_model) -> None:
+    items = [{"image": torch.rand(1, 32, 32), "text": "a", "labels": torch.zeros(0), "image_id": "a", "study_id": "s"},
+             {"image": torch.rand(1, 16, 16), "text": "b", "labels": torch.zeros(0), "image_id": "b", "study_id": "t"}]
+    with pytest.raises(ValueError, match="different shapes"):
+        ReportCollator(tiny_model.tokenize)(items)
+    assert math.isfinite(float(ReportCollator(tiny_model.tokenize)(items[:1])["images"].sum()))
