@@ -415,14 +415,24 @@ def _pixels(
         low, high = _colour_display_range(ds) or [0.0, 255.0]
         return window_image(stored, window, display_range=(low, high))
     values = _modality_values(stored, ds, frames)
-    return _window_modality(values, ds, window, frame or 0, path)
+    # One window for all frames of a volume: the frames' window when they share one, else percentiles.
+    frame_windows = {_file_window(ds, f) for f in frames}
+    file_window = frame_windows.pop() if len(frame_windows) == 1 else None
+    return _window_modality(values, ds, window, path, file_window=file_window)
 
 
 def _window_modality(
-    values: np.ndarray, ds: Dataset, window: WindowSpec, frame: int, path: PathLike
+    values: np.ndarray,
+    ds: Dataset,
+    window: WindowSpec,
+    path: PathLike,
+    *,
+    file_window: tuple[float, float, str] | None,
+    use_voi_lut: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Window modality values with ``ds``'s VOI LUT (if ``use_voi_lut``) or ``file_window`` under "auto"."""
     voi = None
-    if isinstance(window, str) and window.strip().lower() == "auto":
+    if use_voi_lut and isinstance(window, str) and window.strip().lower() == "auto":
         try:
             voi = _voi_lut_function(ds)
         except _DECODE_ERRORS:
@@ -432,7 +442,7 @@ def _window_modality(
             values,
             window,
             voi_lut=voi,
-            file_window=_file_window(ds, frame),
+            file_window=file_window,
             monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1",
         )
     except ValueError as exc:  # constant image, invalid width
@@ -730,7 +740,7 @@ def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = N
             ds = _read_dataset(file, stop_before_pixels=True)
         except ImageReadError:
             continue
-        if not any(keyword in ds for keyword in _PIXEL_KEYWORDS) and "Rows" not in ds:
+        if not _int(ds, "Rows"):  # header-only read: no Rows means no image
             continue
         key = hash_identifier(_value(ds, "SeriesInstanceUID", "") or str(file), salt)
         series.setdefault(key, []).append(file)
@@ -778,7 +788,7 @@ def read_dicom_series(
         return read_dicom(members[0][0], window=window, frame=None, volume_index=volume_index, salt=salt)
     slices: list[_Slice] = []
     for index, (file, ds) in enumerate(members):
-        if not any(keyword in ds for keyword in _PIXEL_KEYWORDS) and not _int(ds, "Rows"):
+        if not _int(ds, "Rows"):  # header-only read: no Rows means no image
             raise ImageReadError(file, "no pixel data in a file of the series")
         if _frame_count(ds) > 1:
             raise ImageReadError(file, "multi-frame file inside a series; read it with read_dicom")
@@ -797,24 +807,24 @@ def read_dicom_series(
         stored, colour = _to_gray(_decode(ds, file, None), ds)
         if colour or stored.ndim != 2:
             raise ImageReadError(file, "series slices must be single-frame grayscale")
-        values.append(_modality_values(stored, ds, [0])[None] if stored.ndim == 2 else stored)
+        values.append(_modality_values(stored, ds, [0])[None])
         datasets.append(ds)
     volume = np.concatenate(values, axis=0)
     _check_content(volume, where)
     array, affine, spacing = _to_volume(volume, stack)
 
+    # One window for the volume: the slices' window / VOI LUT when they all share it, else percentiles.
     reference = datasets[len(datasets) // 2]
     windows = {(_file_window(ds), _has_voi_lut(ds)) for ds in datasets}
     shared_window = len(windows) == 1
-    try:
-        if shared_window:
-            array, used = _window_modality(array, reference, window, 0, where)
-        else:
-            array, used = window_image(
-                array, window, monochrome1=_text(reference, "PhotometricInterpretation") == "MONOCHROME1"
-            )
-    except ValueError as exc:
-        raise ImageReadError(where, str(exc)) from exc
+    array, used = _window_modality(
+        array,
+        reference,
+        window,
+        where,
+        file_window=_file_window(reference) if shared_window else None,
+        use_voi_lut=shared_window,
+    )
 
     metadata = safe_metadata(reference, salt)
     series_uid = _value(reference, "SeriesInstanceUID", "")

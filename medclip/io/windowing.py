@@ -123,10 +123,12 @@ def resize_to_square(array: np.ndarray, size: int) -> np.ndarray:
     h, w = array.shape
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    img = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
+    img = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))  # mode "F"
     if (new_h, new_w) != (h, w):
-        # PIL's bilinear filter widens its support when shrinking, so this is antialiased.
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        # PIL's bilinear filter widens its support when shrinking, so this is antialiased;
+        # reducing_gap=3 first box-reduces by an integer factor (PIL: "indistinguishable" from the
+        # full filter at 3), several times faster on 2-3k pixel radiographs.
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     resized = np.asarray(img, dtype=np.float32)
     out = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
