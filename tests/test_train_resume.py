@@ -12,6 +12,7 @@ from medclip.train import fit
 from test_train_fit import CRASH_AFTER, _config, _weights, manifest  # noqa: F401 (manifest is a fixture)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) -> None:
     """Killed at step 7 (in epoch 1), resumed from the step-4 checkpoint (mid-epoch 0; 6 batches an epoch)."""
     base = _config({"manifest": str(manifest)}, tmp_path / "full", accumulate_grad_batches=1)
@@ -48,6 +49,7 @@ def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) 
     assert any(not torch.equal(a[name], c[name]) for name in a)
 
 
+@pytest.mark.slow
 def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:
     from medclip.data.cache import CacheConfig, build_cache
 

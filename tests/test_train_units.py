@@ -211,3 +211,23 @@ def test_collate_rejects_mixed_image_sizes(tiny_model) -> None:
     with pytest.raises(ValueError, match="different shapes"):
         ReportCollator(tiny_model.tokenize)(items)
     assert math.isfinite(float(ReportCollator(tiny_model.tokenize)(items[:1])["images"].sum()))
+
+
+def test_datamodule_text_augmentation_default_flag_and_plug_in(tiny_model) -> None:
+    from medclip.knowledge import ReportAugmenter
+    from medclip.train import MedClipDataModule
+
+    data = {"manifest": "m.parquet", "batch_size": 2, "text_augmentation": True}
+    default = MedClipDataModule(data, tiny_model.tokenize, seed=3)
+    assert isinstance(default.text_transform, ReportAugmenter)
+    report = "Small left pleural effusion. Heart size is normal. No pneumothorax. Lungs are clear."
+    rewritten = AugmentedDataset([{"text": report}], default.text_transform, seed=3)
+    assert rewritten[(0, 1)]["text"] == rewritten[(0, 1)]["text"]  # reproducible per (epoch, sample)
+    assert any(rewritten[(0, e)]["text"] != report for e in range(5))  # and it does rewrite
+
+    assert MedClipDataModule({**data, "text_augmentation": False}, tiny_model.tokenize).text_transform is None
+
+    def upper(text: str, rng: random.Random) -> str:
+        return text.upper()
+
+    assert MedClipDataModule(data, tiny_model.tokenize, text_transform=upper).text_transform is upper

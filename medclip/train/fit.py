@@ -91,14 +91,16 @@ def _checkpoint_dir(cfg: Mapping[str, Any], output_dir: Path) -> Path:
     return Path(cfg["checkpoint"].get("dir") or output_dir / "checkpoints").expanduser().resolve()
 
 
-def _resume_path(cfg: Mapping[str, Any], checkpoint_dir: Path) -> str | None:
+def _resume_path(cfg: Mapping[str, Any], checkpoint_dir: Path, output_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``resume`` as a path, or for ``last`` the newest of
+    ``last.ckpt`` and Lightning's SLURM requeue checkpoints (``<output_dir>/hpc_ckpt_N.ckpt``)."""
     resume = cfg.get("resume")
     if resume in (None, "", False):
         return None
     if resume == "last":
-        last = checkpoint_dir / "last.ckpt"
-        if last.is_file():
-            return str(last)
+        candidates = [p for p in [checkpoint_dir / "last.ckpt", *output_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        if candidates:
+            return str(max(candidates, key=lambda p: p.stat().st_mtime))
         log.info("resume=last: no checkpoint in %s yet, starting from scratch", checkpoint_dir)
         return None
     path = Path(str(resume)).expanduser()
@@ -200,7 +202,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     if not Path(data_cfg[used]).exists():
         raise ConfigError(f"data.{used}: {data_cfg[used]} does not exist")
 
-    ckpt_path = _resume_path(cfg, checkpoint_dir)
+    ckpt_path = _resume_path(cfg, checkpoint_dir, output_dir)
     module = DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
     datamodule = MedClipDataModule(data_cfg, module.model.tokenize, seed=seed)
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
