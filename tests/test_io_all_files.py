@@ -54,7 +54,7 @@ EXPECTED_ERRORS: dict[str, str] = {
     "pydicom-folder/dicomdirtests/98892003/MR700": "different orientations",
     "pydicom-folder/dicomdirtests/98892001/CT2N": "different orientations",
     "pydicom-folder/dicomdirtests/77654033/CT2": "slice spacing is not uniform",
-    "pydicom-folder/dicomdirtests/TINY_ALPHA/PT000000": "no pixel data",
+    "pydicom-folder/dicomdirtests/TINY_ALPHA/PT000000": "no DICOM image files",
     # 4D data needs an explicit volume index
     "nibabel/example4d.nii.gz": "4D NIfTI",
     "nibabel/functional.nii": "4D NIfTI",
@@ -64,7 +64,8 @@ EXPECTED_ERRORS: dict[str, str] = {
 #: Non-image companions (text, JSON, dumps, ICC profiles, DICOMDIRs, other formats) are expected to
 #: fail with one of these reasons; they are too many to list one by one.
 GENERIC_REASONS = (
-    "unrecognised format", "no pixel data", "not a readable NIfTI", "series found", "gzip file that does not hold",
+    "unrecognised format", "no pixel data", "not a readable NIfTI", "series found", "no DICOM image files",
+    "gzip file that does not hold",
 )
 
 

@@ -346,3 +346,20 @@ def test_safe_metadata_works_on_header_only_reads_and_never_leaks_phi() -> None:
         value = str(full.get(keyword, "") or "")
         if len(value) >= 4:
             assert value not in text, keyword
+
+
+def test_bits_stored_masks_unused_high_bits(tmp_path: Path) -> None:
+    # 12-bit unsigned data with garbage (e.g. an old-style overlay plane) in bit 15
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    values = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4000).astype(np.uint16)
+    dirty = values | np.uint16(0x8000) * (np.arange(64)[None, :] % 2 == 0).astype(np.uint16)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = dirty.astype(np.uint16).tobytes()
+    for keyword in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            del ds[keyword]
+    path = tmp_path / "overlay_bits.dcm"
+    ds.save_as(path)
+    image = read_dicom(path, window=None)
+    np.testing.assert_array_equal(image.array, values.astype(np.float32))
+    assert image.metadata["bits_stored"] == 12

@@ -52,7 +52,7 @@ def test_ge_fmri_series_assemble_to_the_dcm2niix_volumes(nih: Path) -> None:
         ref = nib.load(reference)
         assert ref.shape == (64, 64, 15, 10)
         canon = nib.as_closest_canonical(ref)
-        for k in (0, 4, 9):
+        for k in (0, 9):
             volume = read_dicom_series(folder, window=None, volume_index=k)
             expected = np.asarray(canon.dataobj[..., k], dtype=np.float32).transpose(2, 1, 0)
             assert volume.shape == (15, 64, 64), number

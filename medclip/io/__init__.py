@@ -5,7 +5,7 @@
 >>> ct = load_image("ct_series/", window=None)    # (D, H, W) volume in HU, RAS affine
 """
 
-from medclip.io.dicom import find_dicom_series, read_dicom, read_dicom_series, safe_metadata
+from medclip.io.dicom import find_dicom_series, is_dicom_file, read_dicom, read_dicom_series, safe_metadata
 from medclip.io.image import ImageReadError, MedicalImage
 from medclip.io.loader import detect_format, load_image
 from medclip.io.nifti import read_nifti
@@ -20,6 +20,7 @@ __all__ = [
     "apply_window",
     "detect_format",
     "find_dicom_series",
+    "is_dicom_file",
     "load_image",
     "read_dicom",
     "read_dicom_series",

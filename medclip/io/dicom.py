@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import struct
-import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,8 +102,6 @@ def _read_dataset(path: PathLike, *, stop_before_pixels: bool = False) -> Datase
     try:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-            _ensure_transfer_syntax(ds)
-            return ds
         except InvalidDicomError:
             with open(path, "rb") as fh:
                 head = fh.read(132)
@@ -208,10 +205,8 @@ def _file_window(ds: Dataset, frame: int = 0) -> tuple[float, float, str] | None
     function = _text(source, "VOILUTFunction") or _text(ds, "VOILUTFunction") or "LINEAR"
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         function = "LINEAR"
-    minimum_width = 1.0 if function == "LINEAR" else 0.0
-    if width[0] <= minimum_width and not (function == "LINEAR" and width[0] == 1.0):
-        return None
-    return center[0], width[0], function
+    valid = width[0] >= 1.0 if function == "LINEAR" else width[0] > 0.0  # PS3.3 C.11.2.1.2
+    return (center[0], width[0], function) if valid else None
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
@@ -351,7 +346,7 @@ def _modality_values(stored: np.ndarray, ds: Dataset, frames: Sequence[int]) -> 
     return values
 
 
-def _voi_lut_function(ds: Dataset) -> Any:
+def _voi_lut_function(ds: Dataset) -> Callable[[np.ndarray], np.ndarray] | None:
     """A function applying the first VOI LUT Sequence item, normalised to [0, 1], or None."""
     if not _has_voi_lut(ds):
         return None
@@ -646,12 +641,13 @@ def read_dicom(
 
     Single-frame files give a 2D (H, W) image in stored row/column order. Multi-frame files give a
     (D, H, W) volume in the canonical order (see :mod:`medclip.io.volume`) when frames carry
-    geometry (enhanced CT/MR, RT dose), else frames stacked in file order; ``frame=k`` returns that
-    one frame as 2D; ``volume_index`` picks one volume of a 4D multi-frame file (frames repeating
-    positions, e.g. enhanced MR with temporal positions). ``window``: "auto" (VOI LUT, else the file's first window, else a robust
-    percentile window), a preset name, (center, width) or None (modality values, e.g. HU).
-    Raises :class:`ImageReadError` for anything unreadable (not DICOM, no pixel data, truncated,
-    undecodable, constant or non-finite pixels, a 4D file without ``frame``).
+    geometry (enhanced CT/MR, RT dose), else their frames stacked in file order (cine, secondary
+    capture; ``affine`` None). ``frame=k`` returns that one frame as 2D. ``volume_index`` picks one
+    volume of a 4D multi-frame file (frames repeating positions, e.g. temporal positions).
+    ``window``: "auto" (VOI LUT, else the file's first window, else a robust percentile window), a
+    preset name, (center, width), or None (modality values, e.g. HU). Raises
+    :class:`ImageReadError` for anything unreadable: not DICOM, no pixel data, truncated,
+    undecodable, constant or non-finite pixels, 4D without ``volume_index``.
     """
     check_window(window)
     ds = _read_dataset(path)
@@ -702,6 +698,7 @@ def _read_dataset_pixels(
         stack = _plan_stack(slices, volume_index, path)
         array, affine, spacing = _to_volume(values[stack.indices], stack)
         metadata["volumes"] = stack.n_volumes
+        metadata["volume_index"] = volume_index or 0
     else:
         # Frames without patient geometry (cine, secondary capture): keep file order.
         pixel = _pixel_spacing(ds) or [1.0, 1.0]
@@ -728,6 +725,11 @@ def _collect_files(paths: PathLike | Iterable[PathLike]) -> tuple[list[Path], st
     return files, where
 
 
+def _series_key(ds: Dataset, file: Path, salt: str | None) -> str:
+    """Hashed SeriesInstanceUID; a file without one is a series of its own."""
+    return hash_identifier(_value(ds, "SeriesInstanceUID", "") or f"file:{file.resolve()}", salt)
+
+
 def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = None) -> dict[str, list[Path]]:
     """Group DICOM files (a folder, searched recursively, or a list) by series: hashed series_id -> files.
 
@@ -742,8 +744,7 @@ def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = N
             continue
         if not _int(ds, "Rows"):  # header-only read: no Rows means no image
             continue
-        key = hash_identifier(_value(ds, "SeriesInstanceUID", "") or str(file), salt)
-        series.setdefault(key, []).append(file)
+        series.setdefault(_series_key(ds, file, salt), []).append(file)
     return series
 
 
@@ -761,20 +762,26 @@ def read_dicom_series(
     several series are present), sorted by position along the slice normal; slice spacing comes
     from the positions. When positions repeat (4D: fMRI, perfusion, multi-phase), the series holds
     several volumes; repeats are ordered by temporal position / acquisition number / trigger time /
-    instance number and ``volume_index`` picks one (required then). Returned in the canonical
-    (D, H, W) order with a RAS affine (:mod:`medclip.io.volume`), so it agrees with
-    :func:`medclip.io.nifti.read_nifti` on the same data. "auto" window: the slices' common VOI
-    LUT/window if they share one, else a percentile window over the volume.
+    instance number and ``volume_index`` picks one (required then). DICOM files that are not
+    images (DICOMDIR, reports) are skipped; a one-file series is read with :func:`read_dicom`.
+    Returned in the canonical (D, H, W) order with a RAS affine (:mod:`medclip.io.volume`), so it
+    agrees with :func:`medclip.io.nifti.read_nifti` on the same data. "auto" window: the slices'
+    common VOI LUT/window if they share one, else a percentile window over the volume. Raises
+    :class:`ImageReadError` when the slices do not form a regular grid (mixed orientation or size,
+    missing or uneven slices, several series without ``series_id``).
     """
     check_window(window)
     files, where = _collect_files(paths)
     headers: list[tuple[Path, Dataset]] = []
     for file in files:
         ds = _read_dataset(file, stop_before_pixels=True)
-        headers.append((file, ds))
+        if _int(ds, "Rows"):  # DICOMDIRs, reports, presentation states are not slices
+            headers.append((file, ds))
+    if not headers:
+        raise ImageReadError(where, f"no DICOM image files among {len(files)} DICOM file(s)")
     by_series: dict[str, list[tuple[Path, Dataset]]] = {}
     for file, ds in headers:
-        by_series.setdefault(hash_identifier(_value(ds, "SeriesInstanceUID", ""), salt), []).append((file, ds))
+        by_series.setdefault(_series_key(ds, file, salt), []).append((file, ds))
     if series_id is not None:
         if series_id not in by_series:
             raise ImageReadError(where, f"series_id {series_id!r} not found among {len(by_series)} series")
@@ -788,8 +795,6 @@ def read_dicom_series(
         return read_dicom(members[0][0], window=window, frame=None, volume_index=volume_index, salt=salt)
     slices: list[_Slice] = []
     for index, (file, ds) in enumerate(members):
-        if not _int(ds, "Rows"):  # header-only read: no Rows means no image
-            raise ImageReadError(file, "no pixel data in a file of the series")
         if _frame_count(ds) > 1:
             raise ImageReadError(file, "multi-frame file inside a series; read it with read_dicom")
         item = _slice_of(ds, index)
