@@ -98,7 +98,16 @@ def all_files() -> dict[str, Path]:
     return files
 
 
+#: Metadata every reader provides (the indexer and cache rely on them whatever the format).
+COMMON_KEYS = {
+    "format", "modality", "view_position", "body_part", "photometric", "rows", "columns", "frames",
+    "bits_stored", "pixel_spacing", "image_id", "window", "window_center", "window_width",
+}
+
+
 def _check_image(key: str, image, windowed: bool) -> None:
+    assert COMMON_KEYS <= set(image.metadata), (key, COMMON_KEYS - set(image.metadata))
+    assert image.source, key
     array = image.array
     assert array.dtype == np.float32, key
     assert array.ndim in (2, 3) and min(array.shape) >= 1, key

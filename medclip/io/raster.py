@@ -66,11 +66,14 @@ def read_raster(path: PathLike, *, window: WindowSpec = "auto", salt: str | None
     metadata: dict[str, Any] = {
         "format": fmt,
         "modality": "",
+        "view_position": "",
+        "body_part": "",
         "photometric": "MONOCHROME2",
         "rows": int(values.shape[0]),
         "columns": int(values.shape[1]),
         "frames": 1,
         "bits_stored": 8 if display_range else (16 if mode.startswith("I;16") else 32),
+        "pixel_spacing": None,  # photos carry no calibrated spacing; spacing is reported as 1.0
         "pixel_mode": mode,
         "image_id": hash_identifier(str(Path(path).resolve()), salt),
         "file_window_center": None,

@@ -49,11 +49,15 @@ PERCENTILE_RANGE: tuple[float, float] = (0.5, 99.5)
 _PERCENTILE_SAMPLES = 1 << 18
 
 
+def _preset_key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
 def resolve_preset(name: str) -> tuple[float, float]:
-    """(center, width) of a preset; accepts 'soft tissue', 'Soft-Tissue', ... Raises KeyError."""
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    """(center, width) of a preset; accepts 'soft tissue', 'Soft-Tissue', ... Raises ValueError."""
+    key = _preset_key(name)
     if key not in WINDOW_PRESETS:
-        raise KeyError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}")
+        raise ValueError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}")
     return WINDOW_PRESETS[key]
 
 
@@ -142,10 +146,7 @@ def check_window(window: WindowSpec) -> None:
         return
     if isinstance(window, str):
         if window.strip().lower() != "auto":
-            try:
-                resolve_preset(window)
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
+            resolve_preset(window)
         return
     try:
         center, width = (float(v) for v in window)
@@ -199,12 +200,9 @@ def window_image(
                 out = apply_window(values, center, width, function="LINEAR_EXACT")
                 used = {"window": "percentile", "window_center": center, "window_width": width}
         else:
-            try:
-                center, width = resolve_preset(name)
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
+            center, width = resolve_preset(name)
             out = apply_window(values, center, width)
-            used = {"window": name.replace(" ", "_").replace("-", "_"), "window_center": center, "window_width": width}
+            used = {"window": _preset_key(name), "window_center": center, "window_width": width}
     else:
         try:
             center, width = (float(v) for v in window)
@@ -225,7 +223,8 @@ def to_model_input(image: MedicalImage, size: int = 224, *, window: WindowSpec =
     zero-padded (black) symmetrically, so no anatomy at the edges (costophrenic angles, apices) is
     cut away. An image read with a window (values in [0, 1]) is used as is; an image read with
     ``window=None`` is windowed here with ``window`` (``"auto"``: the file's window or display range
-    recorded in its metadata, else the percentile window; MONOCHROME1 inverted).
+    recorded in its metadata, else the percentile window; MONOCHROME1 inverted). A DICOM VOI LUT
+    Sequence needs the file itself: read with ``window="auto"`` to have it applied.
     """
     if image.is_volume:
         raise ValueError(
