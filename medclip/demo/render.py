@@ -68,6 +68,8 @@ def render_findings(results: Sequence[FindingResult]) -> str:
     rows = []
     for i, r in enumerate(results, 1):
         colour = _STATUS_STYLE.get(r.status, "#475467")
+        if r.concept_id == "no_finding" and r.status == "positive":
+            colour = "#027a48"  # a normal study is good news
         flag = " <span title='urgent finding' style='color:#b42318'>&#9888; urgent</span>" if r.flagged else ""
         bar = (f"<div style='background:#eaecf0;width:120px;height:8px;display:inline-block;margin-right:6px'>"
                f"<div style='background:{colour};width:{max(0.0, min(1.0, r.probability)) * 120:.0f}px;height:8px'></div></div>")
