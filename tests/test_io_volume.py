@@ -69,6 +69,30 @@ def test_ge_fmri_series_assemble_to_the_dcm2niix_volumes(nih: Path) -> None:
         np.testing.assert_array_equal(read_nifti(reference, window=None, volume_index=9).array, volume.array)
 
 
+def test_siemens_mosaic_series_match_dcm2niix(nih: Path) -> None:
+    refs = {}
+    for sidecar in sorted((nih / "Ref").glob("*.json")):
+        info = json.loads(sidecar.read_text())
+        if info.get("Manufacturer") == "Siemens":
+            refs[int(info["SeriesNumber"])] = sidecar.with_suffix(".nii")
+    folders = sorted((nih / "In" / "20180918Si").glob("mr_*"))
+    assert len(folders) == 4
+    for folder in folders:
+        number = int(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).SeriesNumber)
+        reference = refs[number]
+        for k in (0, 1):  # each mosaic file is one time point of 5 slices
+            volume = read_dicom_series(folder, window=None, volume_index=k)
+            expected = read_nifti(reference, window=None, volume_index=k)
+            assert volume.shape == (5, 72, 72) and volume.metadata["mosaic"]
+            np.testing.assert_array_equal(volume.array, expected.array)
+            np.testing.assert_allclose(volume.affine, expected.affine, atol=1e-4)
+            assert volume.spacing == pytest.approx((12.0, 3.0, 3.0))
+        with pytest.raises(ImageReadError, match="2 mosaic volumes"):
+            load_image(folder)
+    one_file = load_image(next(folders[0].glob("*.dcm")))  # a single mosaic file is a volume too
+    assert one_file.shape == (5, 72, 72)
+
+
 def test_4d_series_requires_a_volume_index(nih: Path) -> None:
     folder, _ = ge_folders(nih)[4]
     with pytest.raises(ImageReadError, match="10 volumes of 15 slices"):

@@ -4,7 +4,8 @@ Pixel pipeline (PS3.4 N.2): decode (pydicom + pylibjpeg/GDCM plugins; bits store
 corrected by pydicom) -> modality LUT (Modality LUT Sequence via ``pydicom.pixels.apply_modality_lut``,
 else Rescale Slope/Intercept, per frame for enhanced multi-frame) -> VOI (VOI LUT Sequence via
 ``pydicom.pixels.apply_voi``, else Window Center/Width, first of several) -> MONOCHROME1 inversion.
-Colour images (RGB, YBR_*, PALETTE COLOR) become luminance (ITU-R BT.601).
+Colour images (RGB, YBR_*, PALETTE COLOR) become luminance (ITU-R BT.601). Siemens mosaics are
+unpacked into volumes with nibabel's CSA-header reader.
 
 Metadata never carries PHI: identifiers are salted hashes (:func:`medclip.deid.hash_identifier`),
 names, dates and free text are never read into it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -621,6 +623,33 @@ def _to_volume(stack_values: np.ndarray, stack: _Stack) -> tuple[np.ndarray, np.
     return np.ascontiguousarray(array), affine, spacing
 
 
+def _is_mosaic(ds: Dataset) -> bool:
+    """A Siemens mosaic: one 2D image that tiles the slices of a whole volume."""
+    image_type = _value(ds, "ImageType", [])
+    return "MOSAIC" in [str(v).upper() for v in (image_type if not isinstance(image_type, str) else [image_type])]
+
+
+def _mosaic_volume(ds: Dataset, path: PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Unpack a Siemens mosaic with nibabel's MosaicWrapper (CSA header) into the (D, H, W) order."""
+    with warnings.catch_warnings():  # nibabel.nicom warns on import that it is "experimental"
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import csareader, dicomwrappers
+
+    try:
+        wrapper = dicomwrappers.wrapper_from_data(ds)
+        if not getattr(wrapper, "is_mosaic", False):
+            raise ImageReadError(path, "ImageType says MOSAIC but the Siemens CSA header does not describe one")
+        data = np.asarray(wrapper.get_data(), dtype=np.float32)  # (rows, columns, slices), rescaled
+        affine_lps = np.asarray(wrapper.affine, dtype=np.float64)  # nibabel's wrappers use DICOM LPS
+    except ImageReadError:
+        raise
+    except (dicomwrappers.WrapperError, csareader.CSAError, *_DECODE_ERRORS) as exc:
+        raise ImageReadError(path, f"Siemens mosaic could not be unpacked ({type(exc).__name__}: {exc})") from exc
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
+    array, affine, spacing = canonical_volume(data, affine)
+    return np.ascontiguousarray(array), affine, spacing
+
+
 # --------------------------------------------------------------------------- public readers
 
 
@@ -677,6 +706,14 @@ def _read_dataset_pixels(
         frame = int(frame)
         metadata["frame"] = frame
         metadata["image_id"] = hash_identifier(f"{_value(ds, 'SOPInstanceUID', '')}#frame{frame}", salt)
+
+    if n_frames == 1 and frame is None and _is_mosaic(ds):
+        values, affine, spacing = _mosaic_volume(ds, path)
+        _check_content(values, path)
+        array, used = _window_modality(values, ds, window, path, file_window=_file_window(ds))
+        metadata.update(used)
+        metadata.update({"frames": int(array.shape[0]), "mosaic": True})
+        return MedicalImage(array=array, spacing=spacing, affine=affine, metadata=metadata, source=str(path))
 
     if n_frames == 1 or frame is not None:
         array, used = _pixels(ds, path, frame, window, n_frames)
@@ -791,8 +828,10 @@ def read_dicom_series(
     else:
         members = next(iter(by_series.values()))
 
-    if len(members) == 1:  # a one-file "series": a 2D image or a multi-frame file
+    if len(members) == 1:  # a one-file "series": a 2D image, a multi-frame file or a mosaic
         return read_dicom(members[0][0], window=window, frame=None, volume_index=volume_index, salt=salt)
+    if all(_is_mosaic(ds) for _, ds in members):
+        return _read_mosaic_series(members, where, window=window, volume_index=volume_index, salt=salt)
     slices: list[_Slice] = []
     for index, (file, ds) in enumerate(members):
         if _frame_count(ds) > 1:
@@ -847,3 +886,34 @@ def read_dicom_series(
     if not shared_window:
         metadata.update({"file_window_center": None, "file_window_width": None, "voi_lut_function": None, "has_voi_lut": False})
     return MedicalImage(array=array, spacing=spacing, affine=affine, metadata=metadata, source=where)
+
+
+def _read_mosaic_series(
+    members: list[tuple[Path, Dataset]],
+    where: str,
+    *,
+    window: WindowSpec,
+    volume_index: int | None,
+    salt: str | None,
+) -> MedicalImage:
+    """Siemens mosaics: every file is one whole volume (a time point); ``volume_index`` picks one."""
+    ordered = sorted(members, key=lambda item: (_order_key(item[1]), str(item[0])))
+    n_volumes = len(ordered)
+    if volume_index is None:
+        raise ImageReadError(
+            where, f"4D data: {n_volumes} mosaic volumes; choose one with volume_index/frame 0..{n_volumes - 1}"
+        )
+    if not 0 <= volume_index < n_volumes:
+        raise ImageReadError(where, f"volume_index {volume_index} out of range: {n_volumes} volume(s)")
+    image = read_dicom(ordered[volume_index][0], window=window, salt=salt)
+    series_uid = _value(ordered[volume_index][1], "SeriesInstanceUID", "")
+    image.metadata.update(
+        {
+            "volumes": n_volumes,
+            "volume_index": volume_index,
+            "files": n_volumes,
+            "image_id": hash_identifier(f"{series_uid}#volume{volume_index}", salt),
+        }
+    )
+    image.source = where
+    return image
