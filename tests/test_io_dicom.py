@@ -167,6 +167,17 @@ def test_ybr_full_422_converted_like_rgb_original() -> None:
     assert np.abs(ybr.array - rgb.array).mean() < 0.02  # chroma subsampling + YBR rounding only
 
 
+def test_ybr_luminance_is_the_y_channel_and_equals_rgb_luma() -> None:
+    for name in ("SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm", "examples_ybr_color.dcm"):
+        path = bundled(name)
+        ds = pydicom.dcmread(path)
+        assert ds.PhotometricInterpretation.startswith("YBR_FULL")
+        luma = ds.pixel_array.astype(np.float64) @ [0.299, 0.587, 0.114]  # pydicom's YBR -> RGB, then luma
+        ours = read_dicom(path, window=None).array
+        assert ours.shape == luma.shape
+        assert np.abs(ours - luma).mean() < 0.5, name  # rounding and RGB clipping only
+
+
 def test_palette_color_becomes_grayscale() -> None:
     image = read_dicom(extra("OBXXXX1A.dcm"))
     assert image.metadata["photometric"] == "PALETTE COLOR" and image.shape == (600, 800)

@@ -44,7 +44,8 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Y of YBR_FULL
+_YBR_FULL = ("YBR_FULL", "YBR_FULL_422")
 
 # Relative tolerances for assembling slices into a volume.
 _POSITION_TOL_MM = 0.05  # slices closer than this along the normal share a position
@@ -298,10 +299,11 @@ def _check_pixel_module(ds: Dataset, path: PathLike) -> None:
 
 def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
     """Decoded stored values: (frames, rows, cols[, samples]) or (rows, cols[, samples])."""
+    # YBR_FULL(_422) is kept as YBR (raw): its Y channel is the luminance we want, so pydicom's
+    # float64 YBR->RGB conversion (the slowest step for colour ultrasound cines) is skipped.
+    raw = _text(ds, "PhotometricInterpretation") in _YBR_FULL
     try:
-        if frame is None:
-            return ds.pixel_array
-        return pydicom.pixels.pixel_array(ds, index=frame)
+        return pydicom.pixels.pixel_array(ds, index=frame, raw=raw)
     except _DECODE_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}"
         lowered = message.lower()
@@ -381,8 +383,13 @@ def _to_gray(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
         return stored, False
     if stored.shape[-1] != 3:
         raise ValueError(f"{samples} samples per pixel not supported")
-    # pydicom has already converted YBR_* to RGB.
-    return stored.astype(np.float32) @ _LUMA, True
+    if photometric in _YBR_FULL:  # decoded raw (see _decode): Y is BT.601 luminance
+        return stored[..., 0].astype(np.float32), True
+    # pydicom has already converted YBR_* to RGB. Channel by channel: no float copy of all three.
+    gray = np.multiply(stored[..., 0], _LUMA[0], dtype=np.float32)
+    gray += np.multiply(stored[..., 1], _LUMA[1], dtype=np.float32)
+    gray += np.multiply(stored[..., 2], _LUMA[2], dtype=np.float32)
+    return gray, True
 
 
 def _check_content(values: np.ndarray, path: PathLike) -> None:
