@@ -291,6 +291,30 @@ def test_resample_keeps_world_coordinates() -> None:
     assert cropped.array[:, 30:, :].max() == 0.0  # padding uses the volume minimum
 
 
+def test_resample_antialiases_when_downsampling() -> None:
+    stripes = np.zeros((8, 64, 96), dtype=np.float32)
+    stripes[:, :, ::3] = 1.0  # one-voxel lines every 3 voxels along W: mean 1/3
+    image = MedicalImage(array=stripes, spacing=(1.0, 1.0, 1.0), affine=np.eye(4), metadata={}, source="x")
+    smooth = resample_volume(image, spacing=(1.0, 1.0, 4.0), shape=None)
+    assert smooth.shape == (8, 64, 24)
+    assert np.abs(smooth.array[:, :, 2:-2] - 1 / 3).max() < 0.05
+    aliased = resample_volume(image, spacing=(1.0, 1.0, 4.0), shape=None, antialias=False)
+    assert np.abs(aliased.array - 1 / 3).max() > 0.15  # beat pattern without the low-pass
+
+
+def test_antialias_blur_equals_scipy_gaussian_filter() -> None:
+    ndimage = pytest.importorskip("scipy.ndimage")
+    import torch
+
+    from medclip.io.volume import _gaussian_blur
+
+    x = np.random.default_rng(1).random((6, 7, 40)).astype(np.float32)
+    ours = _gaussian_blur(torch.from_numpy(x), [0.0, 0.8, 1.3]).numpy()
+    theirs = ndimage.gaussian_filter1d(x, 0.8, axis=1, mode="nearest", truncate=3.0)
+    theirs = ndimage.gaussian_filter1d(theirs, 1.3, axis=2, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
 def test_resample_rejects_2d_and_bad_arguments() -> None:
     flat = MedicalImage(array=np.zeros((4, 4), np.float32), spacing=(1, 1), affine=None, metadata={}, source="x")
     with pytest.raises(ValueError, match="volume"):

@@ -71,15 +71,43 @@ def _crop_or_pad(array: torch.Tensor, shape: Sequence[int], fill: float) -> tupl
     return out, offsets
 
 
+def _gaussian_blur(volume: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian blur of a (D, H, W) tensor (edge-replicated); sigma 0 leaves an axis alone.
+
+    A weighted sum of shifted views per axis: for the few taps of an antialiasing kernel this is
+    an order of magnitude faster on CPU than conv1d/conv3d over millions of short lines.
+    """
+    out = volume
+    for axis, sigma in enumerate(sigmas):
+        if sigma <= 0:
+            continue
+        radius = max(1, int(np.ceil(3.0 * sigma)))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        taps /= taps.sum()
+        n = out.shape[axis]
+        first, last = out.narrow(axis, 0, 1), out.narrow(axis, n - 1, 1)
+        padded = torch.cat(
+            [first.repeat_interleave(radius, axis), out, last.repeat_interleave(radius, axis)], dim=axis
+        )
+        blurred = padded.narrow(axis, 0, n) * float(taps[0])
+        for k in range(1, len(taps)):
+            blurred.add_(padded.narrow(axis, k, n), alpha=float(taps[k]))
+        out = blurred
+    return out
+
+
 def resample_volume(
     image: MedicalImage,
     spacing: Sequence[float] = DEFAULT_SPACING,
     shape: Sequence[int] | None = DEFAULT_SHAPE,
     *,
     fill: float | None = None,
+    antialias: bool = True,
 ) -> MedicalImage:
     """Resample a volume to ``spacing`` (mm, D/H/W; trilinear), then center-crop/pad to ``shape``.
 
+    Axes that are downsampled are first low-pass filtered (``antialias``; Gaussian with
+    sigma = (factor - 1) / 2 voxels, as scikit-image does), so thin structures do not alias.
     ``shape=None`` keeps the resampled extent. Padding uses ``fill`` (default: the volume's
     minimum, i.e. air for CT in HU, black for windowed data). The affine and spacing are updated so
     world coordinates stay correct; metadata gains ``resampled_from`` (the original shape).
@@ -96,6 +124,11 @@ def resample_volume(
     new_size = tuple(int(max(1, round(n))) for n in size * source_spacing / np.asarray(target_spacing))
 
     volume = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))
+    if antialias:
+        factors = size / np.asarray(new_size, dtype=np.float64)
+        sigmas = [max(0.0, (factor - 1.0) / 2.0) for factor in factors]
+        if any(sigma > 0 for sigma in sigmas):
+            volume = _gaussian_blur(volume, sigmas)
     if new_size != tuple(image.shape):
         volume = F.interpolate(volume[None, None], size=new_size, mode="trilinear", align_corners=False)[0, 0]
     # Actual voxel size after rounding the grid (keeps the field of view exact).
