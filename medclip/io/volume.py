@@ -81,7 +81,7 @@ def _gaussian_blur(volume: torch.Tensor, sigmas: Sequence[float]) -> torch.Tenso
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
             continue
-        radius = max(1, int(np.ceil(3.0 * sigma)))
+        radius = max(1, int(3.0 * sigma + 0.5))  # same truncation as scipy.ndimage (3 sigma)
         taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
         taps /= taps.sum()
         n = out.shape[axis]
