@@ -255,8 +255,9 @@ def _build_cues(sources_dir: Path, curated: dict) -> dict:
     drop = {_norm_text(d) for d in curated.get("drop") or []}
     cats: dict[str, _Facts] = {k: _Facts(drop) for k in (
         "negation_before", "negation_after", "uncertainty_before", "uncertainty_after",
-        "uncertainty_first", "negation_adjective", "pseudo", "terminators", "history", "history_sections",
-        "findings_sections", "section_titles")}
+        "uncertainty_first", "alternative", "negation_adjective", "pseudo", "terminators", "scope_closers",
+        "history",
+        "history_sections", "findings_sections", "section_titles")}
     files = [
         ("chexpert-labeler", sources_dir / "chexpert-labeler/patterns/pre_negation_uncertainty.txt", "uncertainty_first"),
         ("chexpert-labeler", sources_dir / "chexpert-labeler/patterns/negation.txt", "negation"),

@@ -221,3 +221,151 @@ def test_label_manifest_accepts_another_labeler(tmp_path: Path) -> None:
     pd.DataFrame({"report_text": ["anything"]}).to_parquet(path)
     out = label_manifest(path, progress=False, labeler=AlwaysUncertain())
     assert out["label.pneumonia"].tolist() == [-1.0]
+
+
+# ---------------------------------------------------------------- differentials ("A versus B")
+
+def _statuses(labeler: ReportLabeler, text: str, *cids: str) -> tuple[str, ...]:
+    r = labeler.label(text)
+    return tuple(r[c].status for c in cids)
+
+
+@pytest.mark.parametrize("text", [
+    "Small right pleural effusion versus pleural thickening.",
+    "Right pleural effusion vs. pleural thickening.",  # "vs." does not end the sentence
+    "Right pleural effusion vs pleural thickening.",
+    "Right pleural effusion or pleural thickening.",
+    "Right pleural effusion and/or pleural thickening.",
+    "Pleural effusion versus minimal pleural thickening.",
+])
+def test_differential_policies(text: str) -> None:
+    graph = Graph.load()
+    cids = ("pleural_effusion", "pleural_thickening")
+    assert _statuses(ReportLabeler(graph), text, *cids) == ("uncertain", "uncertain")  # CheXpert default
+    assert _statuses(ReportLabeler(graph, versus_policy="first"), text, *cids) == ("positive", "uncertain")
+    assert _statuses(ReportLabeler(graph, versus_policy="all"), text, *cids) == ("positive", "positive")
+    m = ReportLabeler(graph).label(text)["pleural_effusion"]
+    assert m.cue is not None and m.cue.lower() in {"versus", "vs", "or", "and/or"}
+
+
+def test_differential_scope() -> None:
+    first = ReportLabeler(Graph.load(), versus_policy="first")
+    # a list before "or" shares the differential; the first listed is the first alternative
+    assert _statuses(first, "Atelectasis, scarring, or pneumonia.", "atelectasis", "scarring", "pneumonia") == \
+        ("positive", "uncertain", "uncertain")
+    # a negation or an explicit hedge wins over the policy
+    assert _statuses(first, "No pleural effusion or pneumothorax.", "pleural_effusion", "pneumothorax") == \
+        ("negative", "negative")
+    assert _statuses(first, "May represent atelectasis or scarring.", "atelectasis", "scarring") == \
+        ("uncertain", "uncertain")
+    uncertain = ReportLabeler(Graph.load())
+    # the connector reaches only the adjacent noun phrases: not across a comma, not over another cue
+    assert _statuses(uncertain, "Mild hyperinflation, air trapping versus expiratory film.", "hyperinflation") == \
+        ("positive",)
+    assert _statuses(uncertain, "Bibasilar atelectasis with or without small effusions.",
+                     "atelectasis", "pleural_effusion") == ("positive", "negative")
+    assert _statuses(uncertain, "Cardiomegaly. Heart size 10.5 cm. Small effusion or thickening.",
+                     "cardiomegaly") == ("positive",)
+    with pytest.raises(ValueError, match="versus_policy must be one of"):
+        ReportLabeler(Graph.load(), versus_policy="second")
+
+
+# ---------------------------------------------------------------- other scope rules
+
+@pytest.mark.parametrize("text, expected", [
+    ("Straightening of the normal thoracic kyphosis.", "positive"),
+    ("Mild exaggeration of normal thoracic kyphosis.", "positive"),
+    ("Accentuated normal kyphosis.", "positive"),
+    ("Normal thoracic kyphosis.", "negative"),
+])
+def test_change_of_a_normal_state_is_not_a_negation(labeler: ReportLabeler, text: str, expected: str) -> None:
+    assert status(labeler, text, "kyphosis") == expected
+
+
+def test_adjective_cue_does_not_cross_a_comma(labeler: ReportLabeler) -> None:
+    text = "Heart size near top normal limits, aortic calcifications and ectasia."
+    assert status(labeler, text, "aortic_calcification") == "positive"
+    assert status(labeler, "Normal aortic calcification.", "aortic_calcification") == "negative"
+
+
+def test_scope_closer_ends_a_negation(labeler: ReportLabeler) -> None:
+    r = labeler.label("No definite pleural effusion seen, left bronchovascular crowding.")
+    assert r["pleural_effusion"].status == "negative" and r["bronchovascular_crowding"].status == "positive"
+    # it ends the scope of cues before it, not after it
+    text = "Pneumonia seen on CT is not seen on this radiograph."
+    assert status(labeler, text, "pneumonia") == "negative"
+
+
+def test_no_other_negates_further_findings(labeler: ReportLabeler) -> None:
+    r = labeler.label("Calcified granuloma in the right midlung. No other nodules or masses.")
+    assert r["nodule"].status == r["mass"].status == "negative"
+    assert r["calcified_granuloma"].status == "positive"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Right lower lobe pneumonia.", "positive"),
+    ("Patchy opacities, likely infectious infiltrate.", "not_mentioned"),  # a cause, not the finding
+    ("Atypical infectious process.", "not_mentioned"),
+    ("Pneumonia is in the differential.", "uncertain"),
+    ("In the appropriate clinical setting, this is compatible with pneumonia.", "uncertain"),
+    ("Please correlate clinically for pneumonia.", "uncertain"),
+    ("Superimposed pneumonia cannot be entirely excluded.", "uncertain"),
+    ("Differential considerations include pneumonia.", "uncertain"),
+    ("Right lower lobe opacity consistent with pneumonia.", "positive"),
+])
+def test_pneumonia_cues(labeler: ReportLabeler, text: str, expected: str) -> None:
+    assert status(labeler, text, "pneumonia") == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Calcified tortuous aorta.", "positive"),
+    ("The thoracic aorta is tortuous and calcified.", "positive"),
+    ("Calcified aortic XXXX.", "positive"),  # a redacted "arch" / "knob"
+    ("Calcific aorta.", "positive"),
+    ("Note is made of calcifications in the aortic XXXX.", "positive"),
+    ("Calcified aortic valve.", "not_mentioned"),
+    ("Atherosclerotic calcifications of the aorta.", "not_mentioned"),  # atherosclerosis, see below
+    ("Calcified granuloma near the aortic knob.", "not_mentioned"),
+])
+def test_aortic_calcification(labeler: ReportLabeler, text: str, expected: str) -> None:
+    assert status(labeler, text, "aortic_calcification") == expected
+
+
+def test_calcified_and_tortuous_aorta_are_both_labelled(labeler: ReportLabeler) -> None:
+    r = labeler.label("Calcified tortuous aorta.")
+    assert r["aortic_calcification"].status == r["tortuous_aorta"].status == "positive"
+    r = labeler.label("Mildly tortuous thoracic aorta.")
+    assert r["tortuous_aorta"].status == "positive" and r["aortic_calcification"].status == "not_mentioned"
+
+
+def test_atherosclerotic_calcification_is_atherosclerosis(labeler: ReportLabeler) -> None:
+    r = labeler.label("There is aortic atherosclerotic vascular calcification.")
+    assert r["aortic_atherosclerosis"].status == "positive"
+    assert r["aortic_calcification"].status == "not_mentioned"
+
+
+@pytest.mark.parametrize("text, cid", [
+    ("Mild thickening of the minor fissure.", "pleural_thickening"),
+    ("Crowded bronchovascular and interstitial markings.", "bronchovascular_crowding"),
+])
+def test_new_phrases(labeler: ReportLabeler, text: str, cid: str) -> None:
+    assert status(labeler, text, cid) == "positive"
+
+
+def test_bare_crowding_is_not_bronchovascular_crowding(labeler: ReportLabeler) -> None:
+    assert status(labeler, "Lung volumes are decreased, with crowding.", "bronchovascular_crowding") == "not_mentioned"
+
+
+def test_cli_versus_policy(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from medclip.knowledge.__main__ import main
+
+    path = tmp_path / "m.parquet"
+    pd.DataFrame({"report_text": ["IMPRESSION: Atelectasis versus pneumonia."]}).to_parquet(path)
+    assert main([str(path), "--findings", "atelectasis,pneumonia", "--no-progress"]) == 0
+    out = pd.read_parquet(path)
+    assert out["label.atelectasis"][0] == out["label.pneumonia"][0] == -1.0
+    assert main([str(path), "--findings", "atelectasis,pneumonia", "--versus-policy", "first", "--no-progress"]) == 0
+    out = pd.read_parquet(path)
+    assert out["label.atelectasis"][0] == 1.0 and out["label.pneumonia"][0] == -1.0

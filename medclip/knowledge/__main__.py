@@ -1,11 +1,11 @@
-"""``python -m medclip.knowledge MANIFEST [-o OUT] [--findings TASK]``: label a manifest's reports."""
+"""``python -m medclip.knowledge MANIFEST [-o OUT] [--findings TASK] [--versus-policy P]``: label a manifest's reports."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .labeler import label_manifest
+from .labeler import VERSUS_POLICIES, ReportLabeler, label_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,13 +14,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", help="write here instead of updating the manifest in place")
     ap.add_argument("--findings", default=None,
                     help="task name (chexpert14, chest_xray_common) or comma-separated concept ids; default: all")
+    ap.add_argument("--versus-policy", choices=VERSUS_POLICIES, default="uncertain",
+                    help="status of the alternatives of a differential (\"A versus B\", \"A or B\"): "
+                         "uncertain (CheXpert, default), first (first positive, rest uncertain), all (all positive)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     findings = args.findings
     if findings and "," in findings:
         findings = [f.strip() for f in findings.split(",") if f.strip()]
     try:
-        df = label_manifest(args.manifest, args.output, findings=findings, progress=not args.no_progress)
+        labeler = ReportLabeler(findings=findings, versus_policy=args.versus_policy)
+        df = label_manifest(args.manifest, args.output, findings=findings, progress=not args.no_progress,
+                            labeler=labeler)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,10 @@ from the graph's cue lexicon (NegBio / CheXpert pattern templates plus curated c
 NegEx-style scope: a cue before a mention reaches it unless a clause terminator ("but",
 "however", ";") lies between, so "no effusion or pneumothorax" negates both. Uncertainty cues
 that contain a negation ("cannot exclude") win over negation, as in the CheXpert labeler.
+A differential ("A versus B", "A vs. B", "A or B", "A and/or B") governs only the findings
+named right before and right after its connector; ``versus_policy`` decides their status
+(default: both uncertain, as CheXpert and CheXbert do). A change of a normal state ("loss of
+the normal lordosis", "straightening of the normal thoracic kyphosis") is not a negation.
 Indication / history / comparison sections and "history of" statements are not findings.
 A finding's positive or uncertain status propagates to its is-a ancestors; ``no_finding`` is
 positive when nothing (support devices aside) is positive or uncertain.
@@ -22,8 +26,9 @@ import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from .graph import Graph, normalize_name
 from .matching import PhraseMatcher, Token, phrase_tokens, tokenize
@@ -41,9 +46,22 @@ PRE_WINDOW = 12
 POST_WINDOW = 6
 #: Tokens around an anatomic mention ("heart size") searched for its modifier ("enlarged").
 MODIFIER_WINDOW = 6
+#: Most tokens between a differential's connector ("versus", "or") and the finding before it
+#: ("pleural thickening bilaterally versus") / after it ("versus a small pericardial effusion").
+ALTERNATIVE_GAP_BEFORE = 2
+ALTERNATIVE_GAP_AFTER = 3
+
+#: How a differential "A versus B" / "A or B" (no other hedge) is labelled:
+#: "uncertain": every alternative uncertain (CheXpert, CheXbert, NegBio);
+#: "first": the first alternative positive, the others uncertain;
+#: "all": every alternative positive (how the Indiana University / Open-i indexers index them).
+VERSUS_POLICIES = ("uncertain", "first", "all")
 
 _REDACTED_TOKEN = re.compile(r"X{3,}|x{4,}")
-_SENTENCE_END = re.compile(r"(?<!\d)\.(?!\d)|\.(?=\s)|[!?;\n]")
+#: A full stop ends a sentence unless it is a decimal point or ends the abbreviation "vs.".
+_SENTENCE_END = re.compile(r"(?<!\d)(?<!\b[Vv][Ss])\.(?!\d)|(?<!\b[Vv][Ss])\.(?=\s)|[!?;\n]")
+_LIST_SEPARATOR = re.compile(r"[\s,]*")
+_NO_COMMA = re.compile(r"[^,]*")
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,7 @@ class Mention:
     section: str | None = None
     phrase: str | None = None  # the report's words that named the finding
     sentence: str | None = None
-    cue: str | None = None  # the negation / uncertainty cue, if any
+    cue: str | None = None  # the negation / uncertainty cue or differential connector, if any
     inferred_from: str | None = None  # concept id the status was propagated from
 
     @property
@@ -91,10 +109,13 @@ class ReportLabeler:
     """Label reports with the graph's findings; fast, deterministic, rule-based."""
 
     def __init__(self, graph: Graph | None = None, findings: str | Iterable[str] | None = None,
-                 propagate: bool = True):
+                 propagate: bool = True, versus_policy: str = "uncertain"):
+        if versus_policy not in VERSUS_POLICIES:
+            raise ValueError(f"versus_policy must be one of {', '.join(VERSUS_POLICIES)}, got {versus_policy!r}")
         self.graph = graph or Graph.load()
         self.findings = self.graph.resolve(findings)
         self.propagate = propagate
+        self.versus_policy = versus_policy
         phrases = []
         for c in self.graph:
             for f in c.mention_facts:
@@ -103,7 +124,7 @@ class ReportLabeler:
                 phrases.append((f.text, (c.id, "exclude")))
         self._mentions = PhraseMatcher(phrases)
         cue_kinds = ("negation_before", "negation_after", "uncertainty_before", "uncertainty_after",
-                     "uncertainty_first", "pseudo", "terminators", "history")
+                     "uncertainty_first", "alternative", "pseudo", "terminators", "scope_closers", "history")
         self._cues = PhraseMatcher((text, kind) for kind in cue_kinds for text in self.graph.cue_phrases(kind))
         self._adjectives = {" ".join(phrase_tokens(t)[0]) for t in self.graph.cue_phrases("negation_adjective")}
         self._modifiers = {c.id: [" " + normalize_name(m) + " " for m in c.modifiers] for c in self.graph}
@@ -114,6 +135,7 @@ class ReportLabeler:
             re.IGNORECASE,
         ) if titles else None
         self._ancestors = {cid: self.graph.ancestors(cid) for cid in self.graph.concepts}
+        self._lineage = {cid: {cid, *anc} for cid, anc in self._ancestors.items()}
         devices = {"support_devices", *self.graph.descendants("support_devices")} if "support_devices" in self.graph else set()
         self._not_abnormal = (NOT_ABNORMAL | devices) & set(self.graph.concepts)
 
@@ -211,29 +233,81 @@ class ReportLabeler:
         cues = [_Cue(m.start, m.end, frozenset(m.payloads), text[toks[m.start].start:toks[m.end - 1].end],
                      " ".join(m.phrase)) for m in self._cues.find(norms)]
         terminators = [c for c in cues if "terminators" in c.kinds]
+        closers = terminators + [c for c in cues if "scope_closers" in c.kinds]
         sentence = text[toks[0].start:toks[-1].end]
-        for match in self._mentions.find(norms):
+        matches = [m for m in self._mentions.find(norms) if _names_a_finding(m.payloads)]
+        roles = self._alternatives(matches, cues, text, toks) if any("alternative" in c.kinds for c in cues) else {}
+
+        def comma_between(a: int, b: int) -> bool:  # a comma between token a-1 and token b
+            return "," in text[toks[a - 1].end:toks[b].start]
+
+        owners: list[set[str]] | None = None
+        for index, match in enumerate(matches):
             excluded = {cid for cid, kind in match.payloads if kind == "exclude"}
             for cid, kind in match.payloads:
                 if kind == "exclude" or cid in excluded:
                     continue
-                status, cue = self._status(match.start, match.end, cues, terminators, kind == "anatomic")
+                status, cue = self._status(match.start, match.end, cues, terminators, kind == "anatomic",
+                                           roles.get(index), comma_between, closers)
                 if status is None:  # a history statement, not a finding
                     continue
-                if kind == "anatomic" and not self._has_modifier(cid, norms, match.start, match.end, terminators):
+                if kind == "anatomic" and owners is None:
+                    owners = _token_owners(matches, len(norms))
+                if kind == "anatomic" and not self._has_modifier(cid, norms, match.start, match.end, terminators,
+                                                                 owners):
                     if status != NEGATIVE:
                         continue  # "heart size is stable": names the organ, not a finding
                 span = (toks[match.start].start, toks[match.end - 1].end)
                 yield cid, Mention(status, span, section, text[span[0]:span[1]], sentence, cue)
 
     @staticmethod
+    def _alternatives(matches: list, cues: list[_Cue], text: str,
+                      toks: list[Token]) -> dict[int, tuple[_Cue, bool]]:
+        """Mentions joined by a differential connector: {match index: (connector, is first alternative)}.
+
+        A connector governs the nearest mention ending at most ``ALTERNATIVE_GAP_BEFORE`` tokens
+        before it (and the mentions listed before that one with only commas between: "A, B or C")
+        and the nearest mention starting at most ``ALTERNATIVE_GAP_AFTER`` tokens after it, with no
+        other cue in between ("atelectasis with or without effusion" is not a differential).
+        """
+        roles: dict[int, tuple[_Cue, bool]] = {}
+        for c in cues:
+            if "alternative" not in c.kinds:
+                continue
+
+            def clear(a: int, b: int) -> bool:  # tokens [a, b): no other cue; no comma, unless "A, or B"
+                return not any(o is not c and o.start < b and o.end > a for o in cues) and \
+                    (a == b or _NO_COMMA.fullmatch(text[toks[a - 1].end:toks[b].start]) is not None)
+
+            before = [i for i, m in enumerate(matches)
+                      if m.end <= c.start and c.start - m.end <= ALTERNATIVE_GAP_BEFORE and clear(m.end, c.start)]
+            after = [i for i, m in enumerate(matches)
+                     if m.start >= c.end and m.start - c.end <= ALTERNATIVE_GAP_AFTER and clear(c.end, m.start)]
+            if before:
+                last = first = before[-1]
+                while first > 0 and matches[first - 1].end == matches[first].start and _LIST_SEPARATOR.fullmatch(
+                        text[toks[matches[first - 1].end - 1].end:toks[matches[first].start].start]):
+                    first -= 1
+                for i in range(first, last + 1):
+                    roles.setdefault(i, (c, i == first))
+            if after:
+                roles.setdefault(after[0], (c, False))
+        return roles
+
+    @staticmethod
     def _blocked(a: int, b: int, terminators: list[_Cue]) -> bool:
         return any(t.start >= a and t.end <= b for t in terminators)
 
     def _status(self, s: int, e: int, cues: list[_Cue], terminators: list[_Cue],
-                anatomic: bool = False) -> tuple[str | None, str | None]:
-        before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, terminators)
-                  and (anatomic or c.key not in self._adjectives or s - c.end <= 1)]
+                anatomic: bool = False, alternative: tuple[_Cue, bool] | None = None,
+                comma_between: Callable[[int, int], bool] | None = None,
+                closers: list[_Cue] | None = None) -> tuple[str | None, str | None]:
+        # An adjective cue ("normal") reaches only the next word or two of its own noun phrase:
+        # "normal thoracic kyphosis", not "top normal limits, aortic calcification".
+        closers = terminators if closers is None else closers
+        before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, closers)
+                  and (anatomic or c.key not in self._adjectives
+                       or (s - c.end <= 1 and not (comma_between and comma_between(c.end, s))))]
         after = [c for c in cues if c.start >= e and c.start - e <= POST_WINDOW and not self._blocked(e, c.start, terminators)]
         for c in before:
             if "history" in c.kinds:
@@ -253,17 +327,46 @@ class ReportLabeler:
         for c in after:
             if "uncertainty_after" in c.kinds:
                 return UNCERTAIN, c.text
+        if alternative is not None:
+            connector, first = alternative
+            if self.versus_policy == "all" or (self.versus_policy == "first" and first):
+                return POSITIVE, connector.text
+            return UNCERTAIN, connector.text
         return POSITIVE, None
 
-    def _has_modifier(self, cid: str, norms: list[str], s: int, e: int, terminators: list[_Cue]) -> bool:
+    def _has_modifier(self, cid: str, norms: list[str], s: int, e: int, terminators: list[_Cue],
+                      owners: list[set[str]]) -> bool:
+        """Whether a modifier of ``cid`` lies near its organ word. A word in the phrase of a finding
+        that is not ``cid`` or one of its ancestors is not free to modify it: "atherosclerotic
+        calcification of the aorta" is atherosclerosis, "calcified granuloma near the aortic knob"
+        a granuloma; "the aorta is calcified" (calcification, an ancestor) still counts."""
+        own = self._lineage[cid]
         lo, hi = max(0, s - MODIFIER_WINDOW), min(len(norms), e + MODIFIER_WINDOW)
         for t in terminators:
             if t.end <= s:
                 lo = max(lo, t.end)
             elif t.start >= e:
                 hi = min(hi, t.start)
-        window = " " + " ".join(norms[lo:hi]) + " "
+        window = " " + " ".join("_" if owners[i] and not owners[i] & own else norms[i] for i in range(lo, hi)) + " "
         return any(m in window for m in self._modifiers.get(cid, ()))
+
+
+def _token_owners(matches: list, n_tokens: int) -> list[set[str]]:
+    """Per token: the concepts whose (non-anatomic) mention phrase covers it."""
+    owners: list[set[str]] = [set() for _ in range(n_tokens)]
+    for m in matches:
+        for cid, kind in m.payloads:
+            if kind == "mention":
+                for i in range(m.start, m.end):
+                    owners[i].add(cid)
+    return owners
+
+
+@lru_cache(maxsize=None)
+def _names_a_finding(payloads: tuple) -> bool:
+    """Whether a phrase match names a finding (not only an exclusion such as "pericardial effusion")."""
+    excluded = {cid for cid, kind in payloads if kind == "exclude"}
+    return any(kind != "exclude" and cid not in excluded for cid, kind in payloads)
 
 
 # ---------------------------------------------------------------------- manifests
