@@ -90,8 +90,8 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
                     window = gr.Dropdown(WINDOW_CHOICES, value=AUTO_WINDOW, label="Window / level preset",
                                          elem_id="window")
                     with gr.Row():
-                        center = gr.Number(label="center", value=40.0)
-                        width = gr.Number(label="width", value=400.0)
+                        center = gr.Number(label="center (Enter applies)", value=40.0)
+                        width = gr.Number(label="width (Enter applies)", value=400.0)
                     slice_index = gr.Slider(0, 1, value=0, step=1, label="slice", visible=False, elem_id="slice")
                 preview = gr.Image(label="What the model sees", type="numpy", image_mode="L", interactive=False,
                                    height=320, elem_id="preview")
@@ -145,9 +145,19 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
 
         example.input(load_example, inputs=example, outputs=[*load_outputs, window], api_name="load_example")
         controls = [study_state, window, center, width, slice_index]
-        window.input(predict, inputs=controls, outputs=outputs, api_name="predict")
-        for event in (center.submit, width.submit, slice_index.release):
-            event(predict, inputs=controls, outputs=outputs, api_visibility="private")
+        def choose_window(study: LoadedStudy | None, choice: str, c: float | None, w: float | None, s: float | None):
+            if choice in WINDOW_PRESETS:  # show the preset's numbers so the user can start from them
+                c, w = WINDOW_PRESETS[choice]
+            return [*predict(study, choice, c, w, s), c, w]
+
+        def custom_window(study: LoadedStudy | None, c: float | None, w: float | None, s: float | None):
+            return [*predict(study, CUSTOM_WINDOW, c, w, s), gr.update(value=CUSTOM_WINDOW)]
+
+        window.input(choose_window, inputs=controls, outputs=[*outputs, center, width], api_name="predict")
+        for event in (center.submit, width.submit):
+            event(custom_window, inputs=[study_state, center, width, slice_index], outputs=[*outputs, window],
+                  api_visibility="private")
+        slice_index.release(predict, inputs=controls, outputs=outputs, api_visibility="private")
     return demo
 
 

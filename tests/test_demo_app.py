@@ -112,6 +112,21 @@ def test_window_presets_and_custom_window_change_the_view(engine: TriageEngine) 
         engine.model_view(study, "no-such-preset")
 
 
+def test_volume_upload_slices_and_window(engine: TriageEngine) -> None:
+    import nibabel.testing
+
+    study = read_upload(Path(nibabel.testing.data_path) / "example4d.nii.gz")  # 4D: the first volume is shown
+    assert study.kind == "nifti" and study.windowable and study.n_slices == 24 and study.header["volumes"] == 2
+    middle = engine.model_view(study)
+    assert np.array_equal(middle, engine.model_view(study, slice_index=12))
+    assert not np.array_equal(engine.model_view(study, slice_index=3), middle)
+    assert not np.array_equal(engine.model_view(study, (200.0, 100.0), slice_index=12), middle)
+    with pytest.raises(ValueError, match="out of range"):
+        engine.model_view(study, slice_index=24)
+    _, result = engine.triage(study, "brain", 5)
+    assert len(result.findings) == 14
+
+
 def test_engine_without_gallery_explains_how_to_build_one(checkpoint: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     shutil.copytree(checkpoint, bare, ignore=shutil.ignore_patterns("gallery", "thresholds.json"))
@@ -171,16 +186,21 @@ def test_cli_options_and_auth(engine: TriageEngine, checkpoint: Path, monkeypatc
 
 
 def test_gradio_page_callbacks(engine: TriageEngine, phi_dicom: Path, tmp_path: Path) -> None:
-    """Gradio's own client against the page in-process: upload, error path, window change."""
+    """Gradio's own client against the page in-process, behind basic auth: upload, error paths, window preset."""
     app = pytest.importorskip("app", reason="app.py not importable")
     from gradio_client import Client, handle_file
 
     demo = app.build_demo(engine, UploadLimits(max_upload_bytes=10 * 1024**2))
     demo.queue()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
-                            ssr_mode=False, quiet=True)
+                            ssr_mode=False, quiet=True, auth=("ann", "secret"))
     try:
-        client = Client(url, verbose=False, download_files=False)
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(url + "config", timeout=10)  # basic auth guards the page
+        client = Client(url, verbose=False, download_files=False, auth=("ann", "secret"))
         out = client.predict(handle_file(str(phi_dicom)), api_name="/load_upload")
         page = " ".join(str(x) for x in out)
         assert "ranked-findings" in page and "Triage priority: URGENT" in page and "FINDINGS:" in page
@@ -193,6 +213,8 @@ def test_gradio_page_callbacks(engine: TriageEngine, phi_dicom: Path, tmp_path: 
         text.write_text("hello")
         out = client.predict(handle_file(str(text)), api_name="/load_upload")
         assert "not an image this demo reads" in " ".join(str(x) for x in out)
+        out = client.predict("lung", 40.0, 400.0, 0, api_name="/predict")  # no study in this session: empty
+        assert all(not x for x in out[:6])
         leftovers = [p for p in app._TEMP_ROOT.rglob("*") if p.is_file() and p.suffix in (".dcm", ".txt")]
         assert leftovers == [], f"uploads left on disk: {leftovers}"
     finally:

@@ -10,6 +10,7 @@ message names the file and says what is wrong, so the app can show it and keep s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -213,11 +214,24 @@ def _read_image(path: Path, kind: str, name: str) -> MedicalImage:
     """Modality values for DICOM/NIfTI (the demo windows them), display values for PNG/JPEG."""
     window = "auto" if kind == "raster" else None
     try:
-        return load_image(path, window=window)
+        try:
+            return load_image(path, window=window)
+        except ImageReadError as exc:
+            if not exc.reason.startswith("4D"):
+                raise
+            # 4D (fMRI, perfusion, multi-phase): show the first volume; the header says how many there are
+            image = load_image(path, window=window, frame=0)
+            image.metadata.setdefault("volumes", _volume_count(exc.reason))
+            return image
     except ImageReadError as exc:
         raise UploadError(name, _reason_for(exc, kind)) from exc
     except MemoryError as exc:
         raise UploadError(name, "not enough memory to decode this image") from exc
+
+
+def _volume_count(reason: str) -> int | None:
+    match = re.search(r"(\d+) volumes", reason)
+    return int(match.group(1)) if match else None
 
 
 def _reason_for(exc: ImageReadError, kind: str) -> str:
