@@ -14,18 +14,23 @@ from test_train_fit import CRASH_AFTER, _config, _weights, manifest  # noqa: F40
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) -> None:
-    """Killed at step 7 (in epoch 1), resumed from the step-4 checkpoint (mid-epoch 0; 6 batches an epoch)."""
-    base = _config({"manifest": str(manifest)}, tmp_path / "full", accumulate_grad_batches=1)
+    """Gradient accumulation 2, 6 batches (3 steps) an epoch, validation at each epoch end: killed at
+    step 4 (in epoch 1), resumed from the step-2 checkpoint (mid-epoch 0)."""
+    base = _config({"manifest": str(manifest)}, tmp_path / "full", accumulate_grad_batches=2, max_steps=5,
+                   val_check_interval=None, check_val_every_n_epoch=1)
+    base["checkpoint"]["every_n_steps"] = 2
     # the tiny BERT keeps its default dropout (0.1): the RNG state must be restored too
     full = fit(copy.deepcopy(base))
 
     killed = copy.deepcopy(base)
     killed["output_dir"] = str(tmp_path / "killed")
-    killed["trainer"]["callbacks"] = [{"class_path": CRASH_AFTER, "init_args": {"step": 7}}]
+    killed["trainer"]["callbacks"] = [{"class_path": CRASH_AFTER, "init_args": {"step": 4}}]
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(killed)
     ckpt_dir = tmp_path / "killed" / "checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt", "step-00000004.ckpt"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt", "step-00000002.ckpt"]
+    position = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["MedClipDataModule"]
+    assert position["epoch"] == 0 and position["batches_done"] == 4
 
     resumed = copy.deepcopy(base)
     resumed["output_dir"] = str(tmp_path / "killed")
@@ -40,8 +45,7 @@ def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) 
     # the same resume without the data position would repeat batches: the weights then differ
     restart = copy.deepcopy(base)
     restart["output_dir"] = str(tmp_path / "restart")
-    restart["resume"] = str(ckpt_dir / "step-00000004.ckpt")
-    checkpoint = torch.load(ckpt_dir / "step-00000004.ckpt", weights_only=False)
+    checkpoint = torch.load(ckpt_dir / "step-00000002.ckpt", weights_only=False)
     checkpoint["MedClipDataModule"] = {}
     torch.save(checkpoint, tmp_path / "no_position.ckpt")
     restart["resume"] = str(tmp_path / "no_position.ckpt")
@@ -57,6 +61,7 @@ def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:
     build_cache(manifest, cache, config=CacheConfig(image_size=32, shard_size=8), workers=1, progress=False)
     full = _config({"cache_dir": str(cache)}, tmp_path / "full", max_steps=9)
     full["data"]["dataset_kwargs"] = {"buffer_size": 4}
+    full["data"]["num_workers"] = 2  # batches alternate between the workers' streams: each must skip its share
     model_dir = fit(copy.deepcopy(full))
     assert (model_dir / "model.safetensors").is_file()
     ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)

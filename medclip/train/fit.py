@@ -168,16 +168,18 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, checkpoint_dir: Path
 
 def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> None:
     """Save the trained DualEncoder as a Hugging Face-style folder (rank 0; gathers sharded weights)."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-    if isinstance(trainer.strategy, FSDPStrategy):
-        # every rank takes part in gathering the full state dict; rank 0 writes it
-        state = trainer.strategy.lightning_module_state_dict()
+    if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # every rank takes part in gathering the full, unsharded weights; rank 0 receives and writes them
+        state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
             from medclip.model import create_model
 
             model_cfg = module.hparams["model"]
-            fresh = create_model(model_cfg["name"], **dict(model_cfg.get("overrides") or {}))
+            fresh = create_model(model_cfg["name"], pretrained=False, **dict(model_cfg.get("overrides") or {}))
             prefix = "model."
             fresh.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             fresh.save_pretrained(model_dir)
@@ -211,6 +213,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     with warnings.catch_warnings():
         # the DataModule restores the data position itself (MedClipDataModule.load_state_dict)
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        # CacheDataset splits its shards by rank and worker itself, so its __len__ is exact
+        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     model_dir = output_dir / "model"
     _export(trainer, module, model_dir)

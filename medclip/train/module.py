@@ -68,6 +68,9 @@ class DualEncoderModule(L.LightningModule):
 
         self.save_hyperparameters({"model": dict(model_cfg), "loss": dict(loss_cfg), "optim": dict(optim_cfg)})
         self.model = create_model(model_cfg["name"], **dict(model_cfg.get("overrides") or {}))
+        # pretrained Hugging Face towers load in eval mode, and Lightning keeps module modes as found:
+        # without this their dropout would be off for the whole run
+        self.model.train()
         if model_cfg.get("grad_checkpointing"):
             self.model.set_grad_checkpointing(True)
         self.loss_name = str(loss_cfg["name"])
