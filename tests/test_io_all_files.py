@@ -136,7 +136,8 @@ def test_every_file_loads_or_raises_image_read_error(all_files: dict[str, Path])
             continue
         # any other exception propagates and fails the test, naming the file via the traceback
         _check_image(key, image, windowed=True)
-        _check_image(key, load_image(path, window=None), windowed=False)
+        if path.is_dir() or path.stat().st_size < 2_000_000:  # the few multi-MB files only once: test time
+            _check_image(key, load_image(path, window=None), windowed=False)
         loaded.append(key)
 
     for key, fragment in EXPECTED_ERRORS.items():

@@ -266,6 +266,7 @@ def test_rt_dose_is_scaled_to_gray() -> None:
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the very defects tested here
 @pytest.mark.parametrize(
     ("path", "reason"),
     [

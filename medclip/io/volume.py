@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from medclip.io.image import MedicalImage
+
+if TYPE_CHECKING:  # torch is imported only when resampling: reading images must not pay ~5 s for it
+    import torch
 
 __all__ = ["DEFAULT_SHAPE", "DEFAULT_SPACING", "canonical_volume", "resample_volume"]
 
@@ -50,6 +52,7 @@ def canonical_volume(data_ijk: np.ndarray, affine_ijk: np.ndarray) -> tuple[np.n
 
 def _crop_or_pad(array: torch.Tensor, shape: Sequence[int], fill: float) -> tuple[torch.Tensor, list[int]]:
     """Center-crop or pad each axis to ``shape``; returns the tensor and the index offset per axis."""
+    import torch
     offsets: list[int] = []
     out = array
     for axis, target in enumerate(shape):
@@ -77,6 +80,7 @@ def _gaussian_blur(volume: torch.Tensor, sigmas: Sequence[float]) -> torch.Tenso
     A weighted sum of shifted views per axis: for the few taps of an antialiasing kernel this is
     an order of magnitude faster on CPU than conv1d/conv3d over millions of short lines.
     """
+    import torch
     out = volume
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
@@ -112,6 +116,8 @@ def resample_volume(
     minimum, i.e. air for CT in HU, black for windowed data). The affine and spacing are updated so
     world coordinates stay correct; metadata gains ``resampled_from`` (the original shape).
     """
+    import torch
+    import torch.nn.functional as F
     if not image.is_volume:
         raise ValueError(f"resample_volume takes a (D, H, W) volume, got shape {image.shape} from {image.source}")
     target_spacing = tuple(float(s) for s in spacing)
