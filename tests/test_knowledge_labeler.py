@@ -31,6 +31,7 @@ def test_negation(labeler: ReportLabeler, text: str) -> None:
 @pytest.mark.parametrize("text", [
     "Findings may represent pneumonia.", "Cannot exclude pneumonia.", "Pneumonia is not excluded.",
     "Possible pneumonia.", "Findings suspicious for pneumonia.", "Cannot rule out early pneumonia.",
+    "Basilar opacity, favoring pneumonia.",
 ])
 def test_uncertainty(labeler: ReportLabeler, text: str) -> None:
     assert status(labeler, text, "pneumonia") == "uncertain"
