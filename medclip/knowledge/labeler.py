@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
 from .graph import Graph, normalize_name
-from .matching import PhraseMatcher, Token, phrase_tokens, tokenize
+from .matching import Match, PhraseMatcher, Token, phrase_tokens, tokenize
 
 POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = "positive", "negative", "uncertain", "not_mentioned"
 STATUS_VALUE = {POSITIVE: 1.0, NEGATIVE: 0.0, UNCERTAIN: -1.0, NOT_MENTIONED: math.nan}
@@ -61,7 +61,6 @@ _REDACTED_TOKEN = re.compile(r"X{3,}|x{4,}")
 #: A full stop ends a sentence unless it is a decimal point or ends the abbreviation "vs.".
 _SENTENCE_END = re.compile(r"(?<!\d)(?<!\b[Vv][Ss])\.(?!\d)|(?<!\b[Vv][Ss])\.(?=\s)|[!?;\n]")
 _LIST_SEPARATOR = re.compile(r"[\s,]*")
-_NO_COMMA = re.compile(r"[^,]*")
 
 
 @dataclass(frozen=True)
@@ -261,7 +260,7 @@ class ReportLabeler:
                 yield cid, Mention(status, span, section, text[span[0]:span[1]], sentence, cue)
 
     @staticmethod
-    def _alternatives(matches: list, cues: list[_Cue], text: str,
+    def _alternatives(matches: list[Match], cues: list[_Cue], text: str,
                       toks: list[Token]) -> dict[int, tuple[_Cue, bool]]:
         """Mentions joined by a differential connector: {match index: (connector, is first alternative)}.
 
@@ -277,7 +276,7 @@ class ReportLabeler:
 
             def clear(a: int, b: int) -> bool:  # tokens [a, b): no other cue; no comma, unless "A, or B"
                 return not any(o is not c and o.start < b and o.end > a for o in cues) and \
-                    (a == b or _NO_COMMA.fullmatch(text[toks[a - 1].end:toks[b].start]) is not None)
+                    (a == b or "," not in text[toks[a - 1].end:toks[b].start])
 
             before = [i for i, m in enumerate(matches)
                       if m.end <= c.start and c.start - m.end <= ALTERNATIVE_GAP_BEFORE and clear(m.end, c.start)]
@@ -351,7 +350,7 @@ class ReportLabeler:
         return any(m in window for m in self._modifiers.get(cid, ()))
 
 
-def _token_owners(matches: list, n_tokens: int) -> list[set[str]]:
+def _token_owners(matches: list[Match], n_tokens: int) -> list[set[str]]:
     """Per token: the concepts whose (non-anatomic) mention phrase covers it."""
     owners: list[set[str]] = [set() for _ in range(n_tokens)]
     for m in matches:
