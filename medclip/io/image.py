@@ -24,7 +24,7 @@ class ImageReadError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
-@dataclass
+@dataclass(eq=False)  # arrays make field-wise == ambiguous; compare .array explicitly
 class MedicalImage:
     """A decoded 2D image (H, W) or volume (D, H, W) with its geometry and non-PHI metadata.
 
@@ -56,6 +56,13 @@ class MedicalImage:
             if self.affine.shape != (4, 4):
                 raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
         self.source = str(self.source)
+
+    def __repr__(self) -> str:
+        return (
+            f"MedicalImage(shape={self.shape}, spacing={tuple(round(s, 4) for s in self.spacing)}, "
+            f"modality={self.metadata.get('modality', '')!r}, window={self.metadata.get('window')!r}, "
+            f"source={self.source!r})"
+        )
 
     @property
     def is_volume(self) -> bool:
