@@ -8,13 +8,12 @@ from pathlib import Path
 from .runner import TASKS, EvalOptions
 
 
-def _tasks(values: list[str] | None) -> list[str]:
-    if not values:
-        return list(TASKS)
-    tasks = [t.strip() for v in values for t in v.split(",") if t.strip()]
+def _task_list(text: str) -> list[str]:
+    """argparse type: one task or several, comma-separated."""
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown or [text]}; choose from {', '.join(TASKS)}")
     return tasks
 
 
@@ -28,7 +27,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     "metrics.json and PNG plots to --output and prints tables.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, hf-hub id, or open_clip model (see above)")
     p.add_argument("--manifest", type=Path, required=True, help="labelled manifest (.parquet)")
-    p.add_argument("--task", action="append", metavar="TASK",
+    p.add_argument("--task", action="append", metavar="TASK", type=_task_list,
                    help=f"one of {', '.join(TASKS)}; repeat or comma-separate for several (default: all)")
     p.add_argument("-o", "--output", type=Path, default=None, help="folder for metrics.json and plots "
                                                                     "(default: <checkpoint>/eval or ./eval)")
@@ -60,7 +59,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from .encoders import is_open_clip
     from .runner import evaluate, format_results
 
-    tasks = _tasks(args.task)
+    tasks = [t for group in args.task for t in group] if args.task else list(TASKS)
     try:
         shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
     except ValueError:

@@ -3,7 +3,7 @@
 :class:`ReportDrafter` embeds a corpus of (training) reports and their sentences once. To draft a
 report for an image it finds the ``k`` nearest reports, pools their sentences, scores each by
 its own similarity to the image plus the weight of the neighbour reports that contain it
-(a vote), drops near-duplicates, and assembles the best findings and impression sentences.
+(a vote; sentences with a vote under ``min_vote`` are left out), drops near-duplicates within a section, and assembles the best findings and impression sentences.
 
 :func:`score_drafts` compares drafts with the true reports by clinical correctness (findings the
 knowledge labeler extracts from each; a finding counts when positive) and by text overlap
@@ -66,7 +66,8 @@ class ReportDrafter:
 
     def __init__(self, texts: list[str], report_embeddings: torch.Tensor, sentences: list[str], sections: list[str],
                  sentence_reports: list[list[int]], sentence_embeddings: torch.Tensor, *, k: int = 5,
-                 max_findings: int = 4, max_impression: int = 2, duplicate_similarity: float = 0.95) -> None:
+                 max_findings: int = 4, max_impression: int = 2, duplicate_similarity: float = 0.95,
+                 min_vote: float = 0.1) -> None:
         if report_embeddings.shape[0] != len(texts) or sentence_embeddings.shape[0] != len(sentences):
             raise ValueError("embeddings and texts disagree in length")
         if not (len(sentences) == len(sections) == len(sentence_reports)):
@@ -79,6 +80,7 @@ class ReportDrafter:
         self.sentence_embeddings = F.normalize(sentence_embeddings.float(), dim=-1)
         self.k, self.max_findings, self.max_impression = k, max_findings, max_impression
         self.duplicate_similarity = duplicate_similarity
+        self.min_vote = min_vote
         self._report_sentences: list[list[int]] = [[] for _ in texts]
         for s, reports in enumerate(sentence_reports):
             for r in reports:
@@ -131,22 +133,23 @@ class ReportDrafter:
             for s in self._report_sentences[r]:
                 vote[s] = vote.get(s, 0.0) + w
         neighbours = top.tolist()
+        # sentences only far neighbours carry (e.g. an effusion report behind a clearly normal one) stay out
+        vote = {s: v for s, v in vote.items() if v >= self.min_vote}
         if not vote:
             return DraftedReport("", "", neighbours)
         cand = torch.tensor(sorted(vote))
         score = self.sentence_embeddings[cand] @ x + torch.tensor([vote[int(s)] for s in cand])
         chosen: dict[str, list[int]] = {"findings": [], "impression": []}
         limits = {"findings": self.max_findings, "impression": self.max_impression}
-        picked: list[int] = []
         for pos in score.argsort(descending=True).tolist():
             s = int(cand[pos])
-            section = self.sections[s]
-            if len(chosen[section]) >= limits[section]:
+            section = chosen[self.sections[s]]
+            if len(section) >= limits[self.sections[s]]:
                 continue
-            if picked and float((self.sentence_embeddings[picked] @ self.sentence_embeddings[s]).max()) >= self.duplicate_similarity:
+            # a near-duplicate of a sentence already in the same section adds nothing
+            if section and float((self.sentence_embeddings[section] @ self.sentence_embeddings[s]).max()) >= self.duplicate_similarity:
                 continue
-            chosen[section].append(s)
-            picked.append(s)
+            section.append(s)
         return DraftedReport(" ".join(self.sentences[s] for s in chosen["findings"]),
                              " ".join(self.sentences[s] for s in chosen["impression"]), neighbours)
 
@@ -166,7 +169,7 @@ class ReportDrafter:
         meta = {"format": DRAFTER_FORMAT, "texts": self.texts, "sentences": self.sentences, "sections": self.sections,
                 "sentence_reports": self.sentence_reports,
                 "options": {"k": self.k, "max_findings": self.max_findings, "max_impression": self.max_impression,
-                            "duplicate_similarity": self.duplicate_similarity}}
+                            "duplicate_similarity": self.duplicate_similarity, "min_vote": self.min_vote}}
         (directory / _META_FILE).write_text(json.dumps(meta, ensure_ascii=False) + "\n")
         return directory
 

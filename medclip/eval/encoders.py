@@ -93,7 +93,7 @@ class OpenClipAdapter(nn.Module):
     def logit_scale_value(self) -> float:
         """exp(logit_scale), the model's softmax temperature."""
         scale = getattr(self.model, "logit_scale", None)
-        return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
+        return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
 
     def tokenize(self, texts: list[str] | tuple[str, ...], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Token ids (open_clip's tokenizer, its context length) and an attention mask of non-padding tokens."""

@@ -1,0 +1,138 @@
+"""`medclip eval` end to end on a tiny model and a tiny manifest made here; the notebook executes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from medclip.data.manifest import write_manifest
+from medclip.eval.cli import add_eval_parser
+from medclip.eval.drafting import ReportDrafter
+from medclip.eval.thresholds import load_thresholds
+from medclip.model import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+EFFUSION = "FINDINGS: Right pleural effusion. Heart size is normal. IMPRESSION: Pleural effusion."
+NORMAL = "FINDINGS: The lungs are clear. No pleural effusion. Heart size is normal. IMPRESSION: No acute abnormality."
+CARDIO = "FINDINGS: The heart is enlarged. No effusion. IMPRESSION: Cardiomegaly."
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(checkpoint folder, manifest path): 18 patients, 2 images per study, patient-level splits."""
+    root = tmp_path_factory.mktemp("eval_e2e")
+    torch.manual_seed(0)
+    create_model("tiny-test").save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    rows = []
+    kinds = [(EFFUSION, 1.0, 0.0), (NORMAL, 0.0, 0.0), (CARDIO, 0.0, 1.0)]
+    for p in range(18):
+        text, effusion, cardio = kinds[p % 3]
+        split = "train" if p < 10 else "val" if p < 13 else "test"
+        for i in range(2):
+            img = rng.integers(0, 80, (72, 72)).astype(np.uint8)
+            if effusion:
+                img[54:, :] += 150  # a bright lower band
+            if cardio:
+                img[24:56, 20:52] += 120  # a large central blob
+            path = root / "images" / f"p{p:02d}_{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(img).save(path)
+            rows.append({"image_id": f"img{p:02d}{i}", "path": str(path), "kind": "image", "files": None,
+                         "patient_id": f"pat{p:02d}", "study_id": f"st{p:02d}", "series_id": f"st{p:02d}",
+                         "modality": "DX", "report_findings": "", "report_impression": "", "report_text": text,
+                         "split": split, "label.pleural_effusion": effusion, "label.cardiomegaly": cardio,
+                         "label.pneumothorax": np.nan})
+    manifest = write_manifest(pd.DataFrame(rows), root / "manifest.parquet", root=root)
+    return root / "model", manifest
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="medclip")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *argv])
+    return args.func(args)
+
+
+def test_cli_runs_every_task_and_writes_metrics_plots_and_checkpoint_files(tiny, tmp_path, capsys):
+    model_dir, manifest = tiny
+    out = tmp_path / "eval"
+    code = _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "zeroshot,retrieval",
+                 "--task", "report", "--task", "fewshot", "--bootstrap", "50", "--shots", "1,2", "-o", str(out),
+                 "--save-to-checkpoint"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for title in ("Zero-shot diagnosis", "Retrieval", "Report drafting", "Few-shot"):
+        assert title in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    z = metrics["zeroshot"]
+    # pneumothorax has no known label anywhere: not scored
+    assert z["findings"] == ["pleural_effusion", "cardiomegaly"]
+    eff = z["per_finding"]["pleural_effusion"]
+    # test patients 13..17 are normal, cardiomegaly, effusion, normal, cardiomegaly (two images each)
+    assert eff["n"] == 10 and eff["positives"] == 2 and z["per_finding"]["cardiomegaly"]["positives"] == 4
+    assert 0.0 <= eff["auroc"]["value"] <= 1.0 and eff["auroc"]["n_groups"] == 5
+    assert set(z["prompt_sensitivity"]["auroc"]) == {"ensemble", "templates", "name", "sentence", "appearance"}
+    r = metrics["retrieval"]["image_to_report"]
+    assert r["n_queries"] == 10 and r["gallery_size"] == 5 and 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] == 1.0
+    assert metrics["report"]["n_reports"] == 10 and metrics["report"]["corpus_reports"] == 3
+    assert set(metrics["fewshot"]["shots"]) == {"1", "2"}
+    assert metrics["data"]["test"] == {"images": 10, "patients": 5, "studies": 5}
+    for name in ("zeroshot_roc.png", "zeroshot_calibration.png", "zeroshot_prompt_sensitivity.png",
+                 "retrieval_recall.png", "fewshot_auroc.png"):
+        assert (out / name).stat().st_size > 1000
+    thresholds = load_thresholds(model_dir)
+    assert set(thresholds) == {"pleural_effusion", "cardiomegaly"}
+    assert thresholds["pleural_effusion"] == eff["threshold"]
+    drafter = ReportDrafter.load(model_dir / "drafter")
+    assert len(drafter) == 3
+    assert "patient" not in (model_dir / "drafter" / "drafter.json").read_text().lower()
+
+
+def test_bad_input_gives_clear_errors(tiny, tmp_path):
+    model_dir, manifest = tiny
+    with pytest.raises(ValueError, match=r"manifest.parquet: no rows in split 'holdout'"):
+        _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "retrieval",
+              "--split", "holdout", "-o", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
+        _run(["--checkpoint", str(tmp_path / "nope"), "--manifest", str(manifest), "-o", str(tmp_path)])
+    with pytest.raises(ValueError, match="no label column for"):
+        _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "zeroshot",
+              "--findings", "edema", "-o", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "poetry"])
+
+
+def test_notebook_executes(tiny, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    model_dir, manifest = tiny
+    nb = nbformat.read(REPO / "notebooks" / "evaluate.ipynb", as_version=4)
+    env = {"MEDCLIP_EVAL_CHECKPOINT": str(model_dir), "MEDCLIP_EVAL_MANIFEST": str(manifest),
+           "MEDCLIP_EVAL_OUTPUT": str(tmp_path / "nb_eval"), "MEDCLIP_EVAL_BOOTSTRAP": "30",
+           "MEDCLIP_EVAL_SHOTS": "1,2", "MEDCLIP_EVAL_TASKS": "zeroshot,retrieval,report,fewshot"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                         resources={"metadata": {"path": str(REPO)}})
+        client.execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Zero-shot diagnosis" in outputs and "DRAFT:" in outputs
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 5
+    assert (tmp_path / "nb_eval" / "metrics.json").is_file()

@@ -1,0 +1,116 @@
+"""Evaluation metrics against scikit-learn, published values and hand-checked examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
+
+from medclip.eval import metrics as M
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_and_auprc_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200).astype(float)
+    s = np.round(rng.normal(size=200) + y * 0.7, 1)  # rounding creates many tied scores
+    assert M.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert M.auprc(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
+def test_threshold_metrics_match_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 150).astype(float)
+    s = rng.random(150)
+    pred = (s >= 0.4).astype(float)
+    assert M.f1_at(0.4)(y, s) == pytest.approx(f1_score(y, pred))
+    assert M.accuracy_at(0.4)(y, s) == pytest.approx(accuracy_score(y, pred))
+    assert M.f1_score([0, 0], [0, 0]) == 0.0
+
+
+def test_undefined_and_invalid_inputs():
+    assert math.isnan(M.auroc([1, 1, 1], [0.2, 0.4, 0.9]))
+    assert math.isnan(M.auprc([0, 0], [0.1, 0.2]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        M.auroc([1, -1, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="differ in length"):
+        M.auroc([1, 0], [0.1])
+
+
+def test_ece_hand_checked():
+    # bin [0.2, 0.3): p=0.25 x2, one positive -> |0.5-0.25|; bin [0.9, 1.0]: p=0.95 x2, both positive -> |1-0.95|
+    y = [1, 0, 1, 1]
+    p = [0.25, 0.25, 0.95, 0.95]
+    assert M.expected_calibration_error(y, p, n_bins=10) == pytest.approx((2 * 0.25 + 2 * 0.05) / 4)
+    table = M.reliability_table(y, p, n_bins=10)
+    assert table["count"].tolist() == [0, 0, 2, 0, 0, 0, 0, 0, 0, 2]
+    assert M.expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
+
+
+def test_bootstrap_by_patient_keeps_images_of_a_patient_together():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20), np.zeros(30)]
+    s = rng.normal(size=50) + y
+    patients = [f"p{i:03d}" for i in range(50)]
+    single = M.bootstrap_ci(M.auroc, y, s, groups=patients, n_boot=300, seed=5)
+    # every patient has two identical images: AUROC is unchanged by duplicating all rows, and a
+    # patient-level bootstrap draws the same patients, so the interval must be identical
+    doubled = M.bootstrap_ci(M.auroc, np.repeat(y, 2), np.repeat(s, 2), groups=np.repeat(patients, 2), n_boot=300, seed=5)
+    assert doubled.value == pytest.approx(single.value)
+    assert (doubled.low, doubled.high) == pytest.approx((single.low, single.high))
+    assert doubled.n == 100 and doubled.n_groups == 50
+    assert single.low < single.value < single.high
+    # resampling images instead of patients pretends to have twice the data: a narrower interval
+    naive = M.bootstrap_ci(M.auroc, np.repeat(y, 2), np.repeat(s, 2), n_boot=300, seed=5)
+    assert naive.high - naive.low < doubled.high - doubled.low
+
+
+def test_bootstrap_one_class_gives_nan_interval():
+    est = M.bootstrap_ci(M.auroc, [1, 1, 1], [0.1, 0.5, 0.9], groups=["a", "b", "c"], n_boot=50)
+    assert math.isnan(est.value) and math.isnan(est.low) and str(est) == "n/a"
+
+
+def test_recall_hand_checked_at_study_level():
+    # gallery: reports of studies A, A, B, C; queries are images of A, B, C
+    sim = np.array([
+        [0.1, 0.9, 0.5, 0.0],  # A: its second report is best -> rank 1
+        [0.8, 0.7, 0.6, 0.1],  # B: two A reports score higher -> rank 3
+        [0.9, 0.8, 0.7, 0.2],  # C: three others higher -> rank 4
+    ])
+    ranks = M.ranks_of_matches(sim, ["A", "B", "C"], ["A", "A", "B", "C"])
+    assert ranks.tolist() == [1, 3, 4]
+    assert M.recall_at_k(ranks, 1) == pytest.approx(1 / 3)
+    assert M.recall_at_k(ranks, 3) == pytest.approx(2 / 3)
+    assert M.recall_at_k(ranks, 5) == 1.0
+    assert M.median_rank(ranks) == 3.0
+    # the same ranks from top-k neighbour lists (what an approximate index returns)
+    neighbours = np.argsort(-sim, axis=1)
+    assert M.ranks_from_neighbours(neighbours, ["A", "B", "C"], ["A", "A", "B", "C"]).tolist() == [1, 3, 4]
+    assert M.ranks_from_neighbours(neighbours[:, :2], ["A", "B", "C"], ["A", "A", "B", "C"]).tolist() == [1, 3, 3]
+    # a query with no match in the gallery is excluded
+    assert M.ranks_of_matches(sim[:1], ["Z"], ["A", "A", "B", "C"]).tolist() == [0]
+
+
+NLTK_HYP1 = "It is a guide to action which ensures that the military always obeys the commands of the party"
+NLTK_REFS1 = ["It is a guide to action that ensures that the military will forever heed Party commands",
+              "It is the guiding principle which guarantees the military forces always being under the command of the Party",
+              "It is the practical guide for the army always to heed the directions of the party"]
+NLTK_HYP2 = "he read the book because he was interested in world history"
+NLTK_REF2 = "he was interested in world history because he read the book"
+
+
+def test_bleu_matches_published_values():
+    # the values printed in NLTK's bleu_score documentation for Papineni et al.'s example
+    assert M.corpus_bleu([NLTK_HYP1], [NLTK_REFS1]) == pytest.approx(0.5045666840058485, abs=1e-12)
+    assert M.corpus_bleu([NLTK_HYP1, NLTK_HYP2], [NLTK_REFS1, [NLTK_REF2]]) == pytest.approx(0.5920778868801042, abs=1e-12)
+    assert M.corpus_bleu(["no acute findings ."], ["no acute findings ."]) == pytest.approx(1.0)
+    assert M.corpus_bleu(["the the the the"], ["the cat is on the mat"]) == 0.0
+
+
+def test_rouge_l_hand_checked():
+    # LCS("the cat sat on the mat", "the cat on the mat") = 5; P = 5/6, R = 1
+    assert M.rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
+    assert M.rouge_l("", "anything") == 0.0
+    assert M.mean_rouge_l(["a b", "c"], ["a b", "d"]) == pytest.approx(0.5)
