@@ -44,8 +44,11 @@ def shared_dir() -> Path:
 
 
 def pydicom_data_dir() -> Path:
-    import data_store  # the pydicom-data package
-
+    """The pydicom-data package's files (a folder that does not exist when it is not installed)."""
+    try:
+        import data_store  # the pydicom-data package
+    except ImportError:
+        return Path("pydicom-data-not-installed")
     return Path(data_store.__file__).parent / "data"
 
 
