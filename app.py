@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 # Before gradio is imported: every file Gradio receives or serves goes to a private folder we remove.
@@ -114,10 +115,13 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
                 view, result = engine.triage(study, spec, int(s) if study.image.is_volume else None)
             except (ValueError, MemoryError) as exc:
                 return [None, render_error(f"{study.name}: {exc}"), "", "", "", ""]
+            except Exception as exc:  # noqa: BLE001 - keep serving; the page says what failed
+                print(f"prediction failed: {type(exc).__name__}", file=sys.stderr)
+                return [None, render_error(f"{study.name}: prediction failed ({type(exc).__name__})"), "", "", "", ""]
             took = sum(result.timings.values())
             note = f"<span id='timing' style='font-size:0.85em'>{study.name}: prediction in {took * 1000:.0f} ms</span>"
-            return [_enlarge(view), note, render_priority(result.priority), render_findings(result.findings), result.report_text,
-                    render_similar(result.similar, engine.gallery_note)]
+            return [_enlarge(view), note, render_priority(result.priority), render_findings(result.findings),
+                    result.report_text, render_similar(result.similar, engine.gallery_note)]
 
         def load(path: str | None, name: str | None = None):
             hidden = [gr.update(visible=False), gr.update(visible=False, maximum=1, value=0)]
@@ -127,6 +131,14 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
                 study = read_upload(path, limits=limits, name=name or Path(path).name)
             except UploadError as exc:
                 return [None, *hidden, "", None, render_error(str(exc)), "", "", "", ""]
+            except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure must not take the page down
+                # the message may hold the file name (possible PHI): log only where it failed
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                print(f"upload failed: {type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}",
+                      file=sys.stderr)
+                return [None, *hidden, "", None,
+                        render_error(f"{name or Path(path).name}: could not be read ({type(exc).__name__})"),
+                        "", "", "", ""]
             finally:
                 if name is None:
                     _forget_upload(path)
@@ -139,12 +151,14 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
         load_outputs = [study_state, window_group, slice_index, header, *outputs]
         upload.upload(lambda p: [*load(p), gr.update(value=AUTO_WINDOW)], inputs=upload,
                       outputs=[*load_outputs, window], api_name="load_upload")
+
         def load_example(label: str | None):
             loaded = load(str(examples[label]), label) if label in examples else load(None)
             return [*loaded, gr.update(value=AUTO_WINDOW)]
 
         example.input(load_example, inputs=example, outputs=[*load_outputs, window], api_name="load_example")
         controls = [study_state, window, center, width, slice_index]
+
         def choose_window(study: LoadedStudy | None, choice: str, c: float | None, w: float | None, s: float | None):
             if choice in WINDOW_PRESETS:  # show the preset's numbers so the user can start from them
                 c, w = WINDOW_PRESETS[choice]

@@ -9,7 +9,6 @@ a triage priority, similar studies and a drafted report.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -32,8 +31,6 @@ from .triage import ConceptCard, FindingResult, TriagePriority, concept_card, ra
 from .uploads import LoadedStudy
 
 __all__ = ["TriageEngine", "TriageResult", "default_gallery_dir"]
-
-log = logging.getLogger(__name__)
 
 #: Where the engine looks for a gallery when none is named: inside the checkpoint folder.
 GALLERY_SUBDIR = "gallery"
