@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 2,
         "pin_memory": True,
         "persistent_workers": False,
-        "image_size": 224,
+        "image_size": None,  # null: the model's vision.image_size (2D), else 224
         "text_field": None,  # null: the dataset's default report text
         "text_augmentation": True,  # knowledge-graph report augmentation (training only)
         "max_text_tokens": None,  # null: the text tower's maximum

@@ -160,7 +160,6 @@ class MedClipDataModule(L.LightningDataModule):
         self._train_source: Any = None
         self._val_source: Any = None
         self._train_wrapper: AugmentedDataset | AugmentedIterable | None = None
-        self._sampler: ResumableSampler | None = None
         self._resume: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ datasets
@@ -177,8 +176,16 @@ class MedClipDataModule(L.LightningDataModule):
             kwargs.setdefault("text_field", self.cfg["text_field"])
         if not self.is_iterable:
             kwargs.setdefault("image_size", self.cfg.get("image_size", 224))
+            kwargs.setdefault("require_text", True)  # an image without a report teaches nothing here
             return ManifestDataset(self.cfg["manifest"], split=split, **kwargs)
         # the cache was resized when it was built; ranks are passed explicitly (workers have no process group)
+        from medclip.data.cache import read_cache_index
+
+        built = read_cache_index(self.cfg["cache_dir"]).get("config", {}).get("image_size")
+        wanted = self.cfg.get("image_size")
+        if train and built and wanted and built != wanted:
+            log.warning("%s holds %s px images, data.image_size is %s: the cache's size is used",
+                        self.cfg["cache_dir"], built, wanted)
         rank, world = self._rank_and_world()
         kwargs.setdefault("seed", self.seed)
         kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train)
@@ -255,7 +262,6 @@ class MedClipDataModule(L.LightningDataModule):
                 f"samples, fewer than data.batch_size={batch_size} per rank x {world} ranks; "
                 "lower the batch size or set data.drop_last=false"
             )
-        self._sampler = sampler
         self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed)
         return DataLoader(
             self._train_wrapper, batch_size=batch_size, sampler=sampler,

@@ -206,6 +206,9 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
 
     ckpt_path = _resume_path(cfg, checkpoint_dir, output_dir)
     module = DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
+    if data_cfg.get("image_size") is None:
+        model_size = module.model.config.vision.image_size
+        data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
     datamodule = MedClipDataModule(data_cfg, module.model.tokenize, seed=seed)
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
     if trainer.is_global_zero:
