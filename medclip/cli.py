@@ -120,7 +120,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="index, label, cache and train on the bundled sample (offline)")
+    p = sub.add_parser("quickstart", help="index, label, cache, train, evaluate and build the demo gallery on the bundled sample (offline)")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/quickstart"))
     p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the quickstart config's)")
     p.add_argument("--skip-train", action="store_true", help="stop after indexing and caching")
@@ -133,11 +133,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/4] indexing the bundled sample export {SAMPLE_EXPORT}")
+    print(f"[1/6] indexing the bundled sample export {SAMPLE_EXPORT}")
     res = index_export(SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_EXPORT / "reports.csv",
                        progress=not args.quiet)
     print(res.summary())
-    print("[2/4] labelling reports with the knowledge graph")
+    print("[2/6] labelling reports with the knowledge graph")
     try:
         from medclip.knowledge.labeler import label_manifest
     except ImportError as exc:  # the knowledge layer is optional for indexing/caching
@@ -147,21 +147,35 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         cols = [c for c in df.columns if c.startswith("label.")]
         pos = {c[6:]: int((df[c] == 1).sum()) for c in cols}
         print("  positives: " + ", ".join(f"{k} {v}" for k, v in sorted(pos.items(), key=lambda kv: -kv[1]) if v))
-    print("[3/4] caching preprocessed images")
+    print("[3/6] caching preprocessed images")
     cres = build_cache(out / "manifest.parquet", out / "cache", config=CacheConfig(image_size=224, shard_size=64),
                        progress=not args.quiet)
     print(cres.summary())
     if args.skip_train:
         return 0
-    print("[4/4] training the offline default model (EfficientNet-Lite0 + MiniLM)")
+    print("[4/6] training the offline default model (EfficientNet-Lite0 + MiniLM)")
     from medclip.train import fit, load_config
 
     overrides = [f"data.cache_dir={out / 'cache'}", f"data.manifest={out / 'manifest.parquet'}", f"output_dir={out}"]
     if args.max_steps is not None:
         overrides.append(f"trainer.max_steps={args.max_steps}")
-    model_dir = fit(load_config(REPO_ROOT / "configs" / "quickstart.yaml", overrides))
+    model_dir = Path(fit(load_config(REPO_ROOT / "configs" / "quickstart.yaml", overrides)))
+    print(f"  model folder: {model_dir}")
+    print("[5/6] evaluating on the held-out patients (zero-shot, retrieval, report drafting)")
+    from medclip.eval.runner import evaluate, format_results
+
+    results = evaluate(model_dir, out / "manifest.parquet", ("zeroshot", "retrieval", "report"),
+                       output_dir=out / "eval", save_to_checkpoint=True, split="test", val_split="val",
+                       train_split="train", n_boot=200)
+    print(format_results(results))
+    print("  (67 images of 31 patients: far too few for firm numbers; this run proves the pipeline, not the model)")
+    print("[6/6] embedding the reference gallery for the demo")
+    from medclip.demo.gallery import build_gallery
+    from medclip.model import DualEncoder
+
+    build_gallery(DualEncoder.from_pretrained(model_dir).eval(), out / "cache", model_dir / "gallery", split="train")
     print(f"done: checkpoint folder {model_dir}")
-    print(f"next: medclip demo --checkpoint {model_dir}")
+    print(f"next: python app.py --checkpoint {model_dir}   (or: medclip demo --checkpoint {model_dir})")
     return 0
 
 
@@ -179,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_cache(sub)
     _add_fit(sub)
+    from medclip.demo.cli import add_demo_parser
+    from medclip.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+    add_demo_parser(sub)
     _add_quickstart(sub)
     return parser
 
