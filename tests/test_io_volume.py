@@ -172,6 +172,16 @@ def test_slices_are_sorted_by_position_not_by_file_order(tmp_path: Path) -> None
     assert world[2] == pytest.approx(4.0)
 
 
+def test_localizer_in_the_series_is_skipped(tmp_path: Path) -> None:
+    paths = _write_stack(tmp_path / "s", [[0, 0, 0.0], [0, 0, 2.0], [0, 0, 4.0]])
+    scout = _write_stack(tmp_path / "l", [[0, 0, 9.0]], orientation=(0, 1, 0, 0, 0, -1))[0]
+    ds = pydicom.dcmread(scout)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(scout)
+    volume = read_dicom_series(paths + [scout], window=None)
+    assert volume.shape == (3, 128, 128) and volume.metadata["skipped_localizers"] == 1
+
+
 def test_inconsistent_orientation_is_an_error(tmp_path: Path) -> None:
     paths = _write_stack(tmp_path / "a", [[0, 0, 0.0], [0, 0, 2.0]])
     paths += _write_stack(tmp_path / "b", [[0, 0, 4.0]], orientation=(0, 1, 0, 0, 0, -1))

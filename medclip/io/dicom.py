@@ -630,10 +630,14 @@ def _to_volume(stack_values: np.ndarray, stack: _Stack) -> tuple[np.ndarray, np.
     return np.ascontiguousarray(array), affine, spacing
 
 
+def _image_type(ds: Dataset) -> list[str]:
+    value = _value(ds, "ImageType", [])
+    return [str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)]
+
+
 def _is_mosaic(ds: Dataset) -> bool:
     """A Siemens mosaic: one 2D image that tiles the slices of a whole volume."""
-    image_type = _value(ds, "ImageType", [])
-    return "MOSAIC" in [str(v).upper() for v in (image_type if not isinstance(image_type, str) else [image_type])]
+    return "MOSAIC" in _image_type(ds)
 
 
 def _mosaic_volume(ds: Dataset, path: PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -807,7 +811,8 @@ def read_dicom_series(
     from the positions. When positions repeat (4D: fMRI, perfusion, multi-phase), the series holds
     several volumes; repeats are ordered by temporal position / acquisition number / trigger time /
     instance number and ``volume_index`` picks one (required then). DICOM files that are not
-    images (DICOMDIR, reports) are skipped; a one-file series is read with :func:`read_dicom`.
+    images (DICOMDIR, reports) and localizer images inside the series are skipped; a one-file
+    series is read with :func:`read_dicom`.
     Returned in the canonical (D, H, W) order with a RAS affine (:mod:`medclip.io.volume`), so it
     agrees with :func:`medclip.io.nifti.read_nifti` on the same data. "auto" window: the slices'
     common VOI LUT/window if they share one, else a percentile window over the volume. Raises
@@ -834,6 +839,12 @@ def read_dicom_series(
         raise ImageReadError(where, f"{len(by_series)} series found ({sorted(by_series)}); pass series_id to choose one")
     else:
         members = next(iter(by_series.values()))
+    # Localizer (scout) images sometimes share the series of the stack they planned: not slices.
+    localizers = [item for item in members if "LOCALIZER" in _image_type(item[1])]
+    skipped_localizers = 0
+    if localizers and len(localizers) < len(members):
+        members = [item for item in members if "LOCALIZER" not in _image_type(item[1])]
+        skipped_localizers = len(localizers)
 
     if len(members) == 1:  # a one-file "series": a 2D image, a multi-frame file or a mosaic
         return read_dicom(members[0][0], window=window, frame=None, volume_index=volume_index, salt=salt)
@@ -888,6 +899,7 @@ def read_dicom_series(
             "volume_index": volume_index if volume_index is not None else 0,
             "image_id": hash_identifier(f"{series_uid}#volume{volume_index or 0}", salt),
             "files": len(members),
+            "skipped_localizers": skipped_localizers,
         }
     )
     if not shared_window:
