@@ -89,6 +89,8 @@ class PhraseMatcher(Generic[P]):
         return sum(len(v) for v in self._exact.values()) + sum(len(v) for v in self._stems.values())
 
     def _candidates(self, token: str) -> tuple:
+        """Phrases that can start at ``token``, longest first, each as (phrase, stem, payloads,
+        inner tokens as a list, last token); the first token is known to match."""
         found = self._cache.get(token)
         if found is None:
             items = list(self._exact.get(token, ()))
@@ -96,7 +98,9 @@ class PhraseMatcher(Generic[P]):
                 if k > len(token):
                     break
                 items.extend(self._stems.get(token[:k], ()))
-            found = tuple(items)
+            items.sort(key=lambda it: -len(it[0]))  # stable: exact before stem forms of one length
+            found = tuple((phrase, stem, payloads, list(phrase[1:-1]), phrase[-1])
+                          for phrase, stem, payloads in items)
             if len(self._cache) < 200_000:
                 self._cache[token] = found
         return found
@@ -111,16 +115,17 @@ class PhraseMatcher(Generic[P]):
             if not candidates:
                 i += 1
                 continue
-            for phrase, stem, payloads in candidates:
+            for phrase, stem, payloads, inner, last in candidates:
                 m = len(phrase)
-                if i + m > n or (best is not None and m < len(best[0])):
+                if best is not None and m < len(best[0]):
+                    break
+                if i + m > n:
                     continue
-                if stem:
-                    ok = tokens[i:i + m - 1] == list(phrase[:-1]) and tokens[i + m - 1].startswith(phrase[-1])
-                else:
-                    ok = tokens[i:i + m] == list(phrase)
-                if not ok:
-                    continue
+                if m > 1:
+                    end = tokens[i + m - 1]
+                    if not (end == last or (stem and end.startswith(last))) or \
+                            (m > 2 and tokens[i + 1:i + m - 1] != inner):
+                        continue
                 if best is not None and m == len(best[0]):  # same length: exact and stem forms agree
                     best = (best[0], best[1] + tuple(p for p in payloads if p not in best[1]))
                 else:
