@@ -28,6 +28,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = ["pleural effusion", "cardiomegaly", "pneumothorax", "consolidation"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CPU: one thread avoids contention that makes each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny export of 32 px PNGs (24 train, 6 val) with reports of varied length, and its manifest."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medclip.train import fit
-from test_train_fit import CRASH_AFTER, _config, _weights, manifest  # noqa: F401 (manifest is a fixture)
+from test_train_fit import CRASH_AFTER, _config, _weights, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 
 @pytest.mark.slow

@@ -231,3 +231,45 @@ def test_datamodule_text_augmentation_default_flag_and_plug_in(tiny_model) -> No
         return text.upper()
 
     assert MedClipDataModule(data, tiny_model.tokenize, text_transform=upper).text_transform is upper
+
+
+def test_param_groups_tower_lr_and_no_decay() -> None:
+    from medclip.train import DualEncoderModule
+
+    module = DualEncoderModule(
+        {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}},
+        {"name": "infonce"},
+        {**DEFAULTS["optim"], "lr": 1e-3, "weight_decay": 0.1, "tower_lr": {"text": 1e-5}},
+    )
+    groups = module._param_groups()
+    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(module.model.named_parameters())
+    assert len(by_id) == len(named)  # every parameter in exactly one group
+    assert by_id[id(module.model.logit_scale)] == (1e-3, 0.0)
+    for name, param in named.items():
+        lr, decay = by_id[id(param)]
+        assert lr == (1e-5 if name.startswith("text.") else 1e-3), name
+        if param.ndim <= 1:
+            assert decay == 0.0, name  # biases and norm weights are not decayed
+    assert any(decay == 0.1 for _, decay in by_id.values())
+
+
+def test_resume_last_picks_the_newest_checkpoint(tmp_path: Path) -> None:
+    import os
+
+    from medclip.train.fit import _resume_path
+
+    ckpts = tmp_path / "checkpoints"
+    assert _resume_path({"resume": "last"}, ckpts, tmp_path) is None  # nothing yet: a fresh start
+    assert _resume_path({"resume": None}, ckpts, tmp_path) is None
+    ckpts.mkdir()
+    last, hpc = ckpts / "last.ckpt", tmp_path / "hpc_ckpt_3.ckpt"
+    last.write_bytes(b"x")
+    hpc.write_bytes(b"x")
+    os.utime(last, (1_000, 1_000))
+    os.utime(hpc, (2_000, 2_000))
+    assert _resume_path({"resume": "last"}, ckpts, tmp_path) == str(hpc)  # a SLURM requeue checkpoint is newer
+    os.utime(last, (3_000, 3_000))
+    assert _resume_path({"resume": "last"}, ckpts, tmp_path) == str(last)
+    with pytest.raises(ConfigError, match="nope.ckpt not found"):
+        _resume_path({"resume": str(tmp_path / "nope.ckpt")}, ckpts, tmp_path)

@@ -15,6 +15,7 @@ Text policy for reports (long, variable length):
 from __future__ import annotations
 
 import logging
+import os
 import random
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -221,6 +222,9 @@ class MedClipDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader_kwargs(self, iterable: bool) -> dict[str, Any]:
         workers = int(self.cfg.get("num_workers", 0))
+        if workers > 0:
+            # workers tokenize in forked processes: the Rust tokenizer's own thread pool must stay off
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         persistent = bool(self.cfg.get("persistent_workers")) and workers > 0
         if persistent and iterable:
             log.warning("persistent_workers is ignored for the cache: workers must see each new epoch")
