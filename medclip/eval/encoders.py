@@ -13,10 +13,9 @@ methods, so zero-shot, retrieval, drafting and few-shot code never branch on the
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,15 +24,6 @@ from torch import nn
 
 OPEN_CLIP_PREFIX = "open_clip:"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
-
-
-@runtime_checkable
-class EmbeddingModel(Protocol):
-    """What the evaluation needs from a model (a DualEncoder or an OpenClipAdapter)."""
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...
-    def tokenize(self, texts: list[str]) -> Any: ...
 
 
 class OpenClipAdapter(nn.Module):
@@ -204,9 +194,3 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     cfg = model.config
     return {"kind": "medclip", "name": cfg.name, "vision": cfg.vision.name, "text": cfg.text.name or cfg.text.hf_config.get("model_type"),
             "embed_dim": cfg.embed_dim, "image_size": cfg.vision.image_size}
-
-
-def config_json(directory: str | Path) -> dict[str, Any]:
-    """A checkpoint folder's config.json as a dict ({} when absent)."""
-    path = Path(directory) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -198,6 +198,7 @@ class Evaluator:
 
         thresholds = {f: DEFAULT_THRESHOLD for f in findings}
         threshold_source = "default 0.5"
+        saved_to = None
         if opt.val_split and (self.frame["split"] == opt.val_split).any():
             val = self.split(opt.val_split)
             chosen = choose_thresholds(val.labels(findings, opt.unmentioned_as_negative),
@@ -205,7 +206,7 @@ class Evaluator:
             thresholds.update(chosen)
             threshold_source = f"{opt.criterion} on split {opt.val_split!r}"
             if self.checkpoint_dir is not None:
-                save_thresholds(self.checkpoint_dir, thresholds, criterion=opt.criterion)
+                saved_to = str(save_thresholds(self.checkpoint_dir, thresholds, criterion=opt.criterion))
 
         per_finding: dict[str, dict] = {}
         curves = {}
@@ -251,7 +252,7 @@ class Evaluator:
         self._plot(plot_prompt_sensitivity, sweep, name="zeroshot_prompt_sensitivity.png")
         return {
             "split": opt.split, "style": opt.style, "findings": findings, "threshold_source": threshold_source,
-            "thresholds_saved_to": str(self.checkpoint_dir) if self.checkpoint_dir is not None and "on split" in threshold_source else None,
+            "thresholds_saved_to": saved_to,
             "per_finding": per_finding,
             "mean_auroc": _nanmean(e["auroc"]["value"] for e in per_finding.values()),
             "mean_auroc_multiclass_softmax": _nanmean(e["auroc_multiclass_softmax"] for e in per_finding.values()),
