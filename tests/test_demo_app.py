@@ -1,7 +1,9 @@
 """The triage demo end to end: engine + gallery on a tiny random model, the CLI, Gradio, and a real browser.
 
-The browser test starts ``python app.py`` on a free localhost port, drives Debian's Chromium with
-Playwright (no browser download), uploads a DICOM with planted PHI, waits for the ranked findings
+``python app.py`` runs in a subprocess on a free localhost port behind basic auth (started early,
+so it boots while the in-process tests run). Gradio's own client checks the upload and error
+paths against it; the browser test drives Debian's Chromium with Playwright (no browser
+download), logs in, uploads a DICOM with planted PHI, waits for the ranked findings
 and the drafted report, checks that no PHI reaches the page and that no request leaves localhost,
 uploads a broken file, checks the error and that the app keeps serving, and saves a screenshot.
 """
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 from argparse import Namespace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +61,71 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_dir
 
 
+@dataclass
+class Server:
+    """``python app.py`` running in a subprocess behind basic auth, with its own temporary folder."""
+
+    url: str
+    temp_root: Path
+    proc: subprocess.Popen
+
+
+AUTH = ("ann", "secret")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def engine(checkpoint: Path) -> TriageEngine:
+def app_process(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Start ``python app.py --checkpoint ... --port FREE`` (auth from $MEDCLIP_DEMO_AUTH) without waiting for it."""
+    work = tmp_path_factory.mktemp("server")
+    temp_root = work / "tmp"
+    temp_root.mkdir()
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TMPDIR": str(temp_root), "PYTHONUNBUFFERED": "1", "MEDCLIP_DEMO_AUTH": ":".join(AUTH)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port)],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield Server(f"http://127.0.0.1:{port}/", temp_root, proc)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app_server(app_process: Server) -> Server:
+    """The app process once it answers HTTP."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 150
+    while True:
+        if app_process.proc.poll() is not None:
+            out = app_process.proc.stdout.read() if app_process.proc.stdout else ""
+            pytest.fail(f"app.py exited with {app_process.proc.returncode}: {out}")
+        try:
+            with urllib.request.urlopen(app_process.url, timeout=2):
+                return app_process
+        except urllib.error.HTTPError:
+            return app_process  # answering (the login page or a 401)
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer on {app_process.url}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint: Path, app_process: Server) -> TriageEngine:
+    # app_process: `python app.py` boots in the background while the in-process tests run (saves wall time)
     return TriageEngine.load(checkpoint)
 
 
@@ -185,125 +252,91 @@ def test_cli_options_and_auth(engine: TriageEngine, checkpoint: Path, monkeypatc
         Gallery.load(checkpoint / "nowhere")
 
 
-def test_gradio_page_callbacks(engine: TriageEngine, phi_dicom: Path, tmp_path: Path) -> None:
-    """Gradio's own client against the page in-process, behind basic auth: upload, error paths, window preset."""
-    app = pytest.importorskip("app", reason="app.py not importable")
-    from gradio_client import Client, handle_file
-
-    demo = app.build_demo(engine, UploadLimits(max_upload_bytes=10 * 1024**2))
-    demo.queue()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
-                            ssr_mode=False, quiet=True, auth=("ann", "secret"))
-    try:
-        import urllib.error
-        import urllib.request
-
-        with pytest.raises(urllib.error.HTTPError, match="401"):
-            urllib.request.urlopen(url + "config", timeout=10)  # basic auth guards the page
-        client = Client(url, verbose=False, download_files=False, auth=("ann", "secret"))
-        out = client.predict(handle_file(str(phi_dicom)), api_name="/load_upload")
-        page = " ".join(str(x) for x in out)
-        assert "ranked-findings" in page and "Triage priority: URGENT" in page and "FINDINGS:" in page
-        assert all(phi not in page for phi in PLANTED_PHI)
-        broken = tmp_path / "broken.dcm"
-        broken.write_bytes(phi_dicom.read_bytes()[:3000])
-        out = client.predict(handle_file(str(broken)), api_name="/load_upload")
-        assert "broken.dcm: broken or unsupported DICOM file" in " ".join(str(x) for x in out)
-        text = tmp_path / "notes.txt"
-        text.write_text("hello")
-        out = client.predict(handle_file(str(text)), api_name="/load_upload")
-        assert "not an image this demo reads" in " ".join(str(x) for x in out)
-        out = client.predict("lung", 40.0, 400.0, 0, api_name="/predict")  # no study in this session: empty
-        assert all(not x for x in out[:6])
-        leftovers = [p for p in app._TEMP_ROOT.rglob("*") if p.is_file() and p.suffix in (".dcm", ".txt")]
-        assert leftovers == [], f"uploads left on disk: {leftovers}"
-    finally:
-        demo.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def test_gradio_client_upload_errors_and_auth(app_server: Server, phi_dicom: Path, tmp_path: Path) -> None:
+    """Gradio's own client against ``python app.py`` behind basic auth: upload, error paths, window preset."""
+    import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"app.py did not answer on {url} within {timeout:.0f} s")
+    from gradio_client import Client, handle_file
+
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(app_server.url + "config", timeout=10)  # basic auth guards the page
+    client = Client(app_server.url, verbose=False, download_files=False, auth=AUTH)
+    out = client.predict(handle_file(str(phi_dicom)), api_name="/load_upload")
+    page = " ".join(str(x) for x in out)
+    assert "ranked-findings" in page and "Triage priority: URGENT" in page and "FINDINGS:" in page
+    assert all(phi not in page for phi in PLANTED_PHI)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(phi_dicom.read_bytes()[:3000])
+    out = client.predict(handle_file(str(broken)), api_name="/load_upload")
+    assert "broken.dcm: broken or unsupported DICOM file" in " ".join(str(x) for x in out)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    out = client.predict(handle_file(str(text)), api_name="/load_upload")
+    assert "not an image this demo reads" in " ".join(str(x) for x in out)
+    out = client.predict("lung", 40.0, 400.0, 0, api_name="/predict")  # no study in this session: nothing shown
+    assert all(not x for x in out[:6]) and list(out[6:]) == [-600.0, 1500.0]  # the preset's numbers are shown
+    leftovers = [p for p in app_server.temp_root.rglob("*") if p.is_file() and p.suffix in (".dcm", ".txt")]
+    assert leftovers == [], f"uploads left on disk: {leftovers}"
 
 
 @pytest.mark.browser
-def test_browser_upload_findings_report_no_phi_and_error(checkpoint: Path, phi_dicom: Path, tmp_path: Path) -> None:
+def test_browser_upload_findings_report_no_phi_and_error(app_server: Server, phi_dicom: Path, tmp_path: Path) -> None:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    port = _free_port()
-    temp_root = tmp_path / "tmp"
-    temp_root.mkdir()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TMPDIR": str(temp_root), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    url = app_server.url
     broken = tmp_path / "broken_upload.dcm"
     broken.write_bytes(phi_dicom.read_bytes()[:3000])
     screenshot = Path(os.environ.get("MEDCLIP_DEMO_SCREENSHOT") or tmp_path / "demo.png")
-    try:
-        _wait_for_server(url, proc)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1500})
-                outside: list[str] = []
-                page.on("request", lambda r: outside.append(r.url)
-                        if not r.url.startswith((url, "data:", "blob:")) else None)
-                page.goto(url, wait_until="load")
-                assert "NOT FOR DIAGNOSIS" in page.locator("#research-notice").inner_text()
-                page.locator("#upload input[type=file]").set_input_files(str(phi_dicom))
-                page.wait_for_selector("#ranked-findings tr.finding", timeout=60_000)
-                assert page.locator("#ranked-findings tr.finding").count() == 14
-                assert page.locator("#ranked-findings tr.finding").first.get_attribute("data-concept") == "pneumothorax"
-                assert "URGENT" in page.locator("#triage-priority").inner_text()
-                page.wait_for_function("document.querySelector('#drafted-report textarea').value.length > 0",
-                                       timeout=30_000)
-                assert page.locator("#drafted-report textarea").input_value().startswith(("FINDINGS:", "IMPRESSION:"))
-                assert page.locator("#similar-studies .similar-study").count() > 0
-                assert "modality" in page.locator("#dicom-header").inner_text()
-                page.screenshot(path=str(screenshot), full_page=True)
-                content = page.content() + page.locator("#drafted-report textarea").input_value()
-                for phi in PLANTED_PHI:
-                    assert phi not in content, f"planted PHI {phi!r} reached the page"
-
-                page.locator("#upload button[aria-label='Clear']").first.click()
-                page.locator("#upload input[type=file]").set_input_files(str(broken))
-                error = page.wait_for_selector("#upload-error", timeout=30_000)
-                assert "broken_upload.dcm: broken or unsupported DICOM file" in error.inner_text()
-
-                page.locator("#example input").first.click()
-                page.get_by_role("option").first.click()
-                page.wait_for_selector("#ranked-findings tr.finding", timeout=60_000)  # still serving
-                assert outside == [], f"the page made requests off localhost: {outside}"
-            finally:
-                browser.close()
-        uploaded = [p for p in temp_root.rglob("*") if p.is_file() and p.suffix == ".dcm"]
-        assert uploaded == [], f"uploads left on disk: {uploaded}"
-    finally:
-        proc.terminate()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            outside: list[str] = []
+            page.on("request", lambda r: outside.append(r.url)
+                    if not r.url.startswith((url, "data:", "blob:")) else None)
+            page.goto(url, wait_until="load")
+            page.locator("input[data-testid='textbox']").fill(AUTH[0])
+            page.locator("input[type='password']").fill(AUTH[1])
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("#research-notice", timeout=60_000)
+            assert "NOT FOR DIAGNOSIS" in page.locator("#research-notice").inner_text()
+            page.locator("#upload input[type=file]").set_input_files(str(phi_dicom))
+            page.wait_for_selector("#ranked-findings tr.finding", timeout=60_000)
+            assert page.locator("#ranked-findings tr.finding").count() == 14
+            assert page.locator("#ranked-findings tr.finding").first.get_attribute("data-concept") == "pneumothorax"
+            assert "URGENT" in page.locator("#triage-priority").inner_text()
+            page.wait_for_function("document.querySelector('#drafted-report textarea').value.length > 0",
+                                   timeout=30_000)
+            assert page.locator("#drafted-report textarea").input_value().startswith(("FINDINGS:", "IMPRESSION:"))
+            assert page.locator("#similar-studies .similar-study").count() > 0
+            assert "modality" in page.locator("#dicom-header").inner_text()
+            page.screenshot(path=str(screenshot), full_page=True)
+            content = page.content() + page.locator("#drafted-report textarea").input_value()
+            for phi in PLANTED_PHI:
+                assert phi not in content, f"planted PHI {phi!r} reached the page"
+
+            page.locator("#upload button[aria-label='Clear']").first.click()
+            page.locator("#upload input[type=file]").set_input_files(str(broken))
+            error = page.wait_for_selector("#upload-error", timeout=30_000)
+            assert "broken_upload.dcm: broken or unsupported DICOM file" in error.inner_text()
+
+            page.locator("#example input").first.click()
+            page.get_by_role("option").first.click()
+            page.wait_for_selector("#ranked-findings tr.finding", timeout=60_000)  # still serving
+            assert outside == [], f"the page made requests off localhost: {outside}"
+        finally:
+            browser.close()
+    uploaded = [p for p in app_server.temp_root.rglob("*") if p.is_file() and p.suffix == ".dcm"]
+    assert uploaded == [], f"uploads left on disk: {uploaded}"
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
-    assert not any(temp_root.iterdir()), "the app's temporary folder must be removed when it stops"
+
+
+def test_app_removes_its_temporary_folder_when_stopped(app_server: Server) -> None:
+    assert any(app_server.temp_root.iterdir()), "the running app keeps its private folder under TMPDIR"
+    app_server.proc.terminate()  # SIGTERM: the app exits cleanly and removes the folder
+    assert app_server.proc.wait(timeout=30) == 0
+    assert not any(app_server.temp_root.iterdir()), "the app's temporary folder must be removed when it stops"
