@@ -135,7 +135,8 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
         for (pid, _), st in studies.items():
             if st["reports"]:
                 first, last = patients[pid].name.split("^")[::-1]
-                w.writerow([st["accession"], f"Patient {first} {last}. " + " ".join(st["reports"])])
+                w.writerow([st["accession"], f"INDICATION: Chest radiograph of {first} {last}.\n"
+                            f"FINDINGS: {' '.join(st['reports'])}"])
     with open(out_dir / "ATTRIBUTION.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["file", "source_filename", "license", "doi", "url"])
         w.writeheader()
