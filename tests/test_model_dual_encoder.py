@@ -271,3 +271,17 @@ def test_vocab_file_tokenizer_keeps_the_whole_vocabulary(shared_dir: Path, tmp_p
     text = "Bibasilar atelectasis and small pleural effusions."
     assert again(text)["input_ids"] == tok(text)["input_ids"]
     assert tok.unk_token_id not in tok(text)["input_ids"]
+
+
+def test_every_bundled_config_parses_and_round_trips_through_json(tmp_path: Path) -> None:
+    from medclip.model import DualEncoderConfig, get_model_config, list_models
+
+    for name in list_models():
+        config = get_model_config(name)
+        config.to_json(tmp_path / f"{name}.json")
+        assert DualEncoderConfig.from_json(tmp_path / f"{name}.json") == config, name
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: cannot read model config"):
+        DualEncoderConfig.from_json(tmp_path / "broken.json")
+    with pytest.raises(ValueError, match="vision.kind must be one of"):
+        get_model_config("tiny-test").merged({"vision": {"kind": "video"}})

@@ -165,6 +165,24 @@ class TextTower(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._pool(hidden, attention_mask)
 
+    def plan(self, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, int]] | None:
+        """Sub-batches ``(row indices, length)`` the encoder runs, or None for the batch as given."""
+        lengths = attention_mask.sum(dim=1)
+        positions = torch.arange(attention_mask.shape[1], device=lengths.device)
+        right_padded = bool((attention_mask.bool() == (positions < lengths[:, None])).all())
+        if self.cfg.length_buckets <= 1 or not right_padded or attention_mask.shape[0] < 2:
+            return None
+        lengths_cpu = lengths.cpu().numpy()
+        groups = plan_length_buckets(lengths_cpu, self.cfg.length_buckets, self.cfg.bucket_overhead_tokens)
+        return [
+            (torch.as_tensor(group, device=attention_mask.device), max(int(lengths_cpu[group].max()), 1)) for group in groups
+        ]
+
+    def tokens_to_run(self, attention_mask: torch.Tensor) -> int:
+        """Token positions (padding included) the encoder computes for this batch."""
+        plan = self.plan(attention_mask)
+        return attention_mask.numel() if plan is None else sum(len(idx) * length for idx, length in plan)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -172,21 +190,14 @@ class TextTower(nn.Module):
             )
         if input_ids.shape[1] > self.max_positions:
             raise ValueError(f"text of {input_ids.shape[1]} tokens exceeds the encoder's {self.max_positions} positions")
-        lengths = attention_mask.sum(dim=1)
-        right_padded = bool((attention_mask.bool() == (torch.arange(input_ids.shape[1], device=lengths.device) < lengths[:, None])).all())
-        if self.cfg.length_buckets <= 1 or not right_padded or input_ids.shape[0] < 2:
+        plan = self.plan(attention_mask)
+        if plan is None:
             pooled = self._encode(input_ids, attention_mask)
         else:
-            lengths_cpu = lengths.cpu().numpy()
-            groups = plan_length_buckets(lengths_cpu, self.cfg.length_buckets, self.cfg.bucket_overhead_tokens)
-            parts, order = [], []
-            for group in groups:
-                longest = max(int(lengths_cpu[group].max()), 1)
-                idx = torch.as_tensor(group, device=input_ids.device)
-                parts.append(self._encode(input_ids[idx, :longest], attention_mask[idx, :longest]))
-                order.append(idx)
+            parts = [self._encode(input_ids[idx, :length], attention_mask[idx, :length]) for idx, length in plan]
+            order = torch.cat([idx for idx, _ in plan])
             pooled = torch.empty((input_ids.shape[0], parts[0].shape[1]), dtype=parts[0].dtype, device=parts[0].device)
-            pooled = pooled.index_copy(0, torch.cat(order), torch.cat(parts))
+            pooled = pooled.index_copy(0, order, torch.cat(parts))
         return self.proj(pooled)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

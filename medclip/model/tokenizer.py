@@ -61,17 +61,11 @@ def build_wordpiece_vocab(texts: Iterable[str], max_words: int = 2000) -> list[s
         for word in re.findall(r"\w+|[^\w\s]", text.lower()):
             words[word] += 1
             chars.update(word)
-    vocab = list(SPECIAL_TOKENS)
     ordered_chars = sorted(chars)
-    vocab += ordered_chars + [f"##{c}" for c in ordered_chars if c.isalnum()]
-    seen = set(vocab)
-    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= len(SPECIAL_TOKENS) + 2 * len(ordered_chars) + max_words:
-            break
-        if word not in seen:
-            vocab.append(word)
-            seen.add(word)
-    return vocab
+    vocab = list(SPECIAL_TOKENS) + ordered_chars + [f"##{c}" for c in ordered_chars if c.isalnum()]
+    known = set(vocab)
+    frequent = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in known]
+    return vocab + frequent[:max_words]
 
 
 def read_vocab_file(path: str | Path) -> list[str]:

@@ -217,12 +217,15 @@ class SliceBackbone(nn.Module):
     def __init__(self, cfg: VisionConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         self.encoder = TimmBackbone(cfg, load_pretrained)
+        self.channels_last = cfg.channels_last
         self.num_features = self.encoder.num_features
         self.pool = GatedAttentionPool(self.num_features, cfg.slice_attention_dim)
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = volumes.shape
         slices = volumes.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+        if self.channels_last:
+            slices = slices.contiguous(memory_format=torch.channels_last)
         features = self.encoder(slices).reshape(b, d, -1)
         return self.pool(features)
 
@@ -242,7 +245,7 @@ class VisionTower(nn.Module):
         shape = (1, -1) + (1,) * (3 if cfg.is_volume else 2)
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).reshape(shape), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).reshape(shape), persistent=False)
-        if cfg.channels_last and cfg.kind == "timm":
+        if cfg.channels_last and cfg.kind in ("timm", "slices2d"):
             self.backbone.to(memory_format=torch.channels_last)
 
     def check_input(self, images: torch.Tensor) -> None:
@@ -260,13 +263,13 @@ class VisionTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.check_input(images)
-        dtype = self.proj_dtype()
+        dtype = self.weight_dtype()
         x = ((images.float() - self.mean) / self.std).to(dtype)
         if self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.proj(self.backbone(x))
 
-    def proj_dtype(self) -> torch.dtype:
+    def weight_dtype(self) -> torch.dtype:
         """The dtype of the tower's weights (inputs are cast to it)."""
         return next(self.backbone.parameters()).dtype
 
