@@ -82,3 +82,23 @@ def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:
     a, b = _weights(model_dir), _weights(fit(resumed))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_training_further_from_the_final_checkpoint(manifest: Path, tmp_path: Path) -> None:
+    """6 steps end exactly at an epoch boundary; ``resume=last`` with max_steps=9 equals a 9-step run."""
+    longer = _config({"manifest": str(manifest)}, tmp_path / "long", max_steps=9)
+    longer["optim"]["schedule"] = "constant"  # the cosine decay depends on max_steps
+    short = copy.deepcopy(longer)
+    short["output_dir"] = str(tmp_path / "short")
+    short["trainer"]["max_steps"] = 6
+    fit(copy.deepcopy(short))
+    position = torch.load(tmp_path / "short" / "checkpoints" / "last.ckpt", weights_only=False)["MedClipDataModule"]
+    assert position["epoch"] == 0 and position["batches_done"] == 6
+
+    extended = copy.deepcopy(longer)
+    extended["output_dir"] = str(tmp_path / "short")
+    extended["resume"] = "last"
+    a, b = _weights(fit(longer)), _weights(fit(extended))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
