@@ -273,3 +273,21 @@ def test_resume_last_picks_the_newest_checkpoint(tmp_path: Path) -> None:
     assert _resume_path({"resume": "last"}, ckpts, tmp_path) == str(last)
     with pytest.raises(ConfigError, match="nope.ckpt not found"):
         _resume_path({"resume": str(tmp_path / "nope.ckpt")}, ckpts, tmp_path)
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(tmp_path: Path) -> None:
+    from medclip.train.fit import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+    assert torch.load(target)["step"] == 1
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"step": 2, "bad": Unpicklable()}, target)
+    assert torch.load(target)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # and no temporary file is left

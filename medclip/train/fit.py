@@ -36,8 +36,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        if storage_options is not None or "://" in str(path):
+            # object stores (s3://, gs://, ...): fsspec's transactional write
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
