@@ -173,3 +173,13 @@ def test_bundled_examples_are_readable() -> None:
     for label, path in examples.items():
         assert "Zzplanted" not in label
         assert read_upload(path).image.array.size > 0
+
+
+def test_drafting_text_keeps_sections_and_drops_redacted_sentences() -> None:
+    from medclip.demo.gallery import drafting_text
+
+    record = {"report_findings": "Patient XXXX XXXX. Small left effusion. Seen on XXXX.", "report_impression": "Effusion.",
+              "report_text": "ignored when sections exist"}
+    assert drafting_text(record) == "FINDINGS: Small left effusion.\nIMPRESSION: Effusion."
+    assert drafting_text({"report_text": "Patient XXXX. Lungs clear."}) == "FINDINGS: Lungs clear."
+    assert drafting_text({"report_findings": "Patient XXXX XXXX."}) == ""

@@ -7,7 +7,8 @@ Folder layout written by :func:`build_gallery`::
     gallery.parquet           image_id, study_id (salted hashes), split, modality, view_position,
                               report_findings, report_impression, report_text (scrubbed by the indexer)
     thumbnails/<image_id>.png small grey previews (the longest side THUMBNAIL_SIZE)
-    drafter/                  the report drafter (medclip.eval.drafting.ReportDrafter) over these reports
+    drafter/                  the report drafter (medclip.eval.drafting.ReportDrafter) over these reports,
+                              without sentences that hold the indexer's redaction marker
 
 The embeddings belong to one model: :meth:`Gallery.load` refuses a gallery built with another one.
 """
@@ -30,6 +31,7 @@ from torch import nn
 from medclip.data.cache import CacheConfig, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
+from medclip.data.reports import split_sentences
 from medclip.eval.drafting import ReportDrafter
 from medclip.eval.encoders import model_image_size
 from medclip.eval.retrieval import EmbeddingIndex
@@ -49,6 +51,23 @@ THUMBNAIL_SIZE = 160
 #: Columns kept from the manifest: salted-hash ids, acquisition facts and the scrubbed report.
 TABLE_COLUMNS = ("image_id", "study_id", "split", "modality", "view_position", "report_findings",
                  "report_impression", "report_text")
+
+
+#: The indexer's redaction marker (``medclip.data.reports.scrub_identifiers``): a sentence holding it
+#: is about a removed identifier (or lost a word to scrubbing) and never belongs in a drafted report.
+REDACTED = "XXXX"
+
+
+def drafting_text(record: dict) -> str:
+    """A gallery report as drafting material: sections kept, sentences with redactions dropped."""
+    def clean(text: object) -> str:
+        return " ".join(s for s in split_sentences(str(text or "")) if REDACTED not in s)
+
+    findings, impression = clean(record.get("report_findings")), clean(record.get("report_impression"))
+    if not (findings or impression):
+        findings = clean(record.get("report_text"))
+    parts = ([f"FINDINGS: {findings}"] if findings else []) + ([f"IMPRESSION: {impression}"] if impression else [])
+    return "\n".join(parts)
 
 
 class GalleryError(ValueError):
@@ -189,7 +208,9 @@ def build_gallery(
     save_file({"image": matrix}, str(out / GALLERY_EMBEDDINGS))
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     table.to_parquet(out / GALLERY_TABLE, index=False)
-    ReportDrafter.build(model, [report_text(r, "body") for r in records]).save(out / DRAFTER_DIR)
+    corpus = [text for text in map(drafting_text, records) if text]
+    if corpus:
+        ReportDrafter.build(model, corpus).save(out / DRAFTER_DIR)
     info = {"format": GALLERY_FORMAT, "model_fingerprint": model_fingerprint(model), "size": len(records),
             "embed_dim": int(matrix.shape[1]), "image_size": size, "split": split, "source": origin}
     (out / GALLERY_INFO).write_text(json.dumps(info, indent=2) + "\n")
@@ -234,8 +255,11 @@ class Gallery:
                                "rebuild it for this checkpoint with `medclip demo --build-gallery`")
         return cls(directory, embeddings, table, info)
 
-    def drafter(self) -> ReportDrafter:
-        """The report drafter saved with the gallery (its corpus: the gallery's reports)."""
+    def drafter(self) -> ReportDrafter | None:
+        """The report drafter saved with the gallery (its corpus: the gallery's reports, redactions dropped);
+        None when no report had a sentence left to draft from."""
+        if not (self.directory / DRAFTER_DIR).is_dir():
+            return None
         try:
             return ReportDrafter.load(self.directory / DRAFTER_DIR)
         except (FileNotFoundError, ValueError) as exc:
