@@ -117,6 +117,12 @@ def test_fit_from_manifest_writes_checkpoints_logs_and_model(manifest: Path, tmp
         features = reloaded.encode_image(torch.rand(2, 1, 32, 32))
     assert features.shape == (2, 32) and torch.isfinite(features).all()
 
+    from medclip.train import DualEncoderModule
+
+    restored = DualEncoderModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert restored.loss_name == "multi_positive"
+    torch.testing.assert_close(restored.model.logit_scale.detach(), reloaded.logit_scale.detach())
+
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 8 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
     position = ckpt["MedClipDataModule"]

@@ -180,7 +180,7 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
         if trainer.is_global_zero:
             from medclip.model import create_model
 
-            model_cfg = module.hparams["model"]
+            model_cfg = module.hparams["model_cfg"]
             fresh = create_model(model_cfg["name"], pretrained=False, **dict(model_cfg.get("overrides") or {}))
             prefix = "model."
             fresh.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

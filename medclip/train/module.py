@@ -66,7 +66,10 @@ class DualEncoderModule(L.LightningModule):
         from medclip.model import create_model
         from medclip.model.losses import build_loss
 
-        self.save_hyperparameters({"model": dict(model_cfg), "loss": dict(loss_cfg), "optim": dict(optim_cfg)})
+        # saved in checkpoints: DualEncoderModule.load_from_checkpoint(path) rebuilds the module
+        self.save_hyperparameters(
+            {"model_cfg": dict(model_cfg), "loss_cfg": dict(loss_cfg), "optim_cfg": dict(optim_cfg)}
+        )
         self.model = create_model(model_cfg["name"], **dict(model_cfg.get("overrides") or {}))
         # pretrained Hugging Face towers load in eval mode, and Lightning keeps module modes as found:
         # without this their dropout would be off for the whole run
