@@ -56,7 +56,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--gallery-split", default="train", help="split the gallery studies come from ('all' for every split)")
     parser.add_argument("--findings", default=None, help="task name or comma-separated concept ids (default: chexpert14)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
+    parser.add_argument("--port", type=int, default=7860, help="port (0: the first free one from 7860)")
     parser.add_argument("--auth", default=None, metavar="USER:PASS",
                         help=f"require basic auth (or set ${AUTH_ENV}=user:pass)")
     parser.add_argument("--max-upload-mb", type=float, default=UploadLimits.max_upload_bytes / 1024**2,
