@@ -178,9 +178,11 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
 def serve(engine: TriageEngine, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
           limits: UploadLimits = UploadLimits()) -> int:
     """Build the page and serve it until interrupted."""
+    # SIGTERM should clean up like Ctrl-C does (atexit removes the temporary folder).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo = build_demo(engine, limits)
     demo.queue(default_concurrency_limit=2)
-    print(f"medclip triage demo on http://{host}:{port} (research use only; Ctrl-C to stop)", flush=True)
+    print("medclip triage demo: research use only, not for diagnosis; Ctrl-C to stop", flush=True)
     demo.launch(server_name=host, server_port=port or None, auth=auth, max_file_size=limits.max_upload_bytes,
                 ssr_mode=False, share=False, inbrowser=False, footer_links=[], show_error=False,
                 auth_message="medclip triage demo - research use only" if auth else None)
@@ -193,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from medclip.demo.cli import add_demo_arguments, run_demo
 
-    # SIGTERM should clean up like Ctrl-C does (atexit removes the temporary folder).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     parser = add_demo_arguments(argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0]))
     return run_demo(parser.parse_args(argv), serve=serve)
 
