@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
-from medclip.data.reports import ReportSections, parse_sections, sections_from_fields
+from medclip.data.reports import REDACTED, ReportSections, parse_sections, sections_from_fields
 from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
 from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier
 
@@ -143,10 +143,10 @@ def scrub_with_hashes(text: str, phi_hashes: set[str], salt: str) -> str:
     def repl(m: re.Match) -> str:
         tok = m.group(0)
         if hash_identifier(tok.lower(), salt) in phi_hashes:
-            return "XXXX"
+            return REDACTED
         parts = tok.split("-")
         if len(parts) > 1 and any(hash_identifier(p.lower(), salt) in phi_hashes for p in parts if p):
-            return "XXXX"
+            return REDACTED
         return tok
 
     return _TOKEN_RE.sub(repl, text)

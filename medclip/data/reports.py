@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+#: What identifiers are replaced with in report text (the convention of de-identified IU / Open-i reports).
+REDACTED = "XXXX"
+
 #: Canonical section names and the headers that introduce them (case-insensitive).
 SECTION_HEADERS: dict[str, tuple[str, ...]] = {
     "indication": (
@@ -132,7 +135,7 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 
 
 def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str:
-    """Replace known identifiers (names, IDs of this patient) and date/ID/phone/e-mail patterns by ``XXXX``.
+    """Replace known identifiers (names, IDs of this patient) and date/ID/phone/e-mail patterns by ``REDACTED``.
 
     ``known`` holds the raw identifiers read from the image headers of the same study: a DICOM
     person name ``DOE^JANE`` contributes each of its name parts.
@@ -149,7 +152,7 @@ def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str
             if len(part) >= 2 and not part.isdigit() or len(part) >= 4:
                 tokens.add(part)
     for token in sorted(tokens, key=len, reverse=True):
-        text = re.sub(r"(?<!\w)" + re.escape(token) + r"(?!\w)", "XXXX", text, flags=re.IGNORECASE)
+        text = re.sub(r"(?<!\w)" + re.escape(token) + r"(?!\w)", REDACTED, text, flags=re.IGNORECASE)
     for pattern in (*_DATE_RES, _PHONE, _EMAIL, _LONG_NUMBER):
-        text = pattern.sub("XXXX", text)
+        text = pattern.sub(REDACTED, text)
     return text

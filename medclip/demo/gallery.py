@@ -31,7 +31,7 @@ from torch import nn
 from medclip.data.cache import CacheConfig, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
-from medclip.data.reports import split_sentences
+from medclip.data.reports import REDACTED, split_sentences
 from medclip.eval.drafting import ReportDrafter
 from medclip.eval.encoders import model_image_size
 from medclip.eval.retrieval import EmbeddingIndex
@@ -53,13 +53,12 @@ TABLE_COLUMNS = ("image_id", "study_id", "split", "modality", "view_position", "
                  "report_impression", "report_text")
 
 
-#: The indexer's redaction marker (``medclip.data.reports.scrub_identifiers``): a sentence holding it
-#: is about a removed identifier (or lost a word to scrubbing) and never belongs in a drafted report.
-REDACTED = "XXXX"
-
-
 def drafting_text(record: dict) -> str:
-    """A gallery report as drafting material: sections kept, sentences with redactions dropped."""
+    """A gallery report as drafting material: sections kept, sentences with redactions dropped.
+
+    A sentence holding the indexer's ``REDACTED`` marker is about a removed identifier (or lost a word
+    to scrubbing) and never belongs in a drafted report.
+    """
     def clean(text: object) -> str:
         return " ".join(s for s in split_sentences(str(text or "")) if REDACTED not in s)
 
