@@ -53,6 +53,9 @@ def test_scrub_identifiers():
     assert out.startswith("Seen by XXXX XXXX on XXXX")
     # clinical words and short numbers survive
     assert scrub_identifiers("3 cm nodule at T10, 2 views.") == "3 cm nodule at T10, 2 views."
+    assert scrub_identifiers("Findings consistent with COVID-19 or H1N1 pneumonia, T10-T12.") == \
+        "Findings consistent with COVID-19 or H1N1 pneumonia, T10-T12."
+    assert scrub_identifiers("Accession ACC0000123, MRN 00123456-7.") == "Accession XXXX, MRN XXXX."
 
 
 def test_splits_are_stable_and_by_patient():

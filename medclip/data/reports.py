@@ -129,7 +129,9 @@ _DATE_RES = (
     re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?,?\s+(?:19|20)\d{2}\b",
                re.IGNORECASE),
 )
-_LONG_NUMBER = re.compile(r"\b(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{6,}\b")
+#: ID-like tokens: 7+ characters of capitals, digits and dashes holding at least 5 digits (MRNs, accession
+#: numbers), but not clinical names such as COVID-19, H1N1 or T10-T12.
+_LONG_NUMBER = re.compile(r"\b(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{6,}\b")
 _PHONE = re.compile(r"\b\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 
