@@ -69,6 +69,7 @@ def test_links_reports_and_counts(indexed, covid_export):
     assert len(with_text) >= 0.7 * len(df)
     # real clinical content survives scrubbing
     assert with_text["report_text"].str.contains("pneumonia|opacit|infiltrat|consolidat", case=False).any()
+    assert with_text["report_text"].str.contains("COVID-19").any()  # clinical names are not mistaken for IDs
     assert not res.skipped
     assert "rows: 90" in res.summary()
 
