@@ -115,7 +115,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from medclip.train import fit, load_config
 
     out = fit(load_config(args.config, args.overrides))
-    print(f"model saved to {out}")
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # every DDP process returns from fit(); one prints
+        print(f"model saved to {out}")
     return 0
 
 
