@@ -109,6 +109,11 @@ def test_bad_input_gives_clear_errors(tiny, tmp_path):
               "--findings", "edema", "-o", str(tmp_path)])
     with pytest.raises(SystemExit):
         _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "poetry"])
+    # through the `medclip` command: a clear message and exit status 2, no traceback
+    from medclip.cli import main
+
+    assert main(["eval", "--checkpoint", str(model_dir), "--manifest", str(tmp_path / "missing.parquet"),
+                 "-o", str(tmp_path)]) == 2
 
 
 def test_notebook_executes(tiny, tmp_path):

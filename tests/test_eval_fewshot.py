@@ -32,6 +32,10 @@ def test_gda_equals_the_bayes_direction_with_known_covariance():
     assert (m1 @ w + b) == pytest.approx(-(m0 @ w + b), rel=1e-6)
     with pytest.raises(ValueError, match="both classes"):
         gda_fit(x[y == 1], y[y == 1])
+    # one shot per class: no covariance to estimate, the nearest class mean decides
+    w1, b1 = gda_fit(x[[0, 1]], np.array([1.0, 0.0]))
+    np.testing.assert_allclose(w1, x[0] - x[1])
+    assert b1 == pytest.approx(-0.5 * (x[0] @ x[0] - x[1] @ x[1]))
 
 
 def test_linear_probe_learns_the_signal():
@@ -55,12 +59,15 @@ def test_sample_shots_balanced_one_image_per_patient():
 def test_evaluate_fewshot_improves_with_shots_and_reports_ensembles():
     xtr, ytr = _gaussians(300, 4)
     xte, yte = _gaussians(300, 5)
-    zs = (xte[:, 0] - 0.75)[:, None]  # a weak zero-shot log-odds
-    res = evaluate_fewshot(xtr, ytr[:, None], xte, yte[:, None], ["f"], zeroshot_logits=zs, shots=(1, 16), trials=4)
+    zs = (xte[:, 0] - 0.75)[:, None]  # a zero-shot log-odds that sees the signal
+    res = evaluate_fewshot(xtr, ytr[:, None], xte, yte[:, None], ["f"], zeroshot_logits=zs, shots=(1, 16), trials=4,
+                           train_zeroshot_logits=(xtr[:, 0] - 0.75)[:, None])
     assert set(res["shots"][1]) == {"linear_probe", "gda", "linear_probe+zeroshot", "gda+zeroshot"}
     assert res["shots"][16]["gda"]["mean"] > res["shots"][1]["gda"]["mean"]
     assert res["shots"][16]["gda"]["mean"] > 0.8
     assert res["zeroshot"]["mean"] == pytest.approx(auroc(yte, zs[:, 0]))
+    # one shot per class is a noisy probe; the scaled ensemble with a good zero-shot prior beats it
+    assert res["shots"][1]["gda+zeroshot"]["mean"] > res["shots"][1]["gda"]["mean"]
     # a finding with too few positives for k shots is n/a, not an error
     ytr2 = np.where(np.arange(300) < 3, 1.0, 0.0)[:, None]
     out = evaluate_fewshot(xtr, ytr2, xte, yte[:, None], ["f"], shots=(4,), trials=2)

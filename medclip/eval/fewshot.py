@@ -7,8 +7,9 @@ Per finding (binary, positive vs negative), from ``k`` labelled examples of each
   "A hard-to-beat baseline for training-free CLIP-based adaptation"): class means and one shared,
   Ledoit-Wolf-shrunk covariance give a linear log-odds ``w.x + b`` in closed form.
 
-Ensemble: few-shot log-odds + ``alpha`` x zero-shot log-odds (both are log-odds, so adding them
-combines the two as independent experts).
+Ensemble: few-shot log-odds + ``alpha`` x zero-shot log-odds, each first divided by its standard
+deviation over the k-shot training examples (GDA's log-odds are far larger than the zero-shot
+ones in high dimension; the scales come from the shots only, never from the test images).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ FEWSHOT_METHODS = ("linear_probe", "gda")
 
 
 def gda_fit(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """(w, b) of the binary GDA log-odds ``w.x + b`` with equal class priors."""
+    """(w, b) of the binary GDA log-odds ``w.x + b`` with equal class priors (nearest class mean
+    when there is one example per class)."""
     from sklearn.covariance import ledoit_wolf
 
     x = np.asarray(features, dtype=np.float64)
@@ -34,6 +36,8 @@ def gda_fit(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float
     mu1, mu0 = x[y].mean(axis=0), x[~y].mean(axis=0)
     centred = np.concatenate([x[y] - mu1, x[~y] - mu0])
     cov, _ = ledoit_wolf(centred, assume_centered=True)
+    if np.trace(cov) <= 1e-12:  # one example per class: no within-class spread, use the identity
+        cov = np.eye(x.shape[1])  # (GDA reduces to the nearest-class-mean classifier)
     precision = np.linalg.pinv(cov)
     w = precision @ (mu1 - mu0)
     b = -0.5 * (mu1 @ precision @ mu1 - mu0 @ precision @ mu0)
@@ -72,11 +76,13 @@ def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator, groups: S
 def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
                      test_labels: np.ndarray, findings: list[str], zeroshot_logits: np.ndarray | None = None,
                      shots: Sequence[int] = (1, 4, 16), trials: int = 5, alpha: float = 1.0, seed: int = 0,
-                     train_groups: Sequence[object] | None = None) -> dict:
+                     train_groups: Sequence[object] | None = None,
+                     train_zeroshot_logits: np.ndarray | None = None) -> dict:
     """Test AUROC per finding for each method and k, mean over ``trials`` random draws of the shots.
 
     ``*_labels`` are (N, F) with 1 / 0 known and NaN / -1 unknown (ignored). ``zeroshot_logits``
-    (N_test, F) enables the ``+zeroshot`` ensembles and the ``zeroshot`` reference row.
+    (N_test, F) enables the ``+zeroshot`` ensembles and the ``zeroshot`` reference row;
+    ``train_zeroshot_logits`` (N_train, F) give the zero-shot scale on the shots (else 1).
     Returns ``{"shots": {k: {method: {"per_finding": {cid: auroc}, "mean": auroc}}}, "zeroshot": ...}``.
     """
     xtr, xte = np.asarray(train_features, np.float64), np.asarray(test_features, np.float64)
@@ -102,11 +108,14 @@ def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_
                     break
                 fits = {"linear_probe": linear_probe_fit(xtr[idx], ytr[idx, j], seed=seed),
                         "gda": gda_fit(xtr[idx], ytr[idx, j])}
+                zs_scale = _scale(np.asarray(train_zeroshot_logits, np.float64)[idx, j]) \
+                    if train_zeroshot_logits is not None else 1.0
                 for name, (w, b) in fits.items():
                     logit = xte[known_te] @ w + b
                     per_method[name][cid].append(auroc(yte[known_te, j], logit))
                     if zeroshot_logits is not None:
-                        ens = logit + alpha * np.asarray(zeroshot_logits, np.float64)[known_te, j]
+                        zs = np.asarray(zeroshot_logits, np.float64)[known_te, j]
+                        ens = logit / _scale(xtr[idx] @ w + b) + alpha * zs / zs_scale
                         per_method[f"{name}+zeroshot"][cid].append(auroc(yte[known_te, j], ens))
         out["shots"][int(k)] = {
             m: {"per_finding": {cid: (_nanmean(v) if v else math.nan) for cid, v in res.items()},
@@ -114,6 +123,12 @@ def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_
             for m, res in per_method.items()
         }
     return out
+
+
+def _scale(logits: np.ndarray) -> float:
+    """Standard deviation of log-odds (1 when they are constant)."""
+    s = float(np.std(logits))
+    return s if s > 1e-12 else 1.0
 
 
 def _nanmean(values) -> float:

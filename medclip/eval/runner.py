@@ -343,7 +343,8 @@ class Evaluator:
         result = evaluate_fewshot(train.image_features.numpy(), train.labels(findings, opt.unmentioned_as_negative),
                                   test.image_features.numpy(), test.labels(findings, opt.unmentioned_as_negative),
                                   findings, zeroshot_logits=clf.logits(test.image_features).numpy(), shots=opt.shots,
-                                  trials=opt.fewshot_trials, seed=opt.seed, train_groups=train.patients)
+                                  trials=opt.fewshot_trials, seed=opt.seed, train_groups=train.patients,
+                                  train_zeroshot_logits=clf.logits(train.image_features).numpy())
         result["split"] = opt.split
         self._plot(plot_fewshot, result, name="fewshot_auroc.png")
         return result
