@@ -44,7 +44,10 @@ def test_covid_recipe_on_real_files(shared_dir, tmp_path):
     assert not set(meta["patientid"].astype(str)) & set(df["patient_id"])
     covid = [c for c in df.columns if c.startswith("label.") and "covid" in c]
     assert covid and df[covid[0]].sum() == (meta["finding"].fillna("").str.contains("COVID-19")).sum()
-    assert (df["report_indication"].str.len() > 0).sum() > 300
+    assert (df["report_text"].str.len() > 0).sum() > 300
+    from medclip.data.dataset import report_text
+
+    assert sum(bool(report_text(r)) for r in df.to_dict("records")) > 300  # the notes are the training text
 
 
 def test_iu_recipe_on_real_reports(shared_dir, tmp_path):

@@ -291,3 +291,25 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails(tmp_path: Pat
         io.save_checkpoint({"step": 2, "bad": Unpicklable()}, target)
     assert torch.load(target)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # and no temporary file is left
+
+
+def test_label_aware_is_the_default_and_trains_as_infonce_without_labels() -> None:
+    from medclip.train import DualEncoderModule
+
+    assert DEFAULTS["loss"]["name"] == "label_aware"
+    torch.manual_seed(0)
+    model_cfg = {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}}
+    aware = DualEncoderModule(model_cfg, {"name": "label_aware"}, DEFAULTS["optim"])
+    plain = DualEncoderModule(model_cfg, {"name": "infonce"}, DEFAULTS["optim"])
+    plain.model.load_state_dict(aware.model.state_dict())
+    aware.eval(), plain.eval()
+    enc = aware.model.tokenize(["no effusion", "small left effusion", "clear lungs"])
+    batch = {"images": torch.rand(3, 1, 32, 32), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    with pytest.warns(UserWarning, match="no finding labels"):
+        loss_aware, _ = aware._loss(batch)
+    loss_plain, _ = plain._loss(batch)
+    assert torch.allclose(loss_aware, loss_plain)
+    # with labels, pairs that share a finding change the targets
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss_labelled, _ = aware._loss({**batch, "labels": labels})
+    assert not torch.allclose(loss_labelled, loss_plain)

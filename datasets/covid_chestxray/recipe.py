@@ -2,8 +2,8 @@
 
 Layout: ROOT/metadata.csv (patientid, offset, sex, age, finding, view, modality, folder, filename,
 clinical_notes, license, ...) and ROOT/<folder>/<filename>. One study per (patient, offset).
-The `finding` column becomes labels (COVID-19, other pneumonias, No Finding); clinical notes become
-the report's indication/history text.
+The `finding` column becomes labels (COVID-19, other pneumonias, No Finding); the clinical notes
+(which mix history and imaging findings) become the report text, parsed into sections when they have headers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def records(root: Path) -> pd.DataFrame:
         "view_position": meta["view"].str.replace("AP Supine", "AP").str.replace("?", "", regex=False),
         "modality": meta["modality"].replace({"X-ray": "CR/DX"}),
         "sex": meta["sex"], "age": meta["age"],
-        "report_indication": meta["clinical_notes"],
+        "report_text": meta["clinical_notes"],  # case notes mixing history and imaging findings: the training text
     })
     known = finding.ne("") & finding.ne("todo")
     out[f"label.{concept_id('COVID-19')}"] = np.where(known, finding.str.contains("COVID-19").astype(float), np.nan)

@@ -41,7 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "grad_checkpointing": False,
     },
     "loss": {
-        "name": "infonce",  # infonce | siglip | label_aware | multi_positive
+        # label_aware (default: pairs sharing findings are not pushed apart; plain InfoNCE when the data has
+        # no labels) | infonce | siglip | multi_positive
+        "name": "label_aware",
         "kwargs": {},
     },
     "optim": {

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
 
@@ -80,13 +81,19 @@ class DualEncoderModule(L.LightningModule):
         self.loss_fn = build_loss(self.loss_name, **dict(loss_cfg.get("kwargs") or {}))
         self.optim_cfg = dict(optim_cfg)
         self._rng_to_restore: dict[str, Any] | None = None
+        self._warned_no_labels = False
 
     # ------------------------------------------------------------------ steps
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
         labels = batch.get("labels")
         if self.loss_name == "label_aware" and (labels is None or labels.shape[-1] == 0):
-            raise ValueError("loss 'label_aware' needs finding labels: run `medclip label` on the manifest first")
+            # no finding labels: the soft targets reduce to the identity, i.e. plain InfoNCE
+            if not self._warned_no_labels:
+                rank_zero_warn("the data has no finding labels (label.* columns): the label-aware loss trains as "
+                               "plain InfoNCE; run `medclip label MANIFEST` to use label-aware targets")
+                self._warned_no_labels = True
+            labels = batch["images"].new_zeros((batch["images"].shape[0], 0))
         loss = self.loss_fn(
             out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias"),
             labels=labels, group_ids=batch.get("group_ids"),
