@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medclip.data.recipes import label_columns_from, recipe_parser, write_recipe_manifest
+from medclip.data.recipes import label_columns_from, run_recipe
 from medclip.data.splits import assign_split
 
 CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -45,10 +45,8 @@ def records(root: Path, seed: int = 0) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = recipe_parser(__doc__.splitlines()[0]).parse_args(argv)
-    write_recipe_manifest(records(args.root, args.seed), args.root, args.output, salt=args.salt, seed=args.seed,
-                          require_files=not args.keep_missing, name="CheXpert")
-    return 0
+    """Command line: ROOT -o MANIFEST [--salt] [--seed] [--keep-missing]."""
+    return run_recipe(__doc__, "CheXpert", lambda root, seed: records(root, seed), argv)
 
 
 if __name__ == "__main__":

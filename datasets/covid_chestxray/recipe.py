@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclip.data.recipes import concept_id, recipe_parser, write_recipe_manifest
+from medclip.data.recipes import concept_id, run_recipe
 
 PNEUMONIA_FINDINGS = ("COVID-19", "SARS", "MERS", "Pneumonia", "Pneumocystis", "Streptococcus", "Legionella",
                       "Klebsiella", "E.Coli", "Bacterial", "Viral", "Influenza", "Chlamydophila", "Mycoplasma",
@@ -43,10 +43,8 @@ def records(root: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = recipe_parser(__doc__.splitlines()[0]).parse_args(argv)
-    write_recipe_manifest(records(args.root), args.root, args.output, salt=args.salt, seed=args.seed,
-                          require_files=not args.keep_missing, name="covid-chestxray-dataset")
-    return 0
+    """Command line: ROOT -o MANIFEST [--salt] [--seed] [--keep-missing]."""
+    return run_recipe(__doc__, "covid-chestxray-dataset", lambda root, seed: records(root), argv)
 
 
 if __name__ == "__main__":

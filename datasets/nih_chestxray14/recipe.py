@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclip.data.recipes import concept_id, recipe_parser, write_recipe_manifest
+from medclip.data.recipes import concept_id, run_recipe
 from medclip.data.splits import assign_split
 
 NIH_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -43,10 +43,8 @@ def records(root: Path, seed: int = 0) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = recipe_parser(__doc__.splitlines()[0]).parse_args(argv)
-    write_recipe_manifest(records(args.root, args.seed), args.root, args.output, salt=args.salt, seed=args.seed,
-                          require_files=not args.keep_missing, name="NIH ChestX-ray14")
-    return 0
+    """Command line: ROOT -o MANIFEST [--salt] [--seed] [--keep-missing]."""
+    return run_recipe(__doc__, "NIH ChestX-ray14", lambda root, seed: records(root, seed), argv)
 
 
 if __name__ == "__main__":

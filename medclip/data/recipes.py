@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -54,3 +55,11 @@ def write_recipe_manifest(records: pd.DataFrame, root: Path, output: Path, *, sa
     if leaks:
         print(f"  warning: {len(leaks)} patients appear in several official splits")
     return df
+
+
+def run_recipe(doc: str, name: str, records: Callable[[Path, int], pd.DataFrame], argv: list[str] | None = None) -> int:
+    """A recipe's ``main``: parse the shared command line, build the records, write the manifest."""
+    args = recipe_parser(doc.strip().splitlines()[0]).parse_args(argv)
+    write_recipe_manifest(records(args.root, args.seed), args.root, args.output, salt=args.salt, seed=args.seed,
+                          require_files=not args.keep_missing, name=name)
+    return 0
