@@ -285,3 +285,10 @@ def test_every_bundled_config_parses_and_round_trips_through_json(tmp_path: Path
         DualEncoderConfig.from_json(tmp_path / "broken.json")
     with pytest.raises(ValueError, match="vision.kind must be one of"):
         get_model_config("tiny-test").merged({"vision": {"kind": "video"}})
+
+
+def test_new_model_is_in_train_mode_throughout() -> None:
+    from medclip.model import create_model
+
+    model = create_model("tiny-test")
+    assert all(m.training for m in model.modules())

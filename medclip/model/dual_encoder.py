@@ -48,6 +48,9 @@ class DualEncoder(nn.Module):
         self.text = TextTower(text_cfg, config.embed_dim, vocab_size=len(tokenizer), load_pretrained=load_pretrained)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.init_logit_bias is not None else None
+        # Hugging Face's from_pretrained leaves the text tower in eval mode; a new module is in train mode
+        # throughout, as torch modules are (call .eval() for inference)
+        self.train()
 
     # ----------------------------------------------------------------- encoding
     @property
