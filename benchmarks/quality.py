@@ -62,8 +62,7 @@ def build_manifests(data: Path, workdir: Path, seed: int) -> tuple[Path, Path]:
     from medclip.data.manifest import manifest_from_records, write_manifest
     from medclip.knowledge import ReportLabeler
 
-    records = _recipe().records(data)
-    records["report_text"] = records.pop("report_indication")  # the notes are the report here
+    records = _recipe().records(data)  # the clinical notes are the report text
     labeler = ReportLabeler()
     labels = {cid: [] for cid in LABELER_FINDINGS}
     for text in records["report_text"]:
@@ -93,7 +92,7 @@ def train_medclip(manifest: Path, out: Path, args: argparse.Namespace, steps: in
                  "pin_memory": False, "image_size": args.image_size, "text_augmentation": True,
                  "max_text_tokens": args.max_tokens},
         "model": {"name": "offline-default", "overrides": {"vision": {"image_size": args.image_size}}},
-        "loss": {"name": "label_aware"},
+        # loss: the training default (label_aware)
         "optim": {"lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup, "schedule": "cosine"},
         "trainer": {"max_steps": steps, "accelerator": "cpu", "devices": 1, "precision": "32-true",
                     "log_every_n_steps": 5, "enable_progress_bar": False, "enable_model_summary": False,
