@@ -24,6 +24,15 @@ def shared_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def xray_dir(shared_dir: Path) -> Path:
+    """The real chest X-ray samples (DICOM, PNG, JPEG) in ../shared/data/xray_samples."""
+    path = shared_dir / "data" / "xray_samples"
+    if not path.is_dir():
+        pytest.skip("xray_samples not in shared data")
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

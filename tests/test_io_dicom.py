@@ -37,12 +37,6 @@ def extra(name: str) -> Path:
     return PYDICOM_DATA / name
 
 
-@pytest.fixture(scope="module")
-def xray_dir(shared_dir: Path) -> Path:
-    path = shared_dir / "data" / "xray_samples"
-    if not path.is_dir():
-        pytest.skip("xray_samples not in shared data")
-    return path
 
 
 CR_ORIGINAL = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"

@@ -11,12 +11,6 @@ from PIL import Image
 from medclip.io import ImageReadError, detect_format, load_image, read_raster
 
 
-@pytest.fixture(scope="module")
-def xray_dir(shared_dir: Path) -> Path:
-    path = shared_dir / "data" / "xray_samples"
-    if not path.is_dir():
-        pytest.skip("xray_samples not in shared data")
-    return path
 
 
 def test_real_png_and_jpeg_xrays(xray_dir: Path) -> None:
