@@ -5,7 +5,6 @@ The fixture and helpers here are reused by tests/test_train_resume.py.
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys

@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 #: Licences that allow redistribution of modified copies inside an Apache-2.0 project.
@@ -68,7 +67,6 @@ def _jpeg_gray(path: Path, max_size: int) -> tuple[bytes, int, int]:
 def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[str] | None = None,
                      max_images: int | None = None, max_size: int = 512) -> dict:
     """Write the export; returns {"n_images", "patients": {dataset_id: PlantedPHI}, "reports": path}."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit, generate_uid

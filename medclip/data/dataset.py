@@ -8,7 +8,6 @@ Both yield the same items::
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
