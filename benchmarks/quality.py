@@ -82,6 +82,12 @@ def build_manifests(data: Path, workdir: Path, seed: int) -> tuple[Path, Path]:
     return train_path, eval_path
 
 
+def _loss_option(text: str) -> dict:
+    name, _, rest = text.partition(":")
+    kwargs = {k: float(v) for k, v in (item.split("=", 1) for item in rest.split(",") if item)}
+    return {"name": name, "kwargs": kwargs}
+
+
 def train_medclip(manifest: Path, out: Path, args: argparse.Namespace, steps: int) -> Path:
     """(a) medclip's recipe through ``medclip.train.fit``."""
     from medclip.train import fit
@@ -92,7 +98,7 @@ def train_medclip(manifest: Path, out: Path, args: argparse.Namespace, steps: in
                  "pin_memory": False, "image_size": args.image_size, "text_augmentation": True,
                  "max_text_tokens": args.max_tokens},
         "model": {"name": "offline-default", "overrides": {"vision": {"image_size": args.image_size}}},
-        # loss: the training default (label_aware)
+        **({"loss": _loss_option(args.loss)} if args.loss else {}),  # else the training default (label_aware)
         "optim": {"lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup, "schedule": "cosine"},
         "trainer": {"max_steps": steps, "accelerator": "cpu", "devices": 1, "precision": "32-true",
                     "log_every_n_steps": 5, "enable_progress_bar": False, "enable_model_summary": False,
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--workdir", type=Path, default=Path("runs/quality_benchmark"))
+    ap.add_argument("--loss", default=None, help="medclip side: a loss other than the training default, as "
+                                                   "NAME or NAME:key=value,... (e.g. label_aware:soft_weight=0.25)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
