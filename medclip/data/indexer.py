@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
-from medclip.data.reports import REDACTED, ReportSections, parse_sections, sections_from_fields
+from medclip.data.reports import (ReportSections, identifier_tokens, parse_sections, scrub_identifiers,
+                                  scrub_with_hashes, sections_from_fields)
 from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
 from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier
 
@@ -116,46 +117,6 @@ def walk_export(root: Path) -> Iterator[Path]:
 
 # ------------------------------------------------------------------------------------------- per file
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]|[A-Za-z0-9]")
-
-
-def identifier_tokens(values: Iterable[object]) -> set[str]:
-    """Lower-cased tokens of raw identifiers (names split at ^ and spaces; IDs whole and split at -)."""
-    out: set[str] = set()
-    for value in values:
-        text = str(value or "").strip()
-        if not text or text.lower() in {"nan", "none", "anonymous", "unknown"}:
-            continue
-        out.add(text.lower())
-        for part in re.split(r"[\^ ,]+", text):
-            part = part.strip().lower()
-            if len(part) >= 2:
-                out.add(part)
-                out.update(t.lower() for t in _TOKEN_RE.findall(part) if len(t) >= 3)
-    return out
-
-
-def scrub_with_hashes(text: str, phi_hashes: set[str], salt: str) -> str:
-    """Replace every token of ``text`` whose salted hash is a known identifier hash by ``XXXX``."""
-    if not text or not phi_hashes:
-        return text
-
-    def repl(m: re.Match) -> str:
-        tok = m.group(0)
-        if hash_identifier(tok.lower(), salt) in phi_hashes:
-            return REDACTED
-        parts = tok.split("-")
-        if len(parts) > 1 and any(hash_identifier(p.lower(), salt) in phi_hashes for p in parts if p):
-            return REDACTED
-        return tok
-
-    return _TOKEN_RE.sub(repl, text)
-
-
-def _dicom_person_name(value: object) -> str:
-    return str(value or "")
-
-
 def _sr_text(ds) -> tuple[str, dict[str, str]]:
     """Text of a DICOM Structured Report, and any sections found by concept name."""
     sections: dict[str, list[str]] = {}
@@ -237,10 +198,10 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
         "SOPInstanceUID": str(ds.get("SOPInstanceUID", "") or ""),
         "AccessionNumber": str(ds.get("AccessionNumber", "") or ""),
     }
-    name = _dicom_person_name(ds.get("PatientName", ""))
+    name = str(ds.get("PatientName", "") or "")
     birth = str(ds.get("PatientBirthDate", "") or "")
     phi = identifier_tokens([name, raw_ids["PatientID"], raw_ids["AccessionNumber"], birth,
-                             _dicom_person_name(ds.get("OtherPatientNames", "")),
+                             str(ds.get("OtherPatientNames", "") or ""),
                              str(ds.get("OtherPatientIDs", "") or "")])
     rec["phi_hashes"] = sorted(hash_identifier(t, salt) for t in phi)
     rec["patient_key"] = hash_identifier(raw_ids["PatientID"] or (name + birth), salt)
@@ -509,18 +470,19 @@ def index_export(
             phi_by_study.setdefault(r["study_key"], set()).update(r.get("phi_hashes") or [])
 
     # reports: from DICOM SR in the export, then from the reports table (which wins where both exist)
+    by_study = _key_index(df, "study_uid")
     for study_key, sections in sr_reports.items():
-        _attach_report(df, df["study_id"] == study_key, sections, phi_by_study.get(study_key, set()), salt)
+        _attach_report(df, by_study.get(study_key, []), sections, phi_by_study.get(study_key, set()), salt)
     if reports is not None:
         table, key_col, role = load_reports(Path(reports), report_key, link_on)
         linked = 0
-        key_series = _image_keys(df, ok, root, role, salt)
+        keys = _key_index(df, role)
         for _, row in tqdm(table.iterrows(), total=len(table), desc="linking reports", disable=not progress, leave=False):
             raw_key = str(row[key_col]).strip()
             if not raw_key:
                 continue
-            match = _match_rows(key_series, raw_key, role, salt)
-            if not match.any():
+            match = _lookup(keys, raw_key, role, salt)
+            if not match:
                 continue
             linked += 1
             studies = set(df.loc[match, "study_id"])
@@ -618,49 +580,56 @@ def _image_row(r: dict, root: Path, kind: str | None = None) -> dict:
     }
 
 
-def _image_keys(df: pd.DataFrame, ok: list[dict], root: Path, role: str, salt: str) -> pd.Series:
+def _key_index(df: pd.DataFrame, role: str) -> dict[str, list[int]]:
+    """Row indices by what a report key can match: hashed accession or study UID, or every path suffix.
+
+    For ``path``, a row is found by its whole relative path and by each trailing part of it
+    ("study/img.png", "img.png"), so a reports table may name files relative to any folder.
+    """
+    index: dict[str, list[int]] = {}
     if df.empty:
-        return pd.Series(dtype=str)
-    if role == "accession":
-        return df["_accession"].fillna("")
-    if role == "study_uid":
-        return df["study_id"]
-    return df["path"]
-
-
-def _match_rows(keys: pd.Series, raw_key: str, role: str, salt: str) -> pd.Series:
+        return index
     if role in ("accession", "study_uid"):
-        return keys == hash_identifier(raw_key, salt)
+        column = df["_accession"].fillna("") if role == "accession" else df["study_id"]
+        for i, key in zip(df.index, column):
+            if key:
+                index.setdefault(key, []).append(i)
+        return index
+    for i, path in zip(df.index, df["path"]):
+        parts = Path(path).parts
+        index.setdefault(path, []).append(i)
+        for k in range(1, len(parts)):
+            index.setdefault("\0" + "/".join(parts[k:]), []).append(i)
+    return index
+
+
+def _lookup(index: dict[str, list[int]], raw_key: str, role: str, salt: str) -> list[int]:
+    """Rows a report key links to: the exact path first, else every path ending in it."""
+    if role in ("accession", "study_uid"):
+        return index.get(hash_identifier(raw_key, salt), [])
     key = raw_key.replace("\\", "/").lstrip("./")
-    exact = keys == key
-    if exact.any():
-        return exact
-    return keys.str.endswith("/" + key) | (keys.map(lambda p: Path(p).name) == key)
+    return index.get(key) or index.get("\0" + key, [])
 
 
-def _attach_report(df: pd.DataFrame, mask: pd.Series, s: ReportSections, phi: set[str], salt: str) -> None:
-    if not mask.any():
+def _attach_report(df: pd.DataFrame, rows: list[int], s: ReportSections, phi: set[str], salt: str) -> None:
+    """Write a report's sections into the given rows, scrubbed of the patient's own and pattern-like identifiers."""
+    if not rows:
         return
-    scrub = lambda t: scrub_with_hashes(t, phi, salt)  # noqa: E731
-    from medclip.data.reports import scrub_identifiers
-
-    clean = lambda t: scrub_identifiers(scrub(t or ""))  # noqa: E731
-    df.loc[mask, "report_indication"] = clean(s.indication)
-    df.loc[mask, "report_findings"] = clean(s.findings)
-    df.loc[mask, "report_impression"] = clean(s.impression)
-    df.loc[mask, "report_text"] = clean(s.text)
+    for column, text in (("report_indication", s.indication), ("report_findings", s.findings),
+                         ("report_impression", s.impression), ("report_text", s.text)):
+        df.loc[rows, column] = scrub_identifiers(scrub_with_hashes(text or "", phi, salt))
 
 
-def _adopt_ids_from_report(df: pd.DataFrame, mask: pd.Series, row: pd.Series, salt: str) -> None:
+def _adopt_ids_from_report(df: pd.DataFrame, rows: list[int], row: pd.Series, salt: str) -> None:
     """For non-DICOM images linked by path: take patient/study identity from the reports row when it has one."""
     pcol = _find_col(row.index, REPORT_PATIENT_COLUMNS)
     scol = _find_col(row.index, REPORT_STUDY_COLUMNS)
     if pcol and str(row[pcol]).strip():
-        df.loc[mask, "patient_id"] = hash_identifier(str(row[pcol]).strip(), salt)
+        df.loc[rows, "patient_id"] = hash_identifier(str(row[pcol]).strip(), salt)
     if scol and str(row[scol]).strip():
         study = hash_identifier(f"{row[pcol] if pcol else ''}/{row[scol]}".strip(), salt)
-        df.loc[mask, "study_id"] = study
-        df.loc[mask, "series_id"] = study
+        df.loc[rows, "study_id"] = study
+        df.loc[rows, "series_id"] = study
 
 
 def _warn_phi_in_paths(df: pd.DataFrame, phi_by_study: dict[str, set[str]], salt: str, result: IndexResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,16 +14,23 @@ from medclip.data.manifest import LABEL_PREFIX, manifest_from_records, write_man
 from medclip.data.splits import patients_in_several_splits
 
 
-def concept_id(name: str) -> str:
-    """The knowledge-graph concept id for a dataset's label name (graph lookup, else a snake_case slug)."""
+@functools.lru_cache(maxsize=1)
+def _graph():
+    """The bundled knowledge graph, loaded once per process (None when the knowledge layer cannot load)."""
     try:
         from medclip.knowledge import Graph
 
-        concept = Graph.load().lookup(name)
-        if concept is not None:
-            return concept.id
+        return Graph.load()
     except Exception:  # the knowledge layer is optional for recipes
-        pass
+        return None
+
+
+def concept_id(name: str) -> str:
+    """The knowledge-graph concept id for a dataset's label name (graph lookup, else a snake_case slug)."""
+    graph = _graph()
+    concept = graph.lookup(name) if graph is not None else None
+    if concept is not None:
+        return concept.id
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 

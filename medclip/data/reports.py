@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
+
+from medclip.deid import hash_identifier
 
 #: What identifiers are replaced with in report text (the convention of de-identified IU / Open-i reports).
 REDACTED = "XXXX"
@@ -158,3 +161,39 @@ def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str
     for pattern in (*_DATE_RES, _PHONE, _EMAIL, _LONG_NUMBER):
         text = pattern.sub(REDACTED, text)
     return text
+
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]|[A-Za-z0-9]")
+
+
+def identifier_tokens(values: Iterable[object]) -> set[str]:
+    """Lower-cased tokens of raw identifiers (names split at ^ and spaces; IDs whole and split at -)."""
+    out: set[str] = set()
+    for value in values:
+        text = str(value or "").strip()
+        if not text or text.lower() in {"nan", "none", "anonymous", "unknown"}:
+            continue
+        out.add(text.lower())
+        for part in re.split(r"[\^ ,]+", text):
+            part = part.strip().lower()
+            if len(part) >= 2:
+                out.add(part)
+                out.update(t.lower() for t in _TOKEN_RE.findall(part) if len(t) >= 3)
+    return out
+
+
+def scrub_with_hashes(text: str, phi_hashes: set[str], salt: str) -> str:
+    """Replace every token of ``text`` whose salted hash is a known identifier hash by ``XXXX``."""
+    if not text or not phi_hashes:
+        return text
+
+    def repl(m: re.Match) -> str:
+        tok = m.group(0)
+        if hash_identifier(tok.lower(), salt) in phi_hashes:
+            return REDACTED
+        parts = tok.split("-")
+        if len(parts) > 1 and any(hash_identifier(p.lower(), salt) in phi_hashes for p in parts if p):
+            return REDACTED
+        return tok
+
+    return _TOKEN_RE.sub(repl, text)

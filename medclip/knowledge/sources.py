@@ -225,13 +225,18 @@ def expand_template(template: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_semgrex_templates(path: str | Path) -> list[CueTemplate]:
-    """Cue phrases from the ``# ... XXX ...`` comments that document each Semgrex rule."""
+def _read_lines(path: str | Path, what: str) -> list[str]:
+    """Lines of a UTF-8 source file; an unreadable file is a SourceFormatError naming it."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise SourceFormatError(f"{path}: cannot read pattern file ({exc})") from exc
+        raise SourceFormatError(f"{path}: cannot read {what} ({exc})") from exc
+
+
+def parse_semgrex_templates(path: str | Path) -> list[CueTemplate]:
+    """Cue phrases from the ``# ... XXX ...`` comments that document each Semgrex rule."""
+    lines = _read_lines(path, "pattern file")
     seen: set[tuple[str, str]] = set()
     cues: list[CueTemplate] = []
     for line in lines:
@@ -247,11 +252,7 @@ def parse_semgrex_templates(path: str | Path) -> list[CueTemplate]:
 
 def parse_section_titles(path: str | Path) -> list[str]:
     """NegBio's ``section_titles.txt``: one ``TITLE:`` per line, returned lower-case without colon."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SourceFormatError(f"{path}: cannot read section titles ({exc})") from exc
+    lines = _read_lines(path, "section titles")
     titles = [" ".join(line.strip().rstrip(":").lower().split()) for line in lines]
     return [t for t in titles if t]
 
