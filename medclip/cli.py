@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from medclip.optional import MissingExtraError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_EXPORT = REPO_ROOT / "datasets" / "sample" / "export"
 
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MissingExtraError as exc:  # one line naming the extra to install, no traceback
+        print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
