@@ -140,7 +140,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/6] indexing the bundled sample export {SAMPLE_EXPORT}")
     res = index_export(SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_EXPORT / "reports.csv",
-                       progress=not args.quiet)
+                       progress=not args.quiet, default_salt_ok=True)  # public sample data
     print(res.summary())
     print("[2/6] labelling reports with the knowledge graph")
     try:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
+
+log = logging.getLogger(__name__)
 
 #: Environment variable that holds the project salt. Set it once per site and keep it secret:
 #: without the salt a hashed identifier cannot be linked back to the patient.
@@ -51,6 +54,35 @@ def get_salt(salt: str | None = None) -> str:
     if salt:
         return salt
     return os.environ.get(SALT_ENV) or DEFAULT_SALT
+
+
+_warned_default_salt = False
+
+#: What a user sees (once per process) when a real run hashes with the public default salt.
+DEFAULT_SALT_WARNING = (
+    "identifiers are hashed with the PUBLIC default salt: anyone can recover patient IDs and folder names "
+    f"from the hashes by guessing. Set a secret salt with --salt or ${SALT_ENV} (keep it constant per site)"
+)
+
+
+def is_default_salt(salt: str | None = None) -> bool:
+    """True when hashing would use the public :data:`DEFAULT_SALT` (no argument and no ``$MEDCLIP_SALT``)."""
+    return get_salt(salt) == DEFAULT_SALT
+
+
+def warn_if_default_salt(salt: str | None = None) -> bool:
+    """Log :data:`DEFAULT_SALT_WARNING` (once per process) when ``salt`` resolves to the public default.
+
+    Returns True when the default salt is in use, whether or not the warning was logged this time.
+    Call it where a real export is processed (indexing, recipes), not in the demo or quick start.
+    """
+    global _warned_default_salt
+    if not is_default_salt(salt):
+        return False
+    if not _warned_default_salt:
+        _warned_default_salt = True
+        log.warning(DEFAULT_SALT_WARNING)
+    return True
 
 
 def hash_identifier(value: object, salt: str | None = None, *, length: int = 16) -> str:

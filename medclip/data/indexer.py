@@ -30,7 +30,7 @@ from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
 from medclip.data.reports import (ReportSections, identifier_tokens, parse_sections, scrub_identifiers,
                                   scrub_with_hashes, sections_from_fields)
 from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
-from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier
+from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier, warn_if_default_salt
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,8 @@ def _nifti_record(path: Path, verify: bool, rec: dict) -> None:
     if verify:
         from medclip.io import load_image
 
-        load_image(path, window=None)
+        # 4D (fMRI, DWI): check the first volume, the one the cache stores
+        load_image(path, window=None, frame=0 if len(shape) > 3 and shape[3] > 1 else None)
 
 
 def _raster_record(path: Path, verify: bool, rec: dict) -> None:
@@ -407,8 +408,13 @@ def index_export(
     verify_pixels: bool = True,
     incremental: bool = True,
     progress: bool = True,
+    default_salt_ok: bool = False,
 ) -> IndexResult:
-    """Index a PACS export folder into a de-identified, patient-split manifest (see module docstring)."""
+    """Index a PACS export folder into a de-identified, patient-split manifest (see module docstring).
+
+    ``salt`` (else ``$MEDCLIP_SALT``) keys every hashed identifier, DICOM or not. Without either, the
+    public default salt is used and a warning says so, unless ``default_salt_ok`` (demo data, quick start).
+    """
     root = Path(export_dir).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"{export_dir}: export folder not found")
@@ -416,6 +422,8 @@ def index_export(
     if output.suffix != ".parquet":
         output = output / "manifest.parquet" if output.is_dir() or not output.suffix else output.with_suffix(".parquet")
     fractions = validate_fractions(fractions)
+    if not default_salt_ok:
+        warn_if_default_salt(salt)
     salt = get_salt(salt)
     salt_check = hash_identifier("medclip-salt-check", salt)
     state = _load_state(output, salt_check, root) if incremental else {}
@@ -457,7 +465,7 @@ def index_export(
     bad = [r for r in records if r.get("status") != "ok"]
     result.skipped = Counter(r["status"] for r in bad)
 
-    rows, sr_reports = _build_rows(ok, root)
+    rows, sr_reports = _build_rows(ok, root, salt)
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=list(MANIFEST_COLUMNS))
@@ -515,7 +523,7 @@ def index_export(
     return result
 
 
-def _build_rows(ok: list[dict], root: Path) -> tuple[list[dict], dict[str, ReportSections]]:
+def _build_rows(ok: list[dict], root: Path, salt: str) -> tuple[list[dict], dict[str, ReportSections]]:
     """Manifest rows (images and assembled volumes) and SR reports by study, from per-file records."""
     rows: list[dict] = []
     sr_reports: dict[str, ReportSections] = {}
@@ -532,14 +540,14 @@ def _build_rows(ok: list[dict], root: Path) -> tuple[list[dict], dict[str, Repor
         if hint == "dicom" and r.get("modality") in VOLUME_MODALITIES and r.get("has_position") and r.get("series_key"):
             series.setdefault(r["series_key"], []).append(r)
             continue
-        rows.append(_image_row(r, root))
+        rows.append(_image_row(r, root, salt))
     for key, members in series.items():
         if len(members) == 1:
-            rows.append(_image_row(members[0], root, kind="volume" if members[0].get("frames", 1) > 1 else "image"))
+            rows.append(_image_row(members[0], root, salt, kind="volume" if members[0].get("frames", 1) > 1 else "image"))
             continue
         members.sort(key=lambda m: m["path"])
         first = members[0]
-        row = _image_row(first, root, kind="volume")
+        row = _image_row(first, root, salt, kind="volume")
         row["image_id"] = key
         row["path"] = str(Path(first["path"]).parent.as_posix())
         row["files"] = [m["path"] for m in members]
@@ -550,7 +558,7 @@ def _build_rows(ok: list[dict], root: Path) -> tuple[list[dict], dict[str, Repor
     return rows, sr_reports
 
 
-def _image_row(r: dict, root: Path, kind: str | None = None) -> dict:
+def _image_row(r: dict, root: Path, salt: str, kind: str | None = None) -> dict:
     rel = r["path"]
     hint = r.get("kind_hint")
     if hint == "dicom":
@@ -560,16 +568,16 @@ def _image_row(r: dict, root: Path, kind: str | None = None) -> dict:
     else:
         # non-DICOM: identity from the folder layout <patient>/<study>/.../file, until a reports row says otherwise
         parts = Path(rel).parts
-        patient = hash_identifier(parts[0] if len(parts) > 1 else rel)
-        study = hash_identifier("/".join(parts[:-1]) or rel)
+        patient = hash_identifier(parts[0] if len(parts) > 1 else rel, salt)
+        study = hash_identifier("/".join(parts[:-1]) or rel, salt)
         series = study
-        image = hash_identifier(rel)
+        image = hash_identifier(rel, salt)
         if kind is None:
             kind = "volume" if hint == "nifti" and r.get("frames", 1) > 1 else "image"
     if not patient:
         patient = study or image
     return {
-        "image_id": image or hash_identifier(rel), "path": rel, "kind": kind, "files": None,
+        "image_id": image or hash_identifier(rel, salt), "path": rel, "kind": kind, "files": None,
         "patient_id": patient, "study_id": study or image, "series_id": series or study or image,
         "modality": r.get("modality", "") or ("MR/CT" if hint == "nifti" else ""),
         "view_position": r.get("view_position", "") or "", "body_part": r.get("body_part", "") or "",
