@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from medclip.data.manifest import read_manifest
@@ -136,3 +137,79 @@ def test_nih_recipe_on_published_layout(tmp_path):
     assert list(m[eff]) == [1.0, 0.0, 0.0]
     assert m["split"].iloc[2] == "test"
     assert m["patient_id"].iloc[0] == m["patient_id"].iloc[1]
+
+
+def _shared_set(shared_dir: Path, name: str, table: str) -> Path:
+    root = shared_dir / "data" / name
+    if not (root / table).is_file():
+        pytest.skip(f"{name} not in the shared data")
+    return root
+
+
+def test_kermany_recipe_on_real_files(shared_dir, tmp_path):
+    root = _shared_set(shared_dir, "kermany_pneumonia", "labels.csv")
+    meta = pd.read_csv(root / "labels.csv", dtype=str)
+    out = tmp_path / "m.parquet"
+    assert recipe("kermany_pneumonia").main([str(root), "-o", str(out), "--salt", "s"]) == 0
+    df = read_manifest(out)
+    assert len(df) == len(meta) and all(Path(p).exists() for p in df["path"].head(50))
+    assert df["patient_id"].nunique() == meta["patient_key"].nunique()
+    assert patients_in_several_splits(df) == []
+    assert set(df["split"]) == {"train", "val", "test"}  # the shared copy is train only: split by patient
+    assert not set(meta["patient_key"]) & set(df["patient_id"])
+    assert df["label.pneumonia"].sum() == (meta["label"] == "PNEUMONIA").sum()
+    assert ((df["label.pneumonia"] + df["label.no_finding"]) == 1).all()
+    assert df["subtype"].value_counts().to_dict() == meta["subtype"].value_counts().to_dict()
+    assert (df["report_text"] == "").all()  # label-only: the text comes from the labels at training time
+
+
+def test_kermany_recipe_on_published_layout(tmp_path):
+    root = tmp_path / "chest_xray"
+    names = {("train", "NORMAL"): ["IM-0115-0001.jpeg", "NORMAL2-IM-0383-0001.jpeg"],
+             ("train", "PNEUMONIA"): ["person1000_virus_1681.jpeg", "person1000_bacteria_2931.jpeg"],
+             ("test", "PNEUMONIA"): ["person1_bacteria_1.jpeg"]}
+    for (split, label), files in names.items():
+        for f in files:
+            _png(root / split / label / f)
+    out = tmp_path / "m.parquet"
+    recipe("kermany_pneumonia").main([str(tmp_path), "-o", str(out)])
+    df = read_manifest(out).assign(name=lambda d: d["path"].map(lambda p: Path(p).name)).set_index("name")
+    assert len(df) == 5
+    assert df.loc["person1000_virus_1681.jpeg", "subtype"] == "viral"
+    assert df.loc["person1000_virus_1681.jpeg", "patient_id"] == df.loc["person1000_bacteria_2931.jpeg", "patient_id"]
+    assert df.loc["person1_bacteria_1.jpeg", "split"] == "test" and df.loc["IM-0115-0001.jpeg", "split"] == "train"
+    assert df.loc["NORMAL2-IM-0383-0001.jpeg", "label.no_finding"] == 1.0
+
+
+def test_kermany_recipe_names_a_file_it_cannot_parse(tmp_path):
+    _png(tmp_path / "train" / "PNEUMONIA" / "scan_17.jpeg")
+    with pytest.raises(ValueError, match="scan_17.jpeg: not a Kermany file name"):
+        recipe("kermany_pneumonia").records(tmp_path)
+
+
+def test_medpix_recipe_on_real_files(shared_dir, tmp_path):
+    root = _shared_set(shared_dir, "medpix", "metadata.csv")
+    meta = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    out = tmp_path / "m.parquet"
+    assert recipe("medpix").main([str(root), "-o", str(out), "--salt", "s"]) == 0
+    df = read_manifest(out)
+    assert len(df) == len(meta) and all(Path(p).exists() for p in df["path"].head(50))
+    assert df["patient_id"].nunique() == meta["case_id"].nunique() == df["study_id"].nunique()
+    assert patients_in_several_splits(df) == []  # the images of a case stay together
+    assert not set(meta["case_id"]) & set(df["patient_id"])
+    assert set(df["modality"]) == {"CT", "MR"}
+    assert (df["modality"] == "CT").sum() == (meta["type"] == "CT").sum()
+    regions = set(df["body_region"]) - {""}
+    assert len(regions) == 12 and (df["body_region"] != "").mean() > 0.9
+    assert set(df["plane"]) == {"axial", "coronal", "sagittal", ""}
+    from medclip.data.dataset import report_text
+
+    texts = [report_text(r) for r in df.to_dict("records")]
+    assert sum(bool(t) for t in texts) == (meta["caption"].str.strip() != "").sum()  # the captions are the text
+    assert set(df["sex"]) <= {"M", "F", ""} and "age" not in df.columns
+
+
+def test_medpix_recipe_names_a_table_without_captions(tmp_path):
+    pd.DataFrame({"image": ["images/a.jpg"], "case_id": ["MPX1"], "type": ["CT"]}).to_csv(tmp_path / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"metadata.csv: missing columns \['caption'\]"):
+        recipe("medpix").records(tmp_path)
