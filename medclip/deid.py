@@ -42,6 +42,14 @@ PHI_KEYWORDS: frozenset[str] = frozenset(
     }
 )
 
+#: Staff person-name tags (referring, performing, reading, operators, ...): their values are scrubbed from
+#: report text like the patient's own name. :func:`person_names` also finds any other PN-valued element.
+STAFF_NAME_KEYWORDS: tuple[str, ...] = (
+    "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "OperatorsName",
+    "PhysiciansOfRecord", "RequestingPhysician", "ScheduledPerformingPhysicianName", "ConsultingPhysicianName",
+    "VerifyingObserverName", "PersonName", "ReviewerName", "ContentCreatorName",
+)
+
 #: DICOM identifiers that are kept only as salted hashes (they link rows, never leak).
 HASHED_KEYWORDS: tuple[str, ...] = (
     "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber",
@@ -92,6 +100,43 @@ def hash_identifier(value: object, salt: str | None = None, *, length: int = 16)
         return ""
     digest = hmac.new(get_salt(salt).encode(), text.encode("utf-8", "replace"), hashlib.sha256)
     return digest.hexdigest()[:length]
+
+
+def person_names(ds: object, *, max_depth: int = 8) -> list[str]:
+    """Every person-name (VR ``PN``) value in a pydicom dataset, nested sequences included.
+
+    Covers the patient's names and every staff name tag (:data:`STAFF_NAME_KEYWORDS` and any other PN
+    element, e.g. observer names inside a structured report). Deferred values (pixel data) are never read.
+    """
+    from pydicom.datadict import dictionary_VR
+
+    out: list[str] = []
+
+    def walk(dataset: object, depth: int) -> None:
+        for tag in list(dataset.keys()):
+            try:
+                raw = dataset.get_item(tag, keep_deferred=True)
+                vr = getattr(raw, "VR", None)
+                if vr is None:
+                    vr = dictionary_VR(tag)
+            except (KeyError, ValueError, TypeError, AttributeError):
+                continue
+            if vr not in ("PN", "SQ"):
+                continue
+            try:
+                value = dataset[tag].value
+            except Exception:  # a malformed element must not stop de-identification of the others
+                continue
+            if vr == "SQ":
+                if depth < max_depth:
+                    for item in value or []:
+                        walk(item, depth + 1)
+                continue
+            items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+            out.extend(str(v).strip() for v in items if v is not None and str(v).strip())
+
+    walk(ds, 0)
+    return out
 
 
 _AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)

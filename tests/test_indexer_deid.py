@@ -59,3 +59,72 @@ def test_default_salt_warns_once(raster_nifti_export: Path, tmp_path: Path, monk
     warned = [r for r in caplog.records if "default salt" in r.getMessage()]
     assert len(warned) == 1
     assert "--salt" in warned[0].getMessage() and deid.SALT_ENV in warned[0].getMessage()
+
+
+STAFF = {"ReferringPhysicianName": "Zqxdoctor^Alan", "OperatorsName": "Qqoperator^Bea",
+         "NameOfPhysiciansReadingStudy": "Rrreader^Carl", "PerformingPhysicianName": "Ppperformer^Dana"}
+
+
+def test_staff_names_never_reach_manifest_or_cache(xray_dir: Path, tmp_path: Path) -> None:
+    """Referring/reading/performing physicians' and operators' names in report text are scrubbed like the patient's."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from medclip.data.cache import CacheConfig, build_cache
+    from tests.phi import assert_no_phi
+
+    export = tmp_path / "export"
+    export.mkdir()
+    ds = pydicom.dcmread(xray_dir / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
+    for keyword, value in STAFF.items():
+        setattr(ds, keyword, value)
+    request = Dataset()  # a person name nested in a sequence is found too
+    request.ScheduledPerformingPhysicianName = "Sssched^Erin"
+    ds.ScheduledProcedureStepSequence = Sequence([request])
+    ds.AccessionNumber = "ACC7654321"
+    ds.save_as(export / "img.dcm")
+    (export / "reports.csv").write_text(
+        "accession_number,findings,impression\n"
+        'ACC7654321,"Dr. Zqxdoctor referring. Images by Qqoperator, read with Rrreader. Ppperformer and Sssched '
+        'were present. The lungs are clear. No pleural effusion.","Discussed with Dr. Quentin Vvvoice. Normal chest."\n')
+    out = tmp_path / "index" / "manifest.parquet"
+    res = index_export(export, out, reports=export / "reports.csv", salt="s3cret", workers=1, progress=False)
+    row = res.manifest.iloc[0]
+    assert row["report_findings"].startswith("Dr. XXXX referring. Images by XXXX, read with XXXX. XXXX and XXXX")
+    assert "The lungs are clear. No pleural effusion." in row["report_findings"]
+    assert row["report_impression"] == "Discussed with Dr. XXXX XXXX. Normal chest."
+    build_cache(out, tmp_path / "cache", config=CacheConfig(image_size=32, shard_size=8), workers=1, progress=False)
+    planted = [value.split("^")[0] for value in STAFF.values()] + ["Sssched", "Vvvoice", "Quentin"]
+    assert_no_phi([out.parent, tmp_path / "cache"], planted)
+
+
+def test_staff_role_words_are_not_scrubbed() -> None:
+    """Operator fields that hold roles or modalities ("CT^TECH") do not remove those words from reports."""
+    from medclip.data.reports import identifier_tokens, staff_name_tokens
+
+    tokens = staff_name_tokens(["CT^TECH", "RADIOLOGY", "Zqxdoctor^Alan"])
+    assert not tokens & {"ct", "tech", "radiology"}
+    assert tokens >= identifier_tokens(["Zqxdoctor^Alan"])
+
+
+def test_person_names_reads_nested_names_not_pixels() -> None:
+    """Every PN value is found (top level and in sequences); deferred pixel data is never read."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.OperatorsName = ["Oone^Op", "Otwo^Op"]
+    item = Dataset()
+    item.VerifyingObserverName = "Vverify^Obs"
+    ds.VerifyingObserverSequence = Sequence([item])
+    buf = __import__("io").BytesIO()
+    ds.save_as(buf)
+    buf.seek(0)
+    lazy = pydicom.dcmread(buf, defer_size="1 KB")
+    names = deid.person_names(lazy)
+    assert {"Oone^Op", "Otwo^Op", "Vverify^Obs", str(ds.PatientName)} <= set(names)
+    raw = lazy.get_item(0x7FE00010, keep_deferred=True)
+    assert raw.value is None  # still deferred

@@ -58,6 +58,30 @@ def test_scrub_identifiers():
     assert scrub_identifiers("Accession ACC0000123, MRN 00123456-7.") == "Accession XXXX, MRN XXXX."
 
 
+def test_scrub_titled_names():
+    """ "Dr. <Name>" and similar are scrubbed word by word; titles before lower-case or clinical words are kept."""
+    assert scrub_identifiers("Dr. Zqxdoctor referring.") == "Dr. XXXX referring."
+    assert scrub_identifiers("Discussed with Dr John A. Smith at 3 pm.") == "Discussed with Dr XXXX XXXX. XXXX at 3 pm."
+    assert scrub_identifiers("DISCUSSED WITH DR. JONES. NO EFFUSION.") == "DISCUSSED WITH DR. XXXX. NO EFFUSION."
+    assert scrub_identifiers("Mrs. O'Brien was informed.") == "Mrs. XXXX was informed."
+    for kept in ("Dr. notified of findings.", "PA and lateral DR. Findings: clear lungs.", "Prior MR. No change.",
+                 "Known MS. Brain MRI unchanged.", "Dr. XXXX XXXX I discussed the findings.", "Dr. XXXX- XXXX was called."):
+        assert scrub_identifiers(kept) == kept
+
+
+def test_scrubbing_keeps_real_iu_reports(shared_dir):
+    """Every real (already de-identified) IU report passes the scrubber unchanged; a planted name after "Dr." does not."""
+    df = pd.read_csv(shared_dir / "data" / "iu_reports" / "indiana_reports.csv", dtype=str, keep_default_na=False)
+    texts = [t for col in ("indication", "comparison", "findings", "impression") for t in df[col] if t]
+    assert len(texts) > 5000
+    changed = [t for t in texts if scrub_identifiers(t) != t]
+    assert changed == []
+    with_dr = [t for t in texts if "Dr. XXXX" in t]
+    assert with_dr  # the real reports name physicians this way; the pattern must leave them as they are
+    planted = [t.replace("Dr. XXXX", "Dr. Zqxname", 1) for t in with_dr]
+    assert [scrub_identifiers(t) for t in planted] == with_dr
+
+
 def test_splits_are_stable_and_by_patient():
     patients = pd.Series([f"p{i}" for i in range(2000)])
     splits = assign_splits(patients, (0.7, 0.15, 0.15), seed=1)

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
 from medclip.data.reports import (ReportSections, identifier_tokens, parse_sections, scrub_identifiers,
-                                  scrub_with_hashes, sections_from_fields)
+                                  scrub_with_hashes, sections_from_fields, staff_name_tokens)
 from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
-from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier, warn_if_default_salt
+from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier, person_names, warn_if_default_salt
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ IGNORED_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".pdf", ".p
                     ".log", ".py", ".zip", ".tar", ".gz", ".bval", ".bvec")
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
 SR_MODALITIES = {"SR", "DOC"}
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: staff names among the scrubbing hashes
 
 
 @dataclass
@@ -200,9 +200,11 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
     }
     name = str(ds.get("PatientName", "") or "")
     birth = str(ds.get("PatientBirthDate", "") or "")
+    # the patient's own names and IDs, and every person name in the header (referring, performing and
+    # reading physicians, operators, observers): all are scrubbed from the study's report text
     phi = identifier_tokens([name, raw_ids["PatientID"], raw_ids["AccessionNumber"], birth,
                              str(ds.get("OtherPatientNames", "") or ""),
-                             str(ds.get("OtherPatientIDs", "") or "")])
+                             str(ds.get("OtherPatientIDs", "") or "")]) | staff_name_tokens(person_names(ds))
     rec["phi_hashes"] = sorted(hash_identifier(t, salt) for t in phi)
     rec["patient_key"] = hash_identifier(raw_ids["PatientID"] or (name + birth), salt)
     rec["study_key"] = hash_identifier(raw_ids["StudyInstanceUID"], salt)

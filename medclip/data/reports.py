@@ -125,7 +125,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 _DATE_RES = (
-    re.compile(r"\b\d{1,4}[/-]\d{1,2}[/-]\d{1,4}\b"),
+    re.compile(r"\b\d{1,4}([/.-])\d{1,2}\1\d{1,4}\b"),  # one separator throughout: "1-1/2 weeks" is no date
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
     re.compile(r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+(?:19|20)\d{2}\b",
                re.IGNORECASE),
@@ -139,9 +139,54 @@ _PHONE = re.compile(r"\b\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 
 
-def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str:
-    """Replace known identifiers (names, IDs of this patient) and date/ID/phone/e-mail patterns by ``REDACTED``.
+#: A title before a person's name: "Dr. Smith", "Dr Smith", "DR. SMITH", "doctor Jones", "Mrs. Lee".
+#: Upper-case "MR."/"MS." are left alone (magnetic resonance, multiple sclerosis); "DR" needs its period.
+_TITLE = r"(?:\b(?:Dr|Doctor|doctor|Mr|Mrs|Ms|Prof|Professor)\.?|\bDR\.)"
+_NAME_TOKEN = r"(?:[A-Z][A-Za-z'\u2019-]+|[A-Z]\.?)"
+_TITLED_NAME = re.compile(_TITLE + r"[ \t]+(" + _NAME_TOKEN + r"(?:[ \t]+" + _NAME_TOKEN + r"){0,2})(?![ \t]*:)")
+#: Capitalised words that may follow a title-like abbreviation ("... lateral DR. Findings ...") but are no names.
+_NOT_NAMES = frozenset(
+    {h for hs in SECTION_HEADERS.values() for h in hs for h in h.split()}
+    | {"no", "the", "there", "this", "these", "a", "an", "and", "or", "at", "on", "by", "via", "was", "were", "is",
+       "are", "has", "had", "heart", "lung", "lungs", "chest", "normal", "stable", "unchanged", "cardiac",
+       "mediastinal", "bony", "osseous", "left", "right", "bilateral", "mild", "moderate", "severe", "small",
+       "large", "interval", "again", "otherwise", "clear", "please", "called", "notified", "pa", "ap", "lateral",
+       "frontal", "portable", "xray", "x-ray", "ct", "mri", "mr", "dr", "cxr", "view", "views", "image", "images",
+       "study", "status", "post", "new", "old", "prior", "previous", "today", "patient", "pt", "which", "who"}
+)
 
+
+def _scrub_titled_names(text: str) -> str:
+    """Replace each name word after a title ("Dr. John Smith" -> "Dr. XXXX XXXX"); clinical words stay."""
+
+    def repl(m: re.Match) -> str:
+        words = m.group(1).split()
+        kept: list[str] = []
+        for word in words:
+            initial = (len(word) == 2 and word.endswith(".")) or (len(word) == 1 and word != "I")
+            if word == "I" or not initial and word.rstrip(".").lower() in _NOT_NAMES:
+                break
+            kept.append(word)
+        if not kept:
+            return m.group(0)
+        start = m.start(1) - m.start(0)
+        head = m.group(0)[:start]
+        names = m.group(0)[start:]
+        for word in kept:  # redact word by word, keeping the spacing and anything after the last name
+            i = names.index(word)
+            core = word.rstrip("-'\u2019.")  # trailing punctuation ("J.", "XXXX-") stays as it was
+            head += names[:i] + REDACTED + word[len(core):]
+            names = names[i + len(word):]
+        return head + names
+
+    return _TITLED_NAME.sub(repl, text)
+
+
+def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str:
+    """Replace known identifiers (names, IDs of this patient) and name/date/ID/phone/e-mail patterns by ``REDACTED``.
+
+    Names after a title ("Dr. Smith", "Dr John A. Smith", "DR. JONES") are replaced word by word;
+    a title followed by a lower-case or clinical word ("Dr. notified", "lateral DR. Findings") is kept.
     ``known`` holds the raw identifiers read from the image headers of the same study: a DICOM
     person name ``DOE^JANE`` contributes each of its name parts.
     """
@@ -158,6 +203,7 @@ def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str
                 tokens.add(part)
     for token in sorted(tokens, key=len, reverse=True):
         text = re.sub(r"(?<!\w)" + re.escape(token) + r"(?!\w)", REDACTED, text, flags=re.IGNORECASE)
+    text = _scrub_titled_names(text)
     for pattern in (*_DATE_RES, _PHONE, _EMAIL, _LONG_NUMBER):
         text = pattern.sub(REDACTED, text)
     return text
@@ -180,6 +226,21 @@ def identifier_tokens(values: Iterable[object]) -> set[str]:
                 out.add(part)
                 out.update(t.lower() for t in _TOKEN_RE.findall(part) if len(t) >= 3)
     return out
+
+
+#: Words staff-name fields often hold that are roles or modalities, not names ("CT^TECH", "RADIOLOGY").
+_ROLE_WORDS = frozenset({"tech", "techs", "technologist", "radiographer", "radiologist", "radiology", "rad", "md",
+                         "do", "rn", "rt", "phd", "mba", "resident", "fellow", "attending", "staff", "physician",
+                         "doctor", "cr", "dx", "us", "nm", "pt", "xa", "mg", "department", "dept", "er", "ed"})
+
+
+def staff_name_tokens(values: Iterable[object]) -> set[str]:
+    """:func:`identifier_tokens` of staff person names, minus role, modality and common report words.
+
+    Operator and physician fields often hold "CT^TECH" or "RADIOLOGY": scrubbing those words from every
+    report of the study would remove clinical content, not identify anyone.
+    """
+    return {t for t in identifier_tokens(values) if t not in _NOT_NAMES and t not in _ROLE_WORDS}
 
 
 def scrub_with_hashes(text: str, phi_hashes: set[str], salt: str) -> str:
