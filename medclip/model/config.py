@@ -155,8 +155,33 @@ class DualEncoderConfig:
             raise ValueError(f"{path}: invalid model config: {err}") from err
 
     def merged(self, overrides: dict[str, Any]) -> "DualEncoderConfig":
-        """A copy with ``overrides`` applied; dict values (``vision=``, ``text=``) merge key by key."""
-        return DualEncoderConfig.from_dict(deep_merge(self.to_dict(), overrides))
+        """A copy with ``overrides`` applied; dict values (``vision=``, ``text=``) merge key by key.
+
+        A tower whose ``name`` is overridden is a different model: for the text tower the
+        architecture (``hf_config``) and tokenizer (``vocab``, ``tokenizer``) of the old one are
+        dropped and ``pretrained`` becomes true (the new model's own weights and tokenizer), unless
+        the overrides set them. A vision tower whose ``pretrained`` is a weight file of the old
+        architecture needs ``pretrained`` set with the new name.
+        """
+        base = self.to_dict()
+        overrides = copy.deepcopy(dict(overrides))
+        text = overrides.get("text")
+        if isinstance(text, dict) and "name" in text and text["name"] != base["text"].get("name"):
+            for key in ("hf_config", "vocab", "tokenizer"):
+                if key not in text:
+                    base["text"][key] = None
+            text.setdefault("pretrained", True)
+        vision = overrides.get("vision")
+        if (
+            isinstance(vision, dict) and "name" in vision and vision["name"] != base["vision"].get("name")
+            and isinstance(base["vision"].get("pretrained"), str) and "pretrained" not in vision
+        ):
+            raise ValueError(
+                f"vision.name {vision['name']!r} replaces {base['vision'].get('name')!r}, whose weight file "
+                f"{base['vision']['pretrained']!r} does not fit it: set vision.pretrained too (a weight file "
+                "for the new network, true for timm's own weights, or false for random init)"
+            )
+        return DualEncoderConfig.from_dict(deep_merge(base, overrides))
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ class DualEncoder(nn.Module):
             source = text_cfg.vocab or text_cfg.tokenizer or text_cfg.name
             if source is None:
                 raise ModelLoadError("text config names no tokenizer: set text.name, text.tokenizer or text.vocab")
-            tokenizer = load_tokenizer(source, model_max_length=text_cfg.context_length)
+            what = "text.vocab" if text_cfg.vocab else "text.tokenizer" if text_cfg.tokenizer else "text.name"
+            tokenizer = load_tokenizer(source, model_max_length=text_cfg.context_length, what=what)
         self.tokenizer = tokenizer
         self.visual = VisionTower(config.vision, config.embed_dim, load_pretrained=load_pretrained)
         self.text = TextTower(text_cfg, config.embed_dim, vocab_size=len(tokenizer), load_pretrained=load_pretrained)

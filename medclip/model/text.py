@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from .config import TextConfig
-from .resources import ModelLoadError, hf_offline, resolve_local
+from .resources import ModelLoadError, hf_offline, hub_hint, resolve_model_source
 from .vision import build_projection
 
 
@@ -111,8 +112,11 @@ def _from_pretrained(path: str, config: PretrainedConfig | None) -> nn.Module:
                 model, info = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
             except TypeError:
                 model, info = AutoModel.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"text model {path!r}: cannot load ({err})") from err
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights of other shapes than the config
+        hint = hub_hint(path) or (
+            "; a folder needs config.json and model.safetensors (or pytorch_model.bin) as save_pretrained writes "
+            "them, or set text.pretrained=false to train it from random weights" if Path(path).is_dir() else "")
+        raise ModelLoadError(f"text model {path!r}: cannot load ({' '.join(str(err).split())[:500]}){hint}") from err
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
     if missing:
         warnings.warn(f"text model {path!r}: {len(missing)} weights not in the checkpoint (random init), e.g. {missing[:3]}", stacklevel=3)
@@ -125,7 +129,7 @@ class TextTower(nn.Module):
     def __init__(self, cfg: TextConfig, embed_dim: int, vocab_size: int | None = None, load_pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        path = resolve_local(cfg.name) if cfg.name else None
+        path = resolve_model_source(cfg.name, "text.name") if cfg.name else None
         config = _make_config(cfg.hf_config, vocab_size) if cfg.hf_config is not None else None
         if load_pretrained and cfg.pretrained and path:
             self.encoder = _from_pretrained(path, config)
@@ -134,7 +138,7 @@ class TextTower(nn.Module):
                 try:
                     config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=hf_offline())
                 except (OSError, ValueError) as err:
-                    raise ModelLoadError(f"text model {cfg.name!r}: cannot load its config ({err})") from err
+                    raise ModelLoadError(f"text model {cfg.name!r}: cannot load its config ({err}){hub_hint(path)}") from err
             self.encoder = _from_config(config)
         if vocab_size is not None and vocab_size > self.encoder.config.vocab_size:
             raise ModelLoadError(

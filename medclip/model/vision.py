@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
-from .resources import ModelLoadError, resolve_local
+from .resources import ModelLoadError, looks_like_local_path, resolve_local
 
 MONAI_RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 
@@ -111,6 +111,18 @@ def load_weights(module: nn.Module, path: str | Path, key_order: str = "name") -
     module.load_state_dict(adapted, strict=False)
 
 
+def timm_model_name(name: str) -> str:
+    """``name`` as ``timm.create_model`` takes it: a local folder (``timm`` ``save_pretrained`` layout:
+    config.json + model.safetensors) becomes ``local-dir:<path>``; a missing one raises "folder not found"."""
+    folder = name[len("local-dir:"):] if name.startswith("local-dir:") else name if looks_like_local_path(name) else None
+    if folder is None:
+        return name
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"vision.name: folder not found: {path}")
+    return f"local-dir:{path.resolve()}"
+
+
 class TimmBackbone(nn.Module):
     """A headless timm 2D encoder with ``in_chans`` input channels; returns pooled features."""
 
@@ -124,7 +136,7 @@ class TimmBackbone(nn.Module):
         from_timm = load_pretrained and cfg.pretrained is True
         try:
             self.model = timm.create_model(
-                cfg.name, pretrained=from_timm, in_chans=cfg.in_chans, num_classes=0, global_pool=cfg.pool, **kwargs
+                timm_model_name(cfg.name), pretrained=from_timm, in_chans=cfg.in_chans, num_classes=0, global_pool=cfg.pool, **kwargs
             )
         except RuntimeError as err:
             if "Unknown model" in str(err) or "Unknown" in str(err):
