@@ -15,6 +15,9 @@ from .text import TextTower
 from .tokenizer import load_tokenizer
 from .vision import VisionTower
 
+#: Normalisation layers kept trainable by ``lock_image_tower(norms_trainable=True)``.
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: Marks a medclip checkpoint folder's config.json.
@@ -36,6 +39,8 @@ class DualEncoder(nn.Module):
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
+        #: submodules kept in eval mode while the model trains (locked towers, frozen BatchNorm statistics)
+        self._frozen_eval: list[str] = []
         self.config = config
         text_cfg = config.text
         if tokenizer is None:
@@ -94,6 +99,108 @@ class DualEncoder(nn.Module):
         """Trade compute for memory in both towers."""
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
+
+    # ----------------------------------------------------------------- locking (LiT)
+    def train(self, mode: bool = True) -> "DualEncoder":
+        """Set train/eval mode; submodules frozen by a tower lock stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for name in self._frozen_eval:
+                self.get_submodule(name).eval()
+        return self
+
+    def _freeze_eval(self, names: list[str]) -> None:
+        self._frozen_eval = sorted(set(self._frozen_eval) | set(names))
+        if self.training:
+            self.train(True)
+
+    def image_blocks(self) -> list[list[str]]:
+        """The vision backbone's parameter names in blocks, input to output (timm's group matcher for
+        timm models, top-level children otherwise); what ``lock_image_tower(unlocked_groups=N)`` counts."""
+        backbone = self.visual.backbone
+        prefix, trunk = "", backbone
+        for name, module in backbone.named_modules():
+            if callable(getattr(module, "group_matcher", None)):
+                prefix, trunk = (name + "." if name else ""), module
+                break
+        if callable(getattr(trunk, "group_matcher", None)):
+            from timm.models import group_parameters
+
+            grouped = group_parameters(trunk, trunk.group_matcher())
+            blocks = [[prefix + n for n in grouped[k]] for k in sorted(grouped)]
+        else:
+            trunk = getattr(backbone, "model", backbone)
+            prefix = "model." if trunk is not backbone else ""
+            blocks = [[f"{prefix}{child}.{n}" for n, _ in module.named_parameters()]
+                      for child, module in trunk.named_children()]
+        blocks = [b for b in blocks if b]
+        seen = {n for b in blocks for n in b}
+        rest = [n for n, _ in backbone.named_parameters() if n not in seen]  # e.g. the slice attention pool
+        return blocks + ([rest] if rest else [])
+
+    def lock_image_tower(
+        self, unlocked_groups: int = 0, *, norms_trainable: bool = False, freeze_bn_stats: bool = True
+    ) -> dict[str, int]:
+        """LiT: freeze the vision backbone except its last ``unlocked_groups`` blocks (and, with
+        ``norms_trainable``, its normalisation layers); the projection stays trainable.
+
+        With ``freeze_bn_stats`` the BatchNorm running statistics of the locked blocks are frozen too
+        (those layers stay in eval mode); a fully locked backbone then runs in eval mode throughout
+        (no dropout), so its features are a fixed function of the image. Returns parameter counts.
+        """
+        backbone = self.visual.backbone
+        blocks = self.image_blocks()
+        if unlocked_groups < 0:
+            raise ValueError(f"unlocked_groups must be >= 0, got {unlocked_groups}")
+        unlocked = {n for b in blocks[len(blocks) - unlocked_groups:] for n in b} if unlocked_groups else set()
+        for name, param in backbone.named_parameters():
+            param.requires_grad_(name in unlocked)
+        locked_modules = []
+        for name, module in backbone.named_modules():
+            own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
+            if isinstance(module, NORM_TYPES) and norms_trainable:
+                for param in module.parameters(recurse=False):
+                    param.requires_grad_(True)
+            if isinstance(module, nn.modules.batchnorm._NormBase) and freeze_bn_stats and not (set(own) & unlocked):
+                locked_modules.append(f"visual.backbone.{name}" if name else "visual.backbone")
+        if freeze_bn_stats:
+            fully = not any(p.requires_grad for p in backbone.parameters())
+            self._freeze_eval(["visual.backbone"] if fully else locked_modules)
+        return self._trainable_counts(backbone)
+
+    def lock_text_tower(self, unlocked_layers: int = 0) -> dict[str, int]:
+        """Freeze the text encoder except its last ``unlocked_layers`` transformer layers; the projection
+        stays trainable. A fully locked encoder runs in eval mode (no dropout). Returns parameter counts."""
+        encoder = self.text.encoder
+        if unlocked_layers < 0:
+            raise ValueError(f"unlocked_layers must be >= 0, got {unlocked_layers}")
+        for param in encoder.parameters():
+            param.requires_grad_(False)
+        if unlocked_layers:
+            n_layers = int(getattr(encoder.config, "num_hidden_layers", 0) or 0)
+            layers = next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers), None)
+            if layers is None:
+                raise ValueError(f"text encoder {type(encoder).__name__}: cannot find its {n_layers} layers to unlock")
+            for layer in list(layers)[max(0, len(layers) - unlocked_layers):]:
+                for param in layer.parameters():
+                    param.requires_grad_(True)
+        else:
+            self._freeze_eval(["text.encoder"])
+        return self._trainable_counts(encoder)
+
+    @property
+    def image_backbone_frozen(self) -> bool:
+        """True when the vision backbone is fully locked and runs in eval mode during training: its output
+        for an image never changes, so it can be computed once (the training feature cache)."""
+        return "visual.backbone" in self._frozen_eval and not any(
+            p.requires_grad for p in self.visual.backbone.parameters()
+        )
+
+    @staticmethod
+    def _trainable_counts(module: nn.Module) -> dict[str, int]:
+        params = list(module.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return {"trainable": trainable, "locked": sum(p.numel() for p in params) - trainable}
 
     # ----------------------------------------------------------------- save / load
     def checkpoint_config(self) -> DualEncoderConfig:

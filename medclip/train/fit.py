@@ -220,6 +220,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         # CacheDataset splits its shards by rank and worker itself, so its __len__ is exact
         warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+        if module.lock_summary:  # locked towers (LiT) run in eval mode on purpose
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     model_dir = output_dir / "model"
     _export(trainer, module, model_dir)

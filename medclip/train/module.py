@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Mapping
@@ -11,6 +12,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 #: Parameters that get no weight decay: biases, norm weights, temperature and logit bias.
 _NO_DECAY_MARKERS = ("bias", "norm", "logit_scale", "logit_bias", "embeddings.position", "bn")
@@ -50,6 +53,23 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def apply_locks(model: Any, model_cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Apply the config's LiT tower locks (``model.lock_image*``, ``model.lock_text*``) to a DualEncoder;
+    returns the trainable / locked parameter counts of each locked tower."""
+    summary: dict[str, dict[str, int]] = {}
+    if model_cfg.get("lock_image"):
+        summary["image"] = model.lock_image_tower(
+            int(model_cfg.get("lock_image_unlocked_groups") or 0),
+            norms_trainable=bool(model_cfg.get("lock_image_norms_trainable")),
+            freeze_bn_stats=bool(model_cfg.get("lock_image_freeze_bn_stats", True)),
+        )
+    if model_cfg.get("lock_text"):
+        summary["text"] = model.lock_text_tower(int(model_cfg.get("lock_text_unlocked_layers") or 0))
+    for tower, counts in summary.items():
+        log.info("%s tower locked: %d parameters trainable, %d locked", tower, counts["trainable"], counts["locked"])
+    return summary
+
+
 class DualEncoderModule(L.LightningModule):
     """Trains a :class:`medclip.model.DualEncoder` with a loss from :func:`medclip.model.losses.build_loss`.
 
@@ -77,6 +97,7 @@ class DualEncoderModule(L.LightningModule):
         self.model.train()
         if model_cfg.get("grad_checkpointing"):
             self.model.set_grad_checkpointing(True)
+        self.lock_summary = apply_locks(self.model, model_cfg)
         self.loss_name = str(loss_cfg["name"])
         self.loss_fn = build_loss(self.loss_name, **dict(loss_cfg.get("kwargs") or {}))
         self.optim_cfg = dict(optim_cfg)
