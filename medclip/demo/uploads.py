@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medclip.io import ImageReadError, MedicalImage, detect_format, load_image, read_dicom_series
+from medclip.io import ImageReadError, MedicalImage, detect_format, load_image, phi_safe, read_dicom_series
 from medclip.io.dicom import find_dicom_series, is_dicom_file
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "UploadError",
     "UploadLimits",
     "bundled_examples",
+    "expansion_budget",
     "extract_zip",
     "read_upload",
     "upload_workspace",
@@ -68,9 +69,11 @@ class UploadLimits:
     max_pixels: int = 64_000_000  # one 2D image, e.g. 8000 x 8000
     max_voxels: int = 256 * 1024**2  # one volume (1 GiB as float32)
     max_zip_members: int = 5000
-    max_unzipped_bytes: int = 2 * 1024**3
-    max_compression_ratio: float = 200.0  # deflate bombs reach ~1000; real DICOM rarely passes 20
-    min_ratio_check_bytes: int = 1024**2  # small members may compress far (headers, blank masks)
+    max_unzipped_bytes: int = 2 * 1024**3  # all members together
+    # A zip may expand at most this many times its own size, all members together (and each member
+    # alone): deflate bombs reach ~1000; real DICOM rarely passes 20.
+    max_compression_ratio: float = 200.0
+    min_ratio_check_bytes: int = 1024**2  # below this, expansion is not held to the ratio (headers, blank masks)
 
 
 @dataclass
@@ -124,12 +127,30 @@ def _member_target(root: Path, info: zipfile.ZipInfo, name: str) -> Path:
     return target
 
 
+def expansion_budget(archive_bytes: int, limits: UploadLimits = UploadLimits()) -> int:
+    """The most bytes a zip of ``archive_bytes`` may expand to, all members together.
+
+    ``max_compression_ratio`` times the archive's size (real DICOM series compress a few times; a
+    bomb of zeros about a thousand times), at least ``min_ratio_check_bytes`` (tiny archives of
+    blank images), never more than ``max_unzipped_bytes``.
+    """
+    by_ratio = int(limits.max_compression_ratio * max(archive_bytes, 0))
+    return int(min(limits.max_unzipped_bytes, max(limits.min_ratio_check_bytes, by_ratio)))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB" if n < 10 * 1024**2 else f"{n / 1024**2:.0f} MiB"
+
+
 def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLimits(), name: str | None = None) -> list[Path]:
     """Extract the files of a zip into ``dest`` safely; returns the extracted files.
 
-    Refuses path traversal, links, encrypted entries, too many entries and decompression bombs
-    (declared or actual size over ``max_unzipped_bytes``, or a compression ratio over
-    ``max_compression_ratio``); sizes are counted while inflating, not taken from the header.
+    Refuses path traversal, links, encrypted entries, too many entries and decompression bombs.
+    The bomb check looks at the archive as a whole: the sum of the declared sizes must stay within
+    :func:`expansion_budget` (``max_unzipped_bytes``, and ``max_compression_ratio`` times the
+    archive's own size) before anything is written, and the bytes actually inflated (headers can
+    lie) are counted against the same budget while extracting, so no more than the budget is ever
+    written. One member expanding more than ``max_compression_ratio`` is refused as well.
     """
     name = name or Path(path).name
     dest = Path(dest)
@@ -144,10 +165,17 @@ def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLim
         if len(infos) > limits.max_zip_members:
             raise UploadError(name, f"the zip holds {len(infos)} files, more than the limit of {limits.max_zip_members}")
         targets = [_member_target(dest, info, name) for info in infos]  # check every name before writing any
+        archive_bytes = os.path.getsize(path)
+        budget = expansion_budget(archive_bytes, limits)
         declared = sum(i.file_size for i in infos)
         if declared > limits.max_unzipped_bytes:
             raise UploadError(name, f"the zip would expand to {declared / 1024**2:.0f} MiB, over the limit of "
                                     f"{limits.max_unzipped_bytes / 1024**2:.0f} MiB (decompression bomb?)")
+        if declared > budget:
+            raise UploadError(name, f"the zip's {len(infos)} files would expand {_mib(archive_bytes)} into "
+                                    f"{_mib(declared)} ({declared / max(archive_bytes, 1):.0f}x; the limit is "
+                                    f"{limits.max_compression_ratio:.0f}x): refused as a decompression bomb, "
+                                    "nothing was extracted")
         written = 0
         out: list[Path] = []
         for info, target in zip(infos, targets):
@@ -160,9 +188,11 @@ def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLim
                     while chunk := src.read(_CHUNK):
                         member_bytes += len(chunk)
                         written += len(chunk)
-                        if written > limits.max_unzipped_bytes:
-                            raise UploadError(name, "the zip expands beyond the limit of "
-                                                    f"{limits.max_unzipped_bytes / 1024**2:.0f} MiB (decompression bomb?)")
+                        if written > budget:  # more than the headers declared: count what really inflates
+                            raise UploadError(name, f"the zip expands beyond {_mib(budget)} while extracting (the limit "
+                                                    f"for a {_mib(archive_bytes)} archive: at most "
+                                                    f"{limits.max_compression_ratio:.0f}x and "
+                                                    f"{_mib(limits.max_unzipped_bytes)}): refused as a decompression bomb")
                         ratio = member_bytes / max(info.compress_size, 1)
                         if member_bytes > limits.min_ratio_check_bytes and ratio > limits.max_compression_ratio:
                             raise UploadError(name, f"zip entry {info.filename!r} expands more than "
@@ -300,6 +330,7 @@ def _detect(path: Path) -> str | None:
         return None
 
 
+@phi_safe  # reader warnings name the uploaded file (often a patient name): sanitised, never logged raw
 def read_upload(
     path: PathLike,
     *,
