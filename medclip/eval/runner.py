@@ -33,7 +33,7 @@ from .zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot", "retrieval", "report", "fewshot")
+TASKS = ("zeroshot", "retrieval", "report", "fewshot", "attributes")
 METRICS_FILE = "metrics.json"
 DRAFTER_DIR = "drafter"
 
@@ -349,6 +349,14 @@ class Evaluator:
         self._plot(plot_fewshot, result, name="fewshot_auroc.png")
         return result
 
+    def run_attributes(self) -> dict[str, Any]:
+        """Categorical zero-shot (modality, plane, body region, subtype) on the manifest columns that have them."""
+        from .attributes import evaluate_attributes
+
+        test = self.split(self.options.split)
+        return evaluate_attributes(self.model, test.frame, test.image_features, n_boot=self.options.n_boot,
+                                   seed=self.options.seed)
+
     def run(self, tasks: Iterable[str]) -> dict[str, Any]:
         """Run the tasks in order; returns {task: result} plus model and data descriptions."""
         tasks = list(dict.fromkeys(tasks))
@@ -440,6 +448,10 @@ def format_results(results: dict[str, Any]) -> str:
             rows.append(["zeroshot", *([_fmt(f["zeroshot"]["mean"])] * len(shots))])
         parts.append(f"Few-shot mean AUROC (mean of {f['trials']} draws of the shots)\n"
                      + _table(["method", *(f"k={k}" for k in shots)], rows))
+    if "attributes" in results:
+        from .attributes import format_attributes
+
+        parts.append(format_attributes(results["attributes"]))
     return "\n\n".join(parts)
 
 

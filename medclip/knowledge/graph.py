@@ -210,7 +210,9 @@ class Graph:
 
         Format: ``{"source": {"name":..., "licence":...}, "concepts": [{"id":..., "name":...,
         "synonyms": [...], "mentions": [...], "parents": [...], "xrefs": [{"db":..., "id":...}],
-        ...}]}``. Facts without their own ``source`` are attributed to the extension.
+        ...}]}``. Facts without their own ``source`` are attributed to the extension; ``"sources":
+        {key: {...}}`` registers further sources that facts cite by key; ``"add_to_common": false``
+        keeps new concepts out of the ``chest_xray_common`` label set (attributes, not findings).
         """
         if isinstance(source, dict):
             data, origin = source, "<extension>"
@@ -220,6 +222,9 @@ class Graph:
             raise GraphError(f"{origin}: an extension needs a 'concepts' list")
         key = str((data.get("source") or {}).get("key") or f"extension:{Path(origin).name}")
         self.sources[key] = {"name": origin, **(data.get("source") or {})}
+        for other, info in (data.get("sources") or {}).items():  # further sources its facts cite by key
+            self.sources[str(other)] = dict(info or {})
+        common = bool(data.get("add_to_common", True))  # false: attribute concepts, not chest findings
         for d in data["concepts"]:
             if not isinstance(d, dict) or "id" not in d:
                 raise GraphError(f"{origin}: every concept needs an 'id' ({str(d)[:60]})")
@@ -230,7 +235,7 @@ class Graph:
                     raise GraphError(f"{origin}: new concept {d['id']!r} needs a 'name'")
                 self.concepts[d["id"]] = _concept_from_dict(d, key)
                 all_task = self.tasks.get("chest_xray_common")
-                if all_task is not None:
+                if all_task is not None and common:
                     all_task["concepts"].append(d["id"])
         for name, task in (data.get("tasks") or {}).items():
             self.tasks[name] = {"description": task.get("description", ""), "concepts": list(task["concepts"])}

@@ -54,3 +54,29 @@ def zeroshot_prompts(graph: Graph | None = None, findings: str | Iterable[str] |
         negative = [t.format(name=n) for n in names for t in NEGATIVE_TEMPLATES]
         out[cid] = {"positive": list(dict.fromkeys(positive)), "negative": list(dict.fromkeys(negative))}
     return out
+
+
+#: Templates for categorical attributes (a graph task whose concepts are the classes), by task name.
+ATTRIBUTE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "imaging_modality": ("{name}.", "{name} image.", "a {name} scan.", "{name} of the patient.", "{name} images show"),
+    "imaging_plane": ("{name} image.", "{name} view.", "{name} slice.", "{name} section through the body.",
+                      "{name} images show"),
+    "body_region": ("{name}.", "image of the {name}.", "CT or MRI of the {name}.", "{name} imaging.",
+                    "images of the {name} show"),
+}
+#: Templates for a task without its own entry (e.g. disease subtypes): the finding templates.
+DEFAULT_ATTRIBUTE_TEMPLATES = POSITIVE_TEMPLATES
+
+
+def attribute_prompts(graph: Graph, task: str, max_names: int = 4,
+                      templates: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """{concept_id: [prompts]} for each class of a categorical task (names x templates, plus the
+    concept's sourced appearance); the classes are the task's concepts in the graph's order."""
+    templates = tuple(templates or ATTRIBUTE_TEMPLATES.get(task, DEFAULT_ATTRIBUTE_TEMPLATES))
+    out: dict[str, list[str]] = {}
+    for cid in graph.task_labels(task):
+        names = prompt_names(graph, cid, max_names) or [graph[cid].name]
+        prompts = [t.format(name=n) for n in names for t in templates]
+        prompts += [a.text.rstrip(".").lower() + "." for a in graph[cid].appearance]
+        out[cid] = list(dict.fromkeys(prompts))
+    return out
