@@ -274,12 +274,17 @@ class VisionTower(nn.Module):
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled output (B, num_features) before the projection (what the training
+        feature cache stores for a locked backbone)."""
         self.check_input(images)
         dtype = self.weight_dtype()
         x = ((images.float() - self.mean) / self.std).to(dtype)
         if self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.proj(self.backbone(x))
+        return self.backbone(x)
 
     def weight_dtype(self) -> torch.dtype:
         """The dtype of the tower's weights (inputs are cast to it)."""
