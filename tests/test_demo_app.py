@@ -28,7 +28,7 @@ import torch
 
 from medclip.demo import Gallery, GalleryError, TriageEngine, UploadLimits, build_gallery, read_upload
 from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkpoint, parse_auth, run_demo
-from medclip.eval.thresholds import save_thresholds
+from medclip.inference.thresholds import save_thresholds
 from medclip.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]

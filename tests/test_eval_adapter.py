@@ -9,8 +9,8 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
-from medclip.eval.encoders import OpenClipAdapter, embed_images, embed_texts, is_open_clip, load_model  # noqa: E402
-from medclip.eval.zeroshot import ZeroShotClassifier  # noqa: E402
+from medclip.inference import OpenClipAdapter, embed_images, embed_texts, is_open_clip, load_model  # noqa: E402
+from medclip.inference.zeroshot import ZeroShotClassifier  # noqa: E402
 
 TINY_CFG = {
     "embed_dim": 16,

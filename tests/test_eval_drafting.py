@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medclip.eval.drafting import DraftedReport, ReportDrafter, clinical_correctness, score_drafts
+from medclip.eval.drafting import clinical_correctness, score_drafts
+from medclip.inference.drafting import DraftedReport, ReportDrafter
 from medclip.knowledge import ReportLabeler
 from medclip.model import create_model
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from medclip.data.manifest import write_manifest
 from medclip.eval.cli import add_eval_parser
-from medclip.eval.drafting import ReportDrafter
-from medclip.eval.thresholds import load_thresholds
+from medclip.inference.drafting import ReportDrafter
+from medclip.inference.thresholds import load_thresholds
 from medclip.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]

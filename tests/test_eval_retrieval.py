@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medclip.eval.retrieval import EmbeddingIndex, evaluate_retrieval, faiss_available
+from medclip.eval.retrieval import evaluate_retrieval
+from medclip.inference.index import EmbeddingIndex, faiss_available
 
 
 def test_exact_search_matches_brute_force():
@@ -35,9 +38,15 @@ def test_bad_inputs_are_clear_errors():
         index.search(torch.ones(1, 4), 0)
     with pytest.raises(ValueError, match="use_faiss"):
         EmbeddingIndex(torch.eye(4), use_faiss="sometimes")
-    if not faiss_available():
-        with pytest.raises(ImportError, match="faiss"):
-            EmbeddingIndex(torch.eye(4), use_faiss=True)
+
+
+def test_missing_faiss_names_the_extra_to_install(monkeypatch):
+    from medclip.optional import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss were not installed
+    with pytest.raises(MissingExtraError, match=r"--faiss yes.*faiss-cpu.*medclip-kit\[index\]"):
+        EmbeddingIndex(torch.eye(4), use_faiss=True)
+    assert not EmbeddingIndex(torch.eye(4), use_faiss="auto").uses_faiss
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")

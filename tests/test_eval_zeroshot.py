@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medclip.eval.encoders import embed_texts
-from medclip.eval.thresholds import (
+from medclip.inference.encoders import embed_texts
+from medclip.inference.thresholds import (
     DEFAULT_UNCERTAIN_MARGIN, THRESHOLDS_FILE, choose_threshold, choose_thresholds, decide, load_thresholds,
     load_uncertain_margin, save_thresholds,
 )
-from medclip.eval.zeroshot import PROMPT_STYLES, ZeroShotClassifier, prompts_for_style
+from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier, prompts_for_style
 from medclip.knowledge import Graph
 from medclip.model import create_model
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medclip.eval.drafting import DraftedReport, ReportDrafter
-from medclip.eval.encoders import model_image_size
-from medclip.eval.thresholds import DEFAULT_UNCERTAIN_MARGIN, load_thresholds, load_uncertain_margin
-from medclip.eval.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
+from medclip.inference.drafting import DraftedReport, ReportDrafter
+from medclip.inference.encoders import model_image_size
+from medclip.inference.thresholds import DEFAULT_UNCERTAIN_MARGIN, load_thresholds, load_uncertain_margin
+from medclip.inference.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
 from medclip.io import MedicalImage, to_model_input
 from medclip.io.windowing import WindowSpec, check_window
 from medclip.knowledge import Graph

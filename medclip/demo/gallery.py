@@ -7,7 +7,7 @@ Folder layout written by :func:`build_gallery`::
     gallery.parquet           image_id, study_id (salted hashes), split, modality, view_position,
                               report_findings, report_impression, report_text (scrubbed by the indexer)
     thumbnails/<image_id>.png small grey previews (the longest side THUMBNAIL_SIZE)
-    drafter/                  the report drafter (medclip.eval.drafting.ReportDrafter) over these reports,
+    drafter/                  the report drafter (medclip.inference.drafting.ReportDrafter) over these reports,
                               without sentences that hold the indexer's redaction marker
 
 The embeddings belong to one model: :meth:`Gallery.load` refuses a gallery built with another one.
@@ -32,9 +32,9 @@ from medclip.data.cache import CacheConfig, iter_cache, preprocess_row, read_cac
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
 from medclip.data.reports import REDACTED, split_sentences
-from medclip.eval.drafting import ReportDrafter
-from medclip.eval.encoders import model_image_size
-from medclip.eval.retrieval import EmbeddingIndex
+from medclip.inference.drafting import ReportDrafter
+from medclip.inference.encoders import model_image_size
+from medclip.inference.index import EmbeddingIndex
 from medclip.io.windowing import resize_to_square
 
 __all__ = ["Gallery", "GalleryError", "GalleryMatch", "build_gallery", "model_fingerprint"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medclip.eval.thresholds import DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, NEGATIVE, POSITIVE, UNCERTAIN, decide
+from medclip.inference.thresholds import DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, NEGATIVE, POSITIVE, UNCERTAIN, decide
 from medclip.knowledge import Graph
 
 __all__ = [
@@ -136,7 +136,7 @@ def rank_findings(
 ) -> list[FindingResult]:
     """Judge each finding at its operating point and rank: flagged urgent findings first, then by probability.
 
-    ``thresholds``: per-finding cut-offs from evaluation (:func:`medclip.eval.thresholds.load_thresholds`);
+    ``thresholds``: per-finding cut-offs from evaluation (:func:`medclip.inference.thresholds.load_thresholds`);
     findings without one use 0.5. ``margin``: the uncertain band's half width.
     """
     probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)

@@ -4,17 +4,20 @@
 >>> results = evaluate("runs/quickstart/model", "runs/quickstart/manifest.parquet", ["zeroshot"])
 >>> print(format_results(results))
 
-Contracts used by the demo: :class:`ZeroShotClassifier`, :func:`save_thresholds` /
-:func:`load_thresholds` / :func:`decide`, :class:`ReportDrafter`, :class:`EmbeddingIndex`,
-:class:`OpenClipAdapter`.
+What evaluation scores (zero-shot classifier, thresholds, drafter, embedding index, open_clip
+adapter) lives in :mod:`medclip.inference`, which the demo uses too; the names below are
+re-exported from there for convenience.
 """
 
-from .drafting import DraftedReport, ReportDrafter, score_drafts
-from .encoders import OpenClipAdapter, embed_images, embed_texts, load_model
-from .retrieval import EmbeddingIndex, evaluate_retrieval
+from medclip.inference import (
+    DEFAULT_UNCERTAIN_MARGIN, PROMPT_STYLES, DraftedReport, EmbeddingIndex, OpenClipAdapter, ReportDrafter,
+    ZeroShotClassifier, decide, embed_images, embed_texts, load_model, load_thresholds, load_uncertain_margin,
+    save_thresholds,
+)
+
+from .drafting import score_drafts
+from .retrieval import evaluate_retrieval
 from .runner import TASKS, EvalOptions, Evaluator, evaluate, format_results
-from .thresholds import DEFAULT_UNCERTAIN_MARGIN, decide, load_thresholds, load_uncertain_margin, save_thresholds
-from .zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
 __all__ = [
     "DEFAULT_UNCERTAIN_MARGIN", "DraftedReport", "EmbeddingIndex", "EvalOptions", "Evaluator", "OpenClipAdapter",

@@ -56,7 +56,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """Handler of ``medclip eval``."""
-    from .encoders import is_open_clip
+    from medclip.inference.openclip import is_open_clip
     from .runner import evaluate, format_results
 
     tasks = [t for group in args.task for t in group] if args.task else list(TASKS)

@@ -26,10 +26,11 @@ from torch import nn
 from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 
+from medclip.inference.encoders import describe_model, embed_images, embed_texts, load_model, model_image_size
+from medclip.inference.thresholds import DEFAULT_THRESHOLD, choose_thresholds, save_thresholds
+from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier
+
 from . import metrics as M
-from .encoders import describe_model, embed_images, embed_texts, load_model, model_image_size
-from .thresholds import DEFAULT_THRESHOLD, choose_thresholds, save_thresholds
-from .zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class Evaluator:
     # ------------------------------------------------------------------ drafting
     def build_drafter(self):
         """A :class:`ReportDrafter` over the training split's unique reports."""
-        from .drafting import ReportDrafter
+        from medclip.inference.drafting import ReportDrafter
 
         train_rows = self.frame[self.frame["split"] == self.options.train_split]
         corpus = list(dict.fromkeys(t for t in (report_text(r, self.options.text_field) for r in train_rows.to_dict("records")) if t))
