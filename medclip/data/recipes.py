@@ -51,9 +51,12 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
 
 
 def write_recipe_manifest(records: pd.DataFrame, root: Path, output: Path, *, salt: str | None = None,
-                          seed: int = 0, require_files: bool = True, name: str = "") -> pd.DataFrame:
-    """Hash, split, write the manifest and print a summary; returns it."""
-    df, counts = manifest_from_records(records, root, salt=salt, seed=seed, require_files=require_files)
+                          seed: int = 0, require_files: bool = True, name: str = "",
+                          fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> pd.DataFrame:
+    """Hash, split (by patient, ``fractions`` train/val/test unless the records carry a split), write the
+    manifest and print a summary; returns it."""
+    df, counts = manifest_from_records(records, root, salt=salt, seed=seed, require_files=require_files,
+                                       fractions=fractions)
     write_manifest(df, output, extra={"created_by": f"datasets recipe {name}".strip(), "root": str(Path(root).resolve())})
     leaks = patients_in_several_splits(df)
     print(f"{name}: {counts['rows']} rows, {df['patient_id'].nunique()} patients -> {output}")
