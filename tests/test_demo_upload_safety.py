@@ -77,3 +77,57 @@ def test_honest_zip_within_the_ratio_still_extracts(tmp_path: Path) -> None:
     assert sorted(f.name for f in files) == ["0.bin", "1.bin", "2.bin"]
     assert _bytes_under(tmp_path / "out") == 3 * len(rng_bytes)
 
+
+GE_4D_SERIES = ("data", "dicom_series_nih", "In", "20180918GE", "mr_0004")  # 150 files: 15 slices x 10 volumes
+
+
+def _ge_series(shared_dir: Path) -> list[Path]:
+    folder = shared_dir.joinpath(*GE_4D_SERIES)
+    files = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+    if not files:
+        pytest.skip(f"{folder} not found")
+    return files
+
+
+def test_4d_series_raises_a_typed_multivolume_error_with_its_volume_count(shared_dir: Path) -> None:
+    import pickle
+
+    from medclip.io import ImageReadError, MultiVolumeError, read_dicom_series
+
+    files = _ge_series(shared_dir)
+    with pytest.raises(MultiVolumeError) as info:
+        read_dicom_series(files, window=None)
+    exc = info.value
+    assert isinstance(exc, ImageReadError) and exc.n_volumes == 10 and len(files) == 150
+    again = pickle.loads(pickle.dumps(exc))  # DataLoader workers pickle errors
+    assert type(again) is MultiVolumeError and again.n_volumes == 10 and str(again) == str(exc)
+
+
+def test_upload_of_a_4d_series_takes_the_volume_count_from_the_exception(tmp_path: Path, shared_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9.5: the upload path used to parse "(\\d+) volumes" out of the message; the mosaic wording
+    ("10 mosaic volumes") broke it. With the reason reworded and the reader's own count removed, the
+    header must still say 10 volumes: it comes from ``MultiVolumeError.n_volumes``."""
+    from medclip.demo import uploads
+    from medclip.io import MultiVolumeError
+
+    files = _ge_series(shared_dir)
+    real = uploads.read_dicom_series
+
+    def reader(members, *, window=None, volume_index=None):
+        try:
+            image = real(members, window=window, volume_index=volume_index)
+        except MultiVolumeError as exc:
+            raise MultiVolumeError(exc.path, f"4D data: {exc.n_volumes} mosaic volumes; choose one", exc.n_volumes) from None
+        image.metadata.pop("volumes", None)
+        return image
+
+    monkeypatch.setattr(uploads, "read_dicom_series", reader)
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f"series/{f.name}")
+    study = read_upload(archive, workdir=tmp_path)
+    assert study.kind == "dicom_series" and study.image.is_volume and study.n_slices == 15
+    assert study.header["volumes"] == 10
+    assert not list(tmp_path.glob("medclip-upload-*"))

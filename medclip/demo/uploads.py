@@ -10,7 +10,6 @@ message names the file and says what is wrong, so the app can show it and keep s
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medclip.io import ImageReadError, MedicalImage, detect_format, load_image, phi_safe, read_dicom_series
+from medclip.io import ImageReadError, MedicalImage, MultiVolumeError, detect_format, load_image, phi_safe, read_dicom_series
 from medclip.io.dicom import find_dicom_series, is_dicom_file
 
 __all__ = [
@@ -246,22 +245,19 @@ def _read_image(path: Path, kind: str, name: str) -> MedicalImage:
     try:
         try:
             return load_image(path, window=window)
-        except ImageReadError as exc:
-            if not exc.reason.startswith("4D"):
-                raise
+        except MultiVolumeError as exc:
             # 4D (fMRI, perfusion, multi-phase): show the first volume; the header says how many there are
-            image = load_image(path, window=window, frame=0)
-            image.metadata.setdefault("volumes", _volume_count(exc.reason))
-            return image
+            return _first_volume(load_image(path, window=window, frame=0), exc)
     except ImageReadError as exc:
         raise UploadError(name, _reason_for(exc, kind)) from exc
     except MemoryError as exc:
         raise UploadError(name, "not enough memory to decode this image") from exc
 
 
-def _volume_count(reason: str) -> int | None:
-    match = re.search(r"(\d+) volumes", reason)
-    return int(match.group(1)) if match else None
+def _first_volume(image: MedicalImage, exc: MultiVolumeError) -> MedicalImage:
+    """The first volume of 4D input, its header saying how many volumes the upload holds."""
+    image.metadata["volumes"] = exc.n_volumes
+    return image
 
 
 def _reason_for(exc: ImageReadError, kind: str) -> str:
@@ -293,11 +289,9 @@ def _read_zip(path: Path, name: str, workdir: Path, limits: UploadLimits) -> tup
     try:
         try:
             return read_dicom_series(members, window=None), "dicom_series"
-        except ImageReadError as exc:
-            if not exc.reason.startswith("4D data"):
-                raise
-            # fMRI / perfusion / multi-phase: show the first volume (the header says how many there are)
-            return read_dicom_series(members, window=None, volume_index=0), "dicom_series"
+        except MultiVolumeError as exc:
+            # fMRI / perfusion / multi-phase / mosaics: show the first volume (the header says how many there are)
+            return _first_volume(read_dicom_series(members, window=None, volume_index=0), exc), "dicom_series"
     except ImageReadError as exc:
         raise UploadError(name, _reason_for(exc, "dicom_series")) from exc
     except MemoryError as exc:

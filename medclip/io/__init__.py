@@ -6,7 +6,7 @@
 """
 
 from medclip.io.dicom import find_dicom_series, is_dicom_file, read_dicom, read_dicom_series, safe_metadata
-from medclip.io.image import ImageReadError, MedicalImage
+from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.loader import detect_format, load_image
 from medclip.io.nifti import read_nifti
 from medclip.io.raster import read_raster
@@ -17,6 +17,7 @@ __all__ = [
     "WINDOW_PRESETS",
     "ImageReadError",
     "MedicalImage",
+    "MultiVolumeError",
     "apply_window",
     "detect_format",
     "find_dicom_series",

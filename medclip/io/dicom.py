@@ -29,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from medclip.deid import coarse_age, coarse_sex, hash_identifier
-from medclip.io.image import ImageReadError, MedicalImage
+from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.volume import canonical_volume
 from medclip.io.windowing import WindowSpec, check_window, window_image
 
@@ -518,9 +518,10 @@ def _plan_stack(slices: list[_Slice], volume_index: int | None, where: PathLike)
     n_volumes = counts.pop()
     if volume_index is None:
         if n_volumes > 1:
-            raise ImageReadError(
+            raise MultiVolumeError(
                 where,
                 f"4D data: {n_volumes} volumes of {len(groups)} slices each; choose one with volume_index/frame 0..{n_volumes - 1}",
+                n_volumes,
             )
         volume_index = 0
     if not 0 <= volume_index < n_volumes:
@@ -919,8 +920,8 @@ def _read_mosaic_series(
     ordered = sorted(members, key=lambda item: (_order_key(item[1]), str(item[0])))
     n_volumes = len(ordered)
     if volume_index is None:
-        raise ImageReadError(
-            where, f"4D data: {n_volumes} mosaic volumes; choose one with volume_index/frame 0..{n_volumes - 1}"
+        raise MultiVolumeError(
+            where, f"4D data: {n_volumes} mosaic volumes; choose one with volume_index/frame 0..{n_volumes - 1}", n_volumes
         )
     if not 0 <= volume_index < n_volumes:
         raise ImageReadError(where, f"volume_index {volume_index} out of range: {n_volumes} volume(s)")

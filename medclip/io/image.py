@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageReadError", "MedicalImage"]
+__all__ = ["ImageReadError", "MedicalImage", "MultiVolumeError"]
 
 
 class ImageReadError(ValueError):
@@ -22,6 +22,20 @@ class ImageReadError(ValueError):
     def __reduce__(self) -> tuple[type[ImageReadError], tuple[str, str]]:
         # Keeps the error picklable across DataLoader / multiprocessing workers.
         return (type(self), (self.path, self.reason))
+
+
+class MultiVolumeError(ImageReadError):
+    """4D input (fMRI, perfusion, multi-phase, a series of Siemens mosaics) read without choosing a volume.
+
+    ``n_volumes`` says how many volumes there are; read one with ``volume_index``/``frame`` 0..n_volumes-1.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, n_volumes: int) -> None:
+        super().__init__(path, reason)
+        self.n_volumes = int(n_volumes)
+
+    def __reduce__(self) -> tuple[type[MultiVolumeError], tuple[str, str, int]]:  # type: ignore[override]
+        return (type(self), (self.path, self.reason, self.n_volumes))
 
 
 @dataclass(eq=False)  # arrays make field-wise == ambiguous; compare .array explicitly

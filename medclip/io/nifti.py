@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from medclip.deid import hash_identifier
-from medclip.io.image import ImageReadError, MedicalImage
+from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.volume import canonical_volume
 from medclip.io.windowing import WindowSpec, check_window, window_image
 
@@ -56,8 +56,8 @@ def read_nifti(
         if len(shape) == 4:
             n_volumes = shape[3]
             if volume_index is None:
-                raise ImageReadError(
-                    path, f"4D NIfTI with {n_volumes} volumes; choose one with volume_index/frame 0..{n_volumes - 1}"
+                raise MultiVolumeError(
+                    path, f"4D NIfTI with {n_volumes} volumes; choose one with volume_index/frame 0..{n_volumes - 1}", n_volumes
                 )
             if not 0 <= volume_index < n_volumes:
                 raise ImageReadError(path, f"volume_index {volume_index} out of range: {n_volumes} volume(s)")
