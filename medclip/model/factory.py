@@ -8,6 +8,7 @@ from typing import Any
 
 from .config import DualEncoderConfig
 from .dual_encoder import CONFIG_NAME, DualEncoder
+from .open_clip_convert import OPEN_CLIP_PREFIX, is_open_clip_folder
 from .resources import HF_HUB_PREFIX, ModelLoadError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -30,7 +31,9 @@ def get_model_config(name: str) -> DualEncoderConfig:
 
 def create_model(name_or_path: str | Path, pretrained: bool = True, **overrides: Any) -> DualEncoder:
     """A :class:`DualEncoder` from a bundled config name, a config ``.json`` file, a checkpoint
-    folder (``save_pretrained``) or ``"hf-hub:org/name"``.
+    folder (``save_pretrained``), ``"hf-hub:org/name"``, or an open_clip model to fine-tune
+    (``"open_clip:<folder>"``, ``"open_clip:hf-hub:org/name"`` or a folder with ``open_clip_config.json``;
+    see :mod:`medclip.model.open_clip_convert`).
 
     ``pretrained=False`` builds both towers with random weights (never downloads).
     ``overrides`` replace config fields; dicts merge into the towers, e.g.
@@ -38,6 +41,10 @@ def create_model(name_or_path: str | Path, pretrained: bool = True, **overrides:
     """
     name = str(name_or_path)
     path = Path(name)
+    if name.startswith(OPEN_CLIP_PREFIX) or (is_open_clip_folder(path) and not (path / CONFIG_NAME).is_file()):
+        from .open_clip_convert import load_open_clip
+
+        return load_open_clip(name, pretrained=pretrained, **overrides)
     if name.startswith(HF_HUB_PREFIX) or (path.is_dir() and (path / CONFIG_NAME).is_file()):
         if overrides:
             raise ValueError(f"{name}: a saved checkpoint takes no config overrides (got {sorted(overrides)})")
@@ -45,7 +52,7 @@ def create_model(name_or_path: str | Path, pretrained: bool = True, **overrides:
     if path.suffix == ".json" and path.is_file():
         config = DualEncoderConfig.from_json(path)
     elif path.is_dir():
-        raise ModelLoadError(f"{path}: folder has no {CONFIG_NAME} (not a medclip checkpoint)")
+        raise ModelLoadError(f"{path}: folder has no {CONFIG_NAME} (not a medclip checkpoint) and no open_clip_config.json")
     else:
         config = get_model_config(name)
     if overrides:

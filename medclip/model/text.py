@@ -79,6 +79,14 @@ def _make_config(hf_config: dict[str, Any], vocab_size: int | None) -> Pretraine
         raise ModelLoadError(f"text.hf_config: {err}") from err
 
 
+def hf_config_to_dict(config: PretrainedConfig) -> dict[str, Any]:
+    """A ``transformers`` config as a ``text.hf_config`` dict (with ``model_type``; no paths or versions)."""
+    data = config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype", "_attn_implementation_autoset"):
+        data.pop(key, None)
+    return data
+
+
 def _from_config(config: PretrainedConfig) -> nn.Module:
     try:
         return AutoModel.from_config(config, add_pooling_layer=False)
@@ -154,10 +162,7 @@ class TextTower(nn.Module):
 
     def hf_config_dict(self) -> dict[str, Any]:
         """The encoder's full ``transformers`` config (enough to rebuild it with no download)."""
-        data = self.encoder.config.to_dict()
-        for key in ("_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype", "_attn_implementation_autoset"):
-            data.pop(key, None)
-        return data
+        return hf_config_to_dict(self.encoder.config)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.cfg.pooling == "cls":
