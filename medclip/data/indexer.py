@@ -146,8 +146,12 @@ def _sr_text(ds) -> tuple[str, dict[str, str]]:
     return "\n".join(texts), mapped
 
 
+@medclip.io.phi_safe
 def read_file_record(args: tuple[str, str, str, bool]) -> dict:
-    """Header record of one file (runs in a worker). Never raises: failures come back as ``status``."""
+    """Header record of one file (runs in a worker). Never raises: failures come back as ``status``.
+
+    Reader warnings (which name the file and header values) are sanitised by :func:`medclip.io.phi_safe`.
+    """
     path_str, kind, salt, verify = args
     path = Path(path_str)
     rec: dict = {"path": path_str, "kind_hint": kind, "status": "ok"}

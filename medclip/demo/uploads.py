@@ -325,6 +325,7 @@ def _detect(path: Path) -> str | None:
 
 
 @phi_safe  # reader warnings name the uploaded file (often a patient name): sanitised, never logged raw
+@phi_safe  # reader warnings name the uploaded file (often a patient name): sanitised, never logged raw
 def read_upload(
     path: PathLike,
     *,

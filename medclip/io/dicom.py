@@ -29,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from medclip.deid import coarse_age, coarse_sex, hash_identifier
+from medclip.io.guard import phi_safe
 from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.volume import canonical_volume
 from medclip.io.windowing import WindowSpec, check_window, window_image
@@ -670,6 +671,7 @@ def _frame_count(ds: Dataset) -> int:
     return frames if frames and frames > 0 else 1
 
 
+@phi_safe
 def read_dicom(
     path: PathLike,
     *,
@@ -779,6 +781,7 @@ def _series_key(ds: Dataset, file: Path, salt: str | None) -> str:
     return hash_identifier(_value(ds, "SeriesInstanceUID", "") or f"file:{file.resolve()}", salt)
 
 
+@phi_safe
 def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = None) -> dict[str, list[Path]]:
     """Group DICOM files (a folder, searched recursively, or a list) by series: hashed series_id -> files.
 
@@ -797,6 +800,7 @@ def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = N
     return series
 
 
+@phi_safe
 def read_dicom_series(
     paths: PathLike | Iterable[PathLike],
     *,

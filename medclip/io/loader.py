@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medclip.io.dicom import is_dicom_file, read_dicom, read_dicom_series
+from medclip.io.guard import phi_safe
 from medclip.io.image import ImageReadError, MedicalImage
 from medclip.io.nifti import read_nifti
 from medclip.io.raster import read_raster
@@ -29,6 +30,7 @@ def _is_nifti_header(head: bytes) -> bool:
     return head[344:347] in (b"n+1", b"ni1") or head[4:7] in (b"n+2", b"ni2")
 
 
+@phi_safe
 def detect_format(path: PathLike) -> str:
     """'dicom_series' (folder), 'dicom', 'nifti', 'raster' from the bytes, not the file name.
 
@@ -64,6 +66,7 @@ def detect_format(path: PathLike) -> str:
     raise ImageReadError(path, "unrecognised format: not DICOM, NIfTI, PNG, JPEG, TIFF or BMP")
 
 
+@phi_safe
 def load_image(
     path: PathLike | Iterable[PathLike],
     *,

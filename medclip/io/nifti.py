@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from medclip.deid import hash_identifier
+from medclip.io.guard import phi_safe
 from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.volume import canonical_volume
 from medclip.io.windowing import WindowSpec, check_window, window_image
@@ -23,6 +24,7 @@ _ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@phi_safe
 def read_nifti(
     path: PathLike, *, window: WindowSpec = "auto", volume_index: int | None = None, salt: str | None = None
 ) -> MedicalImage:

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medclip.deid import hash_identifier
+from medclip.io.guard import phi_safe
 from medclip.io.image import ImageReadError, MedicalImage
 from medclip.io.windowing import WindowSpec, check_window, window_image
 
@@ -21,6 +22,7 @@ PathLike = str | os.PathLike[str]
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
+@phi_safe
 def read_raster(path: PathLike, *, window: WindowSpec = "auto", salt: str | None = None) -> MedicalImage:
     """Read a PNG/JPEG (8- or 16-bit, gray or colour) as a 2D grayscale image.
 
