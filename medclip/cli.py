@@ -184,6 +184,26 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_download_policy() -> bool:
+    """Turn Hugging Face hub downloads off (``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``) unless
+    ``MEDCLIP_ALLOW_DOWNLOADS=1`` or the user set ``HF_HUB_OFFLINE`` (``HF_HUB_OFFLINE=0`` allows them).
+
+    Runs before transformers or huggingface_hub are imported (they read these once). Returns True when
+    it turned downloads off; the first hub id a model then asks for gets a one-time notice saying so
+    (``medclip.model.resources.note_hub_access``).
+    """
+    if os.environ.get("MEDCLIP_ALLOW_DOWNLOADS", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if "HF_HUB_OFFLINE" in os.environ:
+        if os.environ["HF_HUB_OFFLINE"].strip().lower() not in ("1", "true", "yes", "on"):
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "0")  # an explicit HF_HUB_OFFLINE=0 allows downloads
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ["MEDCLIP_OFFLINE_BY_DEFAULT"] = "1"
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from medclip import __version__
@@ -209,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medclip`` console script."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    apply_download_policy()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

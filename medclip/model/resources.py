@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,29 @@ HF_HUB_PREFIX = "hf-hub:"
 
 class ModelLoadError(ValueError):
     """A model, tokenizer or weight file could not be loaded; the message names it and says why."""
+
+
+#: Set to 1 to let the ``medclip`` command download from the Hugging Face hub (it is offline by default).
+ALLOW_DOWNLOADS_ENV = "MEDCLIP_ALLOW_DOWNLOADS"
+#: Set (to 1) by the ``medclip`` command when it turned hub downloads off itself (see ``medclip.cli``).
+OFFLINE_BY_MEDCLIP_ENV = "MEDCLIP_OFFLINE_BY_DEFAULT"
+_hub_noticed = False
+log = logging.getLogger(__name__)
+
+
+def note_hub_access(name: str) -> None:
+    """Say once per process (on rank 0) that hub downloads are off and how to turn them on, when
+    ``name`` is a hub id and the ``medclip`` command turned downloads off."""
+    global _hub_noticed
+    if _hub_noticed or os.environ.get(OFFLINE_BY_MEDCLIP_ENV) != "1" or not hf_offline() or not is_hub_id(name):
+        return
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) not in ("", "0"):
+        return
+    _hub_noticed = True
+    log.warning(
+        "Hugging Face hub downloads are off (medclip sets HF_HUB_OFFLINE=1): %r is read from the local Hugging "
+        "Face cache only. To download it, run with %s=1 (or HF_HUB_OFFLINE=0).", name, ALLOW_DOWNLOADS_ENV
+    )
 
 
 def hf_offline() -> bool:
@@ -80,6 +104,7 @@ def resolve_model_source(name: str, what: str) -> str:
         if not path.exists():
             raise ModelLoadError(f"{what}: folder not found: {path}")
         return str(path.resolve())
+    note_hub_access(name)
     return name
 
 
@@ -95,10 +120,11 @@ def hub_hint(name: str) -> str:
 def resolve_hf_hub(name: str) -> Path:
     """Local folder of ``"hf-hub:org/name"``; uses only the local cache when offline."""
     repo_id = name[len(HF_HUB_PREFIX):] if name.startswith(HF_HUB_PREFIX) else name
+    note_hub_access(name)
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=hf_offline()))
     except Exception as err:  # huggingface_hub raises several unrelated types here
         where = "the local Hugging Face cache (offline mode)" if hf_offline() else "the Hugging Face hub"
-        raise ModelLoadError(f"{name}: not found in {where}: {err}") from err
+        raise ModelLoadError(f"{name}: not found in {where}: {' '.join(str(err).split())[:300]}{hub_hint(name)}") from err

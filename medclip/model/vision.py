@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
-from .resources import ModelLoadError, looks_like_local_path, resolve_local
+from .resources import ModelLoadError, hub_hint, looks_like_local_path, note_hub_access, resolve_local
 
 MONAI_RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 
@@ -134,14 +134,18 @@ class TimmBackbone(nn.Module):
         if cfg.drop_path_rate is not None:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
         from_timm = load_pretrained and cfg.pretrained is True
+        model_name = timm_model_name(cfg.name)
+        if from_timm and not model_name.startswith("local-dir:"):
+            note_hub_access(cfg.name)  # timm's own weights come from the hub
         try:
             self.model = timm.create_model(
-                timm_model_name(cfg.name), pretrained=from_timm, in_chans=cfg.in_chans, num_classes=0, global_pool=cfg.pool, **kwargs
+                model_name, pretrained=from_timm, in_chans=cfg.in_chans, num_classes=0, global_pool=cfg.pool, **kwargs
             )
         except RuntimeError as err:
             if "Unknown model" in str(err) or "Unknown" in str(err):
                 raise ModelLoadError(f"vision model {cfg.name!r}: {err}") from err
-            raise ModelLoadError(f"vision model {cfg.name!r}: cannot load pretrained weights: {err}") from err
+            hint = hub_hint(cfg.name.removeprefix("hf-hub:")) if from_timm else ""
+            raise ModelLoadError(f"vision model {cfg.name!r}: cannot load pretrained weights: {err}{hint}") from err
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"vision model {cfg.name!r}: cannot create ({err})") from err
         if load_pretrained and isinstance(cfg.pretrained, str) and cfg.pretrained:

@@ -1,0 +1,76 @@
+"""The ``medclip`` command's own behaviour: hub downloads off by default (and saying so), optional
+packages as one-line errors, global options anywhere, ``medclip models``, ``fit --print-config``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medclip import cli
+from medclip.model import resources
+
+HUB_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MEDCLIP_ALLOW_DOWNLOADS", "MEDCLIP_OFFLINE_BY_DEFAULT")
+
+
+@pytest.fixture
+def clean_hub_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No hub variables set, as in a user's shell (restored afterwards); the one-time notice not given yet."""
+    for name in HUB_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(resources, "_hub_noticed", False)
+    return monkeypatch
+
+
+def _fit_config(tmp_path: Path, model: str) -> Path:
+    manifest = tmp_path / "manifest.parquet"
+    manifest.write_bytes(b"")  # fit builds the model before it reads the data
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {"manifest": str(manifest)},
+                                   "model": {"name": model}}))
+    return cfg
+
+
+def test_download_policy_is_offline_unless_allowed(clean_hub_env: pytest.MonkeyPatch) -> None:
+    import os
+
+    assert cli.apply_download_policy() is True
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    for name in HUB_ENV:
+        clean_hub_env.delenv(name, raising=False)
+    clean_hub_env.setenv("MEDCLIP_ALLOW_DOWNLOADS", "1")
+    assert cli.apply_download_policy() is False
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+    clean_hub_env.delenv("MEDCLIP_ALLOW_DOWNLOADS")
+    clean_hub_env.setenv("HF_HUB_OFFLINE", "0")
+    assert cli.apply_download_policy() is False
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "0" and not resources.hf_offline()
+
+
+def test_hub_id_at_start_up_says_once_that_downloads_are_off(
+    clean_hub_env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """Regression (issue 12.8): the CLI forced HF_HUB_OFFLINE=1 silently; a user with network got 'couldn't connect'."""
+    caplog.set_level(logging.WARNING)
+    rc = cli.main(["fit", "--config", str(_fit_config(tmp_path, "biomedclip-like"))])
+    assert rc == 2  # the model is not in this machine's Hugging Face cache
+    notices = [r.getMessage() for r in caplog.records if "hub downloads are off" in r.getMessage()]
+    assert len(notices) == 1, notices
+    assert "MEDCLIP_ALLOW_DOWNLOADS=1" in notices[0] and "BiomedNLP" in notices[0]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("medclip fit: error:")]
+    assert "Traceback" not in err and len(errors) == 1
+    assert "MEDCLIP_ALLOW_DOWNLOADS=1" in errors[0]
+
+
+def test_local_models_get_no_hub_notice(clean_hub_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from medclip.model import create_model
+
+    cli.apply_download_policy()
+    caplog.set_level(logging.WARNING)
+    create_model("tiny-test", pretrained=False)
+    create_model("offline-default", pretrained=False)
+    assert not [r for r in caplog.records if "hub downloads are off" in r.getMessage()]
