@@ -57,7 +57,7 @@ class ManifestDataset(Dataset):
     def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
                  window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,
                  text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
-                 require_text: bool = False, config: CacheConfig | None = None) -> None:
+                 require_text: bool = False, config: CacheConfig | None = None, with_images: bool = True) -> None:
         df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
         if split is not None:
             df = df[df["split"] == split]
@@ -71,21 +71,23 @@ class ManifestDataset(Dataset):
         self.text_transform = text_transform
         self.image_transform = image_transform
         self.config = config or CacheConfig(image_size=image_size, window=window)
+        self.with_images = with_images  # False: items carry no "image" (features come from elsewhere)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
         row = self.records[index]
-        image = _to_tensor(preprocess_row(row, self.config))
-        if self.image_transform is not None:
-            image = self.image_transform(image)
         text = report_text(row, self.text_field)
         if self.text_transform is not None:
             text = self.text_transform(text)
         labels = {n: (None if pd.isna(row.get(LABEL_PREFIX + n)) else row.get(LABEL_PREFIX + n)) for n in self.label_names}
-        return {"image": image, "text": text, "labels": _labels(labels, self.label_names),
+        item = {"text": text, "labels": _labels(labels, self.label_names),
                 "image_id": row["image_id"], "study_id": row["study_id"], "patient_id": row["patient_id"]}
+        if self.with_images:
+            image = _to_tensor(preprocess_row(row, self.config))
+            item["image"] = self.image_transform(image) if self.image_transform is not None else image
+        return item
 
 
 class CacheDataset(IterableDataset):
@@ -98,8 +100,9 @@ class CacheDataset(IterableDataset):
     def __init__(self, cache_dir: str | Path, split: str | None = "train", *, shuffle: bool = True, seed: int = 0,
                  buffer_size: int = 256, text_field: str = "body", label_names: Sequence[str] | None = None,
                  text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 rank: int | None = None, world_size: int | None = None, with_images: bool = True) -> None:
         self.cache_dir = Path(cache_dir)
+        self.with_images = with_images  # False: items carry no "image" (features come from elsewhere)
         index = read_cache_index(self.cache_dir)
         self.shards = cache_shards(self.cache_dir, split)
         if not self.shards:
@@ -217,11 +220,12 @@ class CacheDataset(IterableDataset):
 
     def _item(self, sample: dict) -> dict:
         meta = sample["meta"]
-        image = _to_tensor(sample["image"])
-        if self.image_transform is not None:
-            image = self.image_transform(image)
         text = report_text(meta, self.text_field)
         if self.text_transform is not None:
             text = self.text_transform(text)
-        return {"image": image, "text": text, "labels": _labels(meta.get("labels", {}), self.label_names),
+        item = {"text": text, "labels": _labels(meta.get("labels", {}), self.label_names),
                 "image_id": meta["image_id"], "study_id": meta["study_id"], "patient_id": meta["patient_id"]}
+        if self.with_images:
+            image = _to_tensor(sample["image"])
+            item["image"] = self.image_transform(image) if self.image_transform is not None else image
+        return item

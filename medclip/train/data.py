@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from medclip.model.losses import group_ids_from_keys
+from medclip.train.features import BackboneFeatures, FeatureStore, cache_key, fill_store, source_identity
 from medclip.train.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,23 @@ def default_text_transform(seed: int = 0) -> TextTransform | None:
 class AugmentedDataset(Dataset):
     """A map-style dataset whose report texts are rewritten by ``text_transform``, keyed by ``(index, epoch)``."""
 
-    def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int) -> None:
+    def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int,
+                 features: FeatureStore | None = None) -> None:
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        item = self.dataset[index]
+        item = dict(self.dataset[index])
         if self.text_transform is not None:
-            item = dict(item)
             item["text"] = self.text_transform(item["text"], random.Random(sample_seed(self.seed, epoch, index)))
+        if self.features is not None:
+            item["image_features"] = self.features.get(item["image_id"])
         return item
 
 
@@ -76,11 +80,13 @@ class AugmentedIterable(IterableDataset):
     """Wraps the cache stream: per-epoch reshuffle, mid-epoch resume, texts rewritten with an rng keyed
     by ``(epoch, image_id)``."""
 
-    def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int) -> None:
+    def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int,
+                 features: FeatureStore | None = None) -> None:
         super().__init__()
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
+        self.features = features
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -98,10 +104,12 @@ class AugmentedIterable(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for item in self.dataset:
+            item = dict(item)
             if self.text_transform is not None:
-                item = dict(item)
                 rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
                 item["text"] = self.text_transform(item["text"], rng)
+            if self.features is not None:
+                item["image_features"] = self.features.get(item["image_id"])
             yield item
 
 
@@ -115,7 +123,9 @@ class ReportCollator:
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not items:
             raise ValueError("cannot collate an empty batch")
-        shapes = {tuple(item["image"].shape) for item in items}
+        cached = "image_features" in items[0]  # a locked backbone's cached features instead of images
+        image_key = "image_features" if cached else "image"
+        shapes = {tuple(item[image_key].shape) for item in items}
         if len(shapes) > 1:
             raise ValueError(
                 f"images in one batch have different shapes {sorted(shapes)}: set data.image_size "
@@ -127,7 +137,8 @@ class ReportCollator:
         # hashes of the study id, so they agree across ranks when the loss gathers the batch
         keys = [str(item.get("study_id") or f"image:{item['image_id']}") for item in items]
         return {
-            "images": torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items]),
+            "image_features" if cached else "images":
+                torch.stack([torch.as_tensor(item[image_key], dtype=torch.float32) for item in items]),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "labels": torch.stack([torch.as_tensor(item["labels"], dtype=torch.float32) for item in items]),
@@ -150,9 +161,16 @@ class MedClipDataModule(L.LightningDataModule):
         *,
         seed: int = 0,
         text_transform: TextTransform | None | str = "default",
+        feature_extractor: BackboneFeatures | None = None,
+        feature_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.cfg = dict(data)
+        #: with a fully locked image backbone: features computed once (see medclip.train.features)
+        self.feature_extractor = feature_extractor
+        self.feature_dir = Path(feature_dir) if feature_dir is not None else None
+        self.features: FeatureStore | None = None
+        self.features_computed = 0  # images encoded by the backbone in setup (0 when the cache was complete)
         self.seed = seed
         self.collate = ReportCollator(tokenize, self.cfg.get("max_text_tokens"))
         if text_transform == "default":
@@ -169,10 +187,12 @@ class MedClipDataModule(L.LightningDataModule):
         """The cache folder or manifest file the batches come from."""
         return str(self.cfg["cache_dir"] if self.is_iterable else self.cfg["manifest"])
 
-    def _make_dataset(self, split: str, *, train: bool) -> Any:
+    def _make_dataset(self, split: str, *, train: bool, with_images: bool = True, whole: bool = False) -> Any:
+        """The dataset of ``split``; ``whole``: every sample on this process, in order (feature extraction)."""
         from medclip.data.dataset import CacheDataset, ManifestDataset
 
         kwargs = dict(self.cfg.get("dataset_kwargs") or {})
+        kwargs["with_images"] = with_images
         if self.cfg.get("text_field"):
             kwargs.setdefault("text_field", self.cfg["text_field"])
         if not self.is_iterable:
@@ -187,9 +207,9 @@ class MedClipDataModule(L.LightningDataModule):
         if train and built and wanted and built != wanted:
             log.warning("%s holds %s px images, data.image_size is %s: the cache's size is used",
                         self.cfg["cache_dir"], built, wanted)
-        rank, world = self._rank_and_world()
+        rank, world = (0, 1) if whole else self._rank_and_world()
         kwargs.setdefault("seed", self.seed)
-        kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train)
+        kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train and not whole)
         return CacheDataset(self.cfg["cache_dir"], split=split, rank=rank, world_size=world, **kwargs)
 
     @property
@@ -203,14 +223,52 @@ class MedClipDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    # ------------------------------------------------------------------ feature cache
+    def feature_preprocessing(self) -> dict[str, Any]:
+        """What, besides the model, determines an image's cached features."""
+        kwargs = dict(self.cfg.get("dataset_kwargs") or {})
+        prep: dict[str, Any] = {"source": source_identity(self.source), "window": kwargs.get("window", "auto")}
+        if self.is_iterable:
+            from medclip.data.cache import read_cache_index
+
+            prep["cache_config"] = read_cache_index(self.cfg["cache_dir"]).get("config", {})
+        else:
+            prep["image_size"] = self.cfg.get("image_size", 224)
+        return prep
+
+    def _prepare_features(self, splits: list[str]) -> None:
+        """Encode every image of ``splits`` that the feature cache lacks (once; later runs reuse the file)."""
+        assert self.feature_extractor is not None and self.feature_dir is not None
+        if self.trainer is not None and self.feature_extractor.device is None:
+            self.feature_extractor.device = self.trainer.strategy.root_device
+        if self.features is None:
+            key = cache_key(self.feature_extractor.fingerprint, self.feature_preprocessing())
+            self.features = FeatureStore(self.feature_dir / f"{key}.safetensors")
+        for split in splits:
+            try:
+                whole = self._make_dataset(split, train=False, whole=True)
+            except (ValueError, FileNotFoundError, KeyError):
+                continue  # a missing split is reported where it is used
+            self.features_computed += fill_store(
+                self.features, whole, self.feature_extractor, batch_size=int(self.cfg["batch_size"]),
+                num_workers=int(self.cfg.get("num_workers", 0)), seed=self.seed,
+            )
+        log.info("feature cache %s: %d images (%d encoded now)", self.features.path.name, len(self.features),
+                 self.features_computed)
+
     def setup(self, stage: str | None = None) -> None:
+        use_features = self.feature_extractor is not None
+        if use_features and self.features is None:
+            splits = [s for s in (self.cfg.get("train_split") or "train", self.cfg.get("val_split")) if s]
+            self._prepare_features(splits)
         if stage in (None, "fit") and self._train_source is None:
-            self._train_source = self._make_dataset(self.cfg.get("train_split") or "train", train=True)
+            self._train_source = self._make_dataset(self.cfg.get("train_split") or "train", train=True,
+                                                    with_images=not use_features)
             if not self.is_iterable and len(self._train_source) == 0:
                 raise ValueError(f"{self.source}: no rows in split {self.cfg.get('train_split')!r}")
         if stage in (None, "fit", "validate") and self._val_source is None and self.cfg.get("val_split"):
             try:
-                val = self._make_dataset(self.cfg["val_split"], train=False)
+                val = self._make_dataset(self.cfg["val_split"], train=False, with_images=not use_features)
             except (ValueError, FileNotFoundError, KeyError) as exc:
                 log.warning("no validation: split %r unavailable (%s)", self.cfg["val_split"], exc)
                 val = None
@@ -245,7 +303,8 @@ class MedClipDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         resume = self._resume or {}
         if self.is_iterable:
-            wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed)
+            wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed,
+                                        features=self.features)
             if resume:
                 wrapper.resume_from(resume["epoch"], resume["batches_done"], batch_size)
             self._train_wrapper = wrapper
@@ -266,7 +325,7 @@ class MedClipDataModule(L.LightningDataModule):
                 f"samples, fewer than data.batch_size={batch_size} per rank x {world} ranks; "
                 "lower the batch size or set data.drop_last=false"
             )
-        self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed)
+        self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed, self.features)
         return DataLoader(
             self._train_wrapper, batch_size=batch_size, sampler=sampler,
             drop_last=bool(self.cfg.get("drop_last", True)), **self._loader_kwargs(iterable=False),
@@ -280,10 +339,13 @@ class MedClipDataModule(L.LightningDataModule):
         batch_size = int(self.cfg.get("val_batch_size") or self.cfg["batch_size"])
         kwargs = self._loader_kwargs(iterable=self.is_iterable)
         if self.is_iterable:
-            return DataLoader(self._val_source, batch_size=batch_size, **kwargs)
+            val: Any = self._val_source
+            if self.features is not None:
+                val = AugmentedIterable(val, text_transform=None, seed=self.seed, features=self.features)
+            return DataLoader(val, batch_size=batch_size, **kwargs)
         rank, world = self._rank_and_world()
         sampler = ResumableSampler(len(self._val_source), shuffle=False, rank=rank, world_size=world)
-        return DataLoader(AugmentedDataset(self._val_source, None, self.seed), batch_size=batch_size,
+        return DataLoader(AugmentedDataset(self._val_source, None, self.seed, self.features), batch_size=batch_size,
                           sampler=sampler, **kwargs)
 
     # ------------------------------------------------------------------ epochs and resume

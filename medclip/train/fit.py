@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from medclip.train.config import ConfigError, load_config
 from medclip.train.data import MedClipDataModule, resolve_path
+from medclip.train.features import BackboneFeatures
 from medclip.train.module import DualEncoderModule
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,20 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
     trainer.strategy.barrier("medclip-export")
 
 
+def use_feature_cache(cfg: Mapping[str, Any], model: Any) -> bool:
+    """Whether training reuses cached image features: ``data.feature_cache`` auto -> when the image backbone is
+    fully locked (and in eval mode) and image augmentation is off; true -> required (an error if impossible)."""
+    wanted = cfg["data"].get("feature_cache", "auto")
+    augment = bool((cfg["data"].get("image_augmentation") or {}).get("enabled"))
+    frozen = bool(getattr(model, "image_backbone_frozen", False))
+    if wanted is True and (augment or not frozen):
+        why = ("data.image_augmentation.enabled is true" if augment else
+               "the image backbone is not fully locked (set model.lock_image: true with no unlocked groups, "
+               "lock_image_norms_trainable: false and lock_image_freeze_bn_stats: true)")
+        raise ConfigError(f"data.feature_cache: true needs fixed image features, but {why}")
+    return bool(wanted) and frozen and not augment
+
+
 def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Train a dual encoder as the config says; return the exported model folder (``<output_dir>/model``)."""
     cfg = load_config(config, overrides)
@@ -211,7 +226,13 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     if data_cfg.get("image_size") is None:
         model_size = module.model.config.vision.image_size
         data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
-    datamodule = MedClipDataModule(data_cfg, module.model.tokenize, seed=seed)
+    cached = use_feature_cache(cfg, module.model)
+    cfg["data"]["feature_cache"] = cached  # the resolved run config records what was used
+    datamodule = MedClipDataModule(
+        data_cfg, module.model.tokenize, seed=seed,
+        feature_extractor=BackboneFeatures(module.model) if cached else None,
+        feature_dir=output_dir / "feature_cache",
+    )
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
     if trainer.is_global_zero:
         (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

@@ -53,6 +53,10 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+    return int((batch["images"] if "images" in batch else batch["image_features"]).shape[0])
+
+
 def apply_locks(model: Any, model_cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """Apply the config's LiT tower locks (``model.lock_image*``, ``model.lock_text*``) to a DualEncoder;
     returns the trainable / locked parameter counts of each locked tower."""
@@ -105,8 +109,22 @@ class DualEncoderModule(L.LightningModule):
         self._warned_no_labels = False
 
     # ------------------------------------------------------------------ steps
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The model's outputs for a batch of images, or of cached backbone features (``image_features``:
+        a locked backbone's pooled output, see medclip.train.features; only the projection runs)."""
+        if "image_features" not in batch:
+            return self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        model = self.model
+        projected = model.visual.proj(batch["image_features"].to(model.visual.weight_dtype()))
+        return {
+            "image_features": torch.nn.functional.normalize(projected, dim=-1),
+            "text_features": model.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True),
+            "logit_scale": model.logit_scale.exp().clamp(max=model.config.max_logit_scale),
+            "logit_bias": model.logit_bias,
+        }
+
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        out = self._forward(batch)
         labels = batch.get("labels")
         if self.loss_name == "label_aware" and (labels is None or labels.shape[-1] == 0):
             # no finding labels: the soft targets reduce to the identity, i.e. plain InfoNCE
@@ -114,7 +132,7 @@ class DualEncoderModule(L.LightningModule):
                 rank_zero_warn("the data has no finding labels (label.* columns): the label-aware loss trains as "
                                "plain InfoNCE; run `medclip label MANIFEST` to use label-aware targets")
                 self._warned_no_labels = True
-            labels = batch["images"].new_zeros((batch["images"].shape[0], 0))
+            labels = out["image_features"].new_zeros((out["image_features"].shape[0], 0))
         loss = self.loss_fn(
             out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias"),
             labels=labels, group_ids=batch.get("group_ids"),
@@ -129,7 +147,7 @@ class DualEncoderModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, stats = self._loss(batch)
-        batch_size = batch["images"].shape[0]
+        batch_size = _batch_size(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc_i2t", stats["acc_i2t"], batch_size=batch_size)
         self.log("train/acc_t2i", stats["acc_t2i"], batch_size=batch_size)
@@ -138,7 +156,7 @@ class DualEncoderModule(L.LightningModule):
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, stats = self._loss(batch)
-        batch_size = batch["images"].shape[0]
+        batch_size = _batch_size(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
         self.log("val/acc_i2t", stats["acc_i2t"], sync_dist=True, batch_size=batch_size)
         self.log("val/acc_t2i", stats["acc_t2i"], sync_dist=True, batch_size=batch_size)
