@@ -29,6 +29,9 @@ import torch
 
 from medclip.demo import Gallery, GalleryError, TriageEngine, UploadLimits, build_gallery, read_upload
 from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkpoint, parse_auth, run_demo
+from medclip.checkpoint import CheckpointDir
+from medclip.data.manifest import read_manifest
+from medclip.inference.drafting import ReportDrafter, drafting_corpus
 from medclip.inference.thresholds import save_thresholds
 from medclip.model import create_model
 
@@ -58,6 +61,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model("tiny-test").eval()
     model_dir = model.save_pretrained(root / "model")
     save_thresholds(model_dir, {"pneumothorax": 0.0, "pleural_effusion": 0.8}, uncertain_margin=0.05)
+    # the drafter as `medclip eval --save-to-checkpoint` writes it: training reports, the one corpus policy
+    train = read_manifest(root / "manifest.parquet")
+    ReportDrafter.build(model, drafting_corpus(train.to_dict("records"))).save(CheckpointDir(model_dir).drafter)
     build_gallery(model, root / "manifest.parquet", model_dir / "gallery")
     return model_dir
 
@@ -197,9 +203,11 @@ def test_volume_upload_slices_and_window(engine: TriageEngine) -> None:
 
 def test_engine_without_gallery_explains_how_to_build_one(checkpoint: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare"
-    shutil.copytree(checkpoint, bare, ignore=shutil.ignore_patterns("gallery", "thresholds.json"))
+    shutil.copytree(checkpoint, bare, ignore=shutil.ignore_patterns("gallery", "thresholds.json", "drafter"))
     engine = TriageEngine.load(bare, findings=["pneumothorax", "pleural_effusion"])
-    assert engine.gallery is None and "--build-gallery" in engine.gallery_note and "0.5" in engine.gallery_note
+    assert engine.gallery is None and engine.drafter is None
+    assert "--build-gallery" in engine.gallery_note and "0.5" in engine.gallery_note
+    assert "--task report --save-to-checkpoint" in engine.gallery_note
     _, result = engine.triage(read_upload(SAMPLE_DICOM))
     assert result.similar == [] and result.report_text == ""
 

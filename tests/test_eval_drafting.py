@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from medclip.eval.drafting import clinical_correctness, score_drafts
-from medclip.inference.drafting import DraftedReport, ReportDrafter
+from medclip.inference.drafting import DraftedReport, ReportDrafter, drafting_corpus, drafting_text
 from medclip.knowledge import ReportLabeler
 from medclip.model import create_model
 
@@ -92,3 +92,12 @@ def test_scoring_against_the_true_report():
     assert res["micro_f1"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="drafts but"):
         clinical_correctness(["a"], ["a", "b"], labeler)
+
+
+def test_drafting_corpus_keeps_sections_drops_redactions_and_repeats() -> None:
+    sectioned = {"report_text": "INDICATION: cough. FINDINGS: Small left effusion. Seen by XXXX. IMPRESSION: Effusion."}
+    assert drafting_text(sectioned) == "FINDINGS: Small left effusion.\nIMPRESSION: Effusion."
+    split = {"report_findings": "Lungs clear.", "report_impression": "Normal.", "report_text": "ignored"}
+    assert drafting_text(split) == "FINDINGS: Lungs clear.\nIMPRESSION: Normal."
+    assert drafting_corpus([sectioned, split, dict(sectioned), {"report_text": "XXXX."}]) == [
+        "FINDINGS: Small left effusion.\nIMPRESSION: Effusion.", "FINDINGS: Lungs clear.\nIMPRESSION: Normal."]

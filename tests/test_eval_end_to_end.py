@@ -15,7 +15,7 @@ from PIL import Image
 
 from medclip.data.manifest import write_manifest
 from medclip.eval.cli import add_eval_parser
-from medclip.inference.drafting import ReportDrafter
+from medclip.inference.drafting import ReportDrafter, drafting_corpus
 from medclip.inference.thresholds import load_thresholds
 from medclip.model import create_model
 
@@ -95,6 +95,14 @@ def test_cli_runs_every_task_and_writes_metrics_plots_and_checkpoint_files(tiny,
     drafter = ReportDrafter.load(model_dir / "drafter")
     assert len(drafter) == 3
     assert "patient" not in (model_dir / "drafter" / "drafter.json").read_text().lower()
+    # one corpus policy: the training split's reports as drafting_corpus makes them; the demo serves this drafter
+    train = pd.read_parquet(manifest).query("split == 'train'")
+    assert drafter.texts == drafting_corpus(train.to_dict("records"))
+    assert drafter.texts[0].startswith("FINDINGS: ") and "\nIMPRESSION: " in drafter.texts[0]
+    from medclip.demo import TriageEngine
+
+    served = TriageEngine.load(model_dir, findings=["pleural_effusion"]).drafter
+    assert served is not None and served.texts == drafter.texts
 
 
 def test_bad_input_gives_clear_errors(tiny, tmp_path):

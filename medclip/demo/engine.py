@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medclip.checkpoint import CheckpointDir
 from medclip.inference.drafting import DraftedReport, ReportDrafter
 from medclip.inference.encoders import model_image_size
 from medclip.inference.thresholds import DEFAULT_UNCERTAIN_MARGIN, load_thresholds, load_uncertain_margin
@@ -26,19 +27,16 @@ from medclip.io import MedicalImage, to_model_input
 from medclip.io.windowing import WindowSpec, check_window
 from medclip.knowledge import Graph
 
-from .gallery import Gallery, GalleryMatch
+from .gallery import GALLERY_INFO, Gallery, GalleryMatch
 from .triage import ConceptCard, FindingResult, TriagePriority, concept_card, rank_findings, triage_priority
 from .uploads import LoadedStudy
 
 __all__ = ["TriageEngine", "TriageResult", "default_gallery_dir"]
 
-#: Where the engine looks for a gallery when none is named: inside the checkpoint folder.
-GALLERY_SUBDIR = "gallery"
-
 
 def default_gallery_dir(checkpoint_dir: str | Path) -> Path:
-    """The gallery folder that belongs to a checkpoint: ``<checkpoint>/gallery``."""
-    return Path(checkpoint_dir) / GALLERY_SUBDIR
+    """The gallery folder that belongs to a checkpoint: ``<checkpoint>/gallery`` (:attr:`CheckpointDir.gallery`)."""
+    return CheckpointDir(checkpoint_dir).gallery
 
 
 @dataclass
@@ -107,26 +105,33 @@ class TriageEngine:
         *,
         findings: str | Iterable[str] | None = None,
     ) -> "TriageEngine":
-        """Load a checkpoint folder, its thresholds and a gallery (default ``<checkpoint>/gallery``, optional).
+        """Load a checkpoint folder, its thresholds, its report drafter and a gallery (default
+        ``<checkpoint>/gallery``, optional).
 
-        A missing default gallery only disables similar studies and drafting (the note says how to
-        build one); a named gallery that cannot be used raises :class:`GalleryError`.
+        A missing default gallery only disables similar studies, a missing ``<checkpoint>/drafter``
+        only the drafted report (the note says how to make each); a named gallery that cannot be
+        used raises :class:`GalleryError`. The drafter is the one ``medclip eval --save-to-checkpoint``
+        scored and saved.
         """
-        from medclip.model import DualEncoder
-
-        checkpoint_dir = Path(checkpoint_dir)
-        model = DualEncoder.from_pretrained(checkpoint_dir).eval()
+        checkpoint = CheckpointDir(checkpoint_dir)
+        checkpoint_dir = checkpoint.path
+        model = checkpoint.load_model()
         thresholds = load_thresholds(checkpoint_dir)
         margin = load_uncertain_margin(checkpoint_dir)
         gallery = drafter = None
         note = ""
-        directory = Path(gallery_dir) if gallery_dir is not None else default_gallery_dir(checkpoint_dir)
-        if gallery_dir is not None or (directory / "gallery.json").is_file():
+        directory = Path(gallery_dir) if gallery_dir is not None else checkpoint.gallery
+        if gallery_dir is not None or (directory / GALLERY_INFO).is_file():
             gallery = Gallery.load(directory, model)
-            drafter = gallery.drafter()
         else:
-            note = (f"No reference gallery at {directory}: similar studies and the drafted report are off. Build one with "
+            note = (f"No reference gallery at {directory}: similar studies are off. Build one with "
                     f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`.")
+        if checkpoint.drafter.is_dir():
+            drafter = ReportDrafter.load(checkpoint.drafter)
+        else:
+            note = (note + " " if note else "") + (
+                f"No report drafter in the checkpoint: the drafted report is off. `medclip eval --checkpoint "
+                f"{checkpoint_dir} --manifest MANIFEST --task report --save-to-checkpoint` writes the one it scores.")
         if not thresholds:
             note = (note + " " if note else "") + ("No calibrated operating points (thresholds.json) in the checkpoint: "
                                                    "every finding is judged at 0.5; run `medclip eval` to calibrate.")

@@ -7,8 +7,9 @@ Folder layout written by :func:`build_gallery`::
     gallery.parquet           image_id, study_id (salted hashes), split, modality, view_position,
                               report_findings, report_impression, report_text (scrubbed by the indexer)
     thumbnails/<image_id>.png small grey previews (the longest side THUMBNAIL_SIZE)
-    drafter/                  the report drafter (medclip.inference.drafting.ReportDrafter) over these reports,
-                              without sentences that hold the indexer's redaction marker
+
+The report drafter is not part of the gallery: the demo serves the one ``medclip eval`` scored
+(``<checkpoint>/drafter``, see :class:`medclip.checkpoint.CheckpointDir`).
 
 The embeddings belong to one model: :meth:`Gallery.load` refuses a gallery built with another one.
 """
@@ -31,8 +32,7 @@ from torch import nn
 from medclip.data.cache import CacheConfig, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
-from medclip.data.reports import REDACTED, split_sentences
-from medclip.inference.drafting import ReportDrafter
+from medclip.inference.drafting import drafting_text  # noqa: F401 (moved there; kept importable here)
 from medclip.inference.encoders import model_image_size
 from medclip.inference.index import EmbeddingIndex
 from medclip.io.windowing import resize_to_square
@@ -46,27 +46,10 @@ GALLERY_INFO = "gallery.json"
 GALLERY_EMBEDDINGS = "embeddings.safetensors"
 GALLERY_TABLE = "gallery.parquet"
 THUMBNAILS = "thumbnails"
-DRAFTER_DIR = "drafter"
 THUMBNAIL_SIZE = 160
 #: Columns kept from the manifest: salted-hash ids, acquisition facts and the scrubbed report.
 TABLE_COLUMNS = ("image_id", "study_id", "split", "modality", "view_position", "report_findings",
                  "report_impression", "report_text")
-
-
-def drafting_text(record: dict) -> str:
-    """A gallery report as drafting material: sections kept, sentences with redactions dropped.
-
-    A sentence holding the indexer's ``REDACTED`` marker is about a removed identifier (or lost a word
-    to scrubbing) and never belongs in a drafted report.
-    """
-    def clean(text: object) -> str:
-        return " ".join(s for s in split_sentences(str(text or "")) if REDACTED not in s)
-
-    findings, impression = clean(record.get("report_findings")), clean(record.get("report_impression"))
-    if not (findings or impression):
-        findings = clean(record.get("report_text"))
-    parts = ([f"FINDINGS: {findings}"] if findings else []) + ([f"IMPRESSION: {impression}"] if impression else [])
-    return "\n".join(parts)
 
 
 class GalleryError(ValueError):
@@ -207,9 +190,6 @@ def build_gallery(
     save_file({"image": matrix}, str(out / GALLERY_EMBEDDINGS))
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     table.to_parquet(out / GALLERY_TABLE, index=False)
-    corpus = [text for text in map(drafting_text, records) if text]
-    if corpus:
-        ReportDrafter.build(model, corpus).save(out / DRAFTER_DIR)
     info = {"format": GALLERY_FORMAT, "model_fingerprint": model_fingerprint(model), "size": len(records),
             "embed_dim": int(matrix.shape[1]), "image_size": size, "split": split, "source": origin}
     (out / GALLERY_INFO).write_text(json.dumps(info, indent=2) + "\n")
@@ -253,16 +233,6 @@ class Gallery:
             raise GalleryError(f"{directory}: built with another model (fingerprint {info.get('model_fingerprint')}); "
                                "rebuild it for this checkpoint with `medclip demo --build-gallery`")
         return cls(directory, embeddings, table, info)
-
-    def drafter(self) -> ReportDrafter | None:
-        """The report drafter saved with the gallery (its corpus: the gallery's reports, redactions dropped);
-        None when no report had a sentence left to draft from."""
-        if not (self.directory / DRAFTER_DIR).is_dir():
-            return None
-        try:
-            return ReportDrafter.load(self.directory / DRAFTER_DIR)
-        except (FileNotFoundError, ValueError) as exc:
-            raise GalleryError(f"{self.directory}: report drafter unreadable ({exc}); rebuild the gallery") from exc
 
     @property
     def reports(self) -> list[str]:

@@ -56,6 +56,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """Handler of ``medclip eval``."""
+    from medclip.checkpoint import CheckpointDir
     from medclip.inference.openclip import is_open_clip
     from .runner import evaluate, format_results
 
@@ -68,8 +69,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--shots must be positive, got {args.shots!r}")
     output = args.output
     if output is None:
-        ckpt = Path(args.checkpoint)
-        output = ckpt / "eval" if ckpt.is_dir() and not is_open_clip(args.checkpoint) else Path("eval")
+        ckpt = CheckpointDir(args.checkpoint)
+        output = ckpt.eval_dir if ckpt.path.is_dir() and not is_open_clip(args.checkpoint) else Path("eval")
     results = evaluate(
         args.checkpoint, args.manifest, tasks, output_dir=output, save_to_checkpoint=args.save_to_checkpoint,
         device=args.device, split=args.split, val_split=None if str(args.val_split).lower() == "none" else args.val_split,

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from medclip.checkpoint import CheckpointDir
 from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 TASKS = ("zeroshot", "retrieval", "report", "fewshot", "attributes")
 METRICS_FILE = "metrics.json"
-DRAFTER_DIR = "drafter"
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Evaluator:
             if col not in self.frame:
                 raise ValueError(f"{self.manifest_path or 'manifest'}: missing column {col!r}")
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
         self._splits: dict[str, EmbeddedSplit] = {}
         self._zeroshot: ZeroShotClassifier | None = None
         self.plots: list[str] = []
@@ -206,8 +206,8 @@ class Evaluator:
                                        clf.predict_proba(val.image_features), findings, opt.criterion)
             thresholds.update(chosen)
             threshold_source = f"{opt.criterion} on split {opt.val_split!r}"
-            if self.checkpoint_dir is not None:
-                saved_to = str(save_thresholds(self.checkpoint_dir, thresholds, criterion=opt.criterion))
+            if self.checkpoint is not None:
+                saved_to = str(save_thresholds(self.checkpoint.path, thresholds, criterion=opt.criterion))
 
         per_finding: dict[str, dict] = {}
         curves = {}
@@ -293,11 +293,12 @@ class Evaluator:
 
     # ------------------------------------------------------------------ drafting
     def build_drafter(self):
-        """A :class:`ReportDrafter` over the training split's unique reports."""
-        from medclip.inference.drafting import ReportDrafter
+        """A :class:`ReportDrafter` over the training split's reports, under the one corpus policy
+        (:func:`medclip.inference.drafting.drafting_corpus`) the demo's drafter has too."""
+        from medclip.inference.drafting import ReportDrafter, drafting_corpus
 
         train_rows = self.frame[self.frame["split"] == self.options.train_split]
-        corpus = list(dict.fromkeys(t for t in (report_text(r, self.options.text_field) for r in train_rows.to_dict("records")) if t))
+        corpus = drafting_corpus(train_rows.to_dict("records"))
         if not corpus:
             raise ValueError(f"{self._where()}: split {self.options.train_split!r} has no report text to draft from")
         return ReportDrafter.build(self.model, corpus, self.options.batch_size)
@@ -311,24 +312,24 @@ class Evaluator:
         test = self.split(self.options.split)
         _, _, has_text = self._reports(test)
         drafter = self.build_drafter()
-        if self.checkpoint_dir is not None:
-            drafter.save(self.checkpoint_dir / DRAFTER_DIR)
+        if self.checkpoint is not None:
+            drafter.save(self.checkpoint.drafter)
         rows = np.flatnonzero(has_text)
         drafts = [drafter.draft(test.image_features[i]) for i in rows]
         references = [test.texts[i] for i in rows]
         labeler = ReportLabeler()
         scores = score_drafts([d.text for d in drafts], references, labeler)
         # reference points: the single nearest training report verbatim, and a random training report
-        nearest = [drafter.texts[d.neighbours[0]] for d in drafts]
+        nearest = [drafter.corpus_report(d.neighbours[0]).text for d in drafts]
         rng = np.random.default_rng(self.options.seed)
-        random_reports = [drafter.texts[int(i)] for i in rng.integers(0, len(drafter), len(rows))]
+        random_reports = [drafter.corpus_report(int(i)).text for i in rng.integers(0, len(drafter), len(rows))]
         scores["nearest_report"] = {k: v for k, v in score_drafts(nearest, references, labeler).items() if k != "per_finding"}
         scores["random_report"] = {k: v for k, v in score_drafts(random_reports, references, labeler).items() if k != "per_finding"}
         scores["corpus_reports"] = len(drafter)
         scores["split"] = self.options.split
         scores["examples"] = [{"draft": d.text, "truth": r} for d, r in list(zip(drafts, references))[:examples]]
-        if self.checkpoint_dir is not None:
-            scores["drafter_saved_to"] = str(self.checkpoint_dir / DRAFTER_DIR)
+        if self.checkpoint is not None:
+            scores["drafter_saved_to"] = str(self.checkpoint.drafter)
         return scores
 
     # ------------------------------------------------------------------ few-shot

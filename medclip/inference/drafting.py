@@ -5,7 +5,10 @@ report for an image it finds the ``k`` nearest reports, pools their sentences, s
 its own similarity to the image plus the weight of the neighbour reports that contain it
 (a vote; sentences with a vote under ``min_vote`` are left out), drops near-duplicates within a section, and assembles the best findings and impression sentences.
 
-The scoring lives in :mod:`medclip.eval.drafting`.
+The corpus policy is one function, :func:`drafting_corpus` (sections kept, sentences holding the
+indexer's redaction marker dropped, one copy of each report): ``medclip eval`` builds the drafter
+with it from the training split and saves it into the checkpoint folder (``drafter/``), and the
+demo serves that same drafter. The scoring lives in :mod:`medclip.eval.drafting`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medclip.data.reports import parse_sections, split_sentences
+from medclip.data.reports import REDACTED, parse_sections, split_sentences
 
 from .encoders import embed_texts
 
@@ -42,6 +46,30 @@ class DraftedReport:
     def text(self) -> str:
         """Findings then impression, as one text (what the scoring compares)."""
         return " ".join(p for p in (self.findings, self.impression) if p)
+
+
+def drafting_text(record: Mapping[str, object]) -> str:
+    """A report (a manifest, cache or gallery row) as drafting material: ``"FINDINGS: ...\nIMPRESSION: ..."``,
+    sentences with redactions dropped.
+
+    A sentence holding the indexer's ``REDACTED`` marker is about a removed identifier (or lost a word
+    to scrubbing) and never belongs in a drafted report. Without the indexer's sections, the sections
+    of ``report_text`` are used (unsectioned text counts as findings).
+    """
+    def clean(text: object) -> str:
+        return " ".join(s for s in split_sentences(str(text or "")) if REDACTED not in s)
+
+    findings, impression = clean(record.get("report_findings")), clean(record.get("report_impression"))
+    if not (findings or impression):
+        sections = parse_sections(str(record.get("report_text") or ""))
+        findings, impression = clean(sections.findings), clean(sections.impression)
+    parts = ([f"FINDINGS: {findings}"] if findings else []) + ([f"IMPRESSION: {impression}"] if impression else [])
+    return "\n".join(parts)
+
+
+def drafting_corpus(records: Iterable[Mapping[str, object]]) -> list[str]:
+    """The drafter's corpus: :func:`drafting_text` of each record, empty ones left out, each report once."""
+    return list(dict.fromkeys(t for t in map(drafting_text, records) if t))
 
 
 def _norm(sentence: str) -> str:
@@ -112,6 +140,11 @@ class ReportDrafter:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def corpus_report(self, index: int) -> DraftedReport:
+        """Corpus report ``index`` in the form of a draft (findings, impression), e.g. as a verbatim baseline."""
+        sections = parse_sections(self.texts[index])
+        return DraftedReport(sections.findings, sections.impression, [index])
 
     def draft(self, image_features: torch.Tensor | np.ndarray) -> DraftedReport:
         """Draft one report for an image embedding (E,) or (1, E)."""

@@ -20,12 +20,13 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     """A medclip checkpoint folder (or ``hf-hub:`` id), or an open_clip model (see :func:`is_open_clip`), in eval mode."""
     if is_open_clip(name_or_path):
         return OpenClipAdapter.from_pretrained(name_or_path, device=device).eval()
+    from medclip.checkpoint import CheckpointDir
     from medclip.model import DualEncoder
 
     name = str(name_or_path)
-    if not name.startswith("hf-hub:") and not Path(name).exists():
-        raise FileNotFoundError(f"{name}: checkpoint folder not found")
-    return DualEncoder.from_pretrained(name, map_location=device).eval()
+    if name.startswith("hf-hub:"):
+        return DualEncoder.from_pretrained(name, map_location=device).eval()
+    return CheckpointDir(name).load_model(map_location=device)
 
 
 def model_image_size(model: nn.Module) -> int | tuple[int, int]:

@@ -32,7 +32,7 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
 def _open_clip() -> ModuleType:
-    return import_optional("open_clip", "bench", "open_clip models")
+    return import_optional("open_clip", "bench", "an open_clip model")
 
 
 class OpenClipAdapter(nn.Module):

@@ -24,7 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-THRESHOLDS_FILE = "thresholds.json"
+from medclip.checkpoint import THRESHOLDS_FILE, CheckpointDir
+
 THRESHOLDS_FORMAT = "medclip.thresholds"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_UNCERTAIN_MARGIN = 0.05
@@ -35,9 +36,7 @@ POSITIVE, UNCERTAIN, NEGATIVE = "positive", "uncertain", "negative"
 def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float], *,
                     uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN, criterion: str | None = None) -> Path:
     """Write ``thresholds.json`` into the checkpoint folder (atomically); returns its path."""
-    directory = Path(checkpoint_dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: checkpoint folder not found")
+    directory = CheckpointDir(checkpoint_dir).require().path
     clean: dict[str, float] = {}
     for cid, value in thresholds.items():
         v = float(value)
@@ -48,7 +47,7 @@ def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float],
         raise ValueError(f"uncertain_margin must lie in [0, 0.5), got {uncertain_margin}")
     payload = {"format": THRESHOLDS_FORMAT, "criterion": criterion, "uncertain_margin": float(uncertain_margin),
                "thresholds": clean}
-    target = directory / THRESHOLDS_FILE
+    target = CheckpointDir(directory).thresholds
     fd, tmp = tempfile.mkstemp(prefix=f".{THRESHOLDS_FILE}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -62,7 +61,7 @@ def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float],
 
 
 def _read(checkpoint_dir: str | Path) -> dict:
-    path = Path(checkpoint_dir) / THRESHOLDS_FILE
+    path = CheckpointDir(checkpoint_dir).thresholds
     if not path.is_file():
         return {}
     try:

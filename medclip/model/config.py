@@ -106,7 +106,8 @@ class DualEncoderConfig:
 
     ``init_logit_scale`` is log(1/0.07) for InfoNCE-style losses; for the sigmoid loss use
     log(10) with ``init_logit_bias=-10`` (see :func:`medclip.model.losses.logit_init_for_loss`).
-    ``extra`` holds anything other rooms store with a checkpoint (e.g. zero-shot thresholds).
+    ``extra``: free-form notes kept in ``config.json``; nothing in medclip reads them (operating
+    points live in ``thresholds.json``, see :class:`medclip.checkpoint.CheckpointDir`).
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)

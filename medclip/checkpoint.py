@@ -1,0 +1,194 @@
+"""The checkpoint folder: one owner for its layout and for which model its files belong to.
+
+``medclip fit`` exports the model files; ``medclip eval --save-to-checkpoint`` adds the operating
+points and the report drafter; the demo adds its gallery and reads everything::
+
+    <checkpoint>/
+        config.json          model config                      (medclip.model.dual_encoder.CONFIG_NAME)
+        model.safetensors    weights                           (medclip.model.dual_encoder.WEIGHTS_NAME)
+        tokenizer files      written by the tokenizer's save_pretrained (vocab.txt, tokenizer.json, ...)
+        provenance.json      the model fingerprint, computed once from the weights (cached by size and mtime)
+        preprocess.json      what the model sees (window, size, slices); slot, written by a later change
+        thresholds.json      per-finding operating points chosen on a validation split (medclip eval)
+        drafter/             the report drafter medclip eval scored and the demo serves
+        gallery/             the demo's reference gallery (embeddings, scrubbed reports, thumbnails)
+        eval/                medclip eval's default output folder (metrics.json, plots)
+
+The *model fingerprint* (:func:`model_fingerprint`) identifies the weights: a SHA-256 over every
+tensor's name, dtype, shape and bytes. It is the same whether computed from a model in memory or
+from ``model.safetensors``, so files derived from a model (thresholds, drafter, gallery) can record
+it and be refused when the folder's model is another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME
+
+__all__ = [
+    "DRAFTER_DIR", "EVAL_DIR", "GALLERY_DIR", "PREPROCESS_FILE", "PROVENANCE_FILE", "THRESHOLDS_FILE",
+    "CheckpointDir", "model_fingerprint",
+]
+
+THRESHOLDS_FILE = "thresholds.json"
+DRAFTER_DIR = "drafter"
+GALLERY_DIR = "gallery"
+EVAL_DIR = "eval"
+#: Slot for the model's preprocessing config (issue 9.1 writes it); nothing reads it yet.
+PREPROCESS_FILE = "preprocess.json"
+PROVENANCE_FILE = "provenance.json"
+PROVENANCE_FORMAT = "medclip.provenance"
+FINGERPRINT_LENGTH = 16
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of a tensor (any dtype, bf16 included) in C order."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _digest(items: Iterable[tuple[str, torch.Tensor]]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(items, key=lambda kv: kv[0]):
+        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{tuple(tensor.shape)};".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()[:FINGERPRINT_LENGTH]
+
+
+def model_fingerprint(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """A short SHA-256 of a model's (or state dict's) tensors: names, dtypes, shapes and values.
+
+    Equal for a model in memory and the ``model.safetensors`` it was saved to; any change of any
+    weight gives another fingerprint.
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    return _digest(state.items())
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class CheckpointDir:
+    """A checkpoint folder: where each file lives, and the fingerprint of the model in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"CheckpointDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def config(self) -> Path:
+        """The model config (``config.json``)."""
+        return self.path / CONFIG_NAME
+
+    @property
+    def weights(self) -> Path:
+        """The model weights (``model.safetensors``)."""
+        return self.path / WEIGHTS_NAME
+
+    @property
+    def provenance(self) -> Path:
+        """``provenance.json``: the cached model fingerprint."""
+        return self.path / PROVENANCE_FILE
+
+    @property
+    def preprocess(self) -> Path:
+        """``preprocess.json``: what the model sees (slot; not written yet)."""
+        return self.path / PREPROCESS_FILE
+
+    @property
+    def thresholds(self) -> Path:
+        """``thresholds.json``: the operating points of ``medclip eval --save-to-checkpoint``."""
+        return self.path / THRESHOLDS_FILE
+
+    @property
+    def drafter(self) -> Path:
+        """``drafter/``: the report drafter eval scored and the demo serves."""
+        return self.path / DRAFTER_DIR
+
+    @property
+    def gallery(self) -> Path:
+        """``gallery/``: the demo's reference gallery."""
+        return self.path / GALLERY_DIR
+
+    @property
+    def eval_dir(self) -> Path:
+        """``eval/``: ``medclip eval``'s default output folder."""
+        return self.path / EVAL_DIR
+
+    def is_model(self) -> bool:
+        """True when the folder holds a medclip model (config and weights)."""
+        return self.config.is_file() and self.weights.is_file()
+
+    def require(self) -> "CheckpointDir":
+        """``self`` if the folder exists; FileNotFoundError naming it otherwise."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: checkpoint folder not found")
+        return self
+
+    # ------------------------------------------------------------------ model
+    def load_model(self, map_location: str | torch.device = "cpu") -> nn.Module:
+        """The :class:`~medclip.model.DualEncoder` in this folder, in eval mode."""
+        from medclip.model import DualEncoder
+
+        self.require()
+        return DualEncoder.from_pretrained(self.path, map_location=map_location).eval()
+
+    def fingerprint(self) -> str:
+        """The fingerprint (:func:`model_fingerprint`) of ``model.safetensors``: read from
+        ``provenance.json`` while the weights file is unchanged (size and mtime), else computed
+        from the weights and stored there."""
+        from medclip.model import ModelLoadError
+
+        try:
+            stat = self.weights.stat()
+        except OSError:
+            raise ModelLoadError(f"{self.path}: not a medclip checkpoint ({WEIGHTS_NAME} missing)") from None
+        key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        cached = self._read_provenance()
+        if cached.get("weights") == key and isinstance(cached.get("model_fingerprint"), str):
+            return cached["model_fingerprint"]
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.weights), framework="pt") as handle:
+                fingerprint = _digest((name, handle.get_tensor(name)) for name in handle.keys())
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelLoadError(f"{self.weights}: cannot read weights: {exc}") from exc
+        try:
+            _write_json_atomic(self.provenance, {"format": PROVENANCE_FORMAT, "model_fingerprint": fingerprint,
+                                                 "weights": key})
+        except OSError:  # a read-only checkpoint still has a fingerprint, just not a cached one
+            pass
+        return fingerprint
+
+    def _read_provenance(self) -> dict:
+        try:
+            data = json.loads(self.provenance.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) and data.get("format") == PROVENANCE_FORMAT else {}
