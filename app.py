@@ -15,12 +15,14 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
-# Before gradio is imported: every file Gradio receives or serves goes to a private folder we remove.
-_TEMP_ROOT = Path(tempfile.mkdtemp(prefix="medclip-demo-"))
+from medclip.fsutil import process_temp_dir
+
+# Before gradio is imported: every file Gradio receives or serves goes to a private folder we remove
+# (this process's folder under medclip's temporary root: a start after a SIGKILL removes it).
+_TEMP_ROOT = process_temp_dir("gradio")
 os.environ["GRADIO_TEMP_DIR"] = str(_TEMP_ROOT)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +32,7 @@ atexit.register(shutil.rmtree, _TEMP_ROOT, True)
 import gradio as gr  # noqa: E402
 
 from medclip.demo import LoadedStudy, TriageEngine, UploadError, UploadLimits, read_upload  # noqa: E402
+from medclip.demo.cli import launch_page  # noqa: E402
 from medclip.demo.render import (  # noqa: E402
     NOTICE, render_error, render_findings, render_header, render_priority, render_similar,
 )
@@ -183,9 +186,7 @@ def serve(engine: TriageEngine, *, host: str = "127.0.0.1", port: int = 7860, au
     demo = build_demo(engine, limits)
     demo.queue(default_concurrency_limit=2)
     print("medclip triage demo: research use only, not for diagnosis; Ctrl-C to stop", flush=True)
-    demo.launch(server_name=host, server_port=port or None, auth=auth, max_file_size=limits.max_upload_bytes,
-                ssr_mode=False, share=False, inbrowser=False, footer_links=[], show_error=False,
-                auth_message="medclip triage demo - research use only" if auth else None)
+    launch_page(demo, host=host, port=port, auth=auth, limits=limits)  # 413 before reading oversized uploads
     return 0
 
 

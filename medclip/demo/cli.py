@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from medclip.fsutil import clean_stale_temp_dirs
+
 from .uploads import UploadLimits
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "add_demo_arguments",
     "add_demo_parser",
     "find_checkpoint",
+    "launch_page",
     "load_engine",
     "parse_auth",
     "run_demo",
@@ -125,6 +128,31 @@ def load_engine(args: argparse.Namespace):  # -> TriageEngine (imported lazily: 
     return TriageEngine.load(checkpoint, args.gallery, findings=_findings(args.findings))
 
 
+#: Room for the multipart form around one file: a request may exceed the upload limit by this much.
+FORM_OVERHEAD_BYTES = 1024**2
+
+
+def launch_page(demo, *, host: str, port: int, auth: tuple[str, str] | None, limits: UploadLimits,
+                block: bool = True) -> str:
+    """Serve a built Gradio page on ``host:port``; block until stopped unless ``block=False``.
+
+    Uploads over ``limits.max_upload_bytes`` are refused with a 413 before their body is read
+    (:class:`~medclip.demo.uploads.UploadSizeLimit` on the Content-Length; Gradio's ``max_file_size``
+    while it streams). Returns the local URL.
+    """
+    from starlette.middleware import Middleware
+
+    from .uploads import UploadSizeLimit
+
+    demo.launch(server_name=host, server_port=port or None, auth=auth, max_file_size=limits.max_upload_bytes,
+                ssr_mode=False, share=False, inbrowser=False, footer_links=[], show_error=False,
+                auth_message="medclip triage demo - research use only" if auth else None,
+                prevent_thread_lock=not block,
+                app_kwargs={"middleware": [Middleware(UploadSizeLimit,
+                                                      max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)]})
+    return str(demo.local_url)
+
+
 def _load_app_module():
     if not APP_PATH.is_file():
         raise FileNotFoundError(f"{APP_PATH}: the demo page (app.py) is not there; run from a source checkout")
@@ -140,6 +168,9 @@ def run_demo(args: argparse.Namespace, serve: Callable[..., int] | None = None) 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    stale = clean_stale_temp_dirs()  # what demos killed mid-upload (SIGKILL, power loss) left behind
+    if stale:
+        print(f"removed {len(stale)} temporary folder(s) left by medclip processes that were killed", file=sys.stderr)
     try:
         auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
     except ValueError as exc:

@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from medclip.io import ImageReadError, MedicalImage, MultiVolumeError, detect_format, load_image, phi_safe, read_dicom_series
+from medclip.fsutil import process_temp_dir
+from medclip.io import (
+    ImageReadError, MedicalImage, MultiVolumeError, detect_format, load_image, phi_safe, read_dicom_series,
+)
 from medclip.io.dicom import find_dicom_series, is_dicom_file
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "LoadedStudy",
     "UploadError",
     "UploadLimits",
+    "UploadSizeLimit",
     "bundled_examples",
     "expansion_budget",
     "extract_zip",
@@ -95,6 +99,69 @@ class LoadedStudy:
         return int(self.image.array.shape[0]) if self.image.is_volume else 1
 
 
+class UploadSizeLimit:
+    """ASGI middleware: answer 413 to a request bigger than ``max_bytes`` without reading its body whole.
+
+    A request whose ``Content-Length`` says it is too big is refused before a byte of its body is read;
+    a body sent without a length (chunked) is counted as it streams in and stopped at the limit.
+    The demo wraps its Gradio server with it (``max_bytes``: the upload limit plus room for the form).
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    def _message(self) -> bytes:
+        return (f"upload refused: over the limit of {self.max_bytes / 1024**2:.0f} MiB per request "
+                "(medclip demo --max-upload-mb)").encode()
+
+    async def _refuse(self, send: Any) -> None:
+        body = self._message()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit() or int(length) > self.max_bytes:
+                await self._refuse(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def watched_send(message: dict) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _TooLarge:
+            if started:
+                raise
+            await self._refuse(send)
+
+
+class _TooLarge(Exception):
+    """A streamed request body passed :class:`UploadSizeLimit`'s bound."""
+
+
 def safe_header(image: MedicalImage) -> dict[str, Any]:
     """The header fields the demo shows: the reader's non-PHI metadata, in :data:`HEADER_FIELDS` order."""
     meta = image.metadata
@@ -103,8 +170,12 @@ def safe_header(image: MedicalImage) -> dict[str, Any]:
 
 @contextmanager
 def upload_workspace(root: PathLike | None = None) -> Iterator[Path]:
-    """A private temporary folder (mode 0700) removed with everything in it on exit."""
-    path = Path(tempfile.mkdtemp(prefix="medclip-upload-", dir=root))
+    """A private temporary folder (mode 0700) removed with everything in it on exit.
+
+    Default ``root``: this process's folder under medclip's temporary root
+    (:func:`medclip.fsutil.process_temp_dir`), which the next start removes if this process is killed.
+    """
+    path = Path(tempfile.mkdtemp(prefix="medclip-upload-", dir=root if root is not None else process_temp_dir("uploads")))
     try:
         yield path
     finally:
@@ -324,7 +395,6 @@ def _detect(path: Path) -> str | None:
         return None
 
 
-@phi_safe  # reader warnings name the uploaded file (often a patient name): sanitised, never logged raw
 @phi_safe  # reader warnings name the uploaded file (often a patient name): sanitised, never logged raw
 def read_upload(
     path: PathLike,

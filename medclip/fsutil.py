@@ -1,0 +1,136 @@
+"""File-system helpers: per-process temporary folders that a later start cleans up.
+
+Every temporary file medclip writes for a running process (the demo's uploads and extracted
+zips, Gradio's copies of uploads) lives under one medclip-owned root,
+``<system temp>/medclip-<uid>/`` (mode 0700), in a folder named after its owner process:
+``proc-<pid>-<start time>``. The name is the marker: it is created in one ``mkdir``, and the
+process start time tells a live owner from a recycled pid. The folder is removed when the
+process exits normally; a process killed with SIGKILL cannot do that, so the next start calls
+:func:`clean_stale_temp_dirs`, which removes every folder whose owner process is gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import stat
+import tempfile
+import warnings
+from pathlib import Path
+
+__all__ = ["clean_stale_temp_dirs", "process_alive", "process_temp_dir", "temp_root"]
+
+_PROC_DIR = re.compile(r"^proc-(\d+)-(\d+|x)$")
+_UNKNOWN_START = "x"  # no /proc: the start time cannot be read, only whether the pid exists
+_process_dir: tuple[int, Path] | None = None
+
+
+def temp_root() -> Path:
+    """The medclip-owned temporary root, ``<system temp>/medclip-<uid>`` (created with mode 0700).
+
+    If that path exists but is not a private folder of this user (a link, another owner), a fresh
+    private folder is used instead, with a warning: never write into a folder someone else controls.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    root = Path(tempfile.gettempdir()) / f"medclip-{uid}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = root.lstat()
+        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != uid):
+            raise PermissionError(f"{root} is not a folder owned by this user")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            root.chmod(0o700)
+        return root
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix="medclip-"))
+        warnings.warn(f"cannot use {root} for temporary files ({exc}); using {fallback}", stacklevel=2)
+        return fallback
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, from /proc), "x" where unknown, None if no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None if Path("/proc/self/stat").exists() else _exists_without_proc(pid)
+    except OSError:
+        return _exists_without_proc(pid)
+    fields = text.rsplit(")", 1)[-1].split()  # the command name (field 2) may hold spaces and ")"
+    return fields[19] if len(fields) > 19 else _UNKNOWN_START  # field 22: starttime
+
+
+def _exists_without_proc(pid: int) -> str | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return _UNKNOWN_START  # exists, owned by someone else
+    except OSError:
+        return _UNKNOWN_START
+    return _UNKNOWN_START
+
+
+def process_alive(pid: int, start_time: str) -> bool:
+    """Whether the process ``pid`` that started at ``start_time`` (as :func:`process_temp_dir` names it) still runs."""
+    now = _start_time(pid)
+    if now is None:
+        return False
+    return _UNKNOWN_START in (now, start_time) or now == start_time
+
+
+def process_temp_dir(purpose: str | None = None) -> Path:
+    """This process's private temporary folder (or its ``purpose`` subfolder), removed at exit.
+
+    Lives under :func:`temp_root` as ``proc-<pid>-<start time>``; a start after a crash removes it
+    with :func:`clean_stale_temp_dirs`.
+    """
+    global _process_dir
+    pid = os.getpid()
+    if _process_dir is None or _process_dir[0] != pid or not _process_dir[1].is_dir():  # new, forked or removed
+        root = temp_root()
+        path = root / f"proc-{pid}-{_start_time(pid) or _UNKNOWN_START}"
+        path.mkdir(mode=0o700, exist_ok=True)
+        if _process_dir is None or _process_dir[0] != pid:
+            atexit.register(_remove_process_dir, pid)
+        _process_dir = (pid, path)
+    path = _process_dir[1]
+    if purpose:
+        path = path / purpose
+        path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _remove_process_dir(pid: int) -> None:
+    if _process_dir is None or _process_dir[0] != pid or os.getpid() != pid:
+        return
+    path = _process_dir[1]
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.parent.rmdir()  # the shared root goes too when no other process uses it
+    except OSError:
+        pass
+
+
+def clean_stale_temp_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the ``proc-<pid>-<start>`` folders under ``root`` (default :func:`temp_root`) whose owner
+    process is gone (killed, crashed); folders of live processes and anything else are kept.
+    Returns the folders removed."""
+    base = Path(root) if root is not None else temp_root()
+    removed: list[Path] = []
+    try:
+        children = list(base.iterdir())
+    except OSError:
+        return removed
+    for child in children:
+        match = _PROC_DIR.match(child.name)
+        if not match or child.is_symlink() or not child.is_dir():
+            continue
+        if process_alive(int(match.group(1)), match.group(2)):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        if not child.exists():
+            removed.append(child)
+    return removed
