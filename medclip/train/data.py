@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: ``text_transform(text, rng) -> text``: a report rewriting applied to each training sample.
 TextTransform = Callable[[str, random.Random], str]
+#: ``image_transform(image, rng) -> image``: an image augmentation (``medclip.data.transforms``).
+ImageTransform = Callable[[torch.Tensor, random.Random], torch.Tensor]
 #: ``tokenize(texts, max_length) -> mapping with input_ids and attention_mask`` (``DualEncoder.tokenize``).
 Tokenize = Callable[..., Mapping[str, torch.Tensor]]
 
@@ -41,6 +43,11 @@ Tokenize = Callable[..., Mapping[str, torch.Tensor]]
 def sample_seed(seed: int, epoch: int, key: int | str) -> int:
     """A stable seed for one sample in one epoch (the same in every process, worker and restart)."""
     return zlib.crc32(f"{seed}:{epoch}:{key}".encode())
+
+
+def image_seed(seed: int, epoch: int, key: int | str) -> int:
+    """The seed of one sample's image augmentation (a stream apart from its text augmentation)."""
+    return sample_seed(seed, epoch, f"image:{key}")
 
 
 def default_text_transform(seed: int = 0) -> TextTransform | None:
@@ -57,11 +64,12 @@ class AugmentedDataset(Dataset):
     """A map-style dataset whose report texts are rewritten by ``text_transform``, keyed by ``(index, epoch)``."""
 
     def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int,
-                 features: FeatureStore | None = None) -> None:
+                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None) -> None:
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
         self.features = features
+        self.image_transform = image_transform
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -73,6 +81,8 @@ class AugmentedDataset(Dataset):
             item["text"] = self.text_transform(item["text"], random.Random(sample_seed(self.seed, epoch, index)))
         if self.features is not None:
             item["image_features"] = self.features.get(item["image_id"])
+        if self.image_transform is not None and "image" in item:
+            item["image"] = self.image_transform(item["image"], random.Random(image_seed(self.seed, epoch, index)))
         return item
 
 
@@ -81,12 +91,13 @@ class AugmentedIterable(IterableDataset):
     by ``(epoch, image_id)``."""
 
     def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int,
-                 features: FeatureStore | None = None) -> None:
+                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None) -> None:
         super().__init__()
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
         self.features = features
+        self.image_transform = image_transform
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,6 +121,9 @@ class AugmentedIterable(IterableDataset):
                 item["text"] = self.text_transform(item["text"], rng)
             if self.features is not None:
                 item["image_features"] = self.features.get(item["image_id"])
+            if self.image_transform is not None and "image" in item:
+                rng = random.Random(image_seed(self.seed, self.epoch, item["image_id"]))
+                item["image"] = self.image_transform(item["image"], rng)
             yield item
 
 
@@ -176,6 +190,10 @@ class MedClipDataModule(L.LightningDataModule):
         if text_transform == "default":
             text_transform = default_text_transform(seed) if self.cfg.get("text_augmentation", True) else None
         self.text_transform: TextTransform | None = text_transform  # type: ignore[assignment]
+        from medclip.data.transforms import image_augmentation_from_config
+
+        #: training-only image augmentation (data.image_augmentation), seeded per (seed, epoch, sample)
+        self.image_transform: ImageTransform | None = image_augmentation_from_config(self.cfg.get("image_augmentation"))
         self._train_source: Any = None
         self._val_source: Any = None
         self._train_wrapper: AugmentedDataset | AugmentedIterable | None = None
@@ -304,7 +322,7 @@ class MedClipDataModule(L.LightningDataModule):
         resume = self._resume or {}
         if self.is_iterable:
             wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed,
-                                        features=self.features)
+                                        features=self.features, image_transform=self.image_transform)
             if resume:
                 wrapper.resume_from(resume["epoch"], resume["batches_done"], batch_size)
             self._train_wrapper = wrapper
@@ -325,7 +343,8 @@ class MedClipDataModule(L.LightningDataModule):
                 f"samples, fewer than data.batch_size={batch_size} per rank x {world} ranks; "
                 "lower the batch size or set data.drop_last=false"
             )
-        self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed, self.features)
+        self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed, self.features,
+                                               self.image_transform)
         return DataLoader(
             self._train_wrapper, batch_size=batch_size, sampler=sampler,
             drop_last=bool(self.cfg.get("drop_last", True)), **self._loader_kwargs(iterable=False),
