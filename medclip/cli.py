@@ -1,4 +1,4 @@
-"""The ``medclip`` command line: index, label, cache, fit, eval, demo, quickstart."""
+"""The ``medclip`` command line: index, label, cache, fit, models, eval, demo, quickstart."""
 
 from __future__ import annotations
 
@@ -109,6 +109,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train a dual encoder with Lightning from a YAML config",
                        description="Every lightning.Trainer option is reachable as trainer.<name>=value.")
     p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config (defaults + file + overrides) as YAML and exit without training")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
     p.set_defaults(func=_cmd_fit)
 
@@ -116,11 +118,52 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from medclip.train import fit, load_config
 
-    out = fit(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        return 0
+    out = fit(config)
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # every DDP process returns from fit(); one prints
         print(f"model saved to {out}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the bundled model configs: towers, input, embedding size, parameters",
+                       description="Parameter counts come from the configs (built on the meta device: no weights are "
+                                   "read). Use a name as model.name in a fit config, or create_model(NAME).")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from medclip.model.factory import describe_models, format_parameter_count
+
+    models = describe_models()
+    if args.json:
+        import json
+
+        print(json.dumps(models, indent=2))
+        return 0
+    rows = [("name", "input", "vision tower", "text tower", "embed", "vision", "text", "total")]
+    for name, info in models.items():
+        params = info["params"]
+        rows.append((
+            name, info["input"].split()[0], f"{info['vision']} ({info['vision_weights'].split('/')[-1]})",
+            f"{info['text']} ({info['text_weights']})", str(info["embed_dim"]),
+            *(format_parameter_count(params[k]) for k in ("vision", "text", "total")),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    if any(None in info["params"].values() for info in models.values()):
+        print("n/a: the tower's architecture is a hub id not in the local Hugging Face cache "
+              "(MEDCLIP_ALLOW_DOWNLOADS=1 lets medclip fetch it)")
+    print("also accepted as a model name: a config .json, a checkpoint folder, hf-hub:ORG/NAME, open_clip:FOLDER")
     return 0
 
 
@@ -218,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label(sub)
     _add_cache(sub)
     _add_fit(sub)
+    _add_models(sub)
     from medclip.demo.cli import add_demo_parser
     from medclip.eval.cli import add_eval_parser
 

@@ -4,7 +4,6 @@ packages as one-line errors, global options anywhere, ``medclip models``, ``fit 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +73,39 @@ def test_local_models_get_no_hub_notice(clean_hub_env: pytest.MonkeyPatch, caplo
     create_model("tiny-test", pretrained=False)
     create_model("offline-default", pretrained=False)
     assert not [r for r in caplog.records if "hub downloads are off" in r.getMessage()]
+
+
+def test_models_lists_every_config_with_towers_and_parameter_counts(capsys: pytest.CaptureFixture) -> None:
+    """Issue 12.9: `medclip models` lists the registry with towers and sizes computed from the configs."""
+    from medclip.model import create_model, list_models
+    from medclip.model.factory import describe_models
+
+    assert cli.main(["models"]) == 0
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    for name in list_models():
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert "timm:" in row or "monai3d:" in row or "slices2d:" in row
+    info = describe_models()
+    for name in ("tiny-test", "offline-default"):  # local towers: the meta-device count is the real one
+        model = create_model(name, pretrained=False)
+        assert info[name]["params"]["total"] == sum(p.numel() for p in model.parameters())
+        assert info[name]["params"]["vision"] == sum(p.numel() for p in model.visual.parameters())
+    assert "tf_efficientnet_lite0" in info["offline-default"]["vision"]
+    assert cli.main(["models", "--json"]) == 0
+    import json
+
+    assert set(json.loads(capsys.readouterr().out)) == set(list_models())
+
+
+def test_fit_print_config_prints_the_resolved_yaml_and_does_not_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 12.9: `medclip fit --print-config` prints defaults + file + overrides and exits."""
+    from medclip.train import load_config
+
+    cfg = _fit_config(tmp_path, "tiny-test")
+    assert cli.main(["fit", "--config", str(cfg), "--print-config", "trainer.max_steps=7", "optim.lr=3e-4"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config(cfg, ["trainer.max_steps=7", "optim.lr=3e-4"])
+    assert printed["trainer"]["max_steps"] == 7 and printed["optim"]["lr"] == 3e-4
+    assert printed["model"]["name"] == "tiny-test" and "batch_size" in printed["data"]  # defaults filled in
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from medclip.model import ModelLoadError, create_model
 from test_model_bring_your_own import save_tiny_bert
 from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
+
+from medclip.model import ModelLoadError, create_model
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -106,7 +106,7 @@ def test_open_clip_folder_with_equal_channel_stats_and_mean_pooling_converts(tmp
     _assert_same_embeddings(folder, str(folder))
 
 
-def test_fit_fine_tunes_an_open_clip_checkpoint(tiny_open_clip: Path, manifest: Path, tmp_path: Path) -> None:
+def test_fit_fine_tunes_an_open_clip_checkpoint(tiny_open_clip: Path, manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     """`medclip fit model.name=open_clip:<folder>`: two steps from the converted weights, exported as a medclip folder."""
     from medclip.model import DualEncoder
     from medclip.train import fit

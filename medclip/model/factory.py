@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +59,58 @@ def create_model(name_or_path: str | Path, pretrained: bool = True, **overrides:
     return DualEncoder(config, load_pretrained=pretrained)
 
 
-def describe_models() -> dict[str, dict[str, Any]]:
-    """For each bundled config: towers, embedding size, input kind (for ``medclip`` listings)."""
+def parameter_counts(config: DualEncoderConfig) -> dict[str, int | None]:
+    """Parameters of each tower (backbone + projection) and in all, counted on the ``meta`` device:
+    no weights are read or allocated. A tower whose architecture cannot be read offline (a hub id that
+    is not in the local Hugging Face cache) counts as None, and so does the total."""
+    import torch
+
+    from .text import TextTower
+    from .tokenizer import load_tokenizer
+    from .vision import VisionTower
+
+    counts: dict[str, int | None] = {}
+    with torch.device("meta"):
+        try:
+            counts["vision"] = sum(p.numel() for p in VisionTower(config.vision, config.embed_dim, load_pretrained=False).parameters())
+        except (ModelLoadError, ValueError, RuntimeError, ImportError):
+            counts["vision"] = None
+        try:
+            vocab = len(load_tokenizer(config.text.vocab)) if config.text.vocab else None
+            text = TextTower(config.text, config.embed_dim, vocab_size=vocab, load_pretrained=False)
+            counts["text"] = sum(p.numel() for p in text.parameters())
+        except (ModelLoadError, ValueError, RuntimeError, ImportError):
+            counts["text"] = None
+    scalars = 1 + (config.init_logit_bias is not None)  # temperature (and bias)
+    known = [c for c in counts.values() if c is not None]
+    counts["total"] = sum(known) + scalars if len(known) == 2 else None
+    return counts
+
+
+def describe_models(sizes: bool = True) -> dict[str, dict[str, Any]]:
+    """For each bundled config: towers, embedding size, input kind and (``sizes``) parameter counts
+    (:func:`parameter_counts`), for ``medclip models``."""
     out = {}
     for name in list_models():
-        cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
-        vision, text = cfg.get("vision", {}), cfg.get("text", {})
+        config = get_model_config(name)
+        vision, text = config.vision, config.text
         out[name] = {
-            "vision": f"{vision.get('kind', 'timm')}:{vision.get('name')}",
-            "text": text.get("name") or "random BERT (hf_config)",
-            "embed_dim": cfg.get("embed_dim"),
-            "input": "volume (B,1,D,H,W)" if vision.get("kind") in ("monai3d", "slices2d") else "image (B,1,H,W)",
+            "vision": f"{vision.kind}:{vision.name}",
+            "vision_weights": (vision.pretrained if isinstance(vision.pretrained, str)
+                               else "timm's own" if vision.pretrained else "random init"),
+            "text": text.name or f"random {(text.hf_config or {}).get('model_type', 'BERT')} (hf_config)",
+            "text_weights": "pretrained" if text.pretrained and text.name else "random init",
+            "embed_dim": config.embed_dim,
+            "image_size": vision.image_size,
+            "input": "volume (B,1,D,H,W)" if vision.is_volume else "image (B,1,H,W)",
         }
+        if sizes:
+            out[name]["params"] = parameter_counts(config)
     return out
+
+
+def format_parameter_count(n: int | None) -> str:
+    """``12.3M``-style count; ``n/a`` for an architecture that cannot be read offline."""
+    if n is None:
+        return "n/a"
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"

@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .config import DualEncoderConfig
 from .resources import HF_HUB_PREFIX, ModelLoadError, hf_offline, hub_hint, resolve_hf_hub, resolve_model_source
+
+if TYPE_CHECKING:
+    from .dual_encoder import DualEncoder
 
 #: Prefix of an open_clip model name (``open_clip:/path/to/folder`` or ``open_clip:hf-hub:org/name``).
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -262,7 +265,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module, facts: 
     return out
 
 
-def load_open_clip(name_or_path: str | Path, pretrained: bool = True, **overrides: Any) -> "DualEncoder":  # noqa: F821
+def load_open_clip(name_or_path: str | Path, pretrained: bool = True, **overrides: Any) -> DualEncoder:
     """A :class:`DualEncoder` with an open_clip model's weights (see the module docstring).
 
     ``pretrained=False`` builds the same architecture with random weights. ``overrides`` change the
