@@ -9,8 +9,10 @@ extra      pip package          used for
 =========  ===================  =====================================================
 bench      open-clip-torch      ``open_clip:`` models (evaluation, fine-tuning)
 index      faiss-cpu            approximate retrieval search (``--faiss yes``)
-volumes    einops               MONAI's 3D ViT volume encoder
+volumes    monai, einops        CT/MR volume encoders (MONAI 3D ResNet / ViT)
 demo       gradio               the triage demo page
+train      tensorboard          TensorBoard logs of ``medclip fit``
+plots      matplotlib           PNG plots written by ``medclip eval``
 =========  ===================  =====================================================
 """
 
@@ -25,6 +27,9 @@ PIP_NAMES: dict[str, str] = {
     "faiss": "faiss-cpu",
     "einops": "einops",
     "gradio": "gradio",
+    "monai": "monai",
+    "tensorboard": "tensorboard",
+    "matplotlib": "matplotlib",
 }
 
 #: The medclip-kit extra that installs each optional import name.
@@ -33,6 +38,9 @@ EXTRAS: dict[str, str] = {
     "faiss": "index",
     "einops": "volumes",
     "gradio": "demo",
+    "monai": "volumes",
+    "tensorboard": "train",
+    "matplotlib": "plots",
 }
 
 DISTRIBUTION = "medclip-kit"

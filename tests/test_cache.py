@@ -64,6 +64,19 @@ def test_cache_layout_and_content(cache, manifest):
     assert names[0].endswith(".image.npy") and names[1].endswith(".meta.json")
 
 
+def test_shards_are_read_by_the_webdataset_package(cache):
+    """The shard format is WebDataset's: the reference reader sees the same keys, arrays and metadata."""
+    wds = pytest.importorskip("webdataset")
+    ours = {s["__key__"]: s for s in iter_cache(cache)}
+    urls = [str(path) for split in ("train", "val", "test") for path, _ in cache_shards(cache, split)]
+    theirs = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode())
+    assert len(theirs) == len(ours) == 67
+    for sample in theirs:
+        mine = ours[sample["__key__"]]
+        assert np.array_equal(sample["image.npy"], mine["image"])
+        assert sample["meta.json"] == mine["meta"]
+
+
 def test_cache_matches_decode_path(cache, manifest):
     ds = ManifestDataset(manifest, split=None, image_size=64)
     by_id = {s["__key__"]: s for s in iter_cache(cache)}

@@ -1,8 +1,14 @@
 """Preprocessed image cache as WebDataset tar shards.
 
 Why WebDataset: plain POSIX tar files that any node can stream sequentially (local disk, NFS, object
-stores via ``pipe:``), readable by the ``webdataset`` package, LitData-free tooling, or ``tar`` itself;
-no database, no random access needed. Each image is decoded, windowed and resized exactly once.
+stores via ``pipe:``), readable by the ``webdataset`` package (a test reads our shards with it), LitData-free
+tooling, or ``tar`` itself; no database, no random access needed. Each image is decoded, windowed and resized
+exactly once.
+
+Why medclip reads them itself rather than through ``webdataset.WebDataset``: training needs epochs of equal
+length on every rank and worker and an exact mid-epoch resume (``CacheDataset.skip_batches``), which the
+package's pipeline (shard shuffling, resampling, ``with_epoch``) does not give; our reader is a short loop
+over ``tarfile``. The package is therefore a test dependency only.
 
 Layout::
 

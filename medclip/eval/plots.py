@@ -10,8 +10,9 @@ import numpy as np
 
 
 def _pyplot():
-    import matplotlib
+    from medclip.optional import import_optional
 
+    matplotlib = import_optional("matplotlib", "plots", "evaluation plots")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

@@ -164,7 +164,9 @@ class Monai3DBackbone(nn.Module):
 
     def __init__(self, cfg: VisionConfig, load_pretrained: bool = True) -> None:
         super().__init__()
-        from monai.networks import nets
+        from medclip.optional import import_optional
+
+        nets = import_optional("monai.networks.nets", "volumes", "a MONAI 3D volume tower")
 
         self.grad_checkpointing = False
         kwargs = dict(cfg.model_kwargs)

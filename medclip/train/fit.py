@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -144,6 +145,9 @@ def _loggers(cfg: Mapping[str, Any], output_dir: Path) -> list[Any]:
         if name == "csv":
             loggers.append(CSVLogger(output_dir, name="csv_logs"))
         elif name == "tensorboard":
+            if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+                log.warning("TensorBoard is not installed (pip install 'medclip-kit[train]'): CSV logs only")
+                continue
             loggers.append(TensorBoardLogger(output_dir, name="tensorboard"))
         else:
             loggers.append(_instantiate(name, "loggers"))
