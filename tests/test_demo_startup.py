@@ -1,14 +1,18 @@
-"""Starting the demo: stale temporary folders cleaned, oversized uploads refused before their body is read.
+"""Starting the demo: stale temporary folders cleaned, gallery progress shown, no public-link advice,
+oversized uploads refused before their body is read.
 
 One ``python app.py --build-gallery MANIFEST`` process on a tiny random model (started once for the
-module) is checked from outside: its temporary root and a raw HTTP upload that announces 10 GiB.
+module) is checked from outside: its temporary root, a raw HTTP upload that announces 10 GiB, and
+everything it printed from start to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -212,3 +216,14 @@ def test_oversized_upload_is_refused_before_its_body_is_read(started: Started) -
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
+
+def test_startup_output_shows_gallery_progress_and_never_suggests_share(started: Started) -> None:
+    """Issue 12.16: building the gallery shows progress; nothing printed suggests a public share link."""
+    started.proc.send_signal(signal.SIGTERM)
+    assert started.proc.wait(timeout=30) == 0
+    output = started.log.read_text()
+    assert re.search(r"gallery: embedding images: 100%\|.*\| 3/3 ", output), output
+    assert f"* Running on local URL:  {started.url.rstrip('/')}" in output
+    assert "share=True" not in output and "public link" not in output.lower()
+    assert not re.search(r"\bshare\b", output, re.IGNORECASE), output
+    assert not any(started.root.glob(f"proc-{started.proc.pid}-*")), "a normal stop removes the app's folder"

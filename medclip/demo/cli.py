@@ -124,7 +124,7 @@ def load_engine(args: argparse.Namespace):  # -> TriageEngine (imported lazily: 
         split = None if args.gallery_split == "all" else args.gallery_split
         print(f"building the reference gallery from {source} into {gallery_dir} ...", flush=True)
         model = DualEncoder.from_pretrained(checkpoint).eval()
-        build_gallery(model, source, gallery_dir, split=split)
+        build_gallery(model, source, gallery_dir, split=split, progress=True)
     return TriageEngine.load(checkpoint, args.gallery, findings=_findings(args.findings))
 
 
@@ -134,11 +134,12 @@ FORM_OVERHEAD_BYTES = 1024**2
 
 def launch_page(demo, *, host: str, port: int, auth: tuple[str, str] | None, limits: UploadLimits,
                 block: bool = True) -> str:
-    """Serve a built Gradio page on ``host:port``; block until stopped unless ``block=False``.
+    """Serve a built Gradio page on ``host:port`` and print its local URL; block until stopped unless ``block=False``.
 
     Uploads over ``limits.max_upload_bytes`` are refused with a 413 before their body is read
     (:class:`~medclip.demo.uploads.UploadSizeLimit` on the Content-Length; Gradio's ``max_file_size``
-    while it streams). Returns the local URL.
+    while it streams). Gradio's start-up chatter is silenced: it suggests ``share`` (a public link),
+    which a tool that handles patient images must never do. Returns the local URL.
     """
     from starlette.middleware import Middleware
 
@@ -147,10 +148,14 @@ def launch_page(demo, *, host: str, port: int, auth: tuple[str, str] | None, lim
     demo.launch(server_name=host, server_port=port or None, auth=auth, max_file_size=limits.max_upload_bytes,
                 ssr_mode=False, share=False, inbrowser=False, footer_links=[], show_error=False,
                 auth_message="medclip triage demo - research use only" if auth else None,
-                prevent_thread_lock=not block,
+                quiet=True, prevent_thread_lock=True,
                 app_kwargs={"middleware": [Middleware(UploadSizeLimit,
                                                       max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)]})
-    return str(demo.local_url)
+    url = str(demo.local_url)
+    print(f"* Running on local URL:  {url}", flush=True)
+    if block:
+        demo.block_thread()
+    return url
 
 
 def _load_app_module():

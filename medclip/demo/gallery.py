@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,9 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
-from medclip.data.cache import CacheConfig, iter_cache, preprocess_row, read_cache_index
+from medclip.data.cache import CacheConfig, cache_shards, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
 from medclip.inference.drafting import drafting_text  # noqa: F401 (moved there; kept importable here)
@@ -93,10 +95,17 @@ def _image_size(model: nn.Module) -> int:
     return int(size)
 
 
-def _rows_from_manifest(manifest: str | Path | pd.DataFrame, split: str | None, size: int) -> Iterator[tuple[dict, np.ndarray]]:
+def _manifest_images(manifest: str | Path | pd.DataFrame, split: str | None) -> pd.DataFrame:
+    """The manifest rows a gallery may hold: 2D images of ``split`` (None: every split)."""
     df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     if split is not None and "split" in df:
         df = df[df["split"] == split]
+    if "kind" in df:
+        df = df[df["kind"].fillna("image") == "image"]
+    return df
+
+
+def _rows_from_manifest(df: pd.DataFrame, size: int) -> Iterator[tuple[dict, np.ndarray]]:
     config = CacheConfig(image_size=size)
     for row in df.to_dict("records"):
         if row.get("kind", "image") != "image":
@@ -133,26 +142,31 @@ def build_gallery(
     *,
     split: str | None = "train",
     batch_size: int = 32,
+    progress: bool = False,
 ) -> Path:
     """Embed the 2D images of a manifest (Parquet path or DataFrame) or a cache folder with ``model``
     and write a gallery folder (see the module docstring) to ``out_dir``; returns ``out_dir``.
 
     ``split``: which split the reference studies come from (None: all). Rows without a report are
-    skipped: a similar study is only useful with its report.
+    skipped: a similar study is only useful with its report. ``progress``: a progress bar on stderr
+    (images embedded of those the source holds) and a line per later step.
     """
     source = manifest_or_cache
     size = _image_size(model)
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         read_cache_index(source)  # raises a clear CacheError for a folder that is not a cache
+        total = sum(count for _, count in cache_shards(source, split))  # 2D or not: an upper bound
         rows = _rows_from_cache(Path(source), split, size)
         origin = f"cache {Path(source).name}"
     elif isinstance(source, (str, Path)):
         if not Path(source).is_file():
             raise FileNotFoundError(f"{source}: no manifest or cache folder there")
-        rows = _rows_from_manifest(source, split, size)
+        images = _manifest_images(source, split)
+        total, rows = len(images), _rows_from_manifest(images, size)
         origin = f"manifest {Path(source).name}"
     else:
-        rows = _rows_from_manifest(source, split, size)
+        images = _manifest_images(source, split)
+        total, rows = len(images), _rows_from_manifest(images, size)
         origin = "manifest (DataFrame)"
     out = Path(out_dir)
     (out / THUMBNAILS).mkdir(parents=True, exist_ok=True)
@@ -168,8 +182,10 @@ def build_gallery(
             embeddings.append(model.encode_image(x, normalize=True).float().cpu())
             batch.clear()
 
+    bar = tqdm(rows, total=total, desc="gallery: embedding images", unit="img", disable=not progress,
+               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
     try:
-        for meta, pixels in rows:
+        for meta, pixels in bar:
             text = report_text(meta, "body")
             if not text:
                 continue
@@ -181,6 +197,7 @@ def build_gallery(
                 flush()
         flush()
     finally:
+        bar.close()
         model.train(was_training)
     if not records:
         raise GalleryError(f"{origin}: no 2D images with a report{f' in split {split!r}' if split else ''} to build a gallery from")
