@@ -72,7 +72,7 @@ def test_staff_names_never_reach_manifest_or_cache(xray_dir: Path, tmp_path: Pat
     from pydicom.sequence import Sequence
 
     from medclip.data.cache import CacheConfig, build_cache
-    from tests.phi import assert_no_phi
+    from phi import assert_no_phi
 
     export = tmp_path / "export"
     export.mkdir()
@@ -128,3 +128,37 @@ def test_person_names_reads_nested_names_not_pixels() -> None:
     assert {"Oone^Op", "Otwo^Op", "Vverify^Obs", str(ds.PatientName)} <= set(names)
     raw = lazy.get_item(0x7FE00010, keep_deferred=True)
     assert raw.value is None  # still deferred
+
+
+def test_non_utf8_file_names_do_not_abort_indexing(xray_dir: Path, tmp_path: Path, capsys) -> None:
+    """A file name that is not valid UTF-8 is skipped with its reason and counted; the run writes its manifest."""
+    import os
+
+    import pandas as pd
+
+    from medclip.cli import main
+    from medclip.data.indexer import skipped_path
+
+    export = tmp_path / "export"
+    (export / "p1").mkdir(parents=True)
+    shutil.copy(xray_dir / "00000001_000.png", export / "p1" / "ok.png")
+    odd_folder = export / os.fsdecode(b"d\xffir")  # Latin-1 / raw bytes: not UTF-8
+    try:
+        shutil.copy(xray_dir / "00027426_000.png", export / "p1" / os.fsdecode(b"caf\xe9.png"))
+        odd_folder.mkdir()
+        shutil.copy(xray_dir / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm", odd_folder / "img.dcm")
+    except OSError:
+        pytest.skip("this file system does not store file names that are not UTF-8")
+    res = index_export(export, tmp_path / "a" / "m.parquet", salt="s", workers=1, progress=False)
+    assert len(res.manifest) == 1 and res.files_seen == 3
+    assert sum(res.skipped.values()) == 2
+    listed = pd.read_csv(skipped_path(res.manifest_path))
+    assert sorted(listed["path"]) == ["d\\xffir/img.dcm", "p1/caf\\xe9.png"]
+    assert listed["reason"].str.contains("not valid UTF-8").all()
+    again = index_export(export, tmp_path / "a" / "m.parquet", salt="s", workers=1, progress=False)
+    assert sum(again.skipped.values()) == 2 and len(again.manifest) == 1
+
+    rc = main(["-q", "index", str(export), "-o", str(tmp_path / "cli"), "--salt", "s"])
+    out = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "cli" / "manifest.parquet").is_file()
+    assert "skipped 2 files: file name is not valid UTF-8" in out

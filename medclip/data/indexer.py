@@ -75,7 +75,7 @@ class IndexResult:
             counts = df.groupby("split")["patient_id"].nunique().to_dict()
             rows = df["split"].value_counts().to_dict()
             lines.append("splits: " + ", ".join(f"{s} {rows.get(s, 0)} rows / {counts.get(s, 0)} patients" for s in SPLITS))
-            lines.append(f"modalities: {dict(df['modality'].value_counts())}")
+            lines.append(f"modalities: { {k: int(v) for k, v in df['modality'].value_counts().items()} }")
             with_report = int((df["report_text"].str.len() > 0).sum())
             lines.append(f"reports: {with_report}/{len(df)} rows have a report; "
                          f"{self.reports_linked} report rows linked, {self.reports_unlinked} unlinked")
@@ -440,6 +440,10 @@ def index_export(
     reused = 0
     for p in files:
         rel = p.relative_to(root).as_posix()
+        unusable = _unusable_path(p, rel)
+        if unusable is not None:  # skipped, counted and listed, never fatal
+            records.append(unusable)
+            continue
         st = p.stat()
         old = state.get(rel)
         if old is not None and old.get("file_size") == st.st_size and old.get("mtime") == float(st.st_mtime) \
@@ -527,6 +531,31 @@ def index_export(
     _write_skipped(output, bad)
     result.manifest = df
     return result
+
+
+def printable_path(rel: str) -> str:
+    """A path as text that can be stored and shown: bytes that are not UTF-8 become ``\\xNN`` escapes."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _unusable_path(p: Path, rel: str) -> dict | None:
+    """A 'skipped' record for a file the manifest cannot hold or that vanished; None when the file is usable.
+
+    A name that is not valid UTF-8 (bytes from another system's encoding) cannot be stored in Parquet
+    as a path that still opens the file: the file is skipped, listed under an escaped name, and the
+    run goes on.
+    """
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return {"path": printable_path(rel), "kind_hint": classify_file(p) or "dicom",
+                "status": "file name is not valid UTF-8: rename the file (e.g. with convmv) to index it"}
+    try:
+        p.stat()
+    except OSError as exc:
+        return {"path": rel, "kind_hint": classify_file(p) or "dicom",
+                "status": f"cannot open ({exc.strerror or type(exc).__name__})"}
+    return None
 
 
 def _build_rows(ok: list[dict], root: Path, salt: str) -> tuple[list[dict], dict[str, ReportSections]]:
