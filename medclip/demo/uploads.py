@@ -24,7 +24,13 @@ import numpy as np
 
 from medclip.fsutil import process_temp_dir
 from medclip.io import (
-    ImageReadError, MedicalImage, MultiVolumeError, detect_format, load_image, phi_safe, read_dicom_series,
+    ImageReadError,
+    MedicalImage,
+    MultiVolumeError,
+    detect_format,
+    load_image,
+    phi_safe,
+    read_dicom_series,
 )
 from medclip.io.dicom import find_dicom_series, is_dicom_file
 
@@ -292,7 +298,7 @@ def _check_pixels(path: Path, kind: str, name: str, limits: UploadLimits) -> Non
         elif kind == "nifti":
             import nibabel as nib
 
-            shape = tuple(int(n) for n in nib.load(str(path)).shape)
+            shape = tuple(int(n) for n in nib.load(str(path)).shape)  # type: ignore[attr-defined]
         elif kind == "raster":
             from PIL import Image
 
@@ -343,7 +349,7 @@ def _read_zip(path: Path, name: str, workdir: Path, limits: UploadLimits) -> tup
     if not dicoms:
         images = [f for f in files if _detect(f) in ("nifti", "raster")]
         if len(images) == 1:
-            kind = _detect(images[0])
+            kind = str(_detect(images[0]))  # "nifti" or "raster", as just filtered
             _check_pixels(images[0], kind, name, limits)
             return _read_image(images[0], kind, name), kind
         raise UploadError(name, f"the zip holds {len(files)} file(s) but no DICOM series "
