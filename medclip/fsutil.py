@@ -1,4 +1,7 @@
-"""File-system helpers: per-process temporary folders that a later start cleans up.
+"""File-system helpers: all-or-nothing file writes, and per-process temporary folders that a later start cleans up.
+
+:func:`atomic_write` yields a temporary path beside the target and renames it into place only when
+the block succeeds: a reader never sees a half-written file, and a crash leaves the old one.
 
 Every temporary file medclip writes for a running process (the demo's uploads and extracted
 zips, Gradio's copies of uploads) lives under one medclip-owned root,
@@ -14,17 +17,45 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["clean_stale_temp_dirs", "process_alive", "process_temp_dir", "temp_root"]
+__all__ = ["atomic_write", "clean_stale_temp_dirs", "process_alive", "process_temp_dir", "temp_root"]
 
 _PROC_DIR = re.compile(r"^proc-(\d+)-(\d+|x)$")
 _UNKNOWN_START = "x"  # no /proc: the start time cannot be read, only whether the pid exists
 _process_dir: tuple[int, Path] | None = None
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
+    """Write ``path`` all or nothing: ``with atomic_write(p) as tmp: <write tmp by any means>``.
+
+    ``tmp`` is a new empty file in ``path``'s folder (created with the usual umask permissions), so
+    any writer that takes a path works (``open``, ``pq.write_table``, safetensors, ``tarfile``). When
+    the block ends without error, ``tmp`` replaces ``path`` in one rename; on any error (or Ctrl-C)
+    it is removed and ``path`` keeps its old content. ``fsync=True`` flushes the data to disk first
+    (checkpoints, where a power loss must not leave an empty file behind the rename).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def temp_root() -> Path:

@@ -99,3 +99,30 @@ def test_process_temp_dir_is_removed_at_a_normal_exit(temp_base: Path) -> None:
     work = Path(out.strip())
     assert work.parent.parent.parent == temp_base
     assert not work.parent.exists() and not work.parent.parent.exists(), "the folder and the empty root are removed"
+
+
+def test_atomic_write_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "table.json"
+    with fsutil.atomic_write(target) as tmp:
+        assert tmp.parent == target.parent and tmp.is_file() and tmp != target
+        tmp.write_text('{"v": 1}')
+        assert not target.exists(), "nothing at the target until the block succeeds"
+    assert target.read_text() == '{"v": 1}'
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask, "usual permissions, not mkstemp's 0600"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with fsutil.atomic_write(target) as tmp:
+            tmp.write_text('{"v": 2, "half')
+            raise RuntimeError("disk full")
+    assert target.read_text() == '{"v": 1}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.json"], "no temporary file left behind"
+
+
+def test_atomic_write_takes_any_writer_that_wants_a_path(tmp_path: Path) -> None:
+    import pandas as pd
+
+    target = tmp_path / "m.parquet"
+    with fsutil.atomic_write(target, fsync=True) as tmp:
+        pd.DataFrame({"a": [1, 2]}).to_parquet(tmp, index=False)
+    assert pd.read_parquet(target)["a"].tolist() == [1, 2]
