@@ -369,3 +369,21 @@ def test_bits_stored_masks_unused_high_bits(tmp_path: Path) -> None:
     image = read_dicom(path, window=None)
     np.testing.assert_array_equal(image.array, values.astype(np.float32))
     assert image.metadata["bits_stored"] == 12
+
+
+def test_empty_modality_lut_sequence_falls_back_to_identity(tmp_path: Path) -> None:
+    """An anonymiser's empty Modality LUT Sequence (LUT Descriptor None) no longer refuses the file (issue 11.7)."""
+    source = extra("mlut_18.dcm")
+    ds = pydicom.dcmread(source)
+    stored = ds.pixel_array.astype(np.float32)
+    ds.ModalityLUTSequence[0].LUTDescriptor = None
+    ds.save_as(tmp_path / "empty_mlut.dcm")
+    image = load_image(tmp_path / "empty_mlut.dcm", window=None)
+    np.testing.assert_array_equal(image.array, stored)  # identity: no rescale in this file
+    assert "identity" in image.metadata["modality_lut"]
+    assert load_image(tmp_path / "empty_mlut.dcm").array.max() == 1.0  # windowing works too
+    # the intact file still goes through its LUT, and says nothing about it
+    original = pydicom.dcmread(source)
+    intact = load_image(source, window=None)
+    np.testing.assert_allclose(intact.array, apply_modality_lut(original.pixel_array, original))
+    assert "modality_lut" not in intact.metadata

@@ -437,9 +437,31 @@ def _rescale(ds: Dataset, frame: int) -> tuple[float, float]:
     return (slope if slope != 0 else 1.0), intercept
 
 
+#: What metadata says when a Modality LUT Sequence is present but unusable (no descriptor or no data).
+UNUSABLE_MODALITY_LUT = "unusable Modality LUT Sequence ignored (empty LUT Descriptor or LUT Data): identity used"
+
+
+def _modality_lut_usable(ds: Dataset) -> bool | None:
+    """None without a Modality LUT Sequence; else whether its first item holds a 3-value descriptor and data."""
+    sequence = _value(ds, "ModalityLUTSequence")
+    if not sequence:
+        return None
+    item = sequence[0]
+    return _floats(_value(item, "LUTDescriptor"), 3) is not None and _value(item, "LUTData") is not None
+
+
+def _modality_lut_note(ds: Dataset) -> dict[str, str]:
+    """``{"modality_lut": ...}`` for metadata when the file's Modality LUT Sequence had to be ignored."""
+    return {"modality_lut": UNUSABLE_MODALITY_LUT} if _modality_lut_usable(ds) is False else {}
+
+
 def _modality_values(stored: np.ndarray, ds: Dataset, frames: Sequence[int]) -> np.ndarray:
-    """Stored grayscale values -> modality values (float32), frame by frame along axis 0 when 3D."""
-    if _value(ds, "ModalityLUTSequence"):
+    """Stored grayscale values -> modality values (float32), frame by frame along axis 0 when 3D.
+
+    An unusable Modality LUT Sequence (anonymisers leave it with an empty LUT Descriptor) is ignored:
+    the rescale below applies when present, else identity; :func:`_modality_lut_note` records it.
+    """
+    if _modality_lut_usable(ds):
         return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
     values = stored.astype(np.float32)
     if _text(ds, "Modality") == "RTDOSE":  # dose in Gy = stored value x Dose Grid Scaling
@@ -528,7 +550,9 @@ def _pixels(
     # One window for all frames of a volume: the frames' window when they share one, else percentiles.
     frame_windows = {_file_window(ds, f) for f in frames}
     file_window = frame_windows.pop() if len(frame_windows) == 1 else None
-    return _window_modality(values, ds, window, path, file_window=file_window)
+    array, used = _window_modality(values, ds, window, path, file_window=file_window)
+    used.update(_modality_lut_note(ds))
+    return array, used
 
 
 def _window_modality(
@@ -1001,6 +1025,8 @@ def read_dicom_series(
     metadata = safe_metadata(reference, salt)
     series_uid = _value(reference, "SeriesInstanceUID", "")
     metadata.update(used)
+    for ds in datasets:  # any slice whose Modality LUT had to be ignored
+        metadata.update(_modality_lut_note(ds))
     metadata.update(
         {
             "frames": len(stack.indices),
