@@ -53,7 +53,46 @@ def _cmd_index(args: argparse.Namespace) -> int:
     print(res.summary())
     if res.skipped:
         print(f"skipped files are listed in {skipped_path(res.manifest_path)}")
+    rows = res.manifest["split"].value_counts().to_dict() if len(res.manifest) else {}
+    if len(res.manifest) and not rows.get("train"):
+        patients = res.manifest["patient_id"].nunique()
+        print(f"warning: the train split is empty: all {patients} patient(s) fell in "
+              f"{' and '.join(sorted(k for k, v in rows.items() if v))} (splits are drawn per patient, "
+              f"--split {','.join(f'{f:g}' for f in args.split)}), so `medclip fit` has nothing to train on; index more "
+              "patients, or give --split 1,0,0 to put every patient in train")
     return 0
+
+
+def _split_rows(manifest: Path) -> dict[str, int] | None:
+    """Rows per split of a manifest, from its ``split`` column only; None when it cannot be read that way."""
+    try:
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(manifest, columns=["split"]).column("split").to_pylist()
+    except Exception:  # not Parquet, no split column, ...: fit's own checks name the problem
+        return None
+    counts: dict[str, int] = {}
+    for value in column:
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return counts
+
+
+def check_train_split(config: dict) -> None:
+    """Stop before anything is written when a manifest-only config's train split has no rows."""
+    data = config.get("data") or {}
+    if not data.get("manifest") or data.get("cache_dir") or data.get("sources"):
+        return
+    manifest = Path(str(data["manifest"])).expanduser()
+    split = data.get("train_split") or "train"
+    rows = _split_rows(manifest) if manifest.is_file() else None
+    if rows is None or rows.get(split):
+        return
+    have = ", ".join(f"{k} {v}" for k, v in sorted(rows.items())) or "none"
+    raise ValueError(
+        f"{manifest}: the {split!r} split is empty (rows per split: {have}), so there is nothing to train on. "
+        "Splits are drawn per patient: an export of one or a few patients can leave train empty. Re-index with "
+        "`medclip index EXPORT -o MANIFEST --split 1,0,0` to put every patient in train, or set data.train_split"
+    )
 
 
 def _add_cache(sub: argparse._SubParsersAction) -> None:
@@ -124,6 +163,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config, sort_keys=False), end="")
         return 0
+    check_train_split(config)
     out = fit(config)
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -253,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="medclip", description="Medical vision-language foundation kit.")
     parser.add_argument("--version", action="version", version=f"medclip {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_index(sub)
@@ -268,7 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_demo_parser(sub)
     _add_quickstart(sub)
+    for subparser in sub.choices.values():  # -q / -v also after the subcommand: `medclip index ... -q`
+        _add_global_flags(subparser, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: object = False) -> None:
+    """``-q``/``--quiet`` and ``-v``/``--verbose``; on subcommands with ``default=SUPPRESS`` so that a
+    flag given before the subcommand is not reset by the subcommand's default."""
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
 def main(argv: list[str] | None = None) -> int:

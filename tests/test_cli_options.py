@@ -4,6 +4,7 @@ packages as one-line errors, global options anywhere, ``medclip models``, ``fit 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,87 @@ def test_fit_print_config_prints_the_resolved_yaml_and_does_not_train(tmp_path: 
     assert printed["trainer"]["max_steps"] == 7 and printed["optim"]["lr"] == 3e-4
     assert printed["model"]["name"] == "tiny-test" and "batch_size" in printed["data"]  # defaults filled in
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_quiet_and_verbose_work_after_the_subcommand() -> None:
+    """Regression (issue 12.16): `medclip index ... -q` was an argparse error; only `medclip -q index ...` worked."""
+    parser = cli.build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in subcommands.items():
+        for flag in ("-q", "--quiet", "-v", "--verbose"):
+            assert flag in sub._option_string_actions, (name, flag)
+    before = parser.parse_args(["-q", "index", "export", "-o", "m.parquet"])
+    after = parser.parse_args(["index", "export", "-o", "m.parquet", "-q"])
+    neither = parser.parse_args(["index", "export", "-o", "m.parquet"])
+    assert before.quiet and after.quiet and not neither.quiet
+    assert parser.parse_args(["label", "m.parquet", "-v"]).verbose
+    assert parser.parse_args(["-v", "label", "m.parquet"]).verbose
+    assert parser.parse_args(["models", "--quiet", "--verbose"]).quiet
+
+
+@pytest.mark.parametrize("module, argv, extra", [
+    ("faiss", ["eval", "--checkpoint", "no-such-checkpoint", "--manifest", "m.parquet", "--faiss", "yes"], "index"),
+    ("open_clip", ["eval", "--checkpoint", "open_clip:no-such-folder", "--manifest", "m.parquet"], "bench"),
+])
+def test_missing_optional_package_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, module: str, argv: list[str], extra: str
+) -> None:
+    """Regression (issue 12.16): a missing faiss (--faiss yes) or open_clip (open_clip: checkpoints) was a traceback."""
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were not installed
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert f"pip install 'medclip-kit[{extra}]'" in err and err.startswith("medclip eval: error:")
+
+
+def test_import_optional_names_the_pip_package_and_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json as json_module
+
+    from medclip.optional import MissingExtraError, import_optional
+
+    assert import_optional("json", "index", "x") is json_module
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(MissingExtraError) as info:
+        import_optional("faiss", "index", "--faiss yes")
+    assert str(info.value) == "--faiss yes needs the optional package 'faiss-cpu': pip install 'medclip-kit[index]'"
+    assert isinstance(info.value, RuntimeError)
+
+
+def _one_patient_export(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    study = root / "export" / "patient_a" / "study_1"
+    study.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((32, 32)) * 255).astype(np.uint8)).save(study / f"img{i}.png")
+    return root / "export"
+
+
+def test_one_patient_index_says_the_train_split_is_empty_and_fit_stops_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Regression (issue 12.16): an index whose train split is empty (one patient) did not say so, and fit
+    on it failed inside Lightning after writing a partial run folder."""
+    import pandas as pd
+
+    from medclip.data.splits import assign_split
+
+    export, manifest = _one_patient_export(tmp_path), tmp_path / "manifest.parquet"
+    assert cli.main(["-q", "index", str(export), "-o", str(manifest)]) == 0
+    patient = str(pd.read_parquet(manifest, columns=["patient_id"])["patient_id"].iloc[0])
+    seed = next(s for s in range(200) if assign_split(patient, (0.8, 0.1, 0.1), s) != "train")
+    capsys.readouterr()
+    assert cli.main(["index", str(export), "-o", str(manifest), "--seed", str(seed), "--full", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert set(pd.read_parquet(manifest, columns=["split"])["split"]) != {"train"}
+    warning = next(line for line in out.splitlines() if line.startswith("warning: the train split is empty"))
+    assert "--split 1,0,0" in warning
+
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {"manifest": str(manifest)},
+                                   "model": {"name": "tiny-test"}}))
+    assert cli.main(["fit", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the 'train' split is empty" in err and "--split 1,0,0" in err
+    assert not (tmp_path / "run").exists()  # stopped before anything was written

@@ -60,6 +60,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from medclip.inference.openclip import is_open_clip
     from .runner import evaluate, format_results
 
+    if args.faiss == "yes":  # before any model or image is loaded: one line naming the extra to install
+        from medclip.optional import import_optional
+
+        import_optional("faiss", "index", "--faiss yes")
     tasks = [t for group in args.task for t in group] if args.task else list(TASKS)
     try:
         shots = tuple(int(k) for k in args.shots.split(",") if k.strip())

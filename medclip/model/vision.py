@@ -6,7 +6,6 @@ own normalisation (config mean/std) and returns un-normalised embeddings (B, emb
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +177,7 @@ class Monai3DBackbone(nn.Module):
         elif cfg.name == "vit":
             kwargs.setdefault("patch_size", 16)
             size = cfg.image_size if isinstance(cfg.image_size, (list, tuple)) else [cfg.image_size] * 3
-            if importlib.util.find_spec("einops") is None:
-                raise ModelLoadError("monai3d 'vit' needs the einops package (pip install einops)")
+            import_optional("einops", "volumes", "the monai3d 'vit' volume tower")
             self.model = nets.ViT(in_channels=cfg.in_chans, img_size=tuple(size), spatial_dims=3, classification=False, **kwargs)
             self.num_features = int(self.model.norm.normalized_shape[0])
             self.arch = "vit"
