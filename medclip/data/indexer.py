@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
+from medclip.io.dicom import inferred_run_ids
 from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
 from medclip.data.reports import (ReportSections, identifier_tokens, parse_sections, scrub_identifiers,
                                   scrub_with_hashes, sections_from_fields, staff_name_tokens)
@@ -43,7 +44,7 @@ IGNORED_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".pdf", ".p
                     ".log", ".py", ".zip", ".tar", ".gz", ".bval", ".bvec")
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
 SR_MODALITIES = {"SR", "DOC"}
-STATE_VERSION = 2  # 2: staff names among the scrubbing hashes
+STATE_VERSION = 3  # 2: staff names among the scrubbing hashes; 3: inferred series of blank-UID slices
 
 
 @dataclass
@@ -248,6 +249,12 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
     rec["columns"] = int(ds.get("Columns", 0) or 0)
     rec["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
     rec["has_position"] = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+    if not raw_ids["SeriesInstanceUID"] and rec["has_position"] and modality in VOLUME_MODALITIES:
+        from medclip.io.dicom import inferred_series_key, slice_position
+
+        key = inferred_series_key(ds, path, salt)
+        if key:  # an anonymised slice: grouped with its series by geometry (see _build_rows)
+            rec["series_key"], rec["series_inferred"], rec["slice_position"] = key, True, slice_position(ds)
     if verify:
         from medclip.io import load_image
 
@@ -577,20 +584,35 @@ def _build_rows(ok: list[dict], root: Path, salt: str) -> tuple[list[dict], dict
             continue
         rows.append(_image_row(r, root, salt))
     for key, members in series.items():
-        if len(members) == 1:
-            rows.append(_image_row(members[0], root, salt, kind="volume" if members[0].get("frames", 1) > 1 else "image"))
-            continue
-        members.sort(key=lambda m: m["path"])
-        first = members[0]
-        row = _image_row(first, root, salt, kind="volume")
-        row["image_id"] = key
-        row["path"] = str(Path(first["path"]).parent.as_posix())
-        row["files"] = [m["path"] for m in members]
-        row["frames"] = len(members)
-        row["file_size"] = int(sum(m.get("file_size", 0) for m in members))
-        row["mtime"] = float(max(m.get("mtime", 0.0) for m in members))
-        rows.append(row)
+        if members[0].get("series_inferred"):
+            # blank Series Instance UID (anonymised): the key groups by frame of reference, orientation,
+            # spacing and size; position continuity then splits it into volumes
+            positions = [float(m.get("slice_position") or 0.0) for m in members]
+            for run_id, indices in inferred_run_ids(key, positions, salt):
+                rows.append(_series_row([members[i] for i in indices], run_id, root, salt, inferred=True))
+        else:
+            rows.append(_series_row(members, key, root, salt))
     return rows, sr_reports
+
+
+def _series_row(members: list[dict], key: str, root: Path, salt: str, inferred: bool = False) -> dict:
+    """One manifest row for the slices of one series: a volume, or an image when there is one file."""
+    if len(members) == 1:
+        return _image_row(members[0], root, salt, kind="volume" if members[0].get("frames", 1) > 1 else "image")
+    members = sorted(members, key=lambda m: m["path"])
+    first = members[0]
+    row = _image_row(first, root, salt, kind="volume")
+    row["image_id"] = key
+    if inferred:  # no study/series UIDs to hash: ids follow the inferred group
+        row["series_id"] = key
+        row["study_id"] = first.get("study_key") or key
+        row["patient_id"] = first.get("patient_key") or row["study_id"]
+    row["path"] = str(Path(first["path"]).parent.as_posix())
+    row["files"] = [m["path"] for m in members]
+    row["frames"] = len(members)
+    row["file_size"] = int(sum(m.get("file_size", 0) for m in members))
+    row["mtime"] = float(max(m.get("mtime", 0.0) for m in members))
+    return row
 
 
 def _image_row(r: dict, root: Path, salt: str, kind: str | None = None) -> dict:
@@ -609,10 +631,11 @@ def _image_row(r: dict, root: Path, salt: str, kind: str | None = None) -> dict:
         image = hash_identifier(rel, salt)
         if kind is None:
             kind = "volume" if hint == "nifti" and r.get("frames", 1) > 1 else "image"
+    image = image or hash_identifier(rel, salt)  # e.g. a blank SOP Instance UID
     if not patient:
         patient = study or image
     return {
-        "image_id": image or hash_identifier(rel, salt), "path": rel, "kind": kind, "files": None,
+        "image_id": image, "path": rel, "kind": kind, "files": None,
         "patient_id": patient, "study_id": study or image, "series_id": series or study or image,
         "modality": r.get("modality", "") or ("MR/CT" if hint == "nifti" else ""),
         "view_position": r.get("view_position", "") or "", "body_part": r.get("body_part", "") or "",

@@ -905,9 +905,100 @@ def _collect_files(paths: PathLike | Iterable[PathLike]) -> tuple[list[Path], st
     return files, where
 
 
-def _series_key(ds: Dataset, file: Path, salt: str | None) -> str:
-    """Hashed SeriesInstanceUID; a file without one is a series of its own."""
-    return hash_identifier(_value(ds, "SeriesInstanceUID", "") or f"file:{file.resolve()}", salt)
+#: What metadata says about a series assembled without a Series Instance UID (anonymised exports).
+INFERRED_GROUPING = ("inferred: blank Series Instance UID; slices grouped by frame of reference, series number, "
+                     "orientation, pixel spacing, size and position continuity")
+
+
+def slice_position(ds: Dataset) -> float | None:
+    """A slice's position (mm) along its normal, or None without Image Position/Orientation (Patient)."""
+    orientation = _orientation(_value(ds, "ImageOrientationPatient"))
+    position = _floats(_value(ds, "ImagePositionPatient"), 3)
+    if orientation is None or position is None:
+        return None
+    return float(np.asarray(position) @ np.cross(*orientation))
+
+
+def inferred_series_key(ds: Dataset, file: PathLike, salt: str | None = None) -> str | None:
+    """Salted key that slices of one anonymised series share when their Series Instance UID is blank.
+
+    Built from the frame of reference, study UID (if any), series number, modality, orientation
+    (3 decimals), pixel spacing, rows x columns and the folder. None for a file that is not a
+    positioned slice (no orientation, position or spacing): it stays a series of its own.
+    Position continuity is checked afterwards by :func:`split_position_runs`.
+    """
+    orientation = _orientation(_value(ds, "ImageOrientationPatient"))
+    spacing = _pixel_spacing(ds)
+    if orientation is None or spacing is None or _floats(_value(ds, "ImagePositionPatient"), 3) is None:
+        return None
+    cosines = ",".join(f"{round(float(v), 3) + 0.0:.3f}" for v in np.concatenate(orientation))
+    parts = ["inferred-series", str(_value(ds, "FrameOfReferenceUID", "")), str(_value(ds, "StudyInstanceUID", "")),
+             _text(ds, "SeriesNumber"), _text(ds, "Modality"), cosines, ",".join(f"{v:.4f}" for v in spacing),
+             f"{_int(ds, 'Rows')}x{_int(ds, 'Columns')}", str(Path(file).resolve().parent)]
+    return hash_identifier("|".join(parts), salt)
+
+
+def split_position_runs(positions: Sequence[float]) -> list[list[int]]:
+    """Indices of slices in runs of contiguous, evenly spaced positions (each run sorted along the normal).
+
+    Equal positions (time points, echoes) stay together; a gap of more than 1.5 times the median
+    step between distinct positions starts a new run (a missing block or another stack).
+    """
+    if not len(positions):
+        return []
+    order = sorted(range(len(positions)), key=lambda i: positions[i])
+    clusters: list[list[int]] = [[order[0]]]
+    for previous, current in zip(order[:-1], order[1:]):
+        if positions[current] - positions[previous] > _POSITION_TOL_MM:
+            clusters.append([])
+        clusters[-1].append(current)
+    if len(clusters) <= 2:
+        return [[i for cluster in clusters for i in cluster]]
+    centres = [float(np.mean([positions[i] for i in cluster])) for cluster in clusters]
+    steps = np.diff(centres)
+    limit = 1.5 * float(np.median(steps)) + _POSITION_TOL_MM
+    runs: list[list[int]] = [list(clusters[0])]
+    for step, cluster in zip(steps, clusters[1:]):
+        if step > limit:
+            runs.append([])
+        runs[-1].extend(cluster)
+    return runs
+
+
+def inferred_run_ids(key: str, positions: Sequence[float], salt: str | None = None) -> list[tuple[str, list[int]]]:
+    """(series id, indices) per position run of one inferred series: the key itself when it is one run."""
+    runs = split_position_runs(positions)
+    if len(runs) == 1:
+        return [(key, runs[0])]
+    return [(hash_identifier(f"{key}#run{k}", salt), run) for k, run in enumerate(runs)]
+
+
+def _group_series(
+    headers: list[tuple[Path, Dataset]], salt: str | None
+) -> tuple[dict[str, list[tuple[Path, Dataset]]], set[str]]:
+    """Headers by hashed SeriesInstanceUID; blank UIDs grouped by :func:`inferred_series_key` and position runs.
+
+    Returns the groups and the ids of the inferred ones. A file that is neither is a series of its own.
+    """
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    pending: dict[str, list[tuple[Path, Dataset]]] = {}
+    for file, ds in headers:
+        uid = _value(ds, "SeriesInstanceUID", "")
+        if uid:
+            groups.setdefault(hash_identifier(uid, salt), []).append((file, ds))
+            continue
+        key = inferred_series_key(ds, file, salt)
+        if key is None:
+            groups.setdefault(hash_identifier(f"file:{file.resolve()}", salt), []).append((file, ds))
+        else:
+            pending.setdefault(key, []).append((file, ds))
+    inferred: set[str] = set()
+    for key, members in pending.items():
+        positions = [slice_position(ds) or 0.0 for _, ds in members]
+        for run_id, indices in inferred_run_ids(key, positions, salt):
+            groups[run_id] = [members[i] for i in indices]
+            inferred.add(run_id)
+    return groups, inferred
 
 
 @phi_safe
@@ -917,7 +1008,7 @@ def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = N
     Reads headers only. Files that are not DICOM or have no pixel data are left out.
     """
     files, _ = _collect_files(paths)
-    series: dict[str, list[Path]] = {}
+    headers: list[tuple[Path, Dataset]] = []
     for file in files:
         try:
             ds = _read_dataset(file, stop_before_pixels=True)
@@ -925,8 +1016,9 @@ def find_dicom_series(paths: PathLike | Iterable[PathLike], salt: str | None = N
             continue
         if not _int(ds, "Rows"):  # header-only read: no Rows means no image
             continue
-        series.setdefault(_series_key(ds, file, salt), []).append(file)
-    return series
+        headers.append((file, ds))
+    groups, _ = _group_series(headers, salt)
+    return {key: [file for file, _ in members] for key, members in groups.items()}
 
 
 @phi_safe
@@ -962,17 +1054,16 @@ def read_dicom_series(
             headers.append((file, ds))
     if not headers:
         raise ImageReadError(where, f"no DICOM image files among {len(files)} DICOM file(s)")
-    by_series: dict[str, list[tuple[Path, Dataset]]] = {}
-    for file, ds in headers:
-        by_series.setdefault(_series_key(ds, file, salt), []).append((file, ds))
+    by_series, inferred = _group_series(headers, salt)
     if series_id is not None:
         if series_id not in by_series:
             raise ImageReadError(where, f"series_id {series_id!r} not found among {len(by_series)} series")
-        members = by_series[series_id]
+        chosen = series_id
     elif len(by_series) > 1:
         raise ImageReadError(where, f"{len(by_series)} series found ({sorted(by_series)}); pass series_id to choose one")
     else:
-        members = next(iter(by_series.values()))
+        chosen = next(iter(by_series))
+    members = by_series[chosen]
     # Localizer (scout) images sometimes share the series of the stack they planned: not slices.
     localizers = [item for item in members if "LOCALIZER" in _image_type(item[1])]
     skipped_localizers = 0
@@ -1038,6 +1129,9 @@ def read_dicom_series(
             "skipped_localizers": skipped_localizers,
         }
     )
+    if chosen in inferred:  # no Series Instance UID to hash: the inferred group's own id
+        metadata.update({"series_id": chosen, "image_id": hash_identifier(f"{chosen}#volume{volume_index or 0}", salt),
+                         "series_grouping": INFERRED_GROUPING})
     if not shared_window:
         metadata.update({"file_window_center": None, "file_window_width": None, "voi_lut_function": None, "has_voi_lut": False})
     return MedicalImage(array=array, spacing=spacing, affine=affine, metadata=metadata, source=where)
