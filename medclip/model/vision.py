@@ -113,6 +113,10 @@ def load_weights(module: nn.Module, path: str | Path, key_order: str = "name") -
 def timm_model_name(name: str) -> str:
     """``name`` as ``timm.create_model`` takes it: a local folder (``timm`` ``save_pretrained`` layout:
     config.json + model.safetensors) becomes ``local-dir:<path>``; a missing one raises "folder not found"."""
+    import timm
+
+    if not name.startswith("local-dir:") and timm.is_model(name):  # a registry name, even if a folder shares it
+        return name
     folder = name[len("local-dir:"):] if name.startswith("local-dir:") else name if looks_like_local_path(name) else None
     if folder is None:
         return name
