@@ -57,11 +57,14 @@ class ManifestDataset(Dataset):
     def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
                  window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,
                  text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
-                 require_text: bool = False, config: CacheConfig | None = None, with_images: bool = True) -> None:
+                 require_text: bool | str = False, config: CacheConfig | None = None, with_images: bool = True) -> None:
         df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
         if split is not None:
             df = df[df["split"] == split]
-        if require_text:
+        if require_text == "text_or_labels":  # rows without a report may still get text from their labels
+            labelled = df[label_columns(df)].notna().any(axis=1) if label_columns(df) else pd.Series(False, df.index)
+            df = df[[bool(report_text(r, text_field)) or bool(has) for r, has in zip(df.to_dict("records"), labelled)]]
+        elif require_text:
             df = df[[bool(report_text(r, text_field)) for r in df.to_dict("records")]]
         self.frame = df.reset_index(drop=True)
         self.records = self.frame.to_dict("records")
@@ -75,6 +78,10 @@ class ManifestDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def image_ids(self) -> list[str]:
+        """The image id of every item, in order."""
+        return [str(r["image_id"]) for r in self.records]
 
     def __getitem__(self, index: int) -> dict:
         row = self.records[index]
@@ -228,4 +235,76 @@ class CacheDataset(IterableDataset):
         if self.with_images:
             image = _to_tensor(sample["image"])
             item["image"] = self.image_transform(image) if self.image_transform is not None else image
+        return item
+
+
+class CacheMapDataset(Dataset):
+    """Random access to one split of a WebDataset cache (map-style), for weighted and mixed sampling.
+
+    The shards' tar members are indexed once (offsets); an item is read with one seek per file, so any
+    order costs the same as streaming. Items are those of :class:`CacheDataset`.
+    """
+
+    def __init__(self, cache_dir: str | Path, split: str | None = "train", *, text_field: str = "body",
+                 label_names: Sequence[str] | None = None, with_images: bool = True, **_ignored: object) -> None:
+        import tarfile
+
+        self.cache_dir = Path(cache_dir)
+        index = read_cache_index(self.cache_dir)
+        shards = cache_shards(self.cache_dir, split)
+        if not shards:
+            raise ValueError(f"{cache_dir}: no shards for split {split!r}")
+        self.label_names = list(label_names) if label_names is not None else list(index.get("labels", []))
+        self.text_field, self.with_images = text_field, with_images
+        self.shards = [str(path) for path, _ in shards]
+        entries: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
+        order: list[tuple[int, str]] = []
+        for s, path in enumerate(self.shards):
+            with tarfile.open(path, "r") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, _, ext = member.name.partition(".")
+                    if (s, key) not in entries:
+                        entries[(s, key)] = {}
+                        order.append((s, key))
+                    entries[(s, key)][ext] = (member.offset_data, member.size)
+        self.entries = [(s, entries[(s, key)]) for s, key in order if "meta.json" in entries[(s, key)]]
+        self._metas: list[dict | None] = [None] * len(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @staticmethod
+    def _read(path: str, where: tuple[int, int]) -> bytes:
+        with open(path, "rb") as handle:
+            handle.seek(where[0])
+            return handle.read(where[1])
+
+    def meta(self, index: int) -> dict:
+        """The sample's ``meta.json`` (ids, split, report texts, labels)."""
+        cached = self._metas[index]
+        if cached is None:
+            import json
+
+            s, members = self.entries[index]
+            cached = self._metas[index] = json.loads(self._read(self.shards[s], members["meta.json"]))
+        return cached
+
+    def image_ids(self) -> list[str]:
+        """The image id of every item, in order."""
+        return [str(self.meta(k)["image_id"]) for k in range(len(self))]
+
+    def __getitem__(self, index: int) -> dict:
+        import io
+
+        meta = self.meta(index)
+        item = {"text": report_text(meta, self.text_field), "labels": _labels(meta.get("labels", {}), self.label_names),
+                "image_id": meta["image_id"], "study_id": meta["study_id"], "patient_id": meta["patient_id"]}
+        if self.with_images:
+            s, members = self.entries[index]
+            if "image.npy" not in members:
+                raise ValueError(f"{self.shards[s]}: sample without image.npy")
+            item["image"] = _to_tensor(np.load(io.BytesIO(self._read(self.shards[s], members["image.npy"])),
+                                               allow_pickle=False))
         return item

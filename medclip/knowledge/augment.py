@@ -23,10 +23,12 @@ _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z -]*$")
 
 POSITIVE_TEMPLATES = ("There is {name}.", "{Name} is present.", "Findings consistent with {name}.",
-                      "{Name}.", "The radiograph shows {name}.")
+                      "{Name}.", "The radiograph shows {name}.", "Evidence of {name}.", "{Name} is seen.",
+                      "Findings compatible with {name}.")
 UNCERTAIN_TEMPLATES = ("Possible {name}.", "{Name} cannot be excluded.", "Findings may represent {name}.",
                        "Questionable {name}.")
-NEGATIVE_TEMPLATES = ("No {name}.", "No evidence of {name}.", "There is no {name}.", "{Name} is not seen.")
+NEGATIVE_TEMPLATES = ("No {name}.", "No evidence of {name}.", "There is no {name}.", "{Name} is not seen.",
+                      "No radiographic evidence of {name}.", "Negative for {name}.")
 NORMAL_TEMPLATES = ("No acute cardiopulmonary abnormality.", "Normal chest radiograph.",
                     "The lungs are clear. No acute cardiopulmonary process.")
 
@@ -84,32 +86,45 @@ class ReportAugmenter:
             text = f"{text} {d if d.endswith('.') else d + '.'}"
         return text
 
-    def labels_to_text(self, labels: Mapping[str, float | None], rng: random.Random | None = None) -> str:
-        """A short report from labels {concept_id: 1 / 0 / -1 / NaN} (manifest encoding)."""
+    def labels_to_text(self, labels: Mapping[str, float | None], rng: random.Random | None = None, *,
+                       p_negatives: float | None = None, unknown: str = "raise") -> str:
+        """A short report from labels {concept_id: 1 / 0 / -1 / NaN} (manifest encoding).
+
+        Each positive / uncertain finding gets a sentence from varied templates under one of its graph
+        names (order shuffled); each negative one is negated with probability ``p_negatives`` (default:
+        the augmenter's); no positive finding gives a normal-study sentence. ``unknown="name"`` writes a
+        label that is not in the graph under its own name (``bacterial_pneumonia`` -> "bacterial
+        pneumonia") instead of raising ``KeyError``.
+        """
         rng = rng or self.rng
+        p_negatives = self.p_negatives if p_negatives is None else p_negatives
         positive, uncertain, negative = [], [], []
         for cid, value in labels.items():
             if cid == NO_FINDING or value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
-            if cid not in self.graph:
+            if cid not in self.graph and unknown != "name":
                 raise KeyError(f"unknown finding {cid!r} in labels")
             bucket = {1: positive, -1: uncertain, 0: negative}.get(int(value))
             if bucket is None:
                 raise ValueError(f"label {cid}={value!r}: expected 1, 0, -1 or NaN")
             bucket.append(cid)
+        def label_name(cid: str) -> str:
+            return self.graph[cid].name if cid in self.graph else cid.replace("_", " ").strip()
+
         parts = []
         for bucket, templates in ((positive, POSITIVE_TEMPLATES), (uncertain, UNCERTAIN_TEMPLATES)):
             for cid in bucket:
-                names = [self.graph[cid].name] + [n for n in self._names[cid] if rng.random() < 0.5]
+                known = cid in self.graph
+                names = [label_name(cid)] + ([n for n in self._names[cid] if rng.random() < 0.5] if known else [])
                 name = rng.choice(names)
                 parts.append(rng.choice(templates).format(name=name, Name=_cap(name)))
-                if self.graph[cid].appearance and rng.random() < self.p_description:
+                if known and self.graph[cid].appearance and rng.random() < self.p_description:
                     parts.append(self.graph[cid].appearance[0].text)
         rng.shuffle(parts)
         if not positive and not uncertain:
             parts.append(rng.choice(NORMAL_TEMPLATES))
         for cid in negative:
-            if rng.random() < self.p_negatives:
-                name = self.graph[cid].name
+            if rng.random() < p_negatives:
+                name = label_name(cid)
                 parts.append(rng.choice(NEGATIVE_TEMPLATES).format(name=name, Name=_cap(name)))
         return " ".join(parts)

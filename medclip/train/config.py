@@ -285,8 +285,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 SOURCE_TEXT_MODES = ("report", "labels", "mixed")
 
 #: Options whose code is still being written (an error rather than a silent no-op).
-_NOT_IMPLEMENTED = ("data.sources",
-                    "data.concept_balance.enabled", "loss.sub_captions", "text_pretrain.enabled")
+_NOT_IMPLEMENTED = ("loss.sub_captions", "text_pretrain.enabled")
 DEFAULTS_FLAT: dict[str, Any] = {}
 
 
@@ -373,6 +372,8 @@ def _check_sources(config: Mapping[str, Any], source: str) -> None:
         mode = item.get("text", "report")
         if mode not in SOURCE_TEXT_MODES:
             raise ConfigError(f"{source}: {where}.text must be one of {', '.join(SOURCE_TEXT_MODES)}, got {mode!r}")
+        if mode == "labels" and not _get(config, "data.label_text.enabled"):
+            raise ConfigError(f"{source}: {where}.text is labels but data.label_text.enabled is false")
         name = str(item.get("name") or f"source{i}")
         if name in names:
             raise ConfigError(f"{source}: {where}.name {name!r} is used twice")

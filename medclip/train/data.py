@@ -14,6 +14,7 @@ Text policy for reports (long, variable length):
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import random
@@ -23,12 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from medclip.model.losses import group_ids_from_keys
 from medclip.train.features import BackboneFeatures, FeatureStore, cache_key, fill_store, source_identity
-from medclip.train.sampler import ResumableSampler
+from medclip.train.text import TextPolicy
+from medclip.train.sampler import (
+    ResumableSampler,
+    WeightedResumableSampler,
+    concept_balance_weights,
+    sample_concepts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +72,15 @@ class AugmentedDataset(Dataset):
     """A map-style dataset whose report texts are rewritten by ``text_transform``, keyed by ``(index, epoch)``."""
 
     def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int,
-                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None) -> None:
+                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None,
+                 text_policy: TextPolicy | None = None, train: bool = True) -> None:
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
         self.features = features
         self.image_transform = image_transform
+        self.text_policy = text_policy  # when set, it chooses the text (report or label text) and augments it
+        self.train = train
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -77,7 +88,9 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         item = dict(self.dataset[index])
-        if self.text_transform is not None:
+        if self.text_policy is not None:
+            item["text"] = self.text_policy(item, random.Random(sample_seed(self.seed, epoch, index)), self.train)
+        elif self.text_transform is not None:
             item["text"] = self.text_transform(item["text"], random.Random(sample_seed(self.seed, epoch, index)))
         if self.features is not None:
             item["image_features"] = self.features.get(item["image_id"])
@@ -91,13 +104,16 @@ class AugmentedIterable(IterableDataset):
     by ``(epoch, image_id)``."""
 
     def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int,
-                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None) -> None:
+                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None,
+                 text_policy: TextPolicy | None = None, train: bool = True) -> None:
         super().__init__()
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
         self.features = features
         self.image_transform = image_transform
+        self.text_policy = text_policy
+        self.train = train
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -116,7 +132,10 @@ class AugmentedIterable(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for item in self.dataset:
             item = dict(item)
-            if self.text_transform is not None:
+            if self.text_policy is not None:
+                rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
+                item["text"] = self.text_policy(item, rng, self.train)
+            elif self.text_transform is not None:
                 rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
                 item["text"] = self.text_transform(item["text"], rng)
             if self.features is not None:
@@ -160,6 +179,94 @@ class ReportCollator:
         }
 
 
+def label_matrix(dataset: Any) -> np.ndarray:
+    """(N, n_labels) label values of a map-style manifest or cache dataset, read without decoding images."""
+    names = list(getattr(dataset, "label_names", []))
+    if hasattr(dataset, "frame"):  # ManifestDataset
+        from medclip.data.manifest import LABEL_PREFIX
+
+        columns = [LABEL_PREFIX + n for n in names]
+        return dataset.frame[columns].to_numpy(dtype=np.float64) if columns else np.zeros((len(dataset), 0))
+    rows = []
+    for k in range(len(dataset)):
+        labels = dataset.meta(k).get("labels", {})
+        rows.append([np.nan if labels.get(n) is None else float(labels[n]) for n in names])
+    return np.asarray(rows, dtype=np.float64).reshape(len(dataset), len(names))
+
+
+class SourceDataset(Dataset):
+    """Several map-style datasets (``data.sources``) as one: label vectors on the union of their label names
+    (NaN where a source has no such label); each item says its source, text mode and mix probability."""
+
+    def __init__(self, datasets: Sequence[Any], specs: Sequence[Mapping[str, Any]]) -> None:
+        self.datasets = list(datasets)
+        self.specs = [dict(s) for s in specs]
+        names: list[str] = []
+        for ds in self.datasets:
+            names += [n for n in getattr(ds, "label_names", []) if n not in names]
+        self.label_names = names
+        self._columns = [[names.index(n) for n in getattr(ds, "label_names", [])] for ds in self.datasets]
+        self.offsets = np.cumsum([0] + [len(ds) for ds in self.datasets]).tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(source, index within the source)`` of a global index."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        source = bisect.bisect_right(self.offsets, index) - 1
+        return source, index - self.offsets[source]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        source, local = self.locate(int(index))
+        item = dict(self.datasets[source][local])
+        labels = torch.full((len(self.label_names),), float("nan"))
+        if self._columns[source]:
+            labels[self._columns[source]] = torch.as_tensor(item["labels"], dtype=torch.float32)
+        item["labels"] = labels
+        spec = self.specs[source]
+        item.update(source=source, text_mode=spec["text"], mix_prob=spec["mix_prob"])
+        return item
+
+    def image_ids(self) -> list[str]:
+        """Image ids of every item, in order."""
+        return [i for ds in self.datasets for i in ds.image_ids()]
+
+    def labels(self) -> np.ndarray:
+        """(N, n_labels) on the union of label names (NaN = unknown)."""
+        full = np.full((len(self), len(self.label_names)), np.nan)
+        for s, ds in enumerate(self.datasets):
+            if self._columns[s]:
+                full[self.offsets[s]:self.offsets[s + 1], self._columns[s]] = label_matrix(ds)
+        return full
+
+    def sampling_weights(self, concept_balance: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Per-item draw weights: each source gets its ``weight`` share of the stream; within a source, items
+        are equally likely or, with concept balance on, weighted so no concept exceeds ``max_share``."""
+        total_weight = sum(float(spec["weight"]) for spec, ds in zip(self.specs, self.datasets) if len(ds))
+        weights = np.zeros(len(self))
+        labels = self.labels() if concept_balance and concept_balance.get("enabled") else None
+        for s, (spec, ds) in enumerate(zip(self.specs, self.datasets)):
+            if not len(ds):
+                continue
+            part = np.ones(len(ds))
+            if labels is not None:
+                concepts = sample_concepts(labels[self.offsets[s]:self.offsets[s + 1]], self.label_names)
+                cap = float(concept_balance["max_share"])
+                part, shares = concept_balance_weights(concepts, cap)
+                top = sorted(shares.items(), key=lambda kv: -kv[1])[:5]
+                log.info("concept balance, source %s: largest shares %s", spec["name"],
+                         ", ".join(f"{c} {v:.2f}" for c, v in top))
+                over = {c: v for c, v in shares.items() if v > cap + 1e-3}
+                if over:
+                    log.warning("concept balance, source %s: max_share %.2f cannot be met for %s (too few concepts "
+                                "or one in every sample); they are reduced as far as possible", spec["name"], cap,
+                                ", ".join(sorted(over)))
+            weights[self.offsets[s]:self.offsets[s + 1]] = float(spec["weight"]) / total_weight * part / part.sum()
+        return weights
+
+
 class MedClipDataModule(L.LightningDataModule):
     """Training and validation batches from a manifest (map-style) or a WebDataset cache (iterable).
 
@@ -198,25 +305,72 @@ class MedClipDataModule(L.LightningDataModule):
         self._val_source: Any = None
         self._train_wrapper: AugmentedDataset | AugmentedIterable | None = None
         self._resume: dict[str, int] | None = None
+        self.text_policy: TextPolicy | None = None
 
     # ------------------------------------------------------------------ datasets
     @property
     def source(self) -> str:
-        """The cache folder or manifest file the batches come from."""
+        """The cache folder(s) or manifest file(s) the batches come from."""
+        if self.is_mixture:
+            return ", ".join(str(spec["cache_dir"] or spec["manifest"]) for spec in self.source_specs())
         return str(self.cfg["cache_dir"] if self.is_iterable else self.cfg["manifest"])
+
+    @property
+    def label_text_enabled(self) -> bool:
+        """Whether rows get knowledge-graph text from their labels (data.label_text.enabled)."""
+        return bool((self.cfg.get("label_text") or {}).get("enabled", False))
+
+    def source_specs(self) -> list[dict[str, Any]]:
+        """The data sources: ``data.sources`` with defaults filled in, or the single manifest / cache."""
+        mix = float((self.cfg.get("label_text") or {}).get("mix_prob", 0.0))
+        if not self.cfg.get("sources"):
+            return [{"name": "data", "manifest": self.cfg.get("manifest"), "cache_dir": self.cfg.get("cache_dir"),
+                     "weight": 1.0, "text": "mixed", "mix_prob": mix}]
+        return [{"name": str(spec.get("name") or f"source{i}"), "manifest": spec.get("manifest"),
+                 "cache_dir": spec.get("cache_dir"), "weight": float(spec.get("weight", 1.0)),
+                 "text": spec.get("text", "report"), "mix_prob": float(spec.get("mix_prob", mix))}
+                for i, spec in enumerate(self.cfg["sources"])]
+
+    @property
+    def is_mixture(self) -> bool:
+        """Whether items are drawn with weights from map-style sources (data.sources or concept balance)."""
+        return bool(self.cfg.get("sources")) or bool((self.cfg.get("concept_balance") or {}).get("enabled"))
+
+    def _map_dataset(self, spec: Mapping[str, Any], split: str, kwargs: Mapping[str, Any]) -> Any:
+        from medclip.data.dataset import CacheMapDataset, ManifestDataset
+
+        kwargs = dict(kwargs)
+        if spec.get("cache_dir"):
+            return CacheMapDataset(spec["cache_dir"], split=split, **kwargs)
+        kwargs.setdefault("image_size", self.cfg.get("image_size", 224))
+        # an image without any text teaches nothing; with label text, labels are enough
+        kwargs.setdefault("require_text", "text_or_labels" if self.label_text_enabled else True)
+        return ManifestDataset(spec["manifest"], split=split, **kwargs)
 
     def _make_dataset(self, split: str, *, train: bool, with_images: bool = True, whole: bool = False) -> Any:
         """The dataset of ``split``; ``whole``: every sample on this process, in order (feature extraction)."""
-        from medclip.data.dataset import CacheDataset, ManifestDataset
+        from medclip.data.dataset import CacheDataset
 
         kwargs = dict(self.cfg.get("dataset_kwargs") or {})
         kwargs["with_images"] = with_images
         if self.cfg.get("text_field"):
             kwargs.setdefault("text_field", self.cfg["text_field"])
+        if self.is_mixture:
+            datasets, specs = [], []
+            for spec in self.source_specs():
+                try:
+                    dataset = self._map_dataset(spec, split, {k: v for k, v in kwargs.items()
+                                                              if k not in ("seed", "shuffle", "buffer_size")})
+                except ValueError as exc:  # a source without this split
+                    log.info("source %s: no %s split (%s)", spec["name"], split, exc)
+                    continue
+                datasets.append(dataset)
+                specs.append(spec)
+            if not datasets:
+                raise ValueError(f"{self.source}: no source has rows in split {split!r}")
+            return SourceDataset(datasets, specs)
         if not self.is_iterable:
-            kwargs.setdefault("image_size", self.cfg.get("image_size", 224))
-            kwargs.setdefault("require_text", True)  # an image without a report teaches nothing here
-            return ManifestDataset(self.cfg["manifest"], split=split, **kwargs)
+            return self._map_dataset(self.source_specs()[0], split, kwargs)
         # the cache was resized when it was built; ranks are passed explicitly (workers have no process group)
         from medclip.data.cache import read_cache_index
 
@@ -233,7 +387,7 @@ class MedClipDataModule(L.LightningDataModule):
     @property
     def is_iterable(self) -> bool:
         """Whether batches stream from the cache (preferred when both a cache and a manifest are set)."""
-        return bool(self.cfg.get("cache_dir"))
+        return bool(self.cfg.get("cache_dir")) and not self.is_mixture
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -244,15 +398,18 @@ class MedClipDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ feature cache
     def feature_preprocessing(self) -> dict[str, Any]:
         """What, besides the model, determines an image's cached features."""
-        kwargs = dict(self.cfg.get("dataset_kwargs") or {})
-        prep: dict[str, Any] = {"source": source_identity(self.source), "window": kwargs.get("window", "auto")}
-        if self.is_iterable:
-            from medclip.data.cache import read_cache_index
+        from medclip.data.cache import read_cache_index
 
-            prep["cache_config"] = read_cache_index(self.cfg["cache_dir"]).get("config", {})
-        else:
-            prep["image_size"] = self.cfg.get("image_size", 224)
-        return prep
+        kwargs = dict(self.cfg.get("dataset_kwargs") or {})
+        sources = []
+        for spec in self.source_specs():
+            if spec.get("cache_dir"):
+                sources.append({"cache": source_identity(spec["cache_dir"]),
+                                "cache_config": read_cache_index(spec["cache_dir"]).get("config", {})})
+            else:
+                sources.append({"manifest": source_identity(spec["manifest"]),
+                                "image_size": self.cfg.get("image_size", 224)})
+        return {"sources": sources, "window": kwargs.get("window", "auto")}
 
     def _prepare_features(self, splits: list[str]) -> None:
         """Encode every image of ``splits`` that the feature cache lacks (once; later runs reuse the file)."""
@@ -284,6 +441,7 @@ class MedClipDataModule(L.LightningDataModule):
                                                     with_images=not use_features)
             if not self.is_iterable and len(self._train_source) == 0:
                 raise ValueError(f"{self.source}: no rows in split {self.cfg.get('train_split')!r}")
+            self.text_policy = self._text_policy(self._train_source)
         if stage in (None, "fit", "validate") and self._val_source is None and self.cfg.get("val_split"):
             try:
                 val = self._make_dataset(self.cfg["val_split"], train=False, with_images=not use_features)
@@ -294,6 +452,19 @@ class MedClipDataModule(L.LightningDataModule):
                 log.warning("no validation: split %r is empty", self.cfg["val_split"])
                 val = None
             self._val_source = val
+
+    def _val_policy(self) -> TextPolicy | None:
+        """Validation texts: the report, or label text (fixed per sample) for rows without one."""
+        return self._text_policy(self._val_source) if self.label_text_enabled else None
+
+    def _text_policy(self, dataset: Any) -> TextPolicy:
+        """Report text (augmented) or label text per sample, for the label names of ``dataset``."""
+        augmenter = self.text_transform if hasattr(self.text_transform, "labels_to_text") else None
+        return TextPolicy(
+            getattr(dataset, "label_names", []), report_transform=self.text_transform,
+            label_text=self.label_text_enabled, mix_prob=float((self.cfg.get("label_text") or {}).get("mix_prob", 0)),
+            augmenter=augmenter,
+        )
 
     # ------------------------------------------------------------------ loaders
     def _loader_kwargs(self, iterable: bool) -> dict[str, Any]:
@@ -322,7 +493,8 @@ class MedClipDataModule(L.LightningDataModule):
         resume = self._resume or {}
         if self.is_iterable:
             wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed,
-                                        features=self.features, image_transform=self.image_transform)
+                                        features=self.features, image_transform=self.image_transform,
+                                        text_policy=self.text_policy)
             if resume:
                 wrapper.resume_from(resume["epoch"], resume["batches_done"], batch_size)
             self._train_wrapper = wrapper
@@ -330,10 +502,14 @@ class MedClipDataModule(L.LightningDataModule):
                 wrapper, batch_size=batch_size, drop_last=bool(self.cfg.get("drop_last", True)),
                 **self._loader_kwargs(iterable=True),
             )
-        sampler = ResumableSampler(
-            len(self._train_source), shuffle=bool(self.cfg.get("shuffle", True)), seed=self.seed,
-            rank=rank, world_size=world,
-        )
+        if self.is_mixture:
+            weights = self._train_source.sampling_weights(self.cfg.get("concept_balance"))
+            sampler: ResumableSampler = WeightedResumableSampler(weights, seed=self.seed, rank=rank, world_size=world)
+        else:
+            sampler = ResumableSampler(
+                len(self._train_source), shuffle=bool(self.cfg.get("shuffle", True)), seed=self.seed,
+                rank=rank, world_size=world,
+            )
         if resume:
             sampler.resume_from(resume["epoch"], resume["samples_consumed"])
             sampler.set_epoch(resume["epoch"])
@@ -344,7 +520,7 @@ class MedClipDataModule(L.LightningDataModule):
                 "lower the batch size or set data.drop_last=false"
             )
         self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed, self.features,
-                                               self.image_transform)
+                                               self.image_transform, text_policy=self.text_policy)
         return DataLoader(
             self._train_wrapper, batch_size=batch_size, sampler=sampler,
             drop_last=bool(self.cfg.get("drop_last", True)), **self._loader_kwargs(iterable=False),
@@ -359,12 +535,13 @@ class MedClipDataModule(L.LightningDataModule):
         kwargs = self._loader_kwargs(iterable=self.is_iterable)
         if self.is_iterable:
             val: Any = self._val_source
-            if self.features is not None:
-                val = AugmentedIterable(val, text_transform=None, seed=self.seed, features=self.features)
+            val = AugmentedIterable(val, text_transform=None, seed=self.seed, features=self.features,
+                                    text_policy=self._val_policy(), train=False)
             return DataLoader(val, batch_size=batch_size, **kwargs)
         rank, world = self._rank_and_world()
         sampler = ResumableSampler(len(self._val_source), shuffle=False, rank=rank, world_size=world)
-        return DataLoader(AugmentedDataset(self._val_source, None, self.seed, self.features), batch_size=batch_size,
+        return DataLoader(AugmentedDataset(self._val_source, None, self.seed, self.features,
+                                           text_policy=self._val_policy(), train=False), batch_size=batch_size,
                           sampler=sampler, **kwargs)
 
     # ------------------------------------------------------------------ epochs and resume

@@ -175,9 +175,9 @@ def fill_store(store: FeatureStore, dataset: Iterable[Mapping[str, Any]] | Any, 
     chunks: list[torch.Tensor] = []
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))  # never touches the global RNG
-    if hasattr(dataset, "__getitem__") and hasattr(dataset, "records"):
+    if callable(getattr(dataset, "image_ids", None)):
         # map-style: skip images already cached without decoding them
-        missing = [k for k, r in enumerate(dataset.records) if str(r["image_id"]) not in store]
+        missing = [k for k, i in enumerate(dataset.image_ids()) if str(i) not in store]
         if not missing:
             return 0
         loader = DataLoader(torch.utils.data.Subset(dataset, missing), batch_size=batch_size, num_workers=num_workers,

@@ -221,9 +221,19 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     data_cfg = dict(cfg["data"])
     data_cfg["manifest"] = resolve_path(data_cfg.get("manifest"))
     data_cfg["cache_dir"] = resolve_path(data_cfg.get("cache_dir"))
-    used = "cache_dir" if data_cfg["cache_dir"] else "manifest"
-    if not Path(data_cfg[used]).exists():
-        raise ConfigError(f"data.{used}: {data_cfg[used]} does not exist")
+    if data_cfg.get("sources"):
+        sources = []
+        for i, spec in enumerate(data_cfg["sources"]):
+            spec = {**spec, "manifest": resolve_path(spec.get("manifest")), "cache_dir": resolve_path(spec.get("cache_dir"))}
+            used = "cache_dir" if spec["cache_dir"] else "manifest"
+            if not Path(spec[used]).exists():
+                raise ConfigError(f"data.sources[{i}].{used}: {spec[used]} does not exist")
+            sources.append(spec)
+        data_cfg["sources"] = sources
+    else:
+        used = "cache_dir" if data_cfg["cache_dir"] else "manifest"
+        if not Path(data_cfg[used]).exists():
+            raise ConfigError(f"data.{used}: {data_cfg[used]} does not exist")
 
     ckpt_path = _resume_path(cfg, checkpoint_dir, output_dir)
     module = DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])

@@ -9,8 +9,9 @@ round-robin to the ranks, so after ``k`` batches of ``b`` on ``w`` ranks exactly
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -84,3 +85,87 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         # the full epoch length even when resuming: Lightning counts the batches already done
         return self.per_rank
+
+
+class WeightedResumableSampler(ResumableSampler):
+    """A :class:`ResumableSampler` whose epoch is ``num_draws`` draws with replacement, sample ``i`` drawn with
+    probability ``weights[i] / sum(weights)`` (mixed sources, concept-balanced sampling).
+
+    The draws of an epoch are one seeded function of ``(seed, epoch)``, dealt to ranks and resumed
+    exactly like the permutation of the unweighted sampler.
+    """
+
+    def __init__(self, weights: Sequence[float] | torch.Tensor, *, num_draws: int | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.ndim != 1 or len(w) < 1 or not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+            raise ValueError("weights must be a non-empty vector of finite, non-negative numbers with a positive sum")
+        super().__init__(int(num_draws or len(w)), shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        self.weights = w
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        total = self.per_rank * self.world_size
+        return torch.multinomial(self.weights, total, replacement=True, generator=generator).tolist()
+
+
+def sample_concepts(labels: np.ndarray, names: Sequence[str]) -> list[list[str]]:
+    """The knowledge-graph concepts of each sample: its positive labels, or ``no_finding`` when it has known
+    labels and none positive; an unlabelled sample has none."""
+    from medclip.knowledge.labeler import NO_FINDING
+
+    labels = np.asarray(labels, dtype=np.float64)
+    concepts: list[list[str]] = []
+    for row in labels:
+        positive = [names[k] for k in np.flatnonzero(row == 1)]
+        if not positive and np.isfinite(row).any():
+            positive = [NO_FINDING]
+        concepts.append(sorted(set(positive)))
+    return concepts
+
+
+def concept_shares(weights: np.ndarray, concepts: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Each concept's share of the sampled pairs when sample ``i`` is drawn with weight ``weights[i]``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = float(weights.sum())
+    shares: dict[str, float] = {}
+    for w, cs in zip(weights, concepts):
+        for c in cs:
+            shares[c] = shares.get(c, 0.0) + float(w) / total
+    return shares
+
+
+def concept_balance_weights(concepts: Sequence[Sequence[str]], max_share: float, *, iterations: int = 500,
+                            tol: float = 1e-4) -> tuple[np.ndarray, dict[str, float]]:
+    """Sampling weights under which no concept (``no_finding`` included) exceeds ``max_share`` of the pairs.
+
+    MetaCLIP's curation (Xu et al., 2024) caps each metadata entry's count; here the metadata are the
+    knowledge-graph concepts of each sample and the cap is a share of the sampled stream. Weights of an
+    over-represented concept's samples are scaled down until every share is within the cap (iterative
+    proportional fitting; multi-label samples are handled jointly). When the cap cannot be met (fewer
+    than ``1 / max_share`` concepts, or a concept in every sample) the result is as balanced as the
+    iterations get. Returns the weights (mean 1) and the concept shares they give.
+    """
+    if not 0 < max_share <= 1:
+        raise ValueError(f"max_share must be in (0, 1], got {max_share}")
+    n = len(concepts)
+    weights = np.ones(n, dtype=np.float64)
+    names = sorted({c for cs in concepts for c in cs})
+    if not names:
+        return weights, {}
+    member = np.zeros((n, len(names)), dtype=bool)
+    column = {c: k for k, c in enumerate(names)}
+    for i, cs in enumerate(concepts):
+        for c in cs:
+            member[i, column[c]] = True
+    for _ in range(iterations):
+        shares = (weights[:, None] * member).sum(axis=0) / weights.sum()
+        over = shares > max_share * (1 + tol)
+        if not over.any():
+            break
+        factor = np.ones(n)
+        for k in np.flatnonzero(over):
+            factor[member[:, k]] = np.minimum(factor[member[:, k]], max_share / shares[k])
+        weights = weights * factor
+        weights = weights / weights.mean()
+    return weights, concept_shares(weights, concepts)
