@@ -34,6 +34,7 @@ from tqdm import tqdm
 from medclip.data.cache import CacheConfig, cache_shards, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
+from medclip.fsutil import atomic_write
 from medclip.inference.drafting import drafting_text  # noqa: F401 (moved there; kept importable here)
 from medclip.inference.encoders import model_image_size
 from medclip.inference.index import EmbeddingIndex
@@ -203,13 +204,17 @@ def build_gallery(
         raise GalleryError(f"{origin}: no 2D images with a report{f' in split {split!r}' if split else ''} to build a gallery from")
     from safetensors.torch import save_file
 
+    # Each file all or nothing, gallery.json last: a rebuild that fails half-way leaves the old gallery readable.
     matrix = torch.cat(embeddings).contiguous()
-    save_file({"image": matrix}, str(out / GALLERY_EMBEDDINGS))
+    with atomic_write(out / GALLERY_EMBEDDINGS) as tmp:
+        save_file({"image": matrix}, str(tmp))
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
-    table.to_parquet(out / GALLERY_TABLE, index=False)
+    with atomic_write(out / GALLERY_TABLE) as tmp:
+        table.to_parquet(tmp, index=False)
     info = {"format": GALLERY_FORMAT, "model_fingerprint": model_fingerprint(model), "size": len(records),
             "embed_dim": int(matrix.shape[1]), "image_size": size, "split": split, "source": origin}
-    (out / GALLERY_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_write(out / GALLERY_INFO) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
     return out
 
 
