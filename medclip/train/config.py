@@ -285,7 +285,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 SOURCE_TEXT_MODES = ("report", "labels", "mixed")
 
 #: Options whose code is still being written (an error rather than a silent no-op).
-_NOT_IMPLEMENTED = ("loss.sub_captions", "text_pretrain.enabled")
+_NOT_IMPLEMENTED = ("text_pretrain.enabled",)
 DEFAULTS_FLAT: dict[str, Any] = {}
 
 

@@ -58,6 +58,18 @@ def image_seed(seed: int, epoch: int, key: int | str) -> int:
     return sample_seed(seed, epoch, f"image:{key}")
 
 
+def sub_captions(text: str, rng: random.Random, max_captions: int) -> list[str]:
+    """The report's sentences as separate captions (DreamLIP), at most ``max_captions`` of them (a seeded sample,
+    report order kept); a text without sentence breaks is its own single caption."""
+    from medclip.data.reports import split_sentences
+
+    sentences = split_sentences(text) or ([text] if text.strip() else [""])
+    if len(sentences) > max_captions:
+        keep = sorted(rng.sample(range(len(sentences)), max_captions))
+        sentences = [sentences[k] for k in keep]
+    return sentences
+
+
 def default_text_transform(seed: int = 0) -> TextTransform | None:
     """The knowledge-graph report augmenter, or ``None`` (with a warning) when it cannot be built."""
     try:
@@ -73,7 +85,7 @@ class AugmentedDataset(Dataset):
 
     def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int,
                  features: FeatureStore | None = None, image_transform: ImageTransform | None = None,
-                 text_policy: TextPolicy | None = None, train: bool = True) -> None:
+                 text_policy: TextPolicy | None = None, train: bool = True, max_captions: int = 0) -> None:
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
@@ -81,6 +93,7 @@ class AugmentedDataset(Dataset):
         self.image_transform = image_transform
         self.text_policy = text_policy  # when set, it chooses the text (report or label text) and augments it
         self.train = train
+        self.max_captions = max_captions  # > 0: sub-caption training, each sentence its own positive
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -88,10 +101,13 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         item = dict(self.dataset[index])
+        rng = random.Random(sample_seed(self.seed, epoch, index))
         if self.text_policy is not None:
-            item["text"] = self.text_policy(item, random.Random(sample_seed(self.seed, epoch, index)), self.train)
+            item["text"] = self.text_policy(item, rng, self.train)
         elif self.text_transform is not None:
-            item["text"] = self.text_transform(item["text"], random.Random(sample_seed(self.seed, epoch, index)))
+            item["text"] = self.text_transform(item["text"], rng)
+        if self.max_captions:
+            item["captions"] = sub_captions(item["text"], rng, self.max_captions)
         if self.features is not None:
             item["image_features"] = self.features.get(item["image_id"])
         if self.image_transform is not None and "image" in item:
@@ -105,7 +121,7 @@ class AugmentedIterable(IterableDataset):
 
     def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int,
                  features: FeatureStore | None = None, image_transform: ImageTransform | None = None,
-                 text_policy: TextPolicy | None = None, train: bool = True) -> None:
+                 text_policy: TextPolicy | None = None, train: bool = True, max_captions: int = 0) -> None:
         super().__init__()
         self.dataset = dataset
         self.text_transform = text_transform
@@ -114,6 +130,7 @@ class AugmentedIterable(IterableDataset):
         self.image_transform = image_transform
         self.text_policy = text_policy
         self.train = train
+        self.max_captions = max_captions
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -132,12 +149,13 @@ class AugmentedIterable(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for item in self.dataset:
             item = dict(item)
+            rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
             if self.text_policy is not None:
-                rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
                 item["text"] = self.text_policy(item, rng, self.train)
             elif self.text_transform is not None:
-                rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
                 item["text"] = self.text_transform(item["text"], rng)
+            if self.max_captions:
+                item["captions"] = sub_captions(item["text"], rng, self.max_captions)
             if self.features is not None:
                 item["image_features"] = self.features.get(item["image_id"])
             if self.image_transform is not None and "image" in item:
@@ -164,12 +182,21 @@ class ReportCollator:
                 f"images in one batch have different shapes {sorted(shapes)}: set data.image_size "
                 "(or build the cache with one size)"
             )
-        texts = [str(item["text"] or "") for item in items]
-        tokens = self.tokenize(texts, max_length=self.max_text_tokens)
         # images of one study share a group (positives for the multi_positive loss); the ids are
         # hashes of the study id, so they agree across ranks when the loss gathers the batch
         keys = [str(item.get("study_id") or f"image:{item['image_id']}") for item in items]
-        return {
+        extra: dict[str, torch.Tensor] = {}
+        if "captions" in items[0]:
+            # sub-captions: one text row per sentence, each pointing at its image (caption_index) and
+            # sharing its image's group, so the multi_positive loss makes every sentence a positive of it
+            rows = [(k, str(c)) for k, item in enumerate(items) for c in item["captions"]]
+            texts = [c for _, c in rows]
+            extra["caption_index"] = torch.tensor([k for k, _ in rows], dtype=torch.long)
+            keys = [keys[k] for k, _ in rows]
+        else:
+            texts = [str(item["text"] or "") for item in items]
+        tokens = self.tokenize(texts, max_length=self.max_text_tokens)
+        return {**extra,
             "image_features" if cached else "images":
                 torch.stack([torch.as_tensor(item[image_key], dtype=torch.float32) for item in items]),
             "input_ids": tokens["input_ids"],
@@ -284,9 +311,12 @@ class MedClipDataModule(L.LightningDataModule):
         text_transform: TextTransform | None | str = "default",
         feature_extractor: BackboneFeatures | None = None,
         feature_dir: str | Path | None = None,
+        max_captions: int = 0,
     ) -> None:
         super().__init__()
         self.cfg = dict(data)
+        #: > 0: sub-caption training (loss.sub_captions), at most this many sentences per image
+        self.max_captions = int(max_captions)
         #: with a fully locked image backbone: features computed once (see medclip.train.features)
         self.feature_extractor = feature_extractor
         self.feature_dir = Path(feature_dir) if feature_dir is not None else None
@@ -494,7 +524,7 @@ class MedClipDataModule(L.LightningDataModule):
         if self.is_iterable:
             wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed,
                                         features=self.features, image_transform=self.image_transform,
-                                        text_policy=self.text_policy)
+                                        text_policy=self.text_policy, max_captions=self.max_captions)
             if resume:
                 wrapper.resume_from(resume["epoch"], resume["batches_done"], batch_size)
             self._train_wrapper = wrapper
@@ -520,7 +550,8 @@ class MedClipDataModule(L.LightningDataModule):
                 "lower the batch size or set data.drop_last=false"
             )
         self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed, self.features,
-                                               self.image_transform, text_policy=self.text_policy)
+                                               self.image_transform, text_policy=self.text_policy,
+                                               max_captions=self.max_captions)
         return DataLoader(
             self._train_wrapper, batch_size=batch_size, sampler=sampler,
             drop_last=bool(self.cfg.get("drop_last", True)), **self._loader_kwargs(iterable=False),

@@ -246,6 +246,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         data_cfg, module.model.tokenize, seed=seed,
         feature_extractor=BackboneFeatures(module.model) if cached else None,
         feature_dir=output_dir / "feature_cache",
+        max_captions=int(cfg["loss"].get("max_sub_captions", 4)) if cfg["loss"].get("sub_captions") else 0,
     )
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
     if trainer.is_global_zero:

@@ -124,8 +124,13 @@ class DualEncoderModule(L.LightningModule):
         }
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self._forward(batch)
+        out = dict(self._forward(batch))
         labels = batch.get("labels")
+        caption_index = batch.get("caption_index")
+        if caption_index is not None:
+            # sub-captions: one row per sentence; its image's features (and labels) repeated for it
+            out["image_features"] = out["image_features"][caption_index]
+            labels = labels[caption_index] if labels is not None else None
         if self.loss_name == "label_aware" and (labels is None or labels.shape[-1] == 0):
             # no finding labels: the soft targets reduce to the identity, i.e. plain InfoNCE
             if not self._warned_no_labels:
@@ -139,9 +144,14 @@ class DualEncoderModule(L.LightningModule):
         )
         with torch.no_grad():
             logits = out["image_features"].float() @ out["text_features"].float().t()
-            target = torch.arange(logits.shape[0], device=logits.device)
-            i2t = (logits.argmax(dim=1) == target).float().mean()
-            t2i = (logits.argmax(dim=0) == target).float().mean()
+            if caption_index is not None:  # a hit is any row of the same image
+                groups = caption_index.to(logits.device)
+                i2t = (groups[logits.argmax(dim=1)] == groups).float().mean()
+                t2i = (groups[logits.argmax(dim=0)] == groups).float().mean()
+            else:
+                target = torch.arange(logits.shape[0], device=logits.device)
+                i2t = (logits.argmax(dim=1) == target).float().mean()
+                t2i = (logits.argmax(dim=0) == target).float().mean()
         stats = {"acc_i2t": i2t, "acc_t2i": t2i, "logit_scale": out["logit_scale"].detach()}
         return loss, stats
 
