@@ -284,10 +284,6 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 SOURCE_TEXT_MODES = ("report", "labels", "mixed")
 
-#: Options whose code is still being written (an error rather than a silent no-op).
-_NOT_IMPLEMENTED = ("text_pretrain.enabled",)
-DEFAULTS_FLAT: dict[str, Any] = {}
-
 
 def _number_error(source: str, key: str, value: Any, integer: bool, low: Any, high: Any, nullable: bool) -> ConfigError:
     kind = "an integer" if integer else "a number"
@@ -417,10 +413,6 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ConfigError(f"{source}: checkpoint.every_n_steps must be a positive integer or null, got {every!r}")
     _check_values(config, source)
-    for key in _NOT_IMPLEMENTED:
-        value = _get(config, key)
-        if value and value != DEFAULTS_FLAT.get(key):
-            raise ConfigError(f"{source}: {key} is not implemented yet in this version")
     loss = config.get("loss", {})
     if loss.get("sub_captions") and loss.get("name") != "multi_positive":
         raise ConfigError(f"{source}: loss.sub_captions needs loss.name=multi_positive (each sentence is a positive "

@@ -195,6 +195,33 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
     trainer.strategy.barrier("medclip-export")
 
 
+def _text_prestage(cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: DualEncoderModule,
+                   output_dir: Path, seed: int) -> None:
+    """KAD-style text pre-stage before image-text training; its summary goes to <output_dir>/text_pretrain.json."""
+    import json
+
+    from medclip.train.pretrain import run_text_pretrain
+
+    pre = cfg["text_pretrain"]
+    defaults = [data_cfg.get("manifest")] + [s.get("manifest") for s in data_cfg.get("sources") or []]
+    defaults = [d for d in defaults if d]
+    if not pre.get("corpora") and not defaults:
+        raise ConfigError("text_pretrain.corpora is empty and the training data has no manifest to read reports from")
+    accelerator = str(cfg["trainer"].get("accelerator", "auto"))
+    device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else None
+    try:
+        summary = run_text_pretrain(module.model, pre, seed=seed, default_corpora=defaults,
+                                    max_length=data_cfg.get("max_text_tokens"), device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"text_pretrain: {exc}") from None
+    log.info("text pre-stage: loss %.4f -> %.4f over %d steps", summary["loss_first"], summary["loss_last"],
+             summary["steps"])
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        (output_dir / "text_pretrain.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+
+
 def use_feature_cache(cfg: Mapping[str, Any], model: Any) -> bool:
     """Whether training reuses cached image features: ``data.feature_cache`` auto -> when the image backbone is
     fully locked (and in eval mode) and image augmentation is off; true -> required (an error if impossible)."""
@@ -240,6 +267,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     if data_cfg.get("image_size") is None:
         model_size = module.model.config.vision.image_size
         data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
+    if cfg["text_pretrain"].get("enabled") and ckpt_path is None:  # a resumed run has its trained weights
+        _text_prestage(cfg, data_cfg, module, output_dir, seed)
     cached = use_feature_cache(cfg, module.model)
     cfg["data"]["feature_cache"] = cached  # the resolved run config records what was used
     datamodule = MedClipDataModule(
