@@ -387,3 +387,14 @@ def test_empty_modality_lut_sequence_falls_back_to_identity(tmp_path: Path) -> N
     intact = load_image(source, window=None)
     np.testing.assert_allclose(intact.array, apply_modality_lut(original.pixel_array, original))
     assert "modality_lut" not in intact.metadata
+
+
+def test_12bit_jpeg_extended_through_gdcm() -> None:
+    """JPEG-lossy.dcm (12-bit JPEG Extended) decodes through GDCM's reader to pydicom's reference values (11.8)."""
+    pytest.importorskip("gdcm", reason="python-gdcm not installed")
+    image = load_image(bundled("JPEG-lossy.dcm"), window=None)
+    assert image.shape == (1024, 256)
+    assert (image.array[420, 140], image.array[230, 120]) == (244.0, 95.0)  # pydicom's GDCM test values
+    # the same image stored as conformant 12-bit JPEG Extended (decoded by pylibjpeg) agrees closely
+    reference = pydicom.dcmread(bundled("JPGExtended.dcm")).pixel_array.astype(np.float32)
+    assert np.abs(image.array - reference).mean() < 0.05

@@ -411,6 +411,9 @@ def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
     try:
         return pydicom.pixels.pixel_array(ds, index=frame, raw=raw)
     except _DECODE_ERRORS as exc:
+        fallback = _gdcm_decode(ds, path, frame)
+        if fallback is not None:
+            return fallback
         message = f"{type(exc).__name__}: {exc}"
         lowered = message.lower()
         if "less than expected" in lowered or "truncat" in lowered or "end of file" in lowered:
@@ -423,6 +426,49 @@ def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
         else:
             reason = f"pixel data could not be decoded ({message})"
         raise ImageReadError(path, reason) from exc
+
+
+_GDCM_SCALARS = {"UINT8": "u1", "INT8": "i1", "UINT12": "<u2", "INT12": "<i2", "UINT16": "<u2", "INT16": "<i2",
+                 "UINT32": "<u4", "INT32": "<i4", "FLOAT32": "<f4", "FLOAT64": "<f8"}
+
+
+def _gdcm_decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray | None:
+    """Grayscale pixels decoded by GDCM's own file reader, or None (no python-gdcm, colour, not a plain file).
+
+    The fallback for JPEG streams pydicom's plugins refuse, e.g. 12-bit JPEG Extended (process 2/4)
+    files that only GDCM's IJG 12-bit codec reads; pydicom's GDCM plugin declines those on purpose.
+    """
+    try:
+        import gdcm
+    except ImportError:
+        return None
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    if syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES:
+        return None  # only for codecs pydicom's plugins refused, never to paper over a corrupt dataset
+    if (_int(ds, "SamplesPerPixel") or 1) != 1 or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return None
+    try:
+        for switch in (gdcm.Trace.SetError, gdcm.Trace.SetWarning, gdcm.Trace.SetDebug):
+            switch(False)  # GDCM's trace messages may name the file
+        reader = gdcm.ImageReader()
+        reader.SetFileName(os.fsdecode(path))
+        if not reader.Read():
+            return None
+        image = reader.GetImage()
+        dtype = _GDCM_SCALARS.get(image.GetPixelFormat().GetScalarTypeAsString())
+        if dtype is None:
+            return None
+        values = np.frombuffer(image.GetBuffer().encode("utf-8", "surrogateescape"), dtype=dtype)
+    except Exception:  # noqa: BLE001 - any GDCM failure leaves pydicom's own error to report
+        return None
+    rows, columns, frames = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0, _frame_count(ds)
+    if values.size != rows * columns * frames:
+        return None
+    values = values.reshape(frames, rows, columns)
+    if frame is not None:
+        return values[frame].copy()
+    return values[0].copy() if frames == 1 else values.copy()
 
 
 def _rescale(ds: Dataset, frame: int) -> tuple[float, float]:
