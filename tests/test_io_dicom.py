@@ -398,3 +398,42 @@ def test_12bit_jpeg_extended_through_gdcm() -> None:
     # the same image stored as conformant 12-bit JPEG Extended (decoded by pylibjpeg) agrees closely
     reference = pydicom.dcmread(bundled("JPGExtended.dcm")).pixel_array.astype(np.float32)
     assert np.abs(image.array - reference).mean() < 0.05
+
+
+def test_gzip_compressed_dicom(tmp_path: Path, monkeypatch) -> None:
+    """A .dcm.gz (pydicom's zipMR.gz is MR_small.dcm gzipped) reads, indexes and series like plain DICOM (11.8)."""
+    import gzip
+    import shutil
+
+    from medclip.data.indexer import index_export
+    from medclip.io import dicom as dicom_module
+    from medclip.io import read_dicom_series
+
+    plain = load_image(bundled("MR_small.dcm"), window=None)
+    zipped = load_image(bundled("zipMR.gz"), window=None)
+    np.testing.assert_array_equal(zipped.array, plain.array)
+    assert zipped.metadata["image_id"] == plain.metadata["image_id"]
+
+    export = tmp_path / "export" / "study"
+    export.mkdir(parents=True)
+    shutil.copy(bundled("zipMR.gz"), export / "mr.dcm.gz")
+    res = index_export(export.parent, tmp_path / "m.parquet", salt="s", workers=1, progress=False)
+    assert len(res.manifest) == 1 and not res.skipped
+    assert res.manifest.iloc[0]["rows"] == 64 and res.manifest.iloc[0]["modality"] == "MR"
+
+    # a series of two gzipped slices (the same slice shifted by one spacing) assembles like plain files
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(2):
+        ds = pydicom.dcmread(bundled("MR_small.dcm"))
+        ds.ImagePositionPatient = [float(v) + (k * 5.0 if i == 2 else 0.0) for i, v in enumerate(ds.ImagePositionPatient)]
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k}"
+        buffer = __import__("io").BytesIO()
+        ds.save_as(buffer)
+        (series / f"s{k}.dcm.gz").write_bytes(gzip.compress(buffer.getvalue()))
+    assert read_dicom_series(series, window=None).shape[0] == 2
+
+    # a gzip bomb is refused, not inflated
+    monkeypatch.setattr(dicom_module, "MAX_GZIP_DICOM_BYTES", 2_000)
+    with pytest.raises(ImageReadError, match="inflates to more than"):
+        load_image(bundled("zipMR.gz"))

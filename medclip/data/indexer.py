@@ -97,6 +97,8 @@ def classify_file(path: Path) -> str | None:
         return None
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
+    if name.endswith(tuple(s + ".gz" for s in DICOM_SUFFIXES)):  # gzip-compressed DICOM (.dcm.gz)
+        return "dicom"
     if name.endswith(RASTER_SUFFIXES):
         return "raster"
     if name.endswith(DICOM_SUFFIXES):
@@ -187,10 +189,16 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from medclip.io import ImageReadError
+    from medclip.io.dicom import dicom_source
+
     try:
-        ds = pydicom.dcmread(path, defer_size="2 KB")
+        ds = pydicom.dcmread(dicom_source(path), defer_size="2 KB")  # a .dcm.gz is inflated in memory
     except InvalidDicomError:
         rec["status"] = "not DICOM"
+        return
+    except ImageReadError as exc:  # a corrupt or oversized .dcm.gz
+        rec["status"] = exc.reason
         return
     except Exception as exc:
         rec["status"] = f"unreadable DICOM header ({type(exc).__name__})"

@@ -13,6 +13,8 @@ names, dates and free text are never read into it.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import struct
 import warnings
@@ -35,7 +37,7 @@ from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.volume import canonical_volume
 from medclip.io.windowing import WindowSpec, check_window, window_image
 
-__all__ = ["find_dicom_series", "is_dicom_file", "read_dicom", "read_dicom_series", "safe_metadata"]
+__all__ = ["dicom_source", "find_dicom_series", "is_dicom_file", "read_dicom", "read_dicom_series", "safe_metadata"]
 
 PathLike = str | os.PathLike[str]
 
@@ -58,16 +60,57 @@ _ORIENTATION_TOL = 1e-3  # max abs difference between direction cosines
 # --------------------------------------------------------------------------- file detection
 
 
-def is_dicom_file(path: PathLike) -> bool:
-    """True if the file starts like DICOM: 'DICM' after the 128-byte preamble, or a bare dataset."""
+_GZIP_MAGIC = b"\x1f\x8b"
+#: Most bytes a gzip-compressed DICOM file (``.dcm.gz``) may inflate to; a gzip bomb is refused, not inflated.
+MAX_GZIP_DICOM_BYTES = 2**30
+
+
+def _is_gzip(path: PathLike) -> bool:
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return fh.read(2) == _GZIP_MAGIC
     except OSError:
         return False
+
+
+def _head(path: PathLike, n: int = 132) -> bytes:
+    """The first ``n`` bytes of a file, inflated first when it is gzip-compressed; b"" if unreadable."""
+    try:
+        if _is_gzip(path):
+            with gzip.open(path, "rb") as fh:
+                return fh.read(n)
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def is_dicom_file(path: PathLike) -> bool:
+    """True if the file starts like DICOM ('DICM' after the preamble, or a bare dataset), gzip-compressed or not."""
+    head = _head(path)
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
     return _looks_like_bare_dataset(head)
+
+
+def dicom_source(path: PathLike) -> PathLike | io.BytesIO:
+    """What to hand ``pydicom.dcmread``: the path, or the inflated bytes of a gzip-compressed DICOM file.
+
+    Inflation stops with :class:`ImageReadError` past :data:`MAX_GZIP_DICOM_BYTES`.
+    """
+    if not _is_gzip(path):
+        return path
+    out = bytearray()
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                out += chunk
+                if len(out) > MAX_GZIP_DICOM_BYTES:
+                    raise ImageReadError(path, f"gzip-compressed DICOM inflates to more than "
+                                               f"{MAX_GZIP_DICOM_BYTES / 2**20:.0f} MiB: refused")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageReadError(path, f"corrupt gzip file ({type(exc).__name__}: {exc})") from exc
+    return io.BytesIO(bytes(out))
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:
@@ -105,14 +148,15 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
 def _read_dataset(path: PathLike, *, stop_before_pixels: bool = False) -> Dataset:
     """dcmread with clear errors; bare datasets (no preamble/meta) are read with ``force``."""
     try:
+        source = dicom_source(path)  # a .dcm.gz is inflated in memory
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
-            with open(path, "rb") as fh:
-                head = fh.read(132)
-            if not _looks_like_bare_dataset(head):
+            if not _looks_like_bare_dataset(_head(path)):
                 raise ImageReadError(path, "not a DICOM file (no 'DICM' marker and no DICOM header)") from None
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=True)
         _ensure_transfer_syntax(ds)
         return ds
     except ImageReadError:

@@ -56,7 +56,9 @@ def detect_format(path: PathLike) -> str:
             raise ImageReadError(path, f"corrupt gzip file ({exc})") from exc
         if _is_nifti_header(inner):
             return "nifti"
-        raise ImageReadError(path, "gzip file that does not hold a NIfTI image")
+        if is_dicom_file(path):  # .dcm.gz
+            return "dicom"
+        raise ImageReadError(path, "gzip file that holds neither a NIfTI image nor a DICOM file")
     if _is_nifti_header(head):
         return "nifti"
     if is_dicom_file(path):
