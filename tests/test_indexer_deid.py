@@ -6,8 +6,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from nibabel.testing import data_path as NIBABEL_DATA
 import pytest
+from nibabel.testing import data_path as NIBABEL_DATA
 
 from medclip import deid
 from medclip.data.indexer import index_export
@@ -68,11 +68,11 @@ STAFF = {"ReferringPhysicianName": "Zqxdoctor^Alan", "OperatorsName": "Qqoperato
 def test_staff_names_never_reach_manifest_or_cache(xray_dir: Path, tmp_path: Path) -> None:
     """Referring/reading/performing physicians' and operators' names in report text are scrubbed like the patient's."""
     import pydicom
+    from phi import assert_no_phi
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
     from medclip.data.cache import CacheConfig, build_cache
-    from phi import assert_no_phi
 
     export = tmp_path / "export"
     export.mkdir()

@@ -77,7 +77,7 @@ def test_guard_nests_and_restores() -> None:
     before = list(warnings.filters)
     with phi_safe_reading():
         with phi_safe_reading():
-            warnings.warn(f"file {PLANTED}", UserWarning)
+            warnings.warn(f"file {PLANTED}", UserWarning, stacklevel=1)
     assert warnings.filters == before
     assert sanitize_reader_message(f"End of file reached in {PLANTED}") == "file ends early (truncated)"
     assert PLANTED.lower() not in sanitize_reader_message(f"weird {PLANTED}").lower()

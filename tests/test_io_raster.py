@@ -11,8 +11,6 @@ from PIL import Image
 from medclip.io import ImageReadError, detect_format, load_image, read_raster
 
 
-
-
 def test_real_png_and_jpeg_xrays(xray_dir: Path) -> None:
     for name in ("00000001_000.png", "16747_3_1.jpg", "covid-19-pneumonia-58-prior.jpg"):
         path = xray_dir / name

@@ -16,22 +16,29 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
-from medclip.io.dicom import inferred_run_ids
 from medclip.data.manifest import MANIFEST_COLUMNS, write_manifest
-from medclip.data.reports import (ReportSections, identifier_tokens, parse_sections, scrub_identifiers,
-                                  scrub_with_hashes, sections_from_fields, staff_name_tokens)
+from medclip.data.reports import (
+    ReportSections,
+    identifier_tokens,
+    parse_sections,
+    scrub_identifiers,
+    scrub_with_hashes,
+    sections_from_fields,
+    staff_name_tokens,
+)
 from medclip.data.splits import SPLITS, assign_splits, patients_in_several_splits, validate_fractions
 from medclip.deid import coarse_age, coarse_sex, get_salt, hash_identifier, person_names, warn_if_default_salt
+from medclip.io.dicom import inferred_run_ids
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ uint8 square the vision tower and the cache consume.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,7 +28,7 @@ __all__ = [
 
 #: A window request: ``"auto"``, a preset name from :data:`WINDOW_PRESETS`, ``(center, width)``
 #: in modality units, or ``None`` for no windowing (modality values, e.g. HU).
-WindowSpec = Union[str, tuple[float, float], None]
+WindowSpec = str | tuple[float, float] | None
 
 #: CT windows as (center, width) in HU (Radiopaedia "Windowing (CT)" values).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
