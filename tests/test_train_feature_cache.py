@@ -140,3 +140,31 @@ def test_cache_stream_with_feature_cache(manifest: Path, tmp_path: Path, backbon
     cfg["data"]["num_workers"] = 1
     fit(cfg)
     assert sum(backbone_calls) == 30
+
+
+@pytest.mark.slow
+def test_locked_run_with_feature_cache_resumes_exactly_and_records_its_options(manifest: Path, tmp_path: Path) -> None:
+    import json
+
+    from test_train_fit import CRASH_AFTER, _weights
+
+    base = _config({"manifest": str(manifest)}, tmp_path / "full", max_steps=7, val_check_interval=None,
+                   check_val_every_n_epoch=1)
+    base["model"] = dict(MODEL)
+    base["checkpoint"]["every_n_steps"] = 2
+    full = fit(copy.deepcopy(base))
+    killed = copy.deepcopy(base)
+    killed["output_dir"] = str(tmp_path / "killed")
+    killed["trainer"]["callbacks"] = [{"class_path": CRASH_AFTER, "init_args": {"step": 5}}]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(killed)
+    resumed = copy.deepcopy(base)
+    resumed["output_dir"] = str(tmp_path / "killed")
+    resumed["resume"] = str(tmp_path / "killed" / "checkpoints" / "step-00000004.ckpt")
+    a, b = _weights(full), _weights(fit(resumed))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    record = json.loads((full / "config.json").read_text())["extra"]["training"]
+    assert record["lock_image"]["lock_image"] is True and record["feature_cache"] is True
+    assert record["label_text"] == {"enabled": True, "mix_prob": 0.0} and record["loss"]["sub_captions"] is False
+    assert str(manifest) not in json.dumps(record)

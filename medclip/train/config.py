@@ -62,7 +62,10 @@ DEFAULTS: dict[str, Any] = {
         "name": "offline-default",  # a named config or a saved model folder
         "overrides": {},  # keyword overrides for create_model
         "grad_checkpointing": False,
-        # LiT (Zhai et al., 2022): a locked image tower (its projection stays trainable)
+        # LiT (Zhai et al., 2022): a locked image tower (its projection stays trainable). Recommended for a few
+        # thousand pairs (they cannot improve an ImageNet-pretrained backbone, only wreck it; a fully locked
+        # backbone's features are cached, see data.feature_cache); the default is set from the validation
+        # benchmark (benchmarks/quality.py)
         "lock_image": False,
         "lock_image_unlocked_groups": 0,  # partial lock: this many last blocks stay trainable
         "lock_image_norms_trainable": False,  # partial lock: normalisation layers stay trainable

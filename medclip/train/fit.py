@@ -187,6 +187,7 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
 
             model_cfg = module.hparams["model_cfg"]
             fresh = create_model(model_cfg["name"], pretrained=False, **dict(model_cfg.get("overrides") or {}))
+            fresh.config.extra.update(module.model.config.extra)  # the training record
             prefix = "model."
             fresh.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             fresh.save_pretrained(model_dir)
@@ -220,6 +221,32 @@ def _text_prestage(cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: 
 
     if rank_zero_only.rank == 0:
         (output_dir / "text_pretrain.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+
+
+def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The small-data training options a model was trained with (stored in its config.json under
+    ``extra.training`` for eval and benchmarks; source names and weights, never paths)."""
+    model, data, loss = cfg["model"], cfg["data"], cfg["loss"]
+    sources = [{"name": str(s.get("name") or f"source{i}"), "weight": float(s.get("weight", 1.0)),
+                "text": s.get("text", "report")} for i, s in enumerate(data.get("sources") or [])]
+    pre = cfg.get("text_pretrain") or {}
+    return {
+        "lock_image": {k: model.get(k) for k in ("lock_image", "lock_image_unlocked_groups",
+                                                  "lock_image_norms_trainable", "lock_image_freeze_bn_stats")},
+        "lock_text": {k: model.get(k) for k in ("lock_text", "lock_text_unlocked_layers")},
+        "sources": sources or None,
+        "image_augmentation": dict(data.get("image_augmentation") or {}),
+        "feature_cache": data.get("feature_cache"),
+        "label_text": dict(data.get("label_text") or {}),
+        "concept_balance": dict(data.get("concept_balance") or {}),
+        "text_augmentation": data.get("text_augmentation"),
+        "loss": {"name": loss.get("name"), "sub_captions": loss.get("sub_captions"),
+                 "max_sub_captions": loss.get("max_sub_captions")},
+        "text_pretrain": {"enabled": bool(pre.get("enabled")), "steps": pre.get("steps"), "lr": pre.get("lr"),
+                          "corpora": len(pre.get("corpora") or [])},
+        "seed": cfg.get("seed"),
+        "max_steps": cfg["trainer"].get("max_steps"),
+    }
 
 
 def use_feature_cache(cfg: Mapping[str, Any], model: Any) -> bool:
@@ -289,5 +316,6 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     model_dir = output_dir / "model"
+    module.model.config.extra["training"] = training_record(cfg)
     _export(trainer, module, model_dir)
     return model_dir
