@@ -218,3 +218,26 @@ def test_mixed_sources_with_augmentation_resume_to_the_same_weights(two_sources,
     a, b = _weights(full), _weights(fit(resumed))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_cache_can_be_a_source(two_sources, tmp_path: Path) -> None:
+    from medclip.data.cache import CacheConfig, build_cache
+    from medclip.data.dataset import CacheDataset, CacheMapDataset
+
+    reports, labels = two_sources
+    cache = tmp_path / "cache"
+    build_cache(reports, cache, config=CacheConfig(image_size=16, shard_size=6), workers=1, progress=False)
+    streamed = {item["image_id"]: item for item in CacheDataset(cache, "train", shuffle=False)}
+    mapped = CacheMapDataset(cache, "train")
+    assert len(mapped) == len(streamed) == 16
+    for k in (0, 7, 15):
+        item = mapped[k]
+        ref = streamed[item["image_id"]]
+        assert torch.equal(item["image"], ref["image"]) and item["text"] == ref["text"]
+        torch.testing.assert_close(item["labels"], ref["labels"], equal_nan=True)
+    assert "image" not in CacheMapDataset(cache, "train", with_images=False)[3]
+    dm = _module({"sources": [{"cache_dir": str(cache), "weight": 1, "name": "rep"},
+                              {"manifest": str(labels), "weight": 1, "name": "lab"}]})
+    assert len(dm._train_source) == 16 + 24
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (4, 1, 16, 16)
