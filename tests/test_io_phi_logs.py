@@ -81,3 +81,14 @@ def test_guard_nests_and_restores() -> None:
     assert warnings.filters == before
     assert sanitize_reader_message(f"End of file reached in {PLANTED}") == "file ends early (truncated)"
     assert PLANTED.lower() not in sanitize_reader_message(f"weird {PLANTED}").lower()
+
+
+def test_error_reasons_never_repeat_the_path(tmp_path: Path) -> None:
+    """A reader's exception text that repeats the path is cleaned: ``reason`` may be logged, the message names the file."""
+    path = tmp_path / f"{PLANTED}.png"
+    error = ImageReadError(path, f"cannot identify image file '{path}' ({PLANTED}.png)")
+    assert PLANTED not in error.reason and "<file>" in error.reason
+    assert PLANTED in str(error)  # the person who asked to read the file is told which one
+    import pickle
+
+    assert pickle.loads(pickle.dumps(error)).reason == error.reason

@@ -11,12 +11,28 @@ import numpy as np
 __all__ = ["ImageReadError", "MedicalImage", "MultiVolumeError"]
 
 
+def _without_path(reason: str, path: str) -> str:
+    """``reason`` with the file's path and name replaced by ``<file>``: a reason may be logged, the path may not.
+
+    Readers' own exception texts sometimes repeat the path (Pillow, nibabel); the error's message still
+    names the file for the person who asked to read it.
+    """
+    variants = {path, os.path.basename(path)}
+    try:
+        variants |= {os.path.abspath(path), os.path.realpath(path)}
+    except (OSError, ValueError):
+        pass
+    for variant in sorted((v for v in variants if len(v) >= 4), key=len, reverse=True):
+        reason = reason.replace(variant, "<file>")
+    return reason
+
+
 class ImageReadError(ValueError):
     """An input that cannot be turned into a :class:`MedicalImage`; names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = str(reason)
+        self.path = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+        self.reason = _without_path(str(reason), self.path)
         super().__init__(f"cannot read image {self.path!r}: {self.reason}")
 
     def __reduce__(self) -> tuple[type[ImageReadError], tuple[str, str]]:
