@@ -102,6 +102,10 @@ def hash_identifier(value: object, salt: str | None = None, *, length: int = 16)
     return digest.hexdigest()[:length]
 
 
+# Per-frame / shared functional groups (one item per frame, thousands in enhanced CT/MR) hold geometry, not people.
+_NO_PERSON_SEQUENCES = frozenset({0x52009230, 0x52009229})
+
+
 def person_names(ds: object, *, max_depth: int = 8) -> list[str]:
     """Every person-name (VR ``PN``) value in a pydicom dataset, nested sequences included.
 
@@ -128,7 +132,7 @@ def person_names(ds: object, *, max_depth: int = 8) -> list[str]:
             except Exception:  # a malformed element must not stop de-identification of the others
                 continue
             if vr == "SQ":
-                if depth < max_depth:
+                if depth < max_depth and tag not in _NO_PERSON_SEQUENCES:
                     for item in value or []:
                         walk(item, depth + 1)
                 continue
