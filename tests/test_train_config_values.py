@@ -73,3 +73,9 @@ def test_valid_values_and_nulls_still_load(tmp_path: Path) -> None:
                              "trainer.limit_train_batches=0.5", "trainer.limit_val_batches=3", "optim.lr=1",
                              "trainer.gradient_clip_val=null"])
     assert cfg["data"]["image_size"] is None and cfg["trainer"]["limit_val_batches"] == 3
+
+
+def test_small_data_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "small-data.yaml")
+    assert [s["name"] for s in cfg["data"]["sources"]] == ["covid", "kermany", "medpix"]
+    assert cfg["model"]["lock_image"] is True and cfg["data"]["feature_cache"] == "auto"
