@@ -92,3 +92,24 @@ def test_error_reasons_never_repeat_the_path(tmp_path: Path) -> None:
     import pickle
 
     assert pickle.loads(pickle.dumps(error)).reason == error.reason
+
+
+def test_guard_is_safe_across_threads(planted_file: Path, caplog, recwarn) -> None:
+    """Concurrent reads (demo requests run in threads) never leak the name and leave the warning state as found."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    caplog.set_level(logging.DEBUG)
+    before_filters, before_show = list(warnings.filters), warnings.showwarning
+
+    def read(_: int) -> str:
+        try:
+            load_image(planted_file)
+        except ImageReadError as exc:
+            return exc.reason
+        return ""
+
+    with ThreadPoolExecutor(8) as pool:
+        reasons = list(pool.map(read, range(32)))
+    assert all(reasons) and not any(PLANTED in r for r in reasons)
+    assert _leaks(caplog, recwarn) == []
+    assert warnings.filters == before_filters and warnings.showwarning is before_show
