@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,11 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from medclip.fsutil import atomic_write
 from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = [
     "DRAFTER_DIR", "EVAL_DIR", "GALLERY_DIR", "PREPROCESS_FILE", "PROVENANCE_FILE", "THRESHOLDS_FILE",
-    "CheckpointDir", "model_fingerprint",
+    "CheckpointDir", "StaleFileError", "model_fingerprint", "write_json",
 ]
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -49,6 +48,11 @@ PREPROCESS_FILE = "preprocess.json"
 PROVENANCE_FILE = "provenance.json"
 PROVENANCE_FORMAT = "medclip.provenance"
 FINGERPRINT_LENGTH = 16
+
+
+class StaleFileError(ValueError):
+    """A file derived from a model (operating points, drafter, gallery) that belongs to another model
+    than the checkpoint's; the message names the file and ends with the command that remakes it."""
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -75,16 +79,10 @@ def model_fingerprint(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return _digest(state.items())
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON to ``path``, all or nothing (:func:`medclip.fsutil.atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 class CheckpointDir:
@@ -180,7 +178,7 @@ class CheckpointDir:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelLoadError(f"{self.weights}: cannot read weights: {exc}") from exc
         try:
-            _write_json_atomic(self.provenance, {"format": PROVENANCE_FORMAT, "model_fingerprint": fingerprint,
+            write_json(self.provenance, {"format": PROVENANCE_FORMAT, "model_fingerprint": fingerprint,
                                                  "weights": key})
         except OSError:  # a read-only checkpoint still has a fingerprint, just not a cached one
             pass

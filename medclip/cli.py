@@ -258,10 +258,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print(format_results(results))
     print("  (67 images of 31 patients: far too few for firm numbers; this run proves the pipeline, not the model)")
     print("[6/6] embedding the reference gallery for the demo")
+    from medclip.checkpoint import CheckpointDir
     from medclip.demo.gallery import build_gallery
     from medclip.model import DualEncoder
 
-    build_gallery(DualEncoder.from_pretrained(model_dir).eval(), out / "cache", model_dir / "gallery", split="train")
+    build_gallery(DualEncoder.from_pretrained(model_dir).eval(), out / "cache", CheckpointDir(model_dir).gallery, split="train")
     print(f"done: checkpoint folder {model_dir}")
     print(f"next: python app.py --checkpoint {model_dir}   (or: medclip demo --checkpoint {model_dir})")
     return 0

@@ -32,7 +32,7 @@ from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkp
 from medclip.checkpoint import CheckpointDir
 from medclip.data.manifest import read_manifest
 from medclip.inference.drafting import ReportDrafter, drafting_corpus
-from medclip.inference.thresholds import save_thresholds
+from medclip.inference.thresholds import FALLBACK, OperatingPoint, save_thresholds
 from medclip.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +42,17 @@ SAMPLE_DICOM = EXPORT / "study_0001" / "series_1" / "IM0001.dcm"
 PLANTED_PHI = ("Zzplanted", "Quinn", "MRN000102X", "ACC0000001", "19420413", "Zzreferrer")
 CHROMIUM = Path("/usr/bin/chromium")
 N_STUDIES = 6
+EFFUSION_AUROC = {"value": 0.81, "low": 0.62, "high": 0.95, "n": 12, "n_groups": 6}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random model folder with calibrated thresholds and a gallery from part of the indexed sample."""
+    """A tiny random model folder with operating points, a drafter and a gallery from part of the indexed sample.
+
+    Pleural effusion is calibrated at 0.0 (positive: the study gets "priority"); pneumothorax, the
+    one critical finding, is *not* calibrated and its fallback is 0.0 too: were it trusted, it would
+    be positive and make the study urgent. Every other finding has no operating point.
+    """
     from medclip.data.indexer import index_export
 
     root = tmp_path_factory.mktemp("demo")
@@ -60,10 +66,15 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = create_model("tiny-test").eval()
     model_dir = model.save_pretrained(root / "model")
-    save_thresholds(model_dir, {"pneumothorax": 0.0, "pleural_effusion": 0.8}, uncertain_margin=0.05)
+    save_thresholds(model_dir, {
+        "pleural_effusion": OperatingPoint(0.0, "youden", n=12, positives=4, auroc=EFFUSION_AUROC),
+        "pneumothorax": OperatingPoint(0.0, FALLBACK, n=12, positives=0, reason="no positives in split 'val'"),
+    }, uncertain_margin=0.05, criterion="youden")
     # the drafter as `medclip eval --save-to-checkpoint` writes it: training reports, the one corpus policy
     train = read_manifest(root / "manifest.parquet")
-    ReportDrafter.build(model, drafting_corpus(train.to_dict("records"))).save(CheckpointDir(model_dir).drafter)
+    ckpt = CheckpointDir(model_dir)
+    drafter = ReportDrafter.build(model, drafting_corpus(train.to_dict("records")))
+    drafter.save(ckpt.drafter, model_fingerprint=ckpt.fingerprint())
     build_gallery(model, root / "manifest.parquet", model_dir / "gallery")
     return model_dir
 
@@ -162,14 +173,17 @@ def test_engine_triage_on_a_real_dicom(engine: TriageEngine, phi_dicom: Path) ->
     view, result = engine.triage(study)
     assert view.shape == (64, 64) and view.dtype == np.uint8
     assert len(result.findings) == 14
-    # thresholds.json of the checkpoint: pneumothorax at 0.0 is positive and urgent, so it is flagged first
-    top = result.findings[0]
-    assert top.concept_id == "pneumothorax" and top.status == "positive" and top.threshold == 0.0
-    assert result.priority.level == "urgent"
-    rest = [f.probability for f in result.findings[1:]]
-    assert rest == sorted(rest, reverse=True)
+    # thresholds.json: effusion calibrated at 0.0 (positive, significant); pneumothorax's 0.0 is an uncalibrated
+    # fallback: shown as not calibrated, never flagged, and it cannot make the study urgent
     effusion = next(f for f in result.findings if f.concept_id == "pleural_effusion")
-    assert effusion.threshold == 0.8
+    assert effusion.status == "positive" and effusion.threshold == 0.0 and effusion.point.auroc == EFFUSION_AUROC
+    pneumothorax = next(f for f in result.findings if f.concept_id == "pneumothorax")
+    assert pneumothorax.status == "not calibrated" and not pneumothorax.flagged and pneumothorax.threshold == 0.0
+    assert result.priority.level == "priority" and result.priority.reasons == (effusion.name,)
+    assert pneumothorax.name in result.priority.not_calibrated
+    assert [f.status for f in result.findings].count("not calibrated") == 13
+    probabilities = [f.probability for f in result.findings]
+    assert probabilities == sorted(probabilities, reverse=True)
     assert result.similar and result.similar[0].score >= result.similar[-1].score
     assert len({m.study_id for m in result.similar}) == len(result.similar)
     assert result.report_text.startswith(("FINDINGS:", "IMPRESSION:")) and "XXXX" not in result.report_text
@@ -206,10 +220,12 @@ def test_engine_without_gallery_explains_how_to_build_one(checkpoint: Path, tmp_
     shutil.copytree(checkpoint, bare, ignore=shutil.ignore_patterns("gallery", "thresholds.json", "drafter"))
     engine = TriageEngine.load(bare, findings=["pneumothorax", "pleural_effusion"])
     assert engine.gallery is None and engine.drafter is None
-    assert "--build-gallery" in engine.gallery_note and "0.5" in engine.gallery_note
-    assert "--task report --save-to-checkpoint" in engine.gallery_note
+    assert "--build-gallery" in engine.gallery_note and "--task report --save-to-checkpoint" in engine.gallery_note
+    # no thresholds.json: nothing is called, and the priority says it cannot be set
+    assert "not calibrated" in engine.gallery_note and "--task zeroshot --save-to-checkpoint" in engine.gallery_note
     _, result = engine.triage(read_upload(SAMPLE_DICOM))
     assert result.similar == [] and result.report_text == ""
+    assert {f.status for f in result.findings} == {"not calibrated"} and result.priority.level == "not calibrated"
 
 
 def test_cli_without_checkpoint_says_how_to_make_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -273,7 +289,8 @@ def test_gradio_client_upload_errors_and_auth(app_server: Server, phi_dicom: Pat
     client = Client(app_server.url, verbose=False, download_files=False, auth=AUTH)
     out = client.predict(handle_file(str(phi_dicom)), api_name="/load_upload")
     page = " ".join(str(x) for x in out)
-    assert "ranked-findings" in page and "Triage priority: URGENT" in page and "FINDINGS:" in page
+    assert "ranked-findings" in page and "Triage priority: PRIORITY" in page and "FINDINGS:" in page
+    assert "URGENT" not in page and "not calibrated" in page and "AUROC 0.81 (0.62&ndash;0.95)" in page
     assert_no_phi_in_text(page, PLANTED_PHI)
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(phi_dicom.read_bytes()[:3000])
@@ -316,8 +333,17 @@ def test_browser_upload_findings_report_no_phi_and_error(app_server: Server, phi
             page.locator("#upload input[type=file]").set_input_files(str(phi_dicom))
             page.wait_for_selector("#ranked-findings tr.finding", timeout=60_000)
             assert page.locator("#ranked-findings tr.finding").count() == 14
-            assert page.locator("#ranked-findings tr.finding").first.get_attribute("data-concept") == "pneumothorax"
-            assert "URGENT" in page.locator("#triage-priority").inner_text()
+            # an uncalibrated finding is shown as such and cannot raise the priority (its fallback 0.0 would)
+            pneumothorax = page.locator("#ranked-findings tr.finding[data-concept='pneumothorax']")
+            assert pneumothorax.get_attribute("data-status") == "not calibrated"
+            assert "not calibrated" in pneumothorax.locator("td.operating-point").inner_text()
+            assert "urgent" not in pneumothorax.inner_text()
+            priority = page.locator("#triage-priority").inner_text()
+            assert "PRIORITY" in priority and "URGENT" not in priority
+            assert "not calibrated, cannot set the priority" in priority and "pneumothorax" in priority
+            effusion = page.locator("#ranked-findings tr.finding[data-concept='pleural_effusion']")
+            assert effusion.get_attribute("data-status") == "positive"
+            assert "AUROC 0.81 (0.62–0.95)" in effusion.locator("td.validation").inner_text()
             page.wait_for_function("document.querySelector('#drafted-report textarea').value.length > 0",
                                    timeout=30_000)
             assert page.locator("#drafted-report textarea").input_value().startswith(("FINDINGS:", "IMPRESSION:"))

@@ -135,12 +135,13 @@ def test_zipped_single_dicom_and_zipped_4d_series(tmp_path: Path, shared_dir: Pa
 def test_operating_points_and_uncertain_band(graph: Graph) -> None:
     findings = ["pneumothorax", "pleural_effusion", "cardiomegaly", "no_finding"]
     probs = [0.30, 0.62, 0.52, 0.10]
-    thresholds = {"pneumothorax": 0.2, "pleural_effusion": 0.7}
+    thresholds = {"pneumothorax": 0.2, "pleural_effusion": 0.7, "cardiomegaly": 0.5}  # no_finding: none (not calibrated)
     ranked = rank_findings(probs, findings, graph, thresholds, margin=0.05)
     by_id = {r.concept_id: r for r in ranked}
     assert by_id["pneumothorax"].status == "positive" and by_id["pneumothorax"].threshold == 0.2
     assert by_id["pleural_effusion"].status == "negative"  # 0.62 < 0.7 - 0.05
-    assert by_id["cardiomegaly"].status == "uncertain" and by_id["cardiomegaly"].threshold == 0.5  # default
+    assert by_id["cardiomegaly"].status == "uncertain" and by_id["cardiomegaly"].threshold == 0.5
+    assert by_id["no_finding"].status == "not calibrated"
     assert ranked[0].concept_id == "pneumothorax"  # flagged urgent first though not the most probable
     assert [r.concept_id for r in ranked[1:]] == ["pleural_effusion", "cardiomegaly", "no_finding"]
     assert triage_priority(ranked).level == "urgent" and triage_priority(ranked).reasons == ("pneumothorax",)
@@ -150,11 +151,12 @@ def test_operating_points_and_uncertain_band(graph: Graph) -> None:
 
 def test_priority_levels(graph: Graph) -> None:
     findings = ["pneumothorax", "pleural_effusion", "scoliosis"]
-    routine = triage_priority(rank_findings([0.1, 0.2, 0.9], findings, graph))
+    half = dict.fromkeys(findings, 0.5)  # operating points set by hand (without any, nothing sets the priority)
+    routine = triage_priority(rank_findings([0.1, 0.2, 0.9], findings, graph, half))
     assert routine.level == "routine"
-    significant = triage_priority(rank_findings([0.1, 0.9, 0.9], findings, graph))
+    significant = triage_priority(rank_findings([0.1, 0.9, 0.9], findings, graph, half))
     assert significant.level == "priority" and significant.reasons == ("pleural effusion",)
-    review = triage_priority(rank_findings([0.5, 0.1, 0.1], findings, graph))  # uncertain pneumothorax
+    review = triage_priority(rank_findings([0.5, 0.1, 0.1], findings, graph, half))  # uncertain pneumothorax
     assert review.level == "priority" and review.review == ("pneumothorax",)
     with pytest.raises(ValueError, match="3 findings"):
         rank_findings([0.1, 0.2], findings, graph)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,62 @@ def test_notebook_executes(tiny, tmp_path):
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 5
     assert (tmp_path / "nb_eval" / "metrics.json").is_file()
+
+
+def _run_hint(message: str) -> None:
+    """Run the command a refusal ends with, as a user would paste it (the demo's page is not served)."""
+    from medclip.cli import build_parser
+    from medclip.demo.cli import run_demo
+
+    command = message.rsplit("with: ", 1)[1].strip("`")
+    argv = shlex.split(command)
+    assert argv[0] == "medclip" and "MANIFEST" not in argv and "CHECKPOINT" not in argv, command
+    args = build_parser().parse_args(argv[1:])
+    code = run_demo(args, serve=lambda engine, **kw: 0) if args.command == "demo" else args.func(args)
+    assert code == 0, command
+
+
+def test_operating_points_record_how_they_were_chosen_and_refuse_another_model(tiny, tmp_path):
+    """Regression (issue 12.4): thresholds.json said nothing about how each point was chosen, nor for which
+    model; points, drafter and gallery of another model are refused with a command that remakes them."""
+    from medclip.checkpoint import CheckpointDir, StaleFileError
+    from medclip.demo import GalleryError, TriageEngine, build_gallery
+    from medclip.inference.thresholds import load_operating_points
+
+    model_dir, manifest = tiny
+    ckpt = CheckpointDir(tmp_path / "model")
+    shutil.copytree(model_dir, ckpt.path, ignore=shutil.ignore_patterns("thresholds.json", "drafter", "eval"))
+    # pneumothorax is never mentioned: counted negative it has no positives in val -> not calibrated (fallback)
+    assert _run(["--checkpoint", str(ckpt.path), "--manifest", str(manifest), "--task", "zeroshot,report",
+                 "--unmentioned-as-negative", "--bootstrap", "20", "-o", str(tmp_path / "eval"),
+                 "--save-to-checkpoint"]) == 0
+    saved = json.loads(ckpt.thresholds.read_text())
+    assert saved["model_fingerprint"] == ckpt.fingerprint() and saved["validation"]["manifest"] == str(manifest)
+    effusion, pneumothorax = saved["findings"]["pleural_effusion"], saved["findings"]["pneumothorax"]
+    # val patients 10..12: normal, cardiomegaly, effusion (two images each)
+    assert effusion["method"] == "youden" and effusion["n"] == 6 and effusion["positives"] == 2
+    assert set(effusion["auroc"]) >= {"value", "low", "high"}
+    assert pneumothorax == {"threshold": 0.5, "method": "fallback", "n": 6, "positives": 0,
+                            "auroc": pneumothorax["auroc"], "reason": "no positives in split 'val'"}
+    points = load_operating_points(ckpt.path, ckpt.fingerprint())
+    assert points.calibrated == ["pleural_effusion", "cardiomegaly"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["zeroshot"]["per_finding"]
+    assert metrics["pneumothorax"]["threshold_calibrated"] is False and metrics["cardiomegaly"]["threshold_calibrated"]
+    model = ckpt.load_model()
+    build_gallery(model, manifest, ckpt.gallery)
+    engine = TriageEngine.load(ckpt.path)
+    assert engine.thresholds["pneumothorax"].calibrated is False and "not calibrated" in engine.gallery_note
+
+    torch.manual_seed(7)
+    create_model("tiny-test").save_pretrained(ckpt.path)  # another model in the same folder
+    refused = []
+    for _ in range(4):
+        try:
+            TriageEngine.load(ckpt.path)
+            break
+        except (StaleFileError, GalleryError) as exc:
+            refused.append(str(exc).split(":")[0])
+            assert "another model" in str(exc)
+            _run_hint(str(exc))
+    assert refused == [str(ckpt.thresholds), str(ckpt.drafter), str(ckpt.gallery)]
+    assert load_operating_points(ckpt.path, ckpt.fingerprint()).model_fingerprint == ckpt.fingerprint()

@@ -94,8 +94,10 @@ def find_checkpoint(checkpoint: Path | None) -> Path | None:
     """The named checkpoint folder, or the quick start's model folder (working directory, then repository)."""
     if checkpoint is not None:
         return checkpoint
+    from medclip.checkpoint import CheckpointDir
+
     for candidate in (Path.cwd() / QUICKSTART_MODEL, REPO_ROOT / QUICKSTART_MODEL):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+        if CheckpointDir(candidate).is_model():
             return candidate
     return None
 
@@ -111,13 +113,13 @@ def load_engine(args: argparse.Namespace):  # -> TriageEngine (imported lazily: 
     from medclip.model import DualEncoder
 
     from .engine import TriageEngine, default_gallery_dir
-    from .gallery import build_gallery
+    from .gallery import GALLERY_INFO, build_gallery
 
     checkpoint = Path(args.checkpoint)
     gallery_dir = Path(args.gallery) if args.gallery is not None else default_gallery_dir(checkpoint)
     source = args.build_gallery
     quickstart_cache = checkpoint.parent / "cache"
-    if source is None and args.gallery is None and not (gallery_dir / "gallery.json").is_file() \
+    if source is None and args.gallery is None and not (gallery_dir / GALLERY_INFO).is_file() \
             and (quickstart_cache / "cache.json").is_file():
         source = quickstart_cache
     if source is not None:

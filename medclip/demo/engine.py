@@ -10,7 +10,7 @@ a triage priority, similar studies and a drafted report.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +21,9 @@ from torch import nn
 from medclip.checkpoint import CheckpointDir
 from medclip.inference.drafting import DraftedReport, ReportDrafter
 from medclip.inference.encoders import model_image_size
-from medclip.inference.thresholds import DEFAULT_UNCERTAIN_MARGIN, load_thresholds, load_uncertain_margin
+from medclip.inference.thresholds import (
+    DEFAULT_UNCERTAIN_MARGIN, OperatingPoint, load_operating_points, recalibrate_command,
+)
 from medclip.inference.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
 from medclip.io import MedicalImage, to_model_input
 from medclip.io.windowing import WindowSpec, check_window
@@ -70,7 +72,7 @@ class TriageEngine:
         model: nn.Module,
         *,
         findings: str | Iterable[str] | None = None,
-        thresholds: dict[str, float] | None = None,
+        thresholds: Mapping[str, float | OperatingPoint] | None = None,
         uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN,
         gallery: Gallery | None = None,
         drafter: ReportDrafter | None = None,
@@ -116,27 +118,40 @@ class TriageEngine:
         checkpoint = CheckpointDir(checkpoint_dir)
         checkpoint_dir = checkpoint.path
         model = checkpoint.load_model()
-        thresholds = load_thresholds(checkpoint_dir)
-        margin = load_uncertain_margin(checkpoint_dir)
+        fingerprint = checkpoint.fingerprint()
+        # operating points and drafter chosen for another model are refused (StaleFileError names the fix)
+        points = load_operating_points(checkpoint_dir, model_fingerprint=fingerprint)
         gallery = drafter = None
         note = ""
-        directory = Path(gallery_dir) if gallery_dir is not None else checkpoint.gallery
-        if gallery_dir is not None or (directory / GALLERY_INFO).is_file():
-            gallery = Gallery.load(directory, model)
-        else:
-            note = (f"No reference gallery at {directory}: similar studies are off. Build one with "
-                    f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`.")
         if checkpoint.drafter.is_dir():
-            drafter = ReportDrafter.load(checkpoint.drafter)
+            drafter = ReportDrafter.load(checkpoint.drafter, model_fingerprint=fingerprint)
         else:
             note = (note + " " if note else "") + (
                 f"No report drafter in the checkpoint: the drafted report is off. `medclip eval --checkpoint "
                 f"{checkpoint_dir} --manifest MANIFEST --task report --save-to-checkpoint` writes the one it scores.")
-        if not thresholds:
-            note = (note + " " if note else "") + ("No calibrated operating points (thresholds.json) in the checkpoint: "
-                                                   "every finding is judged at 0.5; run `medclip eval` to calibrate.")
-        return cls(model, findings=findings, thresholds=thresholds, uncertain_margin=margin, gallery=gallery,
-                   drafter=drafter, checkpoint_dir=checkpoint_dir, gallery_note=note)
+        directory = Path(gallery_dir) if gallery_dir is not None else checkpoint.gallery
+        if gallery_dir is not None or (directory / GALLERY_INFO).is_file():
+            gallery = Gallery.load(directory, model, checkpoint=checkpoint_dir)
+        else:
+            note = (note + " " if note else "") + (
+                f"No reference gallery at {directory}: similar studies are off. Build one with "
+                f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`.")
+        engine = cls(model, findings=findings, thresholds=points.points if points else None,
+                     uncertain_margin=points.uncertain_margin if points else DEFAULT_UNCERTAIN_MARGIN, gallery=gallery,
+                     drafter=drafter, checkpoint_dir=checkpoint_dir, gallery_note=note)
+        shown = engine.classifier.findings
+        if points is None:
+            calibration = ("No operating points (thresholds.json) in the checkpoint: every finding is shown as not "
+                           "calibrated (no call is made at a default 0.5) and none sets the triage priority. Choose them "
+                           "with "
+                           f"`{recalibrate_command(checkpoint_dir)}`.")
+        else:
+            missing = [cid for cid in shown if cid not in points.points or not points.points[cid].calibrated]
+            calibration = (f"{len(missing)} of {len(shown)} findings are not calibrated (their validation split lacked "
+                           "positives or negatives, or they were not evaluated): they are shown as such and never set "
+                           "the triage priority." if missing else "")
+        engine.gallery_note = " ".join(part for part in (note, calibration) if part)
+        return engine
 
     # ----------------------------------------------------------------- what the model sees
     def model_view(self, study: LoadedStudy | MedicalImage, window: WindowSpec = "auto",

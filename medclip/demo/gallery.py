@@ -16,9 +16,9 @@ The embeddings belong to one model: :meth:`Gallery.load` refuses a gallery built
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from medclip.checkpoint import CheckpointDir, model_fingerprint
 from medclip.data.cache import CacheConfig, cache_shards, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
@@ -70,21 +71,6 @@ class GalleryMatch:
     view_position: str
     report: str
     thumbnail: Path | None
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's parameter names, shapes and image-projection weights.
-
-    Two different trainings (or architectures) give different fingerprints; cheap to compute at start-up.
-    """
-    digest = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(state):
-        digest.update(f"{name}:{tuple(state[name].shape)};".encode())
-    proj = [n for n in sorted(state) if n.startswith("visual") and state[n].dtype.is_floating_point]
-    for name in proj[-2:]:  # the last vision tensors: projection head, trained in every run
-        digest.update(state[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _image_size(model: nn.Module) -> int:
@@ -212,7 +198,8 @@ def build_gallery(
     with atomic_write(out / GALLERY_TABLE) as tmp:
         table.to_parquet(tmp, index=False)
     info = {"format": GALLERY_FORMAT, "model_fingerprint": model_fingerprint(model), "size": len(records),
-            "embed_dim": int(matrix.shape[1]), "image_size": size, "split": split, "source": origin}
+            "embed_dim": int(matrix.shape[1]), "image_size": size, "split": split, "source": origin,
+            "source_path": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None}
     with atomic_write(out / GALLERY_INFO) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
     return out
@@ -234,8 +221,11 @@ class Gallery:
         return len(self.table)
 
     @classmethod
-    def load(cls, directory: str | Path, model: nn.Module | None = None) -> "Gallery":
-        """Read a gallery folder; with ``model``, check that it was built with that model."""
+    def load(cls, directory: str | Path, model: nn.Module | None = None, *,
+             checkpoint: str | Path | None = None) -> Gallery:
+        """Read a gallery folder; with ``model`` (or ``checkpoint``, whose cached fingerprint is used),
+        check that it was built with that model: another model's gallery is refused with the command
+        that rebuilds it."""
         directory = Path(directory)
         info_path = directory / GALLERY_INFO
         if not info_path.is_file():
@@ -251,9 +241,19 @@ class Gallery:
             raise GalleryError(f"{directory}: cannot read the gallery ({type(exc).__name__}: {exc})") from exc
         if info.get("format") != GALLERY_FORMAT:
             raise GalleryError(f"{info_path}: not a medclip gallery (format != {GALLERY_FORMAT!r})")
-        if model is not None and info.get("model_fingerprint") != model_fingerprint(model):
-            raise GalleryError(f"{directory}: built with another model (fingerprint {info.get('model_fingerprint')}); "
-                               "rebuild it for this checkpoint with `medclip demo --build-gallery`")
+        expected = (CheckpointDir(checkpoint).fingerprint() if checkpoint is not None
+                    else model_fingerprint(model) if model is not None else None)
+        if expected is not None and info.get("model_fingerprint") != expected:
+            source = info.get("source_path")
+            parts = ["medclip", "demo", "--checkpoint", str(checkpoint) if checkpoint is not None else "CHECKPOINT",
+                     "--build-gallery", str(source) if source else "MANIFEST_OR_CACHE"]
+            if checkpoint is None or CheckpointDir(checkpoint).gallery.resolve() != directory.resolve():
+                parts += ["--gallery", str(directory)]
+            if info.get("split", "train") != "train":
+                parts += ["--gallery-split", str(info.get("split") or "all")]
+            command = " ".join(p if p in ("CHECKPOINT", "MANIFEST_OR_CACHE") else shlex.quote(p) for p in parts)
+            raise GalleryError(f"{directory}: built with another model (fingerprint {info.get('model_fingerprint')}, "
+                               f"this model's is {expected}); rebuild it for this checkpoint with: {command}")
         return cls(directory, embeddings, table, info)
 
     @property

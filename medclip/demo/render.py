@@ -21,8 +21,8 @@ __all__ = ["NOTICE", "render_error", "render_findings", "render_header", "render
 NOTICE = ("RESEARCH USE ONLY - NOT FOR DIAGNOSIS. Outputs come from a research model and have not been "
           "validated for clinical use; a qualified clinician must read every study.")
 
-_STATUS_STYLE = {"positive": "#b42318", "uncertain": "#b54708", "negative": "#475467"}
-_PRIORITY_STYLE = {"urgent": "#b42318", "priority": "#b54708", "routine": "#027a48"}
+_STATUS_STYLE = {"positive": "#b42318", "uncertain": "#b54708", "negative": "#475467", "not calibrated": "#98a2b3"}
+_PRIORITY_STYLE = {"urgent": "#b42318", "priority": "#b54708", "routine": "#027a48", "not calibrated": "#98a2b3"}
 
 
 def _e(text: object) -> str:
@@ -39,6 +39,11 @@ def render_priority(priority: TriagePriority) -> str:
         parts.append(f"<br>because of: {_e(', '.join(priority.reasons))}")
     if priority.review:
         parts.append(f"<br>review (uncertain): {_e(', '.join(priority.review))}")
+    if priority.level == "not calibrated":
+        parts.append("<br>no finding has a calibrated operating point, so none can set the priority")
+    elif priority.not_calibrated:
+        parts.append(f"<br><span class='not-calibrated'>not calibrated, cannot set the priority: "
+                     f"{_e(', '.join(priority.not_calibrated))}</span>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -59,11 +64,40 @@ def _card(result: FindingResult) -> str:
     return f"<details class='concept-card'><summary>about {_e(card.name)}</summary>{''.join(rows)}</details>"
 
 
+def _number(value: object) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and value != value) else f"{float(value):.2f}"
+
+
+def _operating_point(result: FindingResult) -> str:
+    """The threshold and band, or "not calibrated" with the reason."""
+    if not result.calibrated:
+        reason = result.point.reason if result.point is not None and result.point.reason else "no operating point"
+        return f"<span class='not-calibrated'>not calibrated</span><br><small>{_e(reason)}</small>"
+    how = "" if result.point is None or result.point.method in ("youden", "f1") else " <small>(set by hand)</small>"
+    return f"{result.threshold:.2f} &plusmn; {result.margin:.2f}{how}"
+
+
+def _validation(result: FindingResult) -> str:
+    """The validation AUROC with its 95% CI, and the validation size and positives the point was chosen on."""
+    point = result.point
+    if point is None or (point.auroc is None and point.n is None):
+        return "n/a"
+    parts = []
+    if point.auroc is not None:
+        auroc = point.auroc
+        parts.append(f"AUROC {_number(auroc.get('value'))} ({_number(auroc.get('low'))}&ndash;{_number(auroc.get('high'))})")
+    if point.n is not None:
+        parts.append(f"<small>n {point.n}, {point.positives} pos</small>")
+    return "<br>".join(parts)
+
+
 def render_findings(results: Sequence[FindingResult]) -> str:
-    """The ranked findings table: probability bar, operating point, status, urgency flag and card."""
+    """The ranked findings table: probability bar, operating point (or "not calibrated"), validation
+    AUROC, status, urgency flag and card."""
     head = ("<table id='ranked-findings' style='width:100%;border-collapse:collapse'><thead><tr>"
             "<th style='text-align:left'>#</th><th style='text-align:left'>Finding</th>"
             "<th style='text-align:left'>Probability</th><th style='text-align:left'>Operating point</th>"
+            "<th style='text-align:left'>Validation AUROC (95% CI)</th>"
             "<th style='text-align:left'>Status</th></tr></thead><tbody>")
     rows = []
     for i, r in enumerate(results, 1):
@@ -77,8 +111,9 @@ def render_findings(results: Sequence[FindingResult]) -> str:
             f"<tr class='finding' data-concept='{_e(r.concept_id)}' data-status='{_e(r.status)}' "
             f"style='border-top:1px solid #eaecf0'><td>{i}</td><td><b>{_e(r.name)}</b>{flag}{_card(r)}</td>"
             f"<td>{bar}{r.probability:.2f}</td>"
-            f"<td>{r.threshold:.2f} &plusmn; {r.margin:.2f}</td>"
-            f"<td style='color:{colour};font-weight:bold'>{_e(r.status)}</td></tr>")
+            f"<td class='operating-point'>{_operating_point(r)}</td>"
+            f"<td class='validation'>{_validation(r)}</td>"
+            f"<td class='status' style='color:{colour};font-weight:bold'>{_e(r.status)}</td></tr>")
     return head + "".join(rows) + "</tbody></table>"
 
 

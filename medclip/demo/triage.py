@@ -1,5 +1,11 @@
 """Triage: per-finding decisions at the evaluation's operating points, urgency tiers and concept cards.
 
+Only findings with a calibrated operating point (chosen on a validation split, or set by hand) are
+called positive / uncertain / negative and may set the study's priority; a finding whose point is
+the 0.5 fallback (the validation split lacked positives or negatives) or that has none is shown as
+``"not calibrated"`` and never raises the priority. With no calibrated finding at all the priority
+itself is ``"not calibrated"``.
+
 Urgency tiers follow the usual split of radiology results communication (ACR Practice Parameter
 for Communication of Diagnostic Imaging Findings, 2020): *critical* findings that need action
 within minutes to hours (air where it must not be: pneumothorax, pneumoperitoneum,
@@ -16,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from medclip.inference.thresholds import DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, NEGATIVE, POSITIVE, UNCERTAIN, decide
+from medclip.inference.thresholds import (
+    DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, FALLBACK, NOT_CALIBRATED, POSITIVE, UNCERTAIN, OperatingPoint,
+    decide,
+)
 from medclip.knowledge import Graph
 
 __all__ = [
@@ -54,7 +63,8 @@ URGENCY: dict[str, int] = {
 
 #: Study-level priority names, by tier.
 PRIORITY_LABELS: dict[int, str] = {CRITICAL: "urgent", SIGNIFICANT: "priority", ROUTINE: "routine"}
-_STATUS_ORDER = {POSITIVE: 0, UNCERTAIN: 1, NEGATIVE: 2}
+#: The priority when no finding has a calibrated operating point: none can be set.
+UNCALIBRATED_PRIORITY = NOT_CALIBRATED
 
 
 @dataclass(frozen=True)
@@ -78,14 +88,20 @@ class FindingResult:
     probability: float
     threshold: float
     margin: float
-    status: str  # "positive" | "uncertain" | "negative"
+    status: str  # "positive" | "uncertain" | "negative" | "not calibrated"
     urgency: int
     card: ConceptCard | None = None
+    point: OperatingPoint | None = None  # how the threshold was chosen (validation n, positives, AUROC)
+
+    @property
+    def calibrated(self) -> bool:
+        """False when the finding has no calibrated operating point (no call is made)."""
+        return self.status != NOT_CALIBRATED
 
     @property
     def flagged(self) -> bool:
-        """An urgent (critical-tier) finding that is positive or uncertain: shown first, drives the priority."""
-        return self.urgency == CRITICAL and self.status != NEGATIVE
+        """An urgent (critical-tier) calibrated finding that is positive or uncertain: shown first, drives the priority."""
+        return self.urgency == CRITICAL and self.status in (POSITIVE, UNCERTAIN)
 
 
 def _source_label(graph: Graph, key: str) -> str:
@@ -129,15 +145,17 @@ def rank_findings(
     probabilities: Sequence[float] | np.ndarray,
     findings: Sequence[str],
     graph: Graph,
-    thresholds: Mapping[str, float] | None = None,
+    thresholds: Mapping[str, float | OperatingPoint] | None = None,
     margin: float = DEFAULT_UNCERTAIN_MARGIN,
     urgency: Mapping[str, int] | None = None,
     cards: Mapping[str, ConceptCard] | None = None,
 ) -> list[FindingResult]:
     """Judge each finding at its operating point and rank: flagged urgent findings first, then by probability.
 
-    ``thresholds``: per-finding cut-offs from evaluation (:func:`medclip.inference.thresholds.load_thresholds`);
-    findings without one use 0.5. ``margin``: the uncertain band's half width.
+    ``thresholds``: per-finding operating points from evaluation
+    (:func:`medclip.inference.thresholds.load_operating_points`) or bare numbers (set by hand). A finding
+    without one, or whose point is the uncalibrated 0.5 fallback, gets the status ``"not calibrated"``.
+    ``margin``: the uncertain band's half width.
     """
     probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if probs.shape[0] != len(findings):
@@ -146,17 +164,21 @@ def rank_findings(
     urgency = URGENCY if urgency is None else urgency
     results = []
     for cid, p in zip(findings, probs):
-        t = float(thresholds.get(cid, DEFAULT_THRESHOLD))
+        given = thresholds.get(cid)
+        point = given if isinstance(given, OperatingPoint) else (
+            OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, reason="no operating point") if given is None
+            else OperatingPoint(float(given)))
         card = cards.get(cid) if cards is not None else (concept_card(graph, cid) if cid in graph else None)
         results.append(FindingResult(
             concept_id=cid,
             name=graph[cid].name if cid in graph else cid,
             probability=float(p),
-            threshold=t,
+            threshold=point.threshold,
             margin=float(margin),
-            status=decide(float(p), t, margin),
+            status=decide(float(p), point.threshold, margin) if point.calibrated else NOT_CALIBRATED,
             urgency=int(urgency.get(cid, ROUTINE)),
             card=card,
+            point=point,
         ))
     return sorted(results, key=lambda r: (not r.flagged, -r.probability))
 
@@ -165,20 +187,27 @@ def rank_findings(
 class TriagePriority:
     """The study's priority and the findings that set it."""
 
-    level: str  # "urgent" | "priority" | "routine"
+    level: str  # "urgent" | "priority" | "routine" | "not calibrated" (no calibrated finding at all)
     reasons: tuple[str, ...] = field(default_factory=tuple)
     review: tuple[str, ...] = field(default_factory=tuple)  # uncertain findings of a higher tier
+    not_calibrated: tuple[str, ...] = field(default_factory=tuple)  # urgent/significant findings that cannot count
 
     def to_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "reasons": list(self.reasons), "review": list(self.review)}
+        return {"level": self.level, "reasons": list(self.reasons), "review": list(self.review),
+                "not_calibrated": list(self.not_calibrated)}
 
 
 def triage_priority(results: Sequence[FindingResult]) -> TriagePriority:
     """Highest tier among positive findings; uncertain findings of a higher tier are listed for review.
 
     An uncertain critical finding raises the study to at least "priority" (a radiologist should
-    look today) without calling it urgent.
+    look today) without calling it urgent. Findings without a calibrated operating point never count;
+    those of a higher tier are listed, and with no calibrated finding at all the level is
+    ``"not calibrated"``.
     """
+    not_calibrated = tuple(r.name for r in results if not r.calibrated and r.urgency > ROUTINE)
+    if results and not any(r.calibrated for r in results):
+        return TriagePriority(level=UNCALIBRATED_PRIORITY, not_calibrated=not_calibrated)
     tier = ROUTINE
     for r in results:
         if r.status == POSITIVE:
@@ -187,4 +216,4 @@ def triage_priority(results: Sequence[FindingResult]) -> TriagePriority:
             tier = max(tier, SIGNIFICANT)
     reasons = tuple(r.name for r in results if r.status == POSITIVE and r.urgency == tier and tier > ROUTINE)
     review = tuple(r.name for r in results if r.status == UNCERTAIN and r.urgency >= max(tier, SIGNIFICANT))
-    return TriagePriority(level=PRIORITY_LABELS[tier], reasons=reasons, review=review)
+    return TriagePriority(level=PRIORITY_LABELS[tier], reasons=reasons, review=review, not_calibrated=not_calibrated)

@@ -38,6 +38,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--text-field", default=d.text_field, choices=["body", "text", "findings", "impression"],
                    help="report text used for retrieval and drafting (default: findings + impression)")
     p.add_argument("--prompt-style", default=d.style, help="zero-shot prompt style (default: %(default)s)")
+    p.add_argument("--criterion", default=d.criterion, choices=["youden", "f1"],
+                   help="how thresholds are chosen on the validation split (default: %(default)s)")
     p.add_argument("--unmentioned-as-negative", action="store_true",
                    help="treat findings a report does not mention (NaN labels) as negative instead of unknown")
     p.add_argument("--bootstrap", type=int, default=d.n_boot, help="bootstrap resamples for the CIs (0: none)")
@@ -80,7 +82,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         device=args.device, split=args.split, val_split=None if str(args.val_split).lower() == "none" else args.val_split,
         train_split=args.train_split, findings=args.findings.split(",") if args.findings and "," in args.findings
         else args.findings, text_field=args.text_field, style=args.prompt_style,
-        unmentioned_as_negative=args.unmentioned_as_negative, n_boot=args.bootstrap, seed=args.seed,
+        unmentioned_as_negative=args.unmentioned_as_negative, criterion=args.criterion, n_boot=args.bootstrap, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.workers, use_faiss={"auto": "auto", "yes": True, "no": False}[args.faiss],
         shots=shots, max_images=args.max_images)
     print(format_results(results))

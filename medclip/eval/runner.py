@@ -28,7 +28,7 @@ from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 
 from medclip.inference.encoders import describe_model, embed_images, embed_texts, load_model, model_image_size
-from medclip.inference.thresholds import DEFAULT_THRESHOLD, choose_thresholds, save_thresholds
+from medclip.inference.thresholds import DEFAULT_THRESHOLD, FALLBACK, OperatingPoint, calibrate, save_thresholds
 from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
 from . import metrics as M
@@ -174,6 +174,13 @@ class Evaluator:
             self._zeroshot = clf
         return clf
 
+    def _validation_record(self) -> dict[str, Any]:
+        """Where operating points are chosen (kept in thresholds.json for the recalibration command)."""
+        opt = self.options
+        return {"manifest": str(self.manifest_path.resolve()) if self.manifest_path else None, "split": opt.val_split,
+                "test_split": opt.split, "findings": opt.findings, "criterion": opt.criterion,
+                "unmentioned_as_negative": opt.unmentioned_as_negative}
+
     def _plot(self, fn, *args, name: str) -> None:
         if self.output_dir is None:
             return
@@ -197,17 +204,24 @@ class Evaluator:
         prob = clf.predict_proba(test.image_features)
         multi = clf.predict_multiclass(test.image_features)
 
-        thresholds = {f: DEFAULT_THRESHOLD for f in findings}
+        points = {f: OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, reason="no validation split") for f in findings}
         threshold_source = "default 0.5"
         saved_to = None
         if opt.val_split and (self.frame["split"] == opt.val_split).any():
             val = self.split(opt.val_split)
-            chosen = choose_thresholds(val.labels(findings, opt.unmentioned_as_negative),
-                                       clf.predict_proba(val.image_features), findings, opt.criterion)
-            thresholds.update(chosen)
+            y_val = val.labels(findings, opt.unmentioned_as_negative)
+            p_val = clf.predict_proba(val.image_features)
+            val_auroc = {}
+            for j, cid in enumerate(findings):
+                known = ~np.isnan(y_val[:, j])
+                val_auroc[cid] = M.bootstrap_ci(M.auroc, y_val[known, j], p_val[known, j], groups=val.patients[known],
+                                                n_boot=opt.n_boot, seed=opt.seed).to_dict()
+            points = calibrate(y_val, p_val, findings, opt.criterion, split=opt.val_split, auroc=val_auroc)
             threshold_source = f"{opt.criterion} on split {opt.val_split!r}"
             if self.checkpoint is not None:
-                saved_to = str(save_thresholds(self.checkpoint.path, thresholds, criterion=opt.criterion))
+                saved_to = str(save_thresholds(self.checkpoint.path, points, criterion=opt.criterion,
+                                               validation=self._validation_record()))
+        thresholds = {cid: p.threshold for cid, p in points.items()}
 
         per_finding: dict[str, dict] = {}
         curves = {}
@@ -219,6 +233,7 @@ class Evaluator:
             boot = dict(groups=groups, n_boot=opt.n_boot, seed=opt.seed)
             entry = {
                 "n": int(known.sum()), "positives": int(yj.sum()), "threshold": t,
+                "threshold_calibrated": points[cid].calibrated, "threshold_method": points[cid].method,
                 "auroc": M.bootstrap_ci(M.auroc, yj, pj, **boot).to_dict(),
                 "auprc": M.bootstrap_ci(M.auprc, yj, pj, **boot).to_dict(),
                 "f1": M.bootstrap_ci(M.f1_at(t), yj, pj, **boot).to_dict(),
@@ -313,7 +328,10 @@ class Evaluator:
         _, _, has_text = self._reports(test)
         drafter = self.build_drafter()
         if self.checkpoint is not None:
-            drafter.save(self.checkpoint.drafter)
+            source = {"manifest": str(self.manifest_path.resolve()) if self.manifest_path else None,
+                      "split": self.options.train_split}
+            fingerprint = self.checkpoint.fingerprint() if self.checkpoint.is_model() else None  # open_clip: none
+            drafter.save(self.checkpoint.drafter, model_fingerprint=fingerprint, source=source)
         rows = np.flatnonzero(has_text)
         drafts = [drafter.draft(test.image_features[i]) for i in rows]
         references = [test.texts[i] for i in rows]
@@ -418,10 +436,14 @@ def format_results(results: dict[str, Any]) -> str:
     if "zeroshot" in results:
         z = results["zeroshot"]
         rows = [[cid, e["n"], e["positives"], _fmt(e["auroc"]), _fmt(e["auprc"]), _fmt(e["f1"]), _fmt(e["accuracy"]),
-                 _fmt(e["threshold"], 2), _fmt(e["ece"]), _fmt(e["auroc_multiclass_softmax"]),
-                 _fmt(z["prompt_sensitivity"]["spread"].get(cid))] for cid, e in z["per_finding"].items()]
+                 _fmt(e["threshold"], 2) + ("" if e.get("threshold_calibrated", True) else "*"), _fmt(e["ece"]),
+                 _fmt(e["auroc_multiclass_softmax"]), _fmt(z["prompt_sensitivity"]["spread"].get(cid))]
+                for cid, e in z["per_finding"].items()]
+        uncalibrated = [cid for cid, e in z["per_finding"].items() if not e.get("threshold_calibrated", True)]
         parts.append(f"Zero-shot diagnosis (split {z['split']}, prompts {z['style']}, thresholds: {z['threshold_source']}; "
-                     "95% CIs by patient bootstrap)\n" + _table(
+                     "95% CIs by patient bootstrap"
+                     + (f"; * not calibrated (0.5 fallback): {len(uncalibrated)} of {len(z['per_finding'])}" if uncalibrated else "")
+                     + ")\n" + _table(
                          ["finding", "n", "pos", "AUROC", "AUPRC", "F1", "accuracy", "thr", "ECE", "AUROC(multi)", "prompt spread"], rows))
         ps = z["prompt_sensitivity"]["mean_auroc"]
         parts.append(f"mean AUROC {_fmt(z['mean_auroc'])}; pooled ECE {_fmt(z['ece'])}; mean AUROC by prompt style: "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -186,8 +187,13 @@ class ReportDrafter:
         return [self.draft(row) for row in torch.as_tensor(image_features)]
 
     # ------------------------------------------------------------------ save / load
-    def save(self, directory: str | Path) -> Path:
-        """Write ``drafter.safetensors`` (embeddings) and ``drafter.json`` (texts, options) to ``directory``."""
+    def save(self, directory: str | Path, *, model_fingerprint: str | None = None,
+             source: Mapping[str, object] | None = None) -> Path:
+        """Write ``drafter.safetensors`` (embeddings) and ``drafter.json`` (texts, options) to ``directory``.
+
+        ``model_fingerprint``: the model whose text tower embedded the corpus (checked by :meth:`load`);
+        ``source``: where the corpus came from (manifest, split), for the command that rebuilds it.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -197,13 +203,16 @@ class ReportDrafter:
         meta = {"format": DRAFTER_FORMAT, "texts": self.texts, "sentences": self.sentences, "sections": self.sections,
                 "sentence_reports": self.sentence_reports,
                 "options": {"k": self.k, "max_findings": self.max_findings, "max_impression": self.max_impression,
-                            "duplicate_similarity": self.duplicate_similarity, "min_vote": self.min_vote}}
+                            "duplicate_similarity": self.duplicate_similarity, "min_vote": self.min_vote},
+                "model_fingerprint": model_fingerprint, "source": dict(source or {})}
         (directory / _META_FILE).write_text(json.dumps(meta, ensure_ascii=False) + "\n")
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ReportDrafter":
-        """Read a folder written by :meth:`save`."""
+    def load(cls, directory: str | Path, model_fingerprint: str | None = None) -> "ReportDrafter":
+        """Read a folder written by :meth:`save`. With ``model_fingerprint`` (the model it will serve), a
+        drafter embedded by another model (or not tied to one) raises
+        :class:`~medclip.checkpoint.StaleFileError` ending with the command that rebuilds it."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -217,6 +226,18 @@ class ReportDrafter:
             raise ValueError(f"{meta_path}: cannot read ({exc})") from exc
         if not isinstance(meta, dict) or meta.get("format") != DRAFTER_FORMAT:
             raise ValueError(f"{meta_path}: not a report drafter file (format != {DRAFTER_FORMAT!r})")
+        recorded = meta.get("model_fingerprint")
+        if model_fingerprint is not None and recorded != model_fingerprint:
+            from medclip.checkpoint import StaleFileError
+
+            source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+            what = f"embedded by another model (fingerprint {recorded})" if recorded else "not tied to a model (older medclip)"
+            command = " ".join(shlex.quote(p) for p in ("medclip", "eval", "--checkpoint", str(directory.parent)))
+            command += f" --manifest {shlex.quote(str(source['manifest'])) if source.get('manifest') else 'MANIFEST'}"
+            if source.get("split") not in (None, "train"):
+                command += f" --train-split {shlex.quote(str(source['split']))}"
+            raise StaleFileError(f"{directory}: report drafter {what}, not by this checkpoint's model (fingerprint "
+                                 f"{model_fingerprint}); rebuild it with: {command} --task report --save-to-checkpoint")
         try:
             tensors = load_file(str(weights_path))
         except Exception as exc:  # safetensors raises its own error types

@@ -1,12 +1,27 @@
-"""Per-finding decision thresholds, chosen on a validation split and stored with the checkpoint.
+"""Per-finding operating points, chosen on a validation split and stored with the checkpoint.
 
-File: ``<checkpoint>/thresholds.json``::
+File: ``<checkpoint>/thresholds.json`` (see :class:`medclip.checkpoint.CheckpointDir`)::
 
-    {"format": "medclip.thresholds", "criterion": "youden", "uncertain_margin": 0.05,
-     "thresholds": {"pleural_effusion": 0.41, ...}}
+    {"format": "medclip.thresholds", "version": 2,
+     "model_fingerprint": "3f2a...",           # the model the points were chosen for
+     "criterion": "youden", "uncertain_margin": 0.05,
+     "validation": {"manifest": "/abs/manifest.parquet", "split": "val", "test_split": "test", ...},
+     "thresholds": {"pleural_effusion": 0.41, "pneumothorax": 0.5, ...},
+     "findings": {
+        "pleural_effusion": {"threshold": 0.41, "method": "youden", "n": 120, "positives": 31,
+                             "auroc": {"value": 0.83, "low": 0.75, "high": 0.90, ...}},
+        "pneumothorax": {"threshold": 0.5, "method": "fallback", "n": 40, "positives": 0,
+                         "reason": "no positives in split 'val'"}}}
 
-The thresholds apply to :meth:`ZeroShotClassifier.predict_proba` (CheXzero positive-vs-negative
-softmax). A missing file means "no calibrated thresholds": callers use 0.5.
+``method`` says how a point was chosen: a criterion on the validation split (``"youden"``,
+``"f1"``), by hand (``"manual"``, a bare number given to :func:`save_thresholds`) or not at all
+(``"fallback"``: 0.5, because the validation split lacked positives or negatives). A fallback
+finding is *not calibrated*: the demo shows it as such and it never sets the triage priority.
+
+The file belongs to one model: :func:`load_operating_points` refuses it when the recorded
+fingerprint is not the checkpoint's (:class:`StaleFileError`, whose message ends with the command
+that recalibrates). The thresholds apply to :meth:`ZeroShotClassifier.predict_proba`
+(CheXzero positive-vs-negative softmax).
 
 Uncertain band: a probability ``p`` for a finding with threshold ``t`` and margin ``m`` is
 ``"positive"`` if ``p >= t + m``, ``"negative"`` if ``p < t - m``, else ``"uncertain"``
@@ -17,47 +32,146 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from medclip.checkpoint import THRESHOLDS_FILE, CheckpointDir
+from medclip.checkpoint import THRESHOLDS_FILE, CheckpointDir, StaleFileError, write_json
 
 THRESHOLDS_FORMAT = "medclip.thresholds"
+THRESHOLDS_VERSION = 2
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_UNCERTAIN_MARGIN = 0.05
 CRITERIA = ("youden", "f1")
+MANUAL, FALLBACK = "manual", "fallback"
 POSITIVE, UNCERTAIN, NEGATIVE = "positive", "uncertain", "negative"
+#: The status of a finding without a calibrated operating point (no call is made).
+NOT_CALIBRATED = "not calibrated"
+
+__all__ = [
+    "CRITERIA", "DEFAULT_THRESHOLD", "DEFAULT_UNCERTAIN_MARGIN", "FALLBACK", "MANUAL", "NEGATIVE", "NOT_CALIBRATED",
+    "POSITIVE", "THRESHOLDS_FILE", "UNCERTAIN", "OperatingPoint", "OperatingPoints", "StaleFileError",
+    "calibrate", "choose_threshold", "choose_thresholds", "decide", "load_operating_points", "load_thresholds",
+    "load_uncertain_margin", "recalibrate_command", "save_thresholds",
+]
 
 
-def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float], *,
-                    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN, criterion: str | None = None) -> Path:
-    """Write ``thresholds.json`` into the checkpoint folder (atomically); returns its path."""
-    directory = CheckpointDir(checkpoint_dir).require().path
-    clean: dict[str, float] = {}
-    for cid, value in thresholds.items():
-        v = float(value)
-        if not 0.0 <= v <= 1.0 or math.isnan(v):
-            raise ValueError(f"threshold for {cid!r} must lie in [0, 1], got {value!r}")
-        clean[str(cid)] = v
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One finding's threshold and how it was chosen (validation size, positives, AUROC with 95% CI)."""
+
+    threshold: float
+    method: str = MANUAL  # "youden" | "f1" (chosen on validation) | "manual" | "fallback" (not calibrated)
+    n: int | None = None
+    positives: int | None = None
+    auroc: dict[str, Any] | None = None  # {"value", "low", "high", "n", "n_groups"} on the validation split
+    reason: str = ""
+
+    @property
+    def calibrated(self) -> bool:
+        """False for the 0.5 fallback of a finding the validation split could not tune."""
+        return self.method != FALLBACK
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"threshold": self.threshold, "method": self.method}
+        for key in ("n", "positives"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.auroc is not None:  # strict JSON: NaN (e.g. one class only) is written as null
+            out["auroc"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.auroc.items()}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OperatingPoint":
+        auroc = data.get("auroc")
+        return cls(threshold=_threshold(data.get("threshold"), "?"), method=str(data.get("method", MANUAL)),
+                   n=None if data.get("n") is None else int(data["n"]),
+                   positives=None if data.get("positives") is None else int(data["positives"]),
+                   auroc=dict(auroc) if isinstance(auroc, Mapping) else None, reason=str(data.get("reason", "")))
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """The operating points of one checkpoint: per finding, the uncertain margin, and their provenance."""
+
+    points: dict[str, OperatingPoint]
+    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN
+    criterion: str | None = None
+    model_fingerprint: str | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """{concept_id: threshold} of every finding (fallbacks included)."""
+        return {cid: p.threshold for cid, p in self.points.items()}
+
+    @property
+    def calibrated(self) -> list[str]:
+        """The findings with a calibrated (or hand-set) operating point."""
+        return [cid for cid, p in self.points.items() if p.calibrated]
+
+
+def _threshold(value: object, cid: str) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold for {cid!r} must be a number, got {value!r}") from None
+    if not 0.0 <= v <= 1.0 or math.isnan(v):
+        raise ValueError(f"threshold for {cid!r} must lie in [0, 1], got {value!r}")
+    return v
+
+
+def recalibrate_command(checkpoint_dir: str | Path, validation: Mapping[str, Any] | None = None) -> str:
+    """The ``medclip eval`` command that chooses (and saves) the operating points for a checkpoint again."""
+    validation = validation or {}
+    parts = ["medclip", "eval", "--checkpoint", str(checkpoint_dir), "--manifest", str(validation.get("manifest") or "MANIFEST"),
+             "--task", "zeroshot"]
+    if validation.get("test_split") not in (None, "test"):
+        parts += ["--split", str(validation["test_split"])]
+    if validation.get("split") not in (None, "val"):
+        parts += ["--val-split", str(validation["split"])]
+    findings = validation.get("findings")
+    if findings:
+        parts += ["--findings", findings if isinstance(findings, str) else ",".join(findings)]
+    if validation.get("criterion") not in (None, "youden"):
+        parts += ["--criterion", str(validation["criterion"])]
+    if validation.get("unmentioned_as_negative"):
+        parts.append("--unmentioned-as-negative")
+    parts.append("--save-to-checkpoint")
+    return " ".join(part if part == "MANIFEST" else shlex.quote(part) for part in parts)
+
+
+def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float | OperatingPoint], *,
+                    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN, criterion: str | None = None,
+                    model_fingerprint: str | None = None, validation: Mapping[str, Any] | None = None) -> Path:
+    """Write ``thresholds.json`` into the checkpoint folder (atomically); returns its path.
+
+    ``thresholds``: per finding an :class:`OperatingPoint` or a bare number (recorded as set by
+    hand). ``model_fingerprint``: the model the points belong to (default: the folder's own model,
+    when it holds one). ``validation``: where they were chosen (manifest, split, options), kept for
+    the recalibration command.
+    """
+    ckpt = CheckpointDir(checkpoint_dir).require()
+    points = {str(cid): value if isinstance(value, OperatingPoint) else OperatingPoint(_threshold(value, str(cid)))
+              for cid, value in thresholds.items()}
+    for cid, point in points.items():
+        _threshold(point.threshold, cid)
     if not 0.0 <= uncertain_margin < 0.5:
         raise ValueError(f"uncertain_margin must lie in [0, 0.5), got {uncertain_margin}")
-    payload = {"format": THRESHOLDS_FORMAT, "criterion": criterion, "uncertain_margin": float(uncertain_margin),
-               "thresholds": clean}
-    target = CheckpointDir(directory).thresholds
-    fd, tmp = tempfile.mkstemp(prefix=f".{THRESHOLDS_FILE}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    if model_fingerprint is None and ckpt.is_model():
+        model_fingerprint = ckpt.fingerprint()
+    payload = {"format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "model_fingerprint": model_fingerprint,
+               "criterion": criterion, "uncertain_margin": float(uncertain_margin),
+               "validation": dict(validation or {}),
+               "thresholds": {cid: p.threshold for cid, p in points.items()},
+               "findings": {cid: p.to_dict() for cid, p in points.items()}}
+    write_json(ckpt.thresholds, payload)
+    return ckpt.thresholds
 
 
 def _read(checkpoint_dir: str | Path) -> dict:
@@ -73,8 +187,36 @@ def _read(checkpoint_dir: str | Path) -> dict:
     return data
 
 
+def load_operating_points(checkpoint_dir: str | Path, model_fingerprint: str | None = None) -> OperatingPoints | None:
+    """The checkpoint's operating points, or None when it has no ``thresholds.json``.
+
+    With ``model_fingerprint`` (the model they will be used with), a file recorded for another model,
+    or for no model (written by an older medclip), raises :class:`StaleFileError` whose message ends
+    with the command that recalibrates. Findings the file names without a record of how they were
+    chosen (an older file) count as set by hand.
+    """
+    ckpt = CheckpointDir(checkpoint_dir)
+    data = _read(ckpt.path)
+    if not data:
+        return None
+    validation = data.get("validation") if isinstance(data.get("validation"), dict) else {}
+    recorded = data.get("model_fingerprint")
+    if model_fingerprint is not None and recorded != model_fingerprint:
+        what = f"chosen for another model (fingerprint {recorded})" if recorded else "not tied to a model (written by an older medclip)"
+        raise StaleFileError(f"{ckpt.thresholds}: operating points {what}, not for this checkpoint's model "
+                             f"(fingerprint {model_fingerprint}); recalibrate with: {recalibrate_command(ckpt.path, validation)}")
+    records = data.get("findings") if isinstance(data.get("findings"), dict) else {}
+    points = {}
+    for cid, value in data["thresholds"].items():
+        record = records.get(cid)
+        points[str(cid)] = (OperatingPoint.from_dict(record) if isinstance(record, Mapping)
+                            else OperatingPoint(_threshold(value, str(cid))))
+    margin = float(data.get("uncertain_margin", DEFAULT_UNCERTAIN_MARGIN))
+    return OperatingPoints(points, margin, data.get("criterion"), recorded, dict(validation))
+
+
 def load_thresholds(checkpoint_dir: str | Path) -> dict[str, float]:
-    """{concept_id: threshold} from ``thresholds.json``; {} when the file is absent (callers default to 0.5)."""
+    """{concept_id: threshold} from ``thresholds.json`` (unchecked); {} when the file is absent."""
     data = _read(checkpoint_dir)
     return {str(k): float(v) for k, v in data.get("thresholds", {}).items()}
 
@@ -128,4 +270,24 @@ def choose_thresholds(labels: np.ndarray, probabilities: np.ndarray, findings: l
     for j, cid in enumerate(findings):
         known = np.isin(labels[:, j], (0.0, 1.0))
         out[cid] = choose_threshold(labels[known, j], probabilities[known, j], criterion)
+    return out
+
+
+def calibrate(labels: np.ndarray, probabilities: np.ndarray, findings: list[str], criterion: str = "youden", *,
+              split: str = "val", auroc: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, OperatingPoint]:
+    """Per finding, the operating point chosen on validation data and how: ``criterion`` where both
+    classes are present, else the 0.5 fallback with the reason. ``auroc``: per finding the validation
+    AUROC with its CI (computed by the caller, e.g. with :func:`medclip.eval.metrics.bootstrap_ci`)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    chosen = choose_thresholds(labels, probabilities, findings, criterion)
+    out = {}
+    for j, cid in enumerate(findings):
+        y = labels[np.isin(labels[:, j], (0.0, 1.0)), j]
+        n, pos = int(y.size), int(y.sum())
+        stats = dict((auroc or {}).get(cid) or {}) or None
+        if n == 0 or pos == 0 or pos == n:
+            missing = "labelled images" if n == 0 else "positives" if pos == 0 else "negatives"
+            out[cid] = OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, n, pos, stats, f"no {missing} in split {split!r}")
+        else:
+            out[cid] = OperatingPoint(chosen[cid], criterion, n, pos, stats)
     return out
