@@ -13,18 +13,27 @@ points and the report drafter; the demo adds its gallery and reads everything::
         drafter/             the report drafter medclip eval scored and the demo serves
         gallery/             the demo's reference gallery (embeddings, scrubbed reports, thumbnails)
         eval/                medclip eval's default output folder (metrics.json, plots)
+        stale/<fingerprint>/ files of an earlier model, set aside when medclip fit replaced it (STALE.txt says how
+                             to remake them)
 
 The *model fingerprint* (:func:`model_fingerprint`) identifies the weights: a SHA-256 over every
 tensor's name, dtype, shape and bytes. It is the same whether computed from a model in memory or
 from ``model.safetensors``, so files derived from a model (thresholds, drafter, gallery) can record
-it and be refused when the folder's model is another one.
+it and be refused when the folder's model is another one. When ``medclip fit`` writes a new
+model over an old one (a second run, ``resume=last``), :meth:`CheckpointDir.replacing_model` moves
+the old model's thresholds, drafter, gallery and eval output to ``stale/<old fingerprint>/``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import logging
+import shlex
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +55,12 @@ EVAL_DIR = "eval"
 #: Slot for the model's preprocessing config (issue 9.1 writes it); nothing reads it yet.
 PREPROCESS_FILE = "preprocess.json"
 PROVENANCE_FILE = "provenance.json"
+STALE_DIR = "stale"
+STALE_NOTE = "STALE.txt"
 PROVENANCE_FORMAT = "medclip.provenance"
 FINGERPRINT_LENGTH = 16
+
+log = logging.getLogger(__name__)
 
 
 class StaleFileError(ValueError):
@@ -138,6 +151,15 @@ class CheckpointDir:
         """``eval/``: ``medclip eval``'s default output folder."""
         return self.path / EVAL_DIR
 
+    @property
+    def stale(self) -> Path:
+        """``stale/``: files of earlier models, set aside when the model was replaced."""
+        return self.path / STALE_DIR
+
+    def derived(self) -> list[Path]:
+        """The files made from this folder's model that exist: thresholds, drafter, gallery, eval output."""
+        return [p for p in (self.thresholds, self.drafter, self.gallery, self.eval_dir) if p.exists()]
+
     def is_model(self) -> bool:
         """True when the folder holds a medclip model (config and weights)."""
         return self.config.is_file() and self.weights.is_file()
@@ -190,3 +212,62 @@ class CheckpointDir:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) and data.get("format") == PROVENANCE_FORMAT else {}
+
+    # ------------------------------------------------------------------ replacing the model
+    @contextmanager
+    def replacing_model(self, active: bool = True) -> Iterator[None]:
+        """Wrap the writing of new weights into this folder (``medclip fit``'s export): if the weights
+        change, the files made from the old model (:meth:`derived`) are moved to
+        ``stale/<old fingerprint>/`` with a ``STALE.txt`` that says why and how to remake them.
+        ``active=False`` (other ranks of a distributed run) does nothing."""
+        derived = self.derived() if active else []
+        old = self.fingerprint() if derived and self.weights.is_file() else None
+        yield
+        if derived and self.derived():
+            new = self.fingerprint()
+            if new != old:
+                self.set_aside(old, new)
+
+    def set_aside(self, old: str | None, new: str) -> Path:
+        """Move :meth:`derived` files to ``stale/<old>/`` (a fresh folder each time) and write ``STALE.txt``."""
+        base = self.stale / (old or "unknown-model")
+        target, k = base, 1
+        while target.exists():
+            target, k = base.with_name(f"{base.name}-{k}"), k + 1
+        target.mkdir(parents=True)
+        remake = self._remake_commands()
+        moved = []
+        for path in self.derived():
+            shutil.move(str(path), str(target / path.name))
+            moved.append(path.name)
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        (target / STALE_NOTE).write_text(
+            f"These files were made for an earlier model in {self.path} (fingerprint {old or 'unknown'}).\n"
+            f"The model there was replaced on {when} (now fingerprint {new}), so they no longer describe it:\n"
+            f"  {', '.join(moved)}\n\nRemake them for the new model:\n" + "".join(f"  {c}\n" for c in remake))
+        log.warning("%s: the model was replaced; files made for the previous one (%s) moved to %s. Remake them: %s",
+                    self.path, ", ".join(moved), target, " ; ".join(remake))
+        return target
+
+    def _remake_commands(self) -> list[str]:
+        """The commands that remake the derived files, with the manifest / gallery source they recorded."""
+        def recorded(path: Path, *keys: str) -> str | None:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            for key in keys:
+                data = data.get(key) if isinstance(data, dict) else None
+            return str(data) if data else None
+
+        commands = []
+        if self.thresholds.exists() or self.drafter.exists() or self.eval_dir.exists():
+            manifest = (recorded(self.thresholds, "validation", "manifest")
+                        or recorded(self.drafter / "drafter.json", "source", "manifest"))
+            commands.append(f"medclip eval --checkpoint {shlex.quote(str(self.path))} --manifest "
+                            f"{shlex.quote(manifest) if manifest else 'MANIFEST'} --save-to-checkpoint")
+        if self.gallery.exists():
+            source = recorded(self.gallery / "gallery.json", "source_path")
+            commands.append(f"medclip demo --checkpoint {shlex.quote(str(self.path))} --build-gallery "
+                            f"{shlex.quote(source) if source else 'MANIFEST_OR_CACHE'}")
+        return commands

@@ -19,6 +19,7 @@ from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from medclip.checkpoint import CheckpointDir
 from medclip.train.config import ConfigError, load_config
 from medclip.train.data import MedClipDataModule, resolve_path
 from medclip.train.features import BackboneFeatures
@@ -317,5 +318,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     model_dir = output_dir / "model"
     module.model.config.extra["training"] = training_record(cfg)
-    _export(trainer, module, model_dir)
+    # a new model makes the old one's thresholds, drafter, gallery and eval output stale: set them aside
+    with CheckpointDir(model_dir).replacing_model(active=trainer.is_global_zero):
+        _export(trainer, module, model_dir)
     return model_dir
