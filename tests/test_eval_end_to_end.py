@@ -126,19 +126,32 @@ def test_bad_input_gives_clear_errors(tiny, tmp_path):
                  "-o", str(tmp_path)]) == 2
 
 
-def test_notebook_executes(tiny, tmp_path):
+def test_notebook_finds_the_quickstart_run_from_the_notebooks_folder(tiny, tmp_path):
+    """Regression (issue 12.15): run as JupyterLab and `jupyter nbconvert --execute` run it (working directory
+    notebooks/), the notebook failed with "runs/quickstart/model: checkpoint folder not found"."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     model_dir, manifest = tiny
-    nb = nbformat.read(REPO / "notebooks" / "evaluate.ipynb", as_version=4)
-    env = {"MEDCLIP_EVAL_CHECKPOINT": str(model_dir), "MEDCLIP_EVAL_MANIFEST": str(manifest),
-           "MEDCLIP_EVAL_OUTPUT": str(tmp_path / "nb_eval"), "MEDCLIP_EVAL_BOOTSTRAP": "30",
-           "MEDCLIP_EVAL_SHOTS": "1,2", "MEDCLIP_EVAL_TASKS": "zeroshot,retrieval,report,fewshot"}
+    # a project laid out as a checkout after `medclip quickstart`: pyproject.toml, notebooks/, runs/quickstart/
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'example'\n")
+    shutil.copy(REPO / "notebooks" / "evaluate.ipynb", project / "notebooks")
+    shutil.copytree(model_dir, project / "runs" / "quickstart" / "model")
+    shutil.copy(manifest, project / "runs" / "quickstart" / "manifest.parquet")
+    nb = nbformat.read(project / "notebooks" / "evaluate.ipynb", as_version=4)
+    env = {"MEDCLIP_EVAL_CHECKPOINT": None, "MEDCLIP_EVAL_MANIFEST": None, "MEDCLIP_EVAL_OUTPUT": "runs/nb_eval",
+           "MEDCLIP_EVAL_BOOTSTRAP": "30", "MEDCLIP_EVAL_SHOTS": "1,2",
+           "MEDCLIP_EVAL_TASKS": "zeroshot,retrieval,report,fewshot"}
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
+    for k, v in env.items():  # the kernel inherits this process's environment
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                         resources={"metadata": {"path": str(REPO)}})
+                                         resources={"metadata": {"path": str(project / "notebooks")}})
         client.execute()
     finally:
         for k, v in saved.items():
@@ -150,7 +163,7 @@ def test_notebook_executes(tiny, tmp_path):
     assert "Zero-shot diagnosis" in outputs and "DRAFT:" in outputs
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 5
-    assert (tmp_path / "nb_eval" / "metrics.json").is_file()
+    assert (project / "runs" / "nb_eval" / "metrics.json").is_file()  # relative paths: from the project folder
 
 
 def _run_hint(message: str) -> None:
