@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.model.vision import TimmBackbone
 from medclip.train import DEFAULTS, ConfigError, DualEncoderModule, MedClipDataModule, fit
 from medclip.train.features import BackboneFeatures, FeatureStore
-from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 MODEL = {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}, "lock_image": True}
 

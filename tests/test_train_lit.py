@@ -9,9 +9,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from test_train_fit import _config, _weights, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.train import DEFAULTS, DualEncoderModule, fit
-from test_train_fit import _config, _weights, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 MODEL = {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}}
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from test_train_fit import CRASH_AFTER, _config, _weights, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.data.manifest import write_manifest
 from medclip.knowledge import Graph, ReportLabeler
 from medclip.train import DEFAULTS, MedClipDataModule, fit
 from medclip.train.sampler import WeightedResumableSampler, concept_balance_weights, concept_shares, sample_concepts
 from medclip.train.text import TextPolicy
-from test_train_fit import CRASH_AFTER, _config, _weights, one_torch_thread  # noqa: F401 (fixtures)
 
 FINDINGS = ["pleural_effusion", "cardiomegaly", "pneumothorax", "consolidation"]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.model.losses import build_loss
 from medclip.train import DEFAULTS, ConfigError, DualEncoderModule, fit, load_config
 from medclip.train.data import AugmentedDataset, ReportCollator, sub_captions
-from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 REPORTS = [
     "Heart size is normal. No pleural effusion. Lungs are clear.",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.train import fit
 from medclip.train.pretrain import corpus_texts, labelled_reports, pair_loss, text_pretrain
-from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 REPORTS = [
     "There is a small left pleural effusion.", "The heart is enlarged. Cardiomegaly.", "Right pneumothorax.",

@@ -50,7 +50,7 @@ class ImageAugmentation:
             raise ValueError("rotate_degrees and noise_std must be >= 0 and contrast in [0, 1)")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "ImageAugmentation":
+    def from_config(cls, cfg: Mapping[str, Any]) -> ImageAugmentation:
         """From the training config's ``data.image_augmentation`` section (``enabled`` is ignored here)."""
         return cls(
             crop_scale=tuple(float(v) for v in cfg.get("crop_scale", cls.crop_scale)),  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,7 +102,7 @@ class DualEncoder(nn.Module):
         self.text.set_grad_checkpointing(enable)
 
     # ----------------------------------------------------------------- locking (LiT)
-    def train(self, mode: bool = True) -> "DualEncoder":
+    def train(self, mode: bool = True) -> DualEncoder:
         """Set train/eval mode; submodules frozen by a tower lock stay in eval mode."""
         super().train(mode)
         if mode:
@@ -223,7 +224,7 @@ class DualEncoder(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, map_location: str | torch.device = "cpu") -> "DualEncoder":
+    def from_pretrained(cls, name_or_path: str | Path, map_location: str | torch.device = "cpu") -> DualEncoder:
         """Load a folder written by :meth:`save_pretrained`, or ``"hf-hub:org/name"`` (HF cache when offline)."""
         name = str(name_or_path)
         directory = resolve_hf_hub(name) if name.startswith(HF_HUB_PREFIX) else Path(name)

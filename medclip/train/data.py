@@ -30,13 +30,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from medclip.model.losses import group_ids_from_keys
 from medclip.train.features import BackboneFeatures, FeatureStore, cache_key, fill_store, source_identity
-from medclip.train.text import TextPolicy
 from medclip.train.sampler import (
     ResumableSampler,
     WeightedResumableSampler,
     concept_balance_weights,
     sample_concepts,
 )
+from medclip.train.text import TextPolicy
 
 log = logging.getLogger(__name__)
 
