@@ -40,16 +40,40 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="parallel reader processes (default: CPU count, max 8)")
     p.add_argument("--no-verify", action="store_true", help="read headers only (skip decoding pixels)")
     p.add_argument("--full", action="store_true", help="re-read every file instead of only new or changed ones")
+    p.add_argument("--checkpoint-every", type=int, default=2000, metavar="N",
+                   help="save per-file progress every N files read, so a killed run resumes (default: 2000)")
+    _add_shard_flags(p, "files", "--merge builds the manifest from all parts")
     p.set_defaults(func=_cmd_index)
+
+
+def _add_shard_flags(p: argparse.ArgumentParser, what: str, merge_help: str) -> None:
+    """``--num-shards/--shard-index/--merge`` for array jobs (defaults: a SLURM array's variables)."""
+    p.add_argument("--num-shards", type=int, default=None, metavar="N",
+                   help="split the work into N array tasks (default: $SLURM_ARRAY_TASK_COUNT inside an array job)")
+    p.add_argument("--shard-index", type=int, default=None, metavar="I",
+                   help=f"this task's part of the {what}, 0..N-1 (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
+    p.add_argument("--merge", action="store_true", help=f"after all array tasks: {merge_help}")
+
+
+def _shard_of(args: argparse.Namespace):
+    from medclip.data.shards import resolve_shard
+
+    return resolve_shard(args.num_shards, args.shard_index)
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from medclip.data.indexer import index_export, skipped_path
 
+    shard = None if args.merge else _shard_of(args)
     res = index_export(args.export_dir, args.output, reports=args.reports, report_key=args.report_key,
                        link_on=args.link_on, salt=args.salt, fractions=args.split, seed=args.seed,
                        workers=args.workers, verify_pixels=not args.no_verify, incremental=not args.full,
-                       progress=not args.quiet)
+                       progress=not args.quiet, shard=shard, merge=args.merge, checkpoint_every=args.checkpoint_every)
+    if res.part_path is not None:
+        print(f"index part {shard.index + 1} of {shard.count}: {res.files_seen} files, {res.files_read} read, "
+              f"{res.files_reused} unchanged, {sum(res.skipped.values())} skipped -> {res.part_path}")
+        print("when every task has finished: medclip index EXPORT_DIR -o MANIFEST --merge (same salt and options)")
+        return 0
     print(res.summary())
     if res.skipped:
         print(f"skipped files are listed in {skipped_path(res.manifest_path)}")
@@ -109,16 +133,21 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a cache with other settings")
+    _add_shard_flags(p, "tar shards", "merge the parts into cache.json (the last task does this by itself)")
     p.set_defaults(func=_cmd_cache)
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from medclip.data.cache import CacheConfig, build_cache
+    from medclip.data.cache import CacheConfig, build_cache, merge_cache_parts
 
+    if args.merge:
+        merge_cache_parts(args.output)
+        print(f"cache: parts merged into {args.output}/cache.json")
+        return 0
     cfg = CacheConfig(image_size=args.image_size, window=args.window, volume_shape=tuple(args.volume_shape),
                       volume_spacing=tuple(args.volume_spacing), shard_size=args.shard_size)
     res = build_cache(args.manifest, args.output, config=cfg, workers=args.workers, progress=not args.quiet,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, shard=_shard_of(args))
     print(res.summary())
     return 0
 

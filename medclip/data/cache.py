@@ -17,6 +17,11 @@ Layout::
 
 Shards are written to a temporary name and renamed when complete, and ``cache.json`` is updated after
 every shard, so an interrupted run resumes at the first missing shard.
+
+Array jobs (``--num-shards N --shard-index i``, or a SLURM array's variables): task i writes the tar
+shards k with k % N == i and its own ``cache.part-0000i-of-0000N.json``; when the last part lands, its
+task merges them into ``cache.json`` (``medclip cache --merge`` does the same by hand). Shard names and
+contents do not depend on N, so the merged cache equals a single-process one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+from medclip.data.shards import Shard, missing_parts, parse_part_tag
+from medclip.fsutil import atomic_write
 
 CACHE_VERSION = 1
 #: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers).
@@ -143,6 +150,7 @@ class CacheResult:
     reused_shards: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    merged: bool = False  # an array task: whether it completed the last part and wrote cache.json
 
     def summary(self) -> str:
         s = f"cache: {self.cache_dir}: {self.written} images written, {self.reused_shards} shards already complete"
@@ -151,25 +159,36 @@ class CacheResult:
 
             reasons = Counter(self.skipped.values())
             s += f"; skipped {len(self.skipped)}: " + ", ".join(f"{k}: {v}" for k, v in reasons.most_common())
+        if self.merged:
+            s += "; last array task: parts merged into cache.json"
         return s + f" ({self.seconds:.1f}s)"
 
 
 def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, config: CacheConfig | None = None,
-                workers: int | None = None, progress: bool = True, overwrite: bool = False) -> CacheResult:
-    """Decode every manifest row once into WebDataset shards under ``cache_dir``; resumes an interrupted run."""
+                workers: int | None = None, progress: bool = True, overwrite: bool = False,
+                shard: Shard | None = None) -> CacheResult:
+    """Decode every manifest row once into WebDataset shards under ``cache_dir``; resumes an interrupted run.
+
+    With ``shard`` (task i of N) only the tar shards k with k % N == i are written, with a part index;
+    the task that completes the last part merges them into ``cache.json`` (see the module docstring).
+    """
     t0 = time.perf_counter()
     config = config or CacheConfig()
+    shard = shard or Shard()
     df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     index_path = cache_dir / "cache.json"
+    write_path = index_path if shard.is_whole else cache_dir / f"cache.{shard.tag}.json"
     index: dict = {"version": CACHE_VERSION, "config": config.to_json(), "shards": {}, "skipped": {}}
-    if index_path.exists() and not overwrite:
-        old = json.loads(index_path.read_text())
-        if old.get("config") != config.to_json() or old.get("version") != CACHE_VERSION:
-            raise CacheError(f"{cache_dir}: cache was built with other settings {old.get('config')}; "
-                             "use another folder or overwrite=True (--overwrite)")
-        index = old
+    for path in dict.fromkeys([index_path, write_path]):  # the merged index, then this task's own part
+        if path.exists() and not overwrite:
+            old = json.loads(path.read_text())
+            if old.get("config") != config.to_json() or old.get("version") != CACHE_VERSION:
+                raise CacheError(f"{cache_dir}: cache was built with other settings {old.get('config')}; "
+                                 "use another folder or overwrite=True (--overwrite)")
+            index["shards"].update(old.get("shards", {}))
+            index["skipped"].update(old.get("skipped", {}))
     labels = label_columns(df)
     index["labels"] = [c[len(LABEL_PREFIX):] for c in labels]
     result = CacheResult(cache_dir=cache_dir)
@@ -180,6 +199,11 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
         for i in range(0, len(records), config.shard_size):
             name = f"{split}/shard-{i // config.shard_size:06d}.tar"
             jobs.append((split, name, records[i:i + config.shard_size]))
+    all_names = [name for _, name, _ in jobs]
+    if not shard.is_whole:  # this task's tar shards only, dealt round-robin
+        jobs = [job for k, job in enumerate(jobs) if shard.owns(k)]
+        index["shards"] = {n: v for n, v in index["shards"].items() if n in {name for _, name, _ in jobs}}
+        index.update({"shard": shard.index, "num_shards": shard.count, "complete": False})
     todo = []
     for split, name, recs in jobs:
         done = index["shards"].get(name)
@@ -215,18 +239,79 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
             os.replace(tmp, target)
             index["shards"][name] = {"split": split, "count": count, "ids_hash": _ids_hash(recs)}
             result.written += count
-            _write_index(index_path, index)
+            _write_index(write_path, index)
     finally:
         bar.close()
         if pool:
             pool.shutdown()
-    stale = set(index["shards"]) - {name for _, name, _ in jobs}
-    for name in stale:
-        index["shards"].pop(name)
-        (cache_dir / name).unlink(missing_ok=True)
-    _write_index(index_path, index)
+    if shard.is_whole:
+        stale = set(index["shards"]) - set(all_names)
+        for name in stale:
+            index["shards"].pop(name)
+            (cache_dir / name).unlink(missing_ok=True)
+        _write_index(index_path, index)
+    else:
+        index.update({"complete": True, "all_shards": all_names})
+        _write_index(write_path, index)
+        result.merged = merge_cache_parts(cache_dir, require_complete=False)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def cache_part_paths(cache_dir: str | Path) -> list[Path]:
+    """The array tasks' part indexes (``cache.part-*-of-*.json``) in a cache folder."""
+    return sorted(Path(cache_dir).glob("cache.part-*-of-*.json"))
+
+
+def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -> bool:
+    """Merge the array tasks' part indexes into ``cache.json`` once every part is complete.
+
+    Returns True when merged. With ``require_complete`` (``medclip cache --merge``) a missing or unfinished
+    part is an error naming it; otherwise (a task finishing its part) the merge waits for the last task.
+    Shards of an earlier ``cache.json`` that the new run no longer has are deleted, as a single run does.
+    """
+    cache_dir = Path(cache_dir)
+    paths = cache_part_paths(cache_dir)
+    parts = []
+    for p in paths:
+        try:
+            parts.append((parse_part_tag(p.name), json.loads(p.read_text())))
+        except (OSError, ValueError):  # another task merged and removed it meanwhile
+            if require_complete:
+                raise
+    count, missing = missing_parts([s for s, _ in parts if s is not None])
+    unfinished = sorted(s.index for s, part in parts if s is not None and not part.get("complete"))
+    if not parts or missing or unfinished:
+        if require_complete:
+            what = "no parts found" if not parts else (
+                f"missing shard index {missing[:20]}" if missing else f"unfinished shard index {unfinished[:20]}")
+            raise CacheError(f"{cache_dir}: cannot merge the cache parts ({what}); run those array tasks first")
+        return False
+    first = parts[0][1]
+    for s, part in parts:
+        if part.get("config") != first.get("config") or part.get("version") != first.get("version"):
+            raise CacheError(f"{cache_dir}: part {s.index} of {count} was built with other settings")
+    all_names = first.get("all_shards", [])
+    merged = {"version": first["version"], "config": first["config"], "shards": {}, "skipped": {},
+              "labels": first.get("labels", [])}
+    for _, part in parts:
+        merged["shards"].update({n: v for n, v in part["shards"].items() if n in all_names})
+        merged["skipped"].update(part.get("skipped", {}))
+    lost = [n for n in all_names if n not in merged["shards"]]
+    if lost:
+        raise CacheError(f"{cache_dir}: the parts do not cover shard {lost[0]} ({len(lost)} missing)")
+    old_path = cache_dir / "cache.json"
+    if old_path.exists():
+        try:
+            old = json.loads(old_path.read_text())
+        except ValueError:
+            old = {}
+        for name in set(old.get("shards", {})) - set(all_names):
+            (cache_dir / name).unlink(missing_ok=True)
+    _write_index(old_path, merged)
+    for p in paths:
+        p.unlink(missing_ok=True)
+    return True
 
 
 def _ids_hash(recs: list[dict]) -> str:
@@ -242,9 +327,8 @@ def _ids_hash(recs: list[dict]) -> str:
 
 
 def _write_index(path: Path, index: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
 
 
 def read_cache_index(cache_dir: str | Path) -> dict:

@@ -42,6 +42,8 @@ from medclip.io.dicom import inferred_run_ids
 
 log = logging.getLogger(__name__)
 
+from medclip.data.shards import Shard  # noqa: E402  (array-job parts; see index_export)
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
@@ -68,6 +70,7 @@ class IndexResult:
     reports_unlinked: int = 0
     leaked_patients: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    part_path: Path | None = None  # an array task's part (no manifest yet: `medclip index --merge` makes it)
 
     def summary(self) -> str:
         """A human-readable summary (no PHI)."""
@@ -357,9 +360,14 @@ def load_reports(path: Path, key_column: str | None = None, link_on: str | None 
                      f"{sorted(n for v in REPORT_KEY_COLUMNS.values() for n in v)} or name it with --report-key")
 
 
-def report_sections_from_row(row: pd.Series) -> ReportSections:
-    """Sections of one reports-table row, whatever its columns are called."""
-    cols = {role: _find_col(row.index, names) for role, names in REPORT_TEXT_COLUMNS.items()}
+def report_sections_from_row(row: pd.Series | dict) -> ReportSections:
+    """Sections of one reports-table row (a Series or a dict), whatever its columns are called."""
+    columns = row.index if isinstance(row, pd.Series) else list(row)
+    return _sections_of(row, {role: _find_col(columns, names) for role, names in REPORT_TEXT_COLUMNS.items()})
+
+
+def _sections_of(row: pd.Series | dict, cols: dict[str, str | None]) -> ReportSections:
+    """Sections of one row, given which column plays which role (found once per table)."""
     get = lambda role: row[cols[role]] if cols[role] is not None else ""  # noqa: E731
     if cols["findings"] is None and cols["impression"] is None:
         s = parse_sections(get("text"))
@@ -382,8 +390,29 @@ def skipped_path(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + ".skipped.csv")
 
 
+def part_path(manifest_path: Path, shard) -> Path:
+    """The per-file records an array task writes (``<manifest>.part-00003-of-00008.files.parquet``)."""
+    return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + f".{shard.tag}.files.parquet")
+
+
+def part_paths(manifest_path: Path) -> list[Path]:
+    """The array tasks' part files next to a manifest, in part order."""
+    stem = manifest_path.name.removesuffix(".parquet")
+    return sorted(manifest_path.parent.glob(f"{stem}.part-*-of-*.files.parquet"))
+
+
 def _load_state(manifest_path: Path, salt_check: str, root: Path) -> dict[str, dict]:
-    p = _state_path(manifest_path)
+    return _load_state_file(_state_path(manifest_path), salt_check, root)
+
+
+def _state_meta(p: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    return json.loads((pq.read_schema(p).metadata or {}).get(b"medclip", b"{}"))
+
+
+def _load_state_file(p: Path, salt_check: str, root: Path) -> dict[str, dict]:
+    """Per-file records by relative path from a state file ({} when absent or made with other settings)."""
     if not p.exists():
         return {}
     try:
@@ -407,19 +436,25 @@ def _load_state(manifest_path: Path, salt_check: str, root: Path) -> dict[str, d
     return out
 
 
-def _save_state(manifest_path: Path, records: list[dict], salt_check: str, root: Path) -> None:
+def _save_state(manifest_path: Path, records: Iterable[dict], salt_check: str, root: Path) -> None:
+    _save_state_file(_state_path(manifest_path), records, salt_check, root)
+
+
+def _save_state_file(p: Path, records: Iterable[dict], salt_check: str, root: Path, extra: dict | None = None) -> None:
+    """Write per-file records all or nothing (SR text is dropped: the state keeps only structure)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    df = pd.DataFrame(records)
+    from medclip.fsutil import atomic_write
+
+    df = pd.DataFrame(list(records))
     if "sr_text" in df:  # report text lives in the manifest, scrubbed; the state keeps only structure
         df = df.drop(columns=[c for c in ("sr_text", "sr_sections") if c in df])
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({b"medclip": json.dumps(
-        {"salt_check": salt_check, "version": STATE_VERSION, "root": str(root)}).encode()})
-    tmp = _state_path(manifest_path).with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, _state_path(manifest_path))
+        {"salt_check": salt_check, "version": STATE_VERSION, "root": str(root), **(extra or {})}).encode()})
+    with atomic_write(p) as tmp:
+        pq.write_table(table, tmp)
 
 
 def index_export(
@@ -437,11 +472,20 @@ def index_export(
     incremental: bool = True,
     progress: bool = True,
     default_salt_ok: bool = False,
+    shard: Shard | None = None,
+    merge: bool = False,
+    checkpoint_every: int = 2000,
 ) -> IndexResult:
     """Index a PACS export folder into a de-identified, patient-split manifest (see module docstring).
 
     ``salt`` (else ``$MEDCLIP_SALT``) keys every hashed identifier, DICOM or not. Without either, the
     public default salt is used and a warning says so, unless ``default_salt_ok`` (demo data, quick start).
+
+    Array jobs: with ``shard`` (task i of N, :mod:`medclip.data.shards`) the run reads only its block of
+    the export's files and writes ``<manifest>.part-i-of-N.files.parquet`` (no manifest); ``merge=True``
+    then builds the manifest from all N parts, exactly as one process would have (series are assembled,
+    reports linked and splits drawn only here, over every file). Per-file records are saved every
+    ``checkpoint_every`` files (atomically), so a killed run resumes where it stopped.
     """
     root = Path(export_dir).resolve()
     if not root.is_dir():
@@ -455,44 +499,27 @@ def index_export(
     salt = get_salt(salt)
     salt_check = hash_identifier("medclip-salt-check", salt)
     state = _load_state(output, salt_check, root) if incremental else {}
-
-    files = list(tqdm(walk_export(root), desc="scanning", unit=" files", disable=not progress, leave=False))
-    records: list[dict] = []
-    todo: list[tuple[str, str, str, bool]] = []
-    reused = 0
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        unusable = _unusable_path(p, rel)
-        if unusable is not None:  # skipped, counted and listed, never fatal
-            records.append(unusable)
-            continue
-        st = p.stat()
-        old = state.get(rel)
-        if old is not None and old.get("file_size") == st.st_size and old.get("mtime") == float(st.st_mtime) \
-                and old.get("kind_hint") != "sr":
-            records.append(old)
-            reused += 1
-        else:
-            todo.append((str(p), classify_file(p) or "dicom", salt, verify_pixels))
-
-    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    bar = tqdm(total=len(todo), desc="indexing", unit=" files", disable=not progress)
-    if n_workers > 1 and len(todo) > 16:
-        with ProcessPoolExecutor(n_workers) as pool:
-            for rec in pool.map(read_file_record, todo, chunksize=max(1, min(64, len(todo) // (n_workers * 8) or 1))):
-                records.append(rec)
-                bar.update()
+    shard = shard or Shard()
+    if merge:
+        records, files_seen, files_read, reused, parts = _merge_parts(output, salt_check, root, salt, verify_pixels)
     else:
-        for args in todo:
-            records.append(read_file_record(args))
-            bar.update()
-    bar.close()
-    for rec in records:
-        if Path(rec["path"]).is_absolute():
-            rec["path"] = Path(rec["path"]).relative_to(root).as_posix()
+        state_file = _state_path(output) if shard.is_whole else part_path(output, shard)
+        if not shard.is_whole and incremental:  # an interrupted task resumes from its own part
+            state.update(_load_state_file(state_file, salt_check, root))
+        records, files_seen, files_read, reused = _read_records(
+            root, state, shard, salt, verify_pixels, workers, progress, state_file, salt_check, checkpoint_every)
+        if not shard.is_whole:
+            _save_state_file(state_file, records, salt_check, root, extra={
+                "shard": shard.index, "num_shards": shard.count, "files_seen": files_seen, "files_read": files_read,
+                "files_reused": reused})
+            res = IndexResult(manifest=pd.DataFrame(columns=list(MANIFEST_COLUMNS)), manifest_path=output,
+                              files_seen=files_seen, files_read=files_read, files_reused=reused,
+                              skipped=Counter(r["status"] for r in records if r.get("status") != "ok"))
+            res.part_path = state_file
+            return res
 
-    result = IndexResult(manifest=pd.DataFrame(), manifest_path=output, files_seen=len(files),
-                         files_read=len(todo), files_reused=reused)
+    result = IndexResult(manifest=pd.DataFrame(), manifest_path=output, files_seen=files_seen,
+                         files_read=files_read, files_reused=reused)
     ok = [r for r in records if r.get("status") == "ok"]
     bad = [r for r in records if r.get("status") != "ok"]
     result.skipped = Counter(r["status"] for r in bad)
@@ -515,21 +542,7 @@ def index_export(
         _attach_report(df, by_study.get(study_key, []), sections, phi_by_study.get(study_key, set()), salt)
     if reports is not None:
         table, key_col, role = load_reports(Path(reports), report_key, link_on)
-        linked = 0
-        keys = _key_index(df, role)
-        for _, row in tqdm(table.iterrows(), total=len(table), desc="linking reports", disable=not progress, leave=False):
-            raw_key = str(row[key_col]).strip()
-            if not raw_key:
-                continue
-            match = _lookup(keys, raw_key, role, salt)
-            if not match:
-                continue
-            linked += 1
-            studies = set(df.loc[match, "study_id"])
-            phi = set().union(*(phi_by_study.get(s, set()) for s in studies))
-            _attach_report(df, match, report_sections_from_row(row), phi, salt)
-            if role == "path":
-                _adopt_ids_from_report(df, match, row, salt)
+        linked = _link_reports(df, table, key_col, role, phi_by_study, salt, progress)
         result.reports_linked = linked
         result.reports_unlinked = len(table) - linked
 
@@ -551,8 +564,151 @@ def index_export(
     df["path"] = [str(root / p) if not Path(p).is_absolute() else p for p in df["path"]]
     _save_state(output, records, salt_check, root)
     _write_skipped(output, bad)
+    if merge:
+        for p in parts:  # merged into the manifest and its state: the parts are done
+            p.unlink(missing_ok=True)
     result.manifest = df
     return result
+
+
+def _read_records(root: Path, state: dict[str, dict], shard: Shard, salt: str, verify_pixels: bool,
+                  workers: int | None, progress: bool, state_file: Path, salt_check: str,
+                  checkpoint_every: int) -> tuple[list[dict], int, int, int]:
+    """Per-file records of this shard's files: unchanged ones from ``state``, the rest read in workers.
+
+    Every ``checkpoint_every`` files read, the records so far (with the older state) are written to
+    ``state_file``, so a killed run re-reads only what it had not finished.
+    Returns (records, files seen, files read, files reused).
+    """
+    files = list(tqdm(walk_export(root), desc="scanning", unit=" files", disable=not progress, leave=False))
+    files = shard.block(files)
+    own = {p.relative_to(root).as_posix() for p in files}
+    state = {rel: rec for rel, rec in state.items() if rel in own}  # a part holds only its own files
+    records: list[dict] = []
+    todo: list[tuple[str, str, str, bool]] = []
+    reused = 0
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        unusable = _unusable_path(p, rel)
+        if unusable is not None:  # skipped, counted and listed, never fatal
+            records.append(unusable)
+            continue
+        st = p.stat()
+        old = state.get(rel)
+        if old is not None and old.get("file_size") == st.st_size and old.get("mtime") == float(st.st_mtime) \
+                and old.get("kind_hint") != "sr":
+            records.append(old)
+            reused += 1
+        else:
+            todo.append((str(p), classify_file(p) or "dicom", salt, verify_pixels))
+
+    def checkpoint() -> None:
+        _save_state_file(state_file, {**state, **{r["path"]: r for r in records}}.values(), salt_check, root)
+
+    def add(rec: dict) -> None:
+        if Path(rec["path"]).is_absolute():
+            rec["path"] = Path(rec["path"]).relative_to(root).as_posix()
+        records.append(rec)
+        bar.update()
+        if checkpoint_every and bar.n % checkpoint_every == 0 and bar.n < len(todo):
+            checkpoint()
+
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(todo), desc="indexing", unit=" files", disable=not progress)
+    try:
+        if n_workers > 1 and len(todo) > 16:
+            with ProcessPoolExecutor(n_workers) as pool:
+                chunk = max(1, min(64, len(todo) // (n_workers * 8) or 1))
+                for rec in pool.map(read_file_record, todo, chunksize=chunk):
+                    add(rec)
+        else:
+            for args in todo:
+                add(read_file_record(args))
+    finally:
+        bar.close()
+    return records, len(files), len(todo), reused
+
+
+def _merge_parts(output: Path, salt_check: str, root: Path, salt: str,
+                 verify_pixels: bool) -> tuple[list[dict], int, int, int, list[Path]]:
+    """All array tasks' records, checked complete and made with this salt and export root.
+
+    Structured reports are read again here (their text is never stored in a part).
+    Returns (records, files seen, files read, files reused, part files).
+    """
+    from medclip.data.shards import missing_parts, parse_part_tag
+
+    parts = part_paths(output)
+    if not parts:
+        raise FileNotFoundError(f"{output}: no index parts to merge (run `medclip index --num-shards N "
+                                "--shard-index i` for every i first)")
+    shards = [parse_part_tag(p.name) for p in parts]
+    count, missing = missing_parts([s for s in shards if s is not None])
+    if missing:
+        raise ValueError(f"{output}: {len(missing)} of {count} index parts are missing (shard index "
+                         f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}): run them, then merge")
+    records: list[dict] = []
+    seen = read = reused = 0
+    for p in parts:
+        meta = _state_meta(p)
+        if meta.get("salt_check") != salt_check or meta.get("root") != str(root) or meta.get("version") != STATE_VERSION:
+            raise ValueError(f"{p.name}: made with another salt, export folder or medclip version than this merge")
+        seen += int(meta.get("files_seen", 0))
+        read += int(meta.get("files_read", 0))
+        reused += int(meta.get("files_reused", 0))
+        for rel, rec in _load_state_file(p, salt_check, root).items():
+            if rec.get("kind_hint") == "sr":
+                rec = read_file_record((str(root / rel), "dicom", salt, verify_pixels))
+                rec["path"] = rel
+            records.append(rec)
+    return records, seen, read, reused, parts
+
+
+def _link_reports(df: pd.DataFrame, table: pd.DataFrame, key_col: str, role: str,
+                  phi_by_study: dict[str, set[str]], salt: str, progress: bool) -> int:
+    """Attach each reports-table row to the rows it names (column-wise: no per-row pandas indexing).
+
+    Rows are matched as :func:`_lookup` says; each report's sections are scrubbed of the identifiers of
+    every study it links to; for ``path`` links, patient/study ids come from the table when it has them.
+    A later table row wins over an earlier one for the same image. Returns the number of rows linked.
+    """
+    if df.empty or table.empty:
+        return 0
+    assert isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+    keys = _key_index(df, role)
+    text_cols = {r: _find_col(table.columns, names) for r, names in REPORT_TEXT_COLUMNS.items()}
+    out = {c: df[c].tolist() for c in ("report_indication", "report_findings", "report_impression", "report_text")}
+    study_ids, patient_ids, series_ids = df["study_id"].tolist(), df["patient_id"].tolist(), df["series_id"].tolist()
+    pcol = _find_col(table.columns, REPORT_PATIENT_COLUMNS) if role == "path" else None
+    scol = _find_col(table.columns, REPORT_STUDY_COLUMNS) if role == "path" else None
+    linked = 0
+    rows = table.to_dict("records")
+    for row in tqdm(rows, total=len(rows), desc="linking reports", disable=not progress, leave=False):
+        raw_key = str(row[key_col]).strip()
+        if not raw_key:
+            continue
+        match = _lookup(keys, raw_key, role, salt)
+        if not match:
+            continue
+        linked += 1
+        phi = set().union(*(phi_by_study.get(study_ids[i], set()) for i in set(match)))
+        s = _sections_of(row, text_cols)
+        for column, text in (("report_indication", s.indication), ("report_findings", s.findings),
+                             ("report_impression", s.impression), ("report_text", s.text)):
+            clean = scrub_identifiers(scrub_with_hashes(text or "", phi, salt))
+            for i in match:
+                out[column][i] = clean
+        if pcol and str(row[pcol]).strip():
+            for i in match:
+                patient_ids[i] = hash_identifier(str(row[pcol]).strip(), salt)
+        if scol and str(row[scol]).strip():
+            study = hash_identifier(f"{row[pcol] if pcol else ''}/{row[scol]}".strip(), salt)
+            for i in match:
+                study_ids[i] = series_ids[i] = study
+    for column, values in out.items():
+        df[column] = values
+    df["study_id"], df["patient_id"], df["series_id"] = study_ids, patient_ids, series_ids
+    return linked
 
 
 def printable_path(rel: str) -> str:
@@ -701,18 +857,6 @@ def _attach_report(df: pd.DataFrame, rows: list[int], s: ReportSections, phi: se
         df.loc[rows, column] = scrub_identifiers(scrub_with_hashes(text or "", phi, salt))
 
 
-def _adopt_ids_from_report(df: pd.DataFrame, rows: list[int], row: pd.Series, salt: str) -> None:
-    """For non-DICOM images linked by path: take patient/study identity from the reports row when it has one."""
-    pcol = _find_col(row.index, REPORT_PATIENT_COLUMNS)
-    scol = _find_col(row.index, REPORT_STUDY_COLUMNS)
-    if pcol and str(row[pcol]).strip():
-        df.loc[rows, "patient_id"] = hash_identifier(str(row[pcol]).strip(), salt)
-    if scol and str(row[scol]).strip():
-        study = hash_identifier(f"{row[pcol] if pcol else ''}/{row[scol]}".strip(), salt)
-        df.loc[rows, "study_id"] = study
-        df.loc[rows, "series_id"] = study
-
-
 def _warn_phi_in_paths(df: pd.DataFrame, phi_by_study: dict[str, set[str]], salt: str, result: IndexResult) -> None:
     if df.empty:
         return
@@ -732,11 +876,10 @@ def _warn_phi_in_paths(df: pd.DataFrame, phi_by_study: dict[str, set[str]], salt
 
 
 def _write_skipped(manifest_path: Path, bad: list[dict]) -> None:
-    p = skipped_path(manifest_path)
-    tmp = p.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    from medclip.fsutil import atomic_write
+
+    with atomic_write(skipped_path(manifest_path)) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "reason"])
         for r in sorted(bad, key=lambda r: r["path"]):
             w.writerow([r["path"], r["status"]])
-    os.replace(tmp, p)
