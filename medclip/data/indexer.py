@@ -605,12 +605,16 @@ def _read_records(root: Path, state: dict[str, dict], shard: Shard, salt: str, v
     def checkpoint() -> None:
         _save_state_file(state_file, {**state, **{r["path"]: r for r in records}}.values(), salt_check, root)
 
+    done = 0
+
     def add(rec: dict) -> None:
+        nonlocal done
         if Path(rec["path"]).is_absolute():
             rec["path"] = Path(rec["path"]).relative_to(root).as_posix()
         records.append(rec)
         bar.update()
-        if checkpoint_every and bar.n % checkpoint_every == 0 and bar.n < len(todo):
+        done += 1  # (a disabled tqdm bar does not count)
+        if checkpoint_every and done % checkpoint_every == 0 and done < len(todo):
             checkpoint()
 
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
