@@ -30,6 +30,31 @@ def test_threshold_metrics_match_sklearn():
     assert M.f1_score([0, 0], [0, 0]) == 0.0
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_every_classification_metric_equals_sklearn_on_random_tied_data(seed):
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 300))
+    y = rng.integers(0, 2, n).astype(float)
+    y[:2] = (0.0, 1.0)  # both classes present
+    s = rng.integers(0, 6, n) / 5.0  # six score levels: heavy ties, scores exactly at the threshold
+    for score in (s, np.full(n, 0.4)):  # and every score tied
+        assert M.auroc(y, score) == roc_auc_score(y, score)
+        assert M.auprc(y, score) == average_precision_score(y, score)
+        pred = (score >= 0.4).astype(float)
+        assert M.f1_at(0.4)(y, score) == f1_score(y, pred, zero_division=0)
+        assert M.accuracy_at(0.4)(y, score) == accuracy_score(y, pred)
+        tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+        assert M.confusion_counts(y, pred) == (tp, fp, fn, tn)
+    # the patient bootstrap of a sklearn function equals bootstrapping medclip's wrapper of it
+    groups = rng.integers(0, max(n // 3, 2), n)
+    ours = M.bootstrap_ci(M.auroc, y, s, groups=groups, n_boot=40, seed=seed)
+    sk = M.bootstrap_ci(lambda a, b: roc_auc_score(a, b) if 0 < a.sum() < a.size else math.nan, y, s,
+                        groups=groups, n_boot=40, seed=seed)
+    assert (ours.value, ours.low, ours.high) == pytest.approx((sk.value, sk.low, sk.high), nan_ok=True)
+
+
 def test_undefined_and_invalid_inputs():
     assert math.isnan(M.auroc([1, 1, 1], [0.2, 0.4, 0.9]))
     assert math.isnan(M.auprc([0, 0], [0.1, 0.2]))

@@ -1,6 +1,9 @@
 """Evaluation metrics: AUROC / AUPRC / F1 / accuracy with patient-level bootstrap CIs, calibration,
 Recall@K and median rank at study level, BLEU-4 and ROUGE-L.
 
+AUROC, AP, F1, accuracy and confusion counts are scikit-learn's; what medclip adds is input checks,
+NaN where a value is undefined, and :func:`bootstrap_ci` (patient-level bootstrap of any of them).
+
 Everything takes plain numpy arrays (or lists of strings) and returns floats or small dicts, so
 the metrics are usable without a model. Undefined values (AUROC with one class present) are NaN.
 """
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn import metrics as _sk
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -31,52 +34,41 @@ def _binary(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.
 
 
 def auroc(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied scores counted half); NaN if one class only."""
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``); NaN if one class only."""
     y, s = _binary(y_true, y_score)
     n_pos = float(y.sum())
-    n_neg = float(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == y.size:
         return math.nan
-    ranks = rankdata(s, method="average")
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(_sk.roc_auc_score(y, s))
 
 
 def auprc(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> float:
-    """Average precision (step-wise area under precision-recall, as scikit-learn); NaN without positives."""
+    """Average precision (scikit-learn's ``average_precision_score``); NaN without positives."""
     y, s = _binary(y_true, y_score)
-    n_pos = y.sum()
-    if n_pos == 0:
+    if y.sum() == 0:
         return math.nan
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
-    tp = np.cumsum(y_sorted)[last_of_tie]
-    predicted = last_of_tie + 1.0
-    precision = tp / predicted
-    recall = tp / n_pos
-    recall_steps = np.diff(np.r_[0.0, recall])
-    return float((recall_steps * precision).sum())
+    return float(_sk.average_precision_score(y, s))
 
 
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[int, int, int, int]:
-    """(tp, fp, fn, tn) of binary predictions."""
+    """(tp, fp, fn, tn) of binary predictions (scikit-learn's ``confusion_matrix``)."""
     y, p = _binary(y_true, y_pred)
-    tp = int(((p == 1) & (y == 1)).sum())
-    fp = int(((p == 1) & (y == 0)).sum())
-    fn = int(((p == 0) & (y == 1)).sum())
-    return tp, fp, fn, int(y.size - tp - fp - fn)
+    tn, fp, fn, tp = _sk.confusion_matrix(y, p, labels=[0.0, 1.0]).ravel()
+    return int(tp), int(fp), int(fn), int(tn)
 
 
 def f1_score(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> float:
-    """F1 of binary predictions (0 when there is no true or predicted positive, as scikit-learn)."""
-    tp, fp, fn, _ = confusion_counts(np.asarray(y_true), np.asarray(y_pred))
-    return 0.0 if tp == 0 else 2.0 * tp / (2.0 * tp + fp + fn)
+    """F1 of binary predictions (scikit-learn's ``f1_score``; 0 when there is no true or predicted positive)."""
+    y, p = _binary(y_true, y_pred)
+    if not y.size:
+        return 0.0
+    return float(_sk.f1_score(y, p, labels=[0.0, 1.0], pos_label=1.0, zero_division=0.0))
 
 
 def accuracy(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray) -> float:
     """Fraction of correct binary predictions; NaN for no samples."""
     y, p = _binary(y_true, y_pred)
-    return float((y == p).mean()) if y.size else math.nan
+    return float(_sk.accuracy_score(y, p)) if y.size else math.nan
 
 
 def f1_at(threshold: float) -> MetricFn:
