@@ -13,6 +13,8 @@ volumes    monai, einops        CT/MR volume encoders (MONAI 3D ResNet / ViT)
 demo       gradio               the triage demo page
 train      tensorboard          TensorBoard logs of ``medclip fit``
 plots      matplotlib           PNG plots written by ``medclip eval``
+reports    sacrebleu,           BLEU-4 and ROUGE-L of drafted reports (``medclip eval``)
+           rouge-score
 =========  ===================  =====================================================
 """
 
@@ -30,6 +32,8 @@ PIP_NAMES: dict[str, str] = {
     "monai": "monai",
     "tensorboard": "tensorboard",
     "matplotlib": "matplotlib",
+    "sacrebleu": "sacrebleu",
+    "rouge_score": "rouge-score",
 }
 
 #: The medclip-kit extra that installs each optional import name.
@@ -41,6 +45,8 @@ EXTRAS: dict[str, str] = {
     "monai": "volumes",
     "tensorboard": "train",
     "matplotlib": "plots",
+    "sacrebleu": "reports",
+    "rouge_score": "reports",
 }
 
 DISTRIBUTION = "medclip-kit"

@@ -139,3 +139,43 @@ def test_rouge_l_hand_checked():
     assert M.rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
     assert M.rouge_l("", "anything") == 0.0
     assert M.mean_rouge_l(["a b", "c"], ["a b", "d"]) == pytest.approx(0.5)
+
+
+def test_bleu_and_rouge_are_the_reference_implementations():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    hyps = ["No pleural effusion. Heart size is normal.", "Mild cardiomegaly; lungs clear!", ""]
+    refs = ["There is no pleural effusion. The heart size is normal.", "Cardiomegaly, lungs are clear.", "Normal chest."]
+    expected = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True, smooth_method="none").score / 100
+    assert M.corpus_bleu(hyps, refs) == pytest.approx(expected, abs=1e-12) and 0 < expected < 1
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    for h, r in zip(hyps, refs):
+        assert M.rouge_l(h, r) == scorer.score(r, h)["rougeL"].fmeasure
+    # rouge-score's tokenizer ignores case and punctuation
+    assert M.rouge_l("No pleural effusion.", "no pleural effusion") == 1.0
+    assert M.corpus_bleu([], []) == 0.0
+    with pytest.raises(ValueError, match="hypotheses but"):
+        M.corpus_bleu(["a"], [])
+
+
+def test_text_overlap_without_the_reports_extra_is_one_line_and_drafts_still_score(monkeypatch, caplog):
+    import sys
+
+    from medclip.eval.drafting import score_drafts
+    from medclip.knowledge import ReportLabeler
+    from medclip.optional import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import sacrebleu -> ImportError
+    M._bleu_scorer.cache_clear()
+    try:
+        with pytest.raises(MissingExtraError) as err:
+            M.corpus_bleu(["a b c d"], ["a b c d"])
+        assert "\n" not in str(err.value) and "pip install 'medclip-kit[reports]'" in str(err.value)
+        with caplog.at_level("WARNING", logger="medclip.eval.drafting"):
+            res = score_drafts(["Large pleural effusion."], ["Large pleural effusion."], ReportLabeler())
+        assert res["macro_f1"] == 1.0 and math.isnan(res["bleu4"]) and math.isnan(res["rouge_l"])
+        assert "medclip-kit[reports]" in res["text_overlap"]
+        assert any("BLEU-4 and ROUGE-L not computed" in r.getMessage() for r in caplog.records)
+    finally:
+        M._bleu_scorer.cache_clear()

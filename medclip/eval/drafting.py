@@ -2,17 +2,23 @@
 
 :func:`score_drafts` compares drafts with the true reports by clinical correctness (findings the
 knowledge labeler extracts from each; a finding counts when positive) and by text overlap
-(corpus BLEU-4, mean ROUGE-L). The drafter itself is :class:`medclip.inference.drafting.ReportDrafter`.
+(corpus BLEU-4 by sacreBLEU, mean ROUGE-L by Google's rouge-score). The drafter itself is :class:`medclip.inference.drafting.ReportDrafter`.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Sequence
 
 import numpy as np
 
+from medclip.optional import MissingExtraError
+
 from .metrics import corpus_bleu, f1_score, mean_rouge_l
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- scoring
@@ -48,8 +54,20 @@ def clinical_correctness(drafts: Sequence[str], references: Sequence[str], label
 
 
 def score_drafts(drafts: Sequence[str], references: Sequence[str], labeler=None) -> dict:
-    """Clinical correctness (:func:`clinical_correctness`) plus BLEU-4 and ROUGE-L of drafts against true reports."""
+    """Clinical correctness (:func:`clinical_correctness`) plus BLEU-4 (sacreBLEU) and ROUGE-L (rouge-score)
+    of drafts against true reports. Without the ``reports`` extra both are NaN and ``text_overlap``
+    says what to install (logged once as a warning)."""
     result = clinical_correctness(drafts, references, labeler)
-    result["bleu4"] = corpus_bleu(list(drafts), list(references))
-    result["rouge_l"] = mean_rouge_l(list(drafts), list(references))
+    try:
+        result["bleu4"] = corpus_bleu(list(drafts), list(references))
+        result["rouge_l"] = mean_rouge_l(list(drafts), list(references))
+    except MissingExtraError as err:
+        result["bleu4"] = result["rouge_l"] = math.nan
+        result["text_overlap"] = str(err)
+        _warn_missing_once(str(err))
     return result
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_missing_once(message: str) -> None:
+    logger.warning("BLEU-4 and ROUGE-L not computed: %s", message)

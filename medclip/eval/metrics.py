@@ -10,14 +10,15 @@ the metrics are usable without a model. Undefined values (AUROC with one class p
 
 from __future__ import annotations
 
+import functools
 import math
-import re
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 from sklearn import metrics as _sk
+
+from medclip.optional import import_optional
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -219,67 +220,49 @@ def median_rank(ranks: Sequence[int] | np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------ text overlap
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+# BLEU and ROUGE-L come from the reference implementations (sacreBLEU, Post 2018; Google's
+# rouge-score, the package the summarisation and report-generation papers cite), so numbers are
+# comparable to published ones. Both are in the ``reports`` extra. Papers that score with
+# pycocoevalcap (R2Gen and its followers) differ slightly: its ROUGE-L weights recall with
+# beta = 1.2 and its BLEU runs after the PTB tokenizer.
 
 
-def text_tokens(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens (the tokenisation BLEU and ROUGE-L use here)."""
-    return _TOKEN.findall(text.lower())
+@functools.lru_cache(maxsize=4)
+def _bleu_scorer(max_n: int):
+    sacrebleu = import_optional("sacrebleu", "reports", "BLEU of drafted reports")
+    # lower-cased, the 13a (WMT) tokenizer, no smoothing: Papineni et al.'s corpus BLEU
+    return sacrebleu.BLEU(lowercase=True, tokenize="13a", smooth_method="none", max_ngram_order=max_n)
 
 
-def _ngrams(tokens: list[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    rouge_score = import_optional("rouge_score.rouge_scorer", "reports", "ROUGE-L of drafted reports")
+    return rouge_score.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str | Sequence[str]], max_n: int = 4) -> float:
-    """Corpus BLEU-``max_n`` (Papineni et al. 2002): clipped n-gram precisions pooled over the corpus,
-    geometric mean with uniform weights, brevity penalty against the closest reference length.
-    Each hypothesis has one reference string or a list of them. 0 when any n-gram order has no match."""
+    """Corpus BLEU-``max_n`` in [0, 1] by sacreBLEU (lower-cased, 13a tokens, no smoothing).
+
+    Each hypothesis has one reference string or a list of them; 0 when any n-gram order has no
+    match or there is nothing to score. Needs the ``reports`` extra (sacrebleu).
+    """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    matched = [0] * max_n
-    total = [0] * max_n
-    hyp_len = ref_len = 0
-    for hyp, refs in zip(hypotheses, references):
-        refs = [refs] if isinstance(refs, str) else list(refs)
-        h = text_tokens(hyp)
-        r_toks = [text_tokens(r) for r in refs]
-        hyp_len += len(h)
-        ref_len += min((abs(len(r) - len(h)), len(r)) for r in r_toks)[1] if r_toks else 0
-        for n in range(1, max_n + 1):
-            h_counts = _ngrams(h, n)
-            max_ref: Counter = Counter()
-            for r in r_toks:
-                max_ref |= _ngrams(r, n)
-            matched[n - 1] += sum(min(c, max_ref[g]) for g, c in h_counts.items())
-            total[n - 1] += max(len(h) - n + 1, 0)
-    if hyp_len == 0 or min(matched) == 0:
+    scorer = _bleu_scorer(max_n)
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    if not hypotheses or not any(h.strip() for h in hypotheses):
         return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matched, total)) / max_n
-    brevity = 1.0 if hyp_len > ref_len else math.exp(1.0 - ref_len / hyp_len)
-    return float(brevity * math.exp(log_precision))
+    n_refs = max(len(r) for r in refs)
+    if n_refs == 0:
+        raise ValueError("every hypothesis needs at least one reference")
+    # sacreBLEU takes one stream per reference position; None where a hypothesis has fewer references
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(n_refs)]
+    return float(scorer.corpus_score(list(hypotheses), streams).score / 100.0)
 
 
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(hypothesis: str, reference: str, beta: float = 1.0) -> float:
-    """ROUGE-L F-measure (Lin 2004) from the longest common token subsequence; ``beta`` weights recall."""
-    h, r = text_tokens(hypothesis), text_tokens(reference)
-    lcs = _lcs_length(h, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(h), lcs / len(r)
-    return float((1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision))
+def rouge_l(hypothesis: str, reference: str) -> float:
+    """ROUGE-L F1 (Lin 2004) by Google's rouge-score (its tokenizer, no stemming). Needs the ``reports`` extra."""
+    return float(_rouge_scorer().score(reference, hypothesis)["rougeL"].fmeasure)
 
 
 def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
