@@ -196,16 +196,20 @@ class ReportDrafter:
         """
         from safetensors.torch import save_file
 
+        from medclip.fsutil import atomic_write
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({"report_embeddings": self.report_embeddings.contiguous(),
-                   "sentence_embeddings": self.sentence_embeddings.contiguous()}, str(directory / _WEIGHTS_FILE))
+        with atomic_write(directory / _WEIGHTS_FILE) as tmp:
+            save_file({"report_embeddings": self.report_embeddings.contiguous(),
+                       "sentence_embeddings": self.sentence_embeddings.contiguous()}, str(tmp))
         meta = {"format": DRAFTER_FORMAT, "texts": self.texts, "sentences": self.sentences, "sections": self.sections,
                 "sentence_reports": self.sentence_reports,
                 "options": {"k": self.k, "max_findings": self.max_findings, "max_impression": self.max_impression,
                             "duplicate_similarity": self.duplicate_similarity, "min_vote": self.min_vote},
                 "model_fingerprint": model_fingerprint, "source": dict(source or {})}
-        (directory / _META_FILE).write_text(json.dumps(meta, ensure_ascii=False) + "\n")
+        with atomic_write(directory / _META_FILE) as tmp:  # written last: a folder with it is complete
+            tmp.write_text(json.dumps(meta, ensure_ascii=False) + "\n")
         return directory
 
     @classmethod
