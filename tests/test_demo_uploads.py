@@ -178,7 +178,7 @@ def test_bundled_examples_are_readable() -> None:
 
 
 def test_drafting_text_keeps_sections_and_drops_redacted_sentences() -> None:
-    from medclip.demo.gallery import drafting_text
+    from medclip.inference.drafting import drafting_text
 
     record = {"report_findings": "Patient XXXX XXXX. Small left effusion. Seen on XXXX.", "report_impression": "Effusion.",
               "report_text": "ignored when sections exist"}

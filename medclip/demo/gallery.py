@@ -36,7 +36,6 @@ from medclip.data.cache import CacheConfig, cache_shards, iter_cache, preprocess
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
 from medclip.fsutil import atomic_write
-from medclip.inference.drafting import drafting_text  # noqa: F401 (moved there; kept importable here)
 from medclip.inference.encoders import model_image_size
 from medclip.inference.index import EmbeddingIndex
 from medclip.io.windowing import resize_to_square
