@@ -10,6 +10,10 @@ length on every rank and worker and an exact mid-epoch resume (``CacheDataset.sk
 package's pipeline (shard shuffling, resampling, ``with_epoch``) does not give; our reader is a short loop
 over ``tarfile``. The package is therefore a test dependency only.
 
+The cache folder may be an fsspec URL (``s3://bucket/cache``, ``gs://...``; :mod:`medclip.data.storage`):
+shards are staged locally and uploaded when complete, and training nodes stream them from the bucket
+(``data.cache_dir: s3://bucket/cache``). Manifests can live there too.
+
 Layout::
 
     CACHE_DIR/cache.json                   config, shard list with counts, skipped images
@@ -44,8 +48,8 @@ from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+from medclip.data import storage
 from medclip.data.shards import Shard, missing_parts, parse_part_tag
-from medclip.fsutil import atomic_write
 
 CACHE_VERSION = 1
 #: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers).
@@ -145,7 +149,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 class CacheResult:
     """What ``build_cache`` wrote."""
 
-    cache_dir: Path
+    cache_dir: Path | str
     written: int = 0
     reused_shards: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
@@ -176,14 +180,14 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
     config = config or CacheConfig()
     shard = shard or Shard()
     df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    index_path = cache_dir / "cache.json"
-    write_path = index_path if shard.is_whole else cache_dir / f"cache.{shard.tag}.json"
+    cache_dir = storage.as_location(cache_dir)  # a folder, or a URL (s3://bucket/cache): shards are uploaded
+    storage.makedirs(cache_dir)
+    index_path = storage.join(cache_dir, "cache.json")
+    write_path = index_path if shard.is_whole else storage.join(cache_dir, f"cache.{shard.tag}.json")
     index: dict = {"version": CACHE_VERSION, "config": config.to_json(), "shards": {}, "skipped": {}}
     for path in dict.fromkeys([index_path, write_path]):  # the merged index, then this task's own part
-        if path.exists() and not overwrite:
-            old = json.loads(path.read_text())
+        if storage.exists(path) and not overwrite:
+            old = json.loads(storage.read_text(path))
             if old.get("config") != config.to_json() or old.get("version") != CACHE_VERSION:
                 raise CacheError(f"{cache_dir}: cache was built with other settings {old.get('config')}; "
                                  "use another folder or overwrite=True (--overwrite)")
@@ -207,7 +211,7 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
     todo = []
     for split, name, recs in jobs:
         done = index["shards"].get(name)
-        if done and (cache_dir / name).exists() and done.get("ids_hash") == _ids_hash(recs):
+        if done and done.get("ids_hash") == _ids_hash(recs) and storage.exists(storage.join(cache_dir, name)):
             result.reused_shards += 1
         else:
             todo.append((split, name, recs))
@@ -218,9 +222,14 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
     pool = ProcessPoolExecutor(n_workers) if n_workers > 1 and total > 8 else None
     try:
         for split, name, recs in todo:
-            target = cache_dir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tar.tmp")
+            target = storage.join(cache_dir, name)
+            if storage.is_url(target):  # staged locally, uploaded in one request when complete
+                from medclip.fsutil import process_temp_dir
+
+                tmp = process_temp_dir("cache") / name.replace("/", "-")
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(".tar.tmp")
             by_id = {r["image_id"]: r for r in recs}
             count = 0
             args = [(r, config) for r in recs]
@@ -236,7 +245,8 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
                     _add_bytes(tar, f"{image_id}.meta.json", json.dumps(_sample_meta(by_id[image_id], labels)).encode())
                     index["skipped"].pop(image_id, None)
                     count += 1
-            os.replace(tmp, target)
+            storage.upload(tmp, target)
+            Path(tmp).unlink(missing_ok=True)
             index["shards"][name] = {"split": split, "count": count, "ids_hash": _ids_hash(recs)}
             result.written += count
             _write_index(write_path, index)
@@ -248,7 +258,7 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
         stale = set(index["shards"]) - set(all_names)
         for name in stale:
             index["shards"].pop(name)
-            (cache_dir / name).unlink(missing_ok=True)
+            storage.unlink(storage.join(cache_dir, name))
         _write_index(index_path, index)
     else:
         index.update({"complete": True, "all_shards": all_names})
@@ -258,9 +268,9 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
     return result
 
 
-def cache_part_paths(cache_dir: str | Path) -> list[Path]:
-    """The array tasks' part indexes (``cache.part-*-of-*.json``) in a cache folder."""
-    return sorted(Path(cache_dir).glob("cache.part-*-of-*.json"))
+def cache_part_paths(cache_dir: str | Path) -> list[Path | str]:
+    """The array tasks' part indexes (``cache.part-*-of-*.json``) in a cache folder (or URL)."""
+    return storage.glob(storage.as_location(cache_dir), "cache.part-*-of-*.json")
 
 
 def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -> bool:
@@ -270,12 +280,12 @@ def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -
     part is an error naming it; otherwise (a task finishing its part) the merge waits for the last task.
     Shards of an earlier ``cache.json`` that the new run no longer has are deleted, as a single run does.
     """
-    cache_dir = Path(cache_dir)
+    cache_dir = storage.as_location(cache_dir)
     paths = cache_part_paths(cache_dir)
     parts = []
     for p in paths:
         try:
-            parts.append((parse_part_tag(p.name), json.loads(p.read_text())))
+            parts.append((parse_part_tag(storage.name(p)), json.loads(storage.read_text(p))))
         except (OSError, ValueError):  # another task merged and removed it meanwhile
             if require_complete:
                 raise
@@ -300,17 +310,17 @@ def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -
     lost = [n for n in all_names if n not in merged["shards"]]
     if lost:
         raise CacheError(f"{cache_dir}: the parts do not cover shard {lost[0]} ({len(lost)} missing)")
-    old_path = cache_dir / "cache.json"
-    if old_path.exists():
+    old_path = storage.join(cache_dir, "cache.json")
+    if storage.exists(old_path):
         try:
-            old = json.loads(old_path.read_text())
+            old = json.loads(storage.read_text(old_path))
         except ValueError:
             old = {}
         for name in set(old.get("shards", {})) - set(all_names):
-            (cache_dir / name).unlink(missing_ok=True)
+            storage.unlink(storage.join(cache_dir, name))
     _write_index(old_path, merged)
     for p in paths:
-        p.unlink(missing_ok=True)
+        storage.unlink(p)
     return True
 
 
@@ -326,33 +336,37 @@ def _ids_hash(recs: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_index(path: Path, index: dict) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+def _write_index(path: Path | str, index: dict) -> None:
+    storage.write_bytes(path, json.dumps(index, indent=1, sort_keys=True).encode())
 
 
 def read_cache_index(cache_dir: str | Path) -> dict:
     """The ``cache.json`` of a cache folder."""
-    p = Path(cache_dir) / "cache.json"
-    if not p.exists():
+    p = storage.join(storage.as_location(cache_dir), "cache.json")
+    if not storage.exists(p):
         raise CacheError(f"{cache_dir}: not a medclip cache (no cache.json); build one with `medclip cache`")
-    return json.loads(p.read_text())
+    return json.loads(storage.read_text(p))
 
 
-def cache_shards(cache_dir: str | Path, split: str | None = None) -> list[tuple[Path, int]]:
+def cache_shards(cache_dir: str | Path, split: str | None = None) -> list[tuple[Path | str, int]]:
     """(shard path, sample count) for one split (or all), in a stable order."""
     index = read_cache_index(cache_dir)
     out = []
     for name, info in sorted(index["shards"].items()):
         if split is None or info["split"] == split:
-            out.append((Path(cache_dir) / name, int(info["count"])))
+            out.append((storage.join(storage.as_location(cache_dir), name), int(info["count"])))
     return out
 
 
 def iter_shard(path: str | Path) -> Iterator[dict]:
-    """Samples of one shard: ``{"__key__", "image": np.ndarray, "meta": dict}``."""
+    """Samples of one shard: ``{"__key__", "image": np.ndarray, "meta": dict}``; a path or a URL (streamed)."""
+    with storage.open_file(storage.as_location(path)) as handle:
+        yield from _iter_tar(handle)
+
+
+def _iter_tar(handle: Any) -> Iterator[dict]:
     current: dict = {}
-    with tarfile.open(path, "r") as tar:
+    with tarfile.open(fileobj=handle, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess_row, read_cache_index
+from medclip.data.storage import as_location, open_file
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 
 TEXT_FIELDS = ("body", "text", "findings", "impression")
@@ -108,7 +109,7 @@ class CacheDataset(IterableDataset):
                  buffer_size: int = 256, text_field: str = "body", label_names: Sequence[str] | None = None,
                  text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
                  rank: int | None = None, world_size: int | None = None, with_images: bool = True) -> None:
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
         self.with_images = with_images  # False: items carry no "image" (features come from elsewhere)
         index = read_cache_index(self.cache_dir)
         self.shards = cache_shards(self.cache_dir, split)
@@ -249,7 +250,7 @@ class CacheMapDataset(Dataset):
                  label_names: Sequence[str] | None = None, with_images: bool = True, **_ignored: object) -> None:
         import tarfile
 
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
         index = read_cache_index(self.cache_dir)
         shards = cache_shards(self.cache_dir, split)
         if not shards:
@@ -260,7 +261,7 @@ class CacheMapDataset(Dataset):
         entries: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
         order: list[tuple[int, str]] = []
         for s, path in enumerate(self.shards):
-            with tarfile.open(path, "r") as tar:
+            with open_file(path) as handle, tarfile.open(fileobj=handle, mode="r") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -277,7 +278,7 @@ class CacheMapDataset(Dataset):
 
     @staticmethod
     def _read(path: str, where: tuple[int, int]) -> bytes:
-        with open(path, "rb") as handle:
+        with open_file(as_location(path)) as handle:
             handle.seek(where[0])
             return handle.read(where[1])
 

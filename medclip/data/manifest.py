@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -32,10 +31,14 @@ def label_columns(df: pd.DataFrame) -> list[str]:
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path, root: str | Path | None = None,
-                   extra: dict | None = None) -> Path:
-    """Write atomically as Parquet; ``path`` values are stored relative to ``root`` (kept in the file metadata)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+                   extra: dict | None = None) -> str | Path:
+    """Write atomically as Parquet; ``path`` values are stored relative to ``root`` (kept in the file metadata).
+
+    ``path`` may be an fsspec URL (``s3://bucket/manifest.parquet``): the file is uploaded once written.
+    """
+    from medclip.data import storage
+
+    path = storage.as_location(path)
     df = df.copy()
     meta = dict(extra or {})
     if root is not None:
@@ -48,14 +51,15 @@ def write_manifest(df: pd.DataFrame, path: str | Path, root: str | Path | None =
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[_META_KEY] = json.dumps(meta).encode()
     table = table.replace_schema_metadata(schema_meta)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    if storage.is_url(path):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        storage.write_bytes(path, buffer.getvalue())
+        return path
+    from medclip.fsutil import atomic_write
+
+    with atomic_write(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -70,9 +74,15 @@ def _relative(p: object, root: Path) -> str:
 
 
 def manifest_metadata(path: str | Path) -> dict:
-    """The medclip metadata stored in a manifest (export root, salt check, index options)."""
+    """The medclip metadata stored in a manifest (export root, salt check, index options); path or URL."""
+    from medclip.data import storage
+
     try:
-        schema = pq.read_schema(path)
+        if storage.is_url(path):
+            with storage.open_file(path) as handle:
+                schema = pq.read_schema(handle)
+        else:
+            schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for non-Parquet input
         raise ManifestError(f"{path}: not a readable Parquet manifest ({exc})") from exc
     raw = (schema.metadata or {}).get(_META_KEY)
@@ -80,21 +90,30 @@ def manifest_metadata(path: str | Path) -> dict:
 
 
 def read_manifest(path: str | Path, *, resolve_paths: bool = True, root: str | Path | None = None) -> pd.DataFrame:
-    """Read a manifest; relative ``path``/``files`` become absolute under the export root (or ``root``)."""
-    path = Path(path)
-    if not path.exists():
+    """Read a manifest (a path or an fsspec URL); relative ``path``/``files`` become absolute under the
+    export root (or ``root``)."""
+    from medclip.data import storage
+
+    path = storage.as_location(path)
+    if not storage.exists(path):
         raise ManifestError(f"{path}: manifest not found")
     meta = manifest_metadata(path)
-    df = pq.read_table(path).to_pandas()
+    if storage.is_url(path):
+        df = pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pandas()
+    else:
+        df = pq.read_table(path).to_pandas()
     missing = [c for c in ("image_id", "path", "split") if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: not a medclip manifest, missing columns {missing}")
-    base = Path(root) if root is not None else (Path(meta["root"]) if meta.get("root") else path.parent)
+    base = storage.as_location(str(root)) if root is not None else (
+        Path(meta["root"]) if meta.get("root") else storage.parent(path))
     if resolve_paths:
-        df["path"] = [str(p) if Path(p).is_absolute() else str(base / p) for p in df["path"]]
+        def absolute(p: str) -> str:
+            return str(p) if Path(p).is_absolute() or storage.is_url(p) else str(storage.join(base, p))
+
+        df["path"] = [absolute(p) for p in df["path"]]
         if "files" in df:
-            df["files"] = [None if f is None else [str(x) if Path(x).is_absolute() else str(base / x) for x in f]
-                           for f in df["files"]]
+            df["files"] = [None if f is None else [absolute(x) for x in f] for f in df["files"]]
     df.attrs["medclip"] = meta
     return df
 

@@ -610,5 +610,10 @@ class MedClipDataModule(L.LightningDataModule):
 
 
 def resolve_path(value: str | Path | None) -> str | None:
-    """A config path as an absolute string (relative paths are taken from the working directory)."""
+    """A config path as an absolute string (relative paths are taken from the working directory); an fsspec
+    URL (``s3://bucket/cache``) is kept as it is."""
+    from medclip.data.storage import is_url
+
+    if value not in (None, "") and is_url(value):
+        return str(value)
     return None if value in (None, "") else str(Path(value).expanduser().resolve())

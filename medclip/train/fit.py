@@ -273,6 +273,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = _checkpoint_dir(cfg, output_dir)
 
+    from medclip.data.storage import exists as storage_exists  # a path or a bucket URL
+
     data_cfg = dict(cfg["data"])
     data_cfg["manifest"] = resolve_path(data_cfg.get("manifest"))
     data_cfg["cache_dir"] = resolve_path(data_cfg.get("cache_dir"))
@@ -281,13 +283,13 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         for i, spec in enumerate(data_cfg["sources"]):
             spec = {**spec, "manifest": resolve_path(spec.get("manifest")), "cache_dir": resolve_path(spec.get("cache_dir"))}
             used = "cache_dir" if spec["cache_dir"] else "manifest"
-            if not Path(spec[used]).exists():
+            if not storage_exists(spec[used]):
                 raise ConfigError(f"data.sources[{i}].{used}: {spec[used]} does not exist")
             sources.append(spec)
         data_cfg["sources"] = sources
     else:
         used = "cache_dir" if data_cfg["cache_dir"] else "manifest"
-        if not Path(data_cfg[used]).exists():
+        if not storage_exists(data_cfg[used]):
             raise ConfigError(f"data.{used}: {data_cfg[used]} does not exist")
 
     ckpt_path = _resume_path(cfg, checkpoint_dir, output_dir)
