@@ -164,7 +164,7 @@ class CheckpointDir:
         """True when the folder holds a medclip model (config and weights)."""
         return self.config.is_file() and self.weights.is_file()
 
-    def require(self) -> "CheckpointDir":
+    def require(self) -> CheckpointDir:
         """``self`` if the folder exists; FileNotFoundError naming it otherwise."""
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: checkpoint folder not found")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.checkpoint import CheckpointDir, model_fingerprint
 from medclip.model import ModelLoadError, create_model
 from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME
-from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

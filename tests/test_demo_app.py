@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from phi import assert_no_phi_in_text
 import torch
+from phi import assert_no_phi_in_text
 
-from medclip.demo import Gallery, GalleryError, TriageEngine, UploadLimits, build_gallery, read_upload
-from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkpoint, parse_auth, run_demo
 from medclip.checkpoint import CheckpointDir
 from medclip.data.manifest import read_manifest
+from medclip.demo import Gallery, GalleryError, TriageEngine, UploadLimits, build_gallery, read_upload
+from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkpoint, parse_auth, run_demo
 from medclip.inference.drafting import ReportDrafter, drafting_corpus
 from medclip.inference.thresholds import FALLBACK, OperatingPoint, save_thresholds
 from medclip.model import create_model

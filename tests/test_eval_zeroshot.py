@@ -11,8 +11,14 @@ import torch.nn.functional as F
 
 from medclip.inference.encoders import embed_texts
 from medclip.inference.thresholds import (
-    DEFAULT_UNCERTAIN_MARGIN, THRESHOLDS_FILE, choose_threshold, choose_thresholds, decide, load_thresholds,
-    load_uncertain_margin, save_thresholds,
+    DEFAULT_UNCERTAIN_MARGIN,
+    THRESHOLDS_FILE,
+    choose_threshold,
+    choose_thresholds,
+    decide,
+    load_thresholds,
+    load_uncertain_margin,
+    save_thresholds,
 )
 from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier, prompts_for_style
 from medclip.knowledge import Graph

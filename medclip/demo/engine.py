@@ -22,7 +22,10 @@ from medclip.checkpoint import CheckpointDir
 from medclip.inference.drafting import DraftedReport, ReportDrafter
 from medclip.inference.encoders import model_image_size
 from medclip.inference.thresholds import (
-    DEFAULT_UNCERTAIN_MARGIN, OperatingPoint, load_operating_points, recalibrate_command,
+    DEFAULT_UNCERTAIN_MARGIN,
+    OperatingPoint,
+    load_operating_points,
+    recalibrate_command,
 )
 from medclip.inference.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
 from medclip.io import MedicalImage, to_model_input
@@ -106,7 +109,7 @@ class TriageEngine:
         gallery_dir: str | Path | None = None,
         *,
         findings: str | Iterable[str] | None = None,
-    ) -> "TriageEngine":
+    ) -> TriageEngine:
         """Load a checkpoint folder, its thresholds, its report drafter and a gallery (default
         ``<checkpoint>/gallery``, optional).
 

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from medclip.inference.thresholds import (
-    DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, FALLBACK, NOT_CALIBRATED, POSITIVE, UNCERTAIN, OperatingPoint,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAIN_MARGIN,
+    FALLBACK,
+    NOT_CALIBRATED,
+    POSITIVE,
+    UNCERTAIN,
+    OperatingPoint,
     decide,
 )
 from medclip.knowledge import Graph

@@ -10,8 +10,19 @@ re-exported from there for convenience.
 """
 
 from medclip.inference import (
-    DEFAULT_UNCERTAIN_MARGIN, PROMPT_STYLES, DraftedReport, EmbeddingIndex, OpenClipAdapter, ReportDrafter,
-    ZeroShotClassifier, decide, embed_images, embed_texts, load_model, load_thresholds, load_uncertain_margin,
+    DEFAULT_UNCERTAIN_MARGIN,
+    PROMPT_STYLES,
+    DraftedReport,
+    EmbeddingIndex,
+    OpenClipAdapter,
+    ReportDrafter,
+    ZeroShotClassifier,
+    decide,
+    embed_images,
+    embed_texts,
+    load_model,
+    load_thresholds,
+    load_uncertain_margin,
     save_thresholds,
 )
 

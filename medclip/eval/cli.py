@@ -60,6 +60,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     """Handler of ``medclip eval``."""
     from medclip.checkpoint import CheckpointDir
     from medclip.inference.openclip import is_open_clip
+
     from .runner import evaluate, format_results
 
     if args.faiss == "yes":  # before any model or image is loaded: one line naming the extra to install

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,6 +68,6 @@ def score_drafts(drafts: Sequence[str], references: Sequence[str], labeler=None)
     return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_missing_once(message: str) -> None:
     logger.warning("BLEU-4 and ROUGE-L not computed: %s", message)

@@ -15,7 +15,7 @@ ones in high dimension; the scales come from the shots only, never from the test
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -5,7 +5,7 @@ The search itself is :class:`medclip.inference.index.EmbeddingIndex` (exact, or 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,6 @@ from torch import nn
 from medclip.checkpoint import CheckpointDir
 from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
-
 from medclip.inference.encoders import describe_model, embed_images, embed_texts, load_model, model_image_size
 from medclip.inference.thresholds import DEFAULT_THRESHOLD, FALLBACK, OperatingPoint, calibrate, save_thresholds
 from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier

@@ -10,7 +10,14 @@ from .drafting import DraftedReport, ReportDrafter
 from .encoders import describe_model, embed_images, embed_texts, load_model, logit_scale_of, model_image_size
 from .index import EmbeddingIndex, faiss_available
 from .openclip import OpenClipAdapter, is_open_clip
-from .thresholds import DEFAULT_THRESHOLD, DEFAULT_UNCERTAIN_MARGIN, decide, load_thresholds, load_uncertain_margin, save_thresholds
+from .thresholds import (
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNCERTAIN_MARGIN,
+    decide,
+    load_thresholds,
+    load_uncertain_margin,
+    save_thresholds,
+)
 from .zeroshot import DEFAULT_FINDINGS, PROMPT_STYLES, ZeroShotClassifier
 
 __all__ = [

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +111,7 @@ class ReportDrafter:
                 self._report_sentences[r].append(s)
 
     @classmethod
-    def build(cls, model: nn.Module, texts: list[str], batch_size: int = 64, **options) -> "ReportDrafter":
+    def build(cls, model: nn.Module, texts: list[str], batch_size: int = 64, **options) -> ReportDrafter:
         """Embed a corpus of reports and their (de-duplicated) sentences with ``model``'s text tower."""
         texts = [t for t in (str(t).strip() for t in texts) if t]
         if not texts:
@@ -213,7 +213,7 @@ class ReportDrafter:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, model_fingerprint: str | None = None) -> "ReportDrafter":
+    def load(cls, directory: str | Path, model_fingerprint: str | None = None) -> ReportDrafter:
         """Read a folder written by :meth:`save`. With ``model_fingerprint`` (the model it will serve), a
         drafter embedded by another model (or not tied to one) raises
         :class:`~medclip.checkpoint.StaleFileError` ending with the command that rebuilds it."""

@@ -8,13 +8,15 @@ A medclip :class:`~medclip.model.DualEncoder` and an open_clip model behind
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .openclip import OpenClipAdapter, is_open_clip
+
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A medclip checkpoint folder (or ``hf-hub:`` id), or an open_clip model (see :func:`is_open_clip`), in eval mode."""

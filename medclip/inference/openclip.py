@@ -16,9 +16,10 @@ open_clip is optional (the ``bench`` extra): a missing package is one line namin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class OpenClipAdapter(nn.Module):
         self.pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> "OpenClipAdapter":
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> OpenClipAdapter:
         """Load ``"hf-hub:org/name"`` (from the local Hugging Face cache when offline), a local folder
         with ``open_clip_config.json`` + weights, or ``"ARCH@/path/weights.pt"`` (an open_clip
         architecture name and a weight file). No download happens with ``HF_HUB_OFFLINE=1``."""

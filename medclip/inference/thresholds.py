@@ -33,9 +33,10 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class OperatingPoint:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "OperatingPoint":
+    def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
         auroc = data.get("auroc")
         return cls(threshold=_threshold(data.get("threshold"), "?"), method=str(data.get("method", MANUAL)),
                    n=None if data.get("n") is None else int(data["n"]),

@@ -16,7 +16,7 @@ names x templates + radiographic appearance), ``templates`` (names x templates, 
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from medclip.knowledge import Graph, zeroshot_prompts
-from medclip.knowledge.prompts import NEGATIVE_TEMPLATES, NO_FINDING_NEGATIVE, NO_FINDING_POSITIVE, POSITIVE_TEMPLATES, prompt_names
+from medclip.knowledge.prompts import (
+    NEGATIVE_TEMPLATES,
+    NO_FINDING_NEGATIVE,
+    NO_FINDING_POSITIVE,
+    POSITIVE_TEMPLATES,
+    prompt_names,
+)
 
 from .encoders import embed_texts, logit_scale_of
 
@@ -83,7 +89,7 @@ class ZeroShotClassifier:
 
     @classmethod
     def from_model(cls, model: nn.Module, findings: str | Iterable[str] | None = None, graph: Graph | None = None,
-                   style: str = "ensemble", batch_size: int = 64) -> "ZeroShotClassifier":
+                   style: str = "ensemble", batch_size: int = 64) -> ZeroShotClassifier:
         """Embed every finding's prompt ensembles with ``model``'s text tower (once).
 
         ``findings``: concept ids / names or a graph task name (default: CheXpert's 14 observations).
