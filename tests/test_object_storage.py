@@ -119,3 +119,13 @@ def test_storage_helpers_and_fit_paths_on_a_bucket(s3):
     assert not storage.exists(target) and storage.glob(f"{s3}/h", "*.json") == []
     with pytest.raises(ValueError, match="cannot open this storage"):
         storage.exists("nosuchproto://x/y")
+
+
+def test_cli_cache_to_a_bucket(s3, local):
+    from medclip.cli import build_parser, main
+
+    args = build_parser().parse_args(["cache", f"{s3}/site/manifest.parquet", "-o", f"{s3}/cli/cache"])
+    assert args.manifest == f"{s3}/site/manifest.parquet" and args.output == f"{s3}/cli/cache"
+    assert main(["cache", str(local / "manifest.parquet"), "-o", f"{s3}/cli/cache", "--image-size", "32",
+                 "--shard-size", "16", "--workers", "1", "-q"]) == 0
+    assert read_cache_index(f"{s3}/cli/cache") == read_cache_index(local / "cache")
