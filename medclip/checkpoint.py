@@ -71,7 +71,7 @@ class StaleFileError(ValueError):
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw bytes of a tensor (any dtype, bf16 included) in C order."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy().tobytes()) if flat.numel() else memoryview(b"")
 
 
 def _digest(items: Iterable[tuple[str, torch.Tensor]]) -> str:

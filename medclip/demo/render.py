@@ -64,8 +64,8 @@ def _card(result: FindingResult) -> str:
     return f"<details class='concept-card'><summary>about {_e(card.name)}</summary>{''.join(rows)}</details>"
 
 
-def _number(value: object) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and value != value) else f"{float(value):.2f}"
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{float(value):.2f}"
 
 
 def _operating_point(result: FindingResult) -> str:

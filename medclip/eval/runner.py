@@ -231,7 +231,7 @@ class Evaluator:
             yj, pj, groups = y[known, j], prob[known, j], test.patients[known]
             t = thresholds[cid]
             boot = dict(groups=groups, n_boot=opt.n_boot, seed=opt.seed)
-            entry = {
+            entry: dict[str, Any] = {
                 "n": int(known.sum()), "positives": int(yj.sum()), "threshold": t,
                 "threshold_calibrated": points[cid].calibrated, "threshold_method": points[cid].method,
                 "auroc": M.bootstrap_ci(M.auroc, yj, pj, **boot).to_dict(),
@@ -296,7 +296,7 @@ class Evaluator:
         test = self.split(self.options.split)
         texts, text_studies, has_text = self._reports(test)
         text_features = embed_texts(self.model, texts, self.options.batch_size)
-        result = evaluate_retrieval(test.image_features[torch.from_numpy(has_text)], text_features,
+        result: dict[str, Any] = evaluate_retrieval(test.image_features[torch.from_numpy(has_text)], text_features,
                                     test.studies[has_text], text_studies, use_faiss=self.options.use_faiss)
         ranks = result.pop("ranks")
         n_studies = result["n_studies"]

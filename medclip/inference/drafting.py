@@ -117,7 +117,9 @@ class ReportDrafter:
         if not texts:
             raise ValueError("the drafting corpus has no non-empty report")
         index: dict[tuple[str, str], int] = {}
-        sentences, sections, reports = [], [], []
+        sentences: list[str] = []
+        sections: list[str] = []
+        reports: list[list[int]] = []
         for r, text in enumerate(texts):
             for section, sentence in _report_sentences(text):
                 key = (section, _norm(sentence))
@@ -234,7 +236,7 @@ class ReportDrafter:
         if model_fingerprint is not None and recorded != model_fingerprint:
             from medclip.checkpoint import StaleFileError
 
-            source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+            source: dict = meta["source"] if isinstance(meta.get("source"), dict) else {}
             what = f"embedded by another model (fingerprint {recorded})" if recorded else "not tied to a model (older medclip)"
             command = " ".join(shlex.quote(p) for p in ("medclip", "eval", "--checkpoint", str(directory.parent)))
             command += f" --manifest {shlex.quote(str(source['manifest'])) if source.get('manifest') else 'MANIFEST'}"

@@ -200,14 +200,14 @@ def load_operating_points(checkpoint_dir: str | Path, model_fingerprint: str | N
     data = _read(ckpt.path)
     if not data:
         return None
-    validation = data.get("validation") if isinstance(data.get("validation"), dict) else {}
+    validation: dict[str, Any] = data["validation"] if isinstance(data.get("validation"), dict) else {}
     recorded = data.get("model_fingerprint")
     if model_fingerprint is not None and recorded != model_fingerprint:
         what = f"chosen for another model (fingerprint {recorded})" if recorded else "not tied to a model (written by an older medclip)"
         raise StaleFileError(f"{ckpt.thresholds}: operating points {what}, not for this checkpoint's model "
                              f"(fingerprint {model_fingerprint}); recalibrate with: {recalibrate_command(ckpt.path, validation)}")
-    records = data.get("findings") if isinstance(data.get("findings"), dict) else {}
-    points = {}
+    records: dict[str, Any] = data["findings"] if isinstance(data.get("findings"), dict) else {}
+    points: dict[str, OperatingPoint] = {}
     for cid, value in data["thresholds"].items():
         record = records.get(cid)
         points[str(cid)] = (OperatingPoint.from_dict(record) if isinstance(record, Mapping)
