@@ -196,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from medclip.demo.cli import add_demo_arguments, run_demo
 
+    from medclip.logging_setup import setup_logging
+
     parser = add_demo_arguments(argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0]))
-    return run_demo(parser.parse_args(argv), serve=serve)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_demo(args, serve=serve)
 
 
 if __name__ == "__main__":

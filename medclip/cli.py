@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
+from medclip.logging_setup import setup_logging, verbosity_of
 from medclip.optional import MissingExtraError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -361,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_download_policy()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbosity_of(args))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

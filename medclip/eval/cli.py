@@ -98,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
+    from medclip.logging_setup import setup_logging
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="medclip")
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_parser(sub)
     args = parser.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
+    setup_logging()
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medclip.logging_setup import setup_logging
+
 from .labeler import VERSUS_POLICIES, ReportLabeler, label_manifest
 
 
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                          "uncertain (CheXpert, default), first (first positive, rest uncertain), all (all positive)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    setup_logging()
     findings = args.findings
     if findings and "," in findings:
         findings = [f.strip() for f in findings.split(",") if f.strip()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medclip.logging_setup import setup_logging
 from medclip.train import ConfigError, fit
 
 
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="training config (YAML)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=10")
     args = parser.parse_args(argv)
+    setup_logging()
     try:
         model_dir = fit(args.config, args.overrides)
     except ConfigError as exc:
