@@ -79,3 +79,27 @@ def test_small_data_config_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "small-data.yaml")
     assert [s["name"] for s in cfg["data"]["sources"]] == ["covid", "kermany", "medpix"]
     assert cfg["model"]["lock_image"] is True and cfg["data"]["feature_cache"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.name=clip", "loss.name must be one of"),
+        ("loss.kwargs={soft_weigth: 1.0}", "loss.kwargs for label_aware"),
+        ("loss.kwargs={soft_weight: .inf}", "loss.kwargs.soft_weight must be a finite number"),
+    ],
+)
+def test_bad_loss_is_refused_on_load(tmp_path: Path, override: str, message: str) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("data:\n  manifest: m.parquet\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])
+
+
+def test_unknown_model_leaves_no_run_folder(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(b"x")
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="no-such-model"):
+        fit({"output_dir": str(out), "data": {"manifest": str(manifest)}, "model": {"name": "no-such-model"}})
+    assert not out.exists()

@@ -379,6 +379,25 @@ def _check_sources(config: Mapping[str, Any], source: str) -> None:
         names.add(name)
 
 
+def _check_loss(loss: Mapping[str, Any], source: str) -> None:
+    """The loss name exists and its kwargs build it (checked on load, not when training starts)."""
+    from medclip.model.losses import LOSS_NAMES, build_loss
+
+    name = loss.get("name")
+    if name not in LOSS_NAMES:
+        raise ConfigError(f"{source}: loss.name must be one of {', '.join(LOSS_NAMES)}, got {name!r}")
+    kwargs = loss.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{source}: loss.kwargs must be a mapping, got {kwargs!r}")
+    for key, value in kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: loss.kwargs.{key} must be a finite number, got {value!r}")
+    try:
+        build_loss(str(name), **dict(kwargs))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: loss.kwargs for {name}: {exc}") from None
+
+
 def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None:
     """Raise :class:`ConfigError` for unknown sections or keys, bad Trainer options, a missing dataset, or any
     option whose value is out of range (the message names the config and the key)."""
@@ -417,6 +436,7 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None
         raise ConfigError(f"{source}: checkpoint.every_n_steps must be a positive integer or null, got {every!r}")
     _check_values(config, source)
     loss = config.get("loss", {})
+    _check_loss(loss, source)
     if loss.get("sub_captions") and loss.get("name") != "multi_positive":
         raise ConfigError(f"{source}: loss.sub_captions needs loss.name=multi_positive (each sentence is a positive "
                           f"of its image), got loss.name={loss.get('name')!r}")

@@ -42,6 +42,12 @@ def model_fingerprint(model: Any) -> str:
 def source_identity(path: str | Path) -> dict[str, Any]:
     """What identifies a data source's images: the path, plus the cache index's hash for a cache folder or
     the file's size and modification time for a manifest."""
+    from medclip.data import storage
+
+    if storage.is_url(path):  # a bucket: a cache by its index's content, a manifest by its bytes
+        index = storage.join(storage.as_location(path), "cache.json")
+        target = index if storage.exists(index) else storage.as_location(path)
+        return {"path": str(path), "content": hashlib.sha256(storage.read_bytes(target)).hexdigest()}
     path = Path(path)
     if path.is_dir():
         index = path / "cache.json"

@@ -269,9 +269,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     cfg = load_config(config, overrides)
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True)
-    output_dir = Path(cfg["output_dir"]).expanduser().resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = _checkpoint_dir(cfg, output_dir)
+    output_dir = Path(cfg["output_dir"]).expanduser().resolve()  # created once the model is built: a bad
+    checkpoint_dir = _checkpoint_dir(cfg, output_dir)  # model name or tower leaves no empty run folder behind
 
     from medclip.data.storage import exists as storage_exists  # a path or a bucket URL
 
@@ -297,6 +296,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     if data_cfg.get("image_size") is None:
         model_size = module.model.config.vision.image_size
         data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
+    output_dir.mkdir(parents=True, exist_ok=True)
     if cfg["text_pretrain"].get("enabled") and ckpt_path is None:  # a resumed run has its trained weights
         _text_prestage(cfg, data_cfg, module, output_dir, seed)
     cached = use_feature_cache(cfg, module.model)
