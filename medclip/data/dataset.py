@@ -53,7 +53,11 @@ def _labels(meta_labels: dict, names: Sequence[str]) -> torch.Tensor:
 
 
 class ManifestDataset(Dataset):
-    """Map-style dataset that decodes, windows and resizes each image when it is read."""
+    """Map-style dataset that decodes, windows and resizes each image when it is read.
+
+    ``require_text``: True keeps only rows with report text; ``"text_or_labels"`` also keeps rows that have
+    a known label (they get text from their labels in training). ``with_images=False``: items carry no
+    image (training from cached features)."""
 
     def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
                  window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,

@@ -278,6 +278,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     data_cfg["manifest"] = resolve_path(data_cfg.get("manifest"))
     data_cfg["cache_dir"] = resolve_path(data_cfg.get("cache_dir"))
     if data_cfg.get("sources"):
+        if data_cfg.get("manifest") or data_cfg.get("cache_dir"):
+            log.warning("data.sources is set: data.manifest / data.cache_dir are not used (list them as a source)")
         sources = []
         for i, spec in enumerate(data_cfg["sources"]):
             spec = {**spec, "manifest": resolve_path(spec.get("manifest")), "cache_dir": resolve_path(spec.get("cache_dir"))}
