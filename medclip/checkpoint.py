@@ -104,6 +104,15 @@ class CheckpointDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    @classmethod
+    def open(cls, name_or_path: str | Path) -> CheckpointDir:
+        """A checkpoint folder, or ``"hf-hub:org/name"`` resolved to its local snapshot folder (the
+        Hugging Face cache only, when offline)."""
+        from medclip.model import resources
+
+        name = str(name_or_path)
+        return cls(resources.resolve_hf_hub(name) if name.startswith(resources.HF_HUB_PREFIX) else name_or_path)
+
     def __repr__(self) -> str:
         return f"CheckpointDir({str(self.path)!r})"
 

@@ -122,3 +122,13 @@ def test_fit_over_an_evaluated_model_marks_its_files_stale(tmp_path: Path, manif
     ckpt.thresholds.write_text(stale_thresholds)
     with pytest.raises(StaleFileError, match="another model"):
         load_operating_points(ckpt.path, ckpt.fingerprint())
+
+
+def test_hub_ids_open_their_local_snapshot(saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medclip.model import resources
+
+    _, ckpt = saved
+    monkeypatch.setattr(resources, "resolve_hf_hub", lambda name: ckpt.path if name == "hf-hub:org/tiny" else None)
+    opened = CheckpointDir.open("hf-hub:org/tiny")
+    assert opened.path == ckpt.path and opened.fingerprint() == ckpt.fingerprint()
+    assert CheckpointDir.open(ckpt.path).path == ckpt.path

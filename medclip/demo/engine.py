@@ -118,7 +118,7 @@ class TriageEngine:
         used raises :class:`GalleryError`. The drafter is the one ``medclip eval --save-to-checkpoint``
         scored and saved.
         """
-        checkpoint = CheckpointDir(checkpoint_dir)
+        checkpoint = CheckpointDir.open(checkpoint_dir)  # a folder or an hf-hub: id
         checkpoint_dir = checkpoint.path
         model = checkpoint.load_model()
         fingerprint = checkpoint.fingerprint()

@@ -23,12 +23,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     if is_open_clip(name_or_path):
         return OpenClipAdapter.from_pretrained(name_or_path, device=device).eval()
     from medclip.checkpoint import CheckpointDir
-    from medclip.model import DualEncoder
 
-    name = str(name_or_path)
-    if name.startswith("hf-hub:"):
-        return DualEncoder.from_pretrained(name, map_location=device).eval()
-    return CheckpointDir(name).load_model(map_location=device)
+    return CheckpointDir.open(name_or_path).load_model(map_location=device)
 
 
 def model_image_size(model: nn.Module) -> int | tuple[int, int]:
