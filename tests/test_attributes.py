@@ -112,3 +112,12 @@ def test_medpix_attributes_through_the_runner(shared_dir, model, tmp_path):
     for r in res.values():
         assert r["n"] > 0 and 0 <= r["accuracy"]["value"] <= 1 and r["chance_accuracy"] > 0
     assert set(res["modality"]["support"]) == {"computed_tomography", "magnetic_resonance_imaging"}
+
+
+def test_vs_chance_says_whether_the_interval_excludes_chance():
+    from medclip.eval.attributes import vs_chance
+
+    assert vs_chance({"value": 0.93, "low": 0.88, "high": 0.97}, 0.5).endswith("+0.430, the CI excludes chance")
+    assert "not distinguishable from guessing" in vs_chance({"value": 0.55, "low": 0.45, "high": 0.66}, 0.5)
+    assert "below chance" in vs_chance({"value": 0.3, "low": 0.2, "high": 0.4}, 0.5)
+    assert vs_chance({"value": None, "low": None, "high": None}, 0.5) == "n/a (chance 0.500)"

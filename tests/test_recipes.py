@@ -213,3 +213,26 @@ def test_medpix_recipe_names_a_table_without_captions(tmp_path):
     pd.DataFrame({"image": ["images/a.jpg"], "case_id": ["MPX1"], "type": ["CT"]}).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(ValueError, match=r"metadata.csv: missing columns \['caption'\]"):
         recipe("medpix").records(tmp_path)
+
+
+def test_bundled_kermany_subset_is_attributed_and_splits_by_patient(tmp_path):
+    from medclip.data.recipes import SAMPLE_KERMANY, combine_manifests, sample_kermany_manifest
+
+    labels = pd.read_csv(SAMPLE_KERMANY / "labels.csv")
+    attribution = pd.read_csv(SAMPLE_KERMANY / "ATTRIBUTION.csv")
+    files = sorted(p.relative_to(SAMPLE_KERMANY).as_posix() for p in (SAMPLE_KERMANY / "images").iterdir())
+    assert files == sorted(labels["image"]) == sorted(attribution["file"])  # every image attributed, none extra
+    assert set(attribution["license"]) == {"CC BY 4.0"} and attribution["changes"].str.contains("resized").all()
+    assert sum((SAMPLE_KERMANY / f).stat().st_size for f in files) < 3_000_000
+    df = sample_kermany_manifest(tmp_path / "k.parquet", salt="s")
+    assert len(df) == 360 and patients_in_several_splits(df) == []
+    test = df[df["split"] == "test"]
+    assert len(test) >= 60 and 0 < test["label.pneumonia"].mean() < 1  # both classes among unseen patients
+    other = tmp_path / "o.parquet"
+    from medclip.data.manifest import write_manifest
+
+    write_manifest(df.head(3).assign(image_id=["a", "b", "c"]), other, root=SAMPLE_KERMANY)
+    both = combine_manifests([tmp_path / "k.parquet", other], tmp_path / "both.parquet")
+    assert len(both) == 363 and all(Path(p).is_absolute() and Path(p).exists() for p in read_manifest(tmp_path / "both.parquet")["path"])
+    with pytest.raises(ValueError, match="share image ids"):
+        combine_manifests([tmp_path / "k.parquet", tmp_path / "k.parquet"], tmp_path / "dup.parquet")

@@ -74,3 +74,41 @@ def run_recipe(doc: str, name: str, records: Callable[[Path, int], pd.DataFrame]
     write_recipe_manifest(records(args.root, args.seed), args.root, args.output, salt=args.salt, seed=args.seed,
                           require_files=not args.keep_missing, name=name)
     return 0
+
+
+#: The bundled Kermany subset (CC BY 4.0; see datasets/sample/README.md) and the recipe that reads it.
+SAMPLE_KERMANY = Path(__file__).resolve().parents[2] / "datasets" / "sample" / "kermany"
+#: Its split: half the patients train, a fifth choose thresholds, the rest (108 patients) measure.
+SAMPLE_KERMANY_FRACTIONS = (0.5, 0.2, 0.3)
+
+
+def load_recipe(name: str):
+    """The ``records`` module of ``datasets/<name>/recipe.py`` (the recipes are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "datasets" / name / "recipe.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no recipe named {name!r}")
+    spec = importlib.util.spec_from_file_location(f"medclip_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def sample_kermany_manifest(output: Path, *, salt: str | None = None, seed: int = 0) -> pd.DataFrame:
+    """Manifest of the bundled Kermany subset (label-only pediatric chest X-rays), split by patient 50/20/30."""
+    return write_recipe_manifest(load_recipe("kermany_pneumonia").records(SAMPLE_KERMANY), SAMPLE_KERMANY, output,
+                                 salt=salt, seed=seed, name="bundled Kermany subset",
+                                 fractions=SAMPLE_KERMANY_FRACTIONS)
+
+
+def combine_manifests(paths: list[Path], output: Path) -> pd.DataFrame:
+    """One manifest holding the rows of several (absolute image paths; columns a source lacks are empty)."""
+    from medclip.data.manifest import read_manifest
+
+    frames = [read_manifest(p) for p in paths]
+    df = pd.concat(frames, ignore_index=True, sort=False)
+    if df["image_id"].duplicated().any():
+        raise ValueError(f"{output}: the manifests {', '.join(map(str, paths))} share image ids")
+    write_manifest(df, output, extra={"created_by": "medclip.data.recipes.combine_manifests"})
+    return df

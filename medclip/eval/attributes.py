@@ -186,3 +186,19 @@ def format_attributes(results: Mapping[str, Any]) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return ("Zero-shot attributes (patient-bootstrap 95% CIs; chance = majority share / 1 over classes)\n"
             + "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)]))
+
+
+def vs_chance(estimate: Mapping[str, Any], chance: float) -> str:
+    """"0.930 [0.880, 0.970]; chance 0.500: +0.430, the CI excludes chance" (or says that it does not)."""
+    value, low, high = (estimate.get(k) for k in ("value", "low", "high"))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"n/a (chance {chance:.3f})"
+    text = f"{value:.3f}"
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return text + f"; chance {chance:.3f}: {value - chance:+.3f} (too few patients for a CI)"
+    text += f" [{low:.3f}, {high:.3f}]; chance {chance:.3f}: {value - chance:+.3f}"
+    if low > chance:
+        return text + ", the CI excludes chance"
+    if high < chance:
+        return text + ", below chance (CI excludes it)"
+    return text + ", the CI includes chance: not distinguishable from guessing"
