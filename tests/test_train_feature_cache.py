@@ -49,6 +49,17 @@ def test_backbone_runs_once_per_image_over_three_epochs(manifest: Path, tmp_path
     fit(again)  # the same model and preprocessing: the cache file is reused, nothing encoded
     assert sum(backbone_calls) == 0
 
+    # runs in other folders share features through data.feature_cache_dir
+    shared = tmp_path / "shared_features"
+    for k in range(2):
+        other = copy.deepcopy(again)
+        other["output_dir"] = str(tmp_path / f"arm{k}")
+        other["data"]["feature_cache_dir"] = str(shared)
+        backbone_calls.clear()
+        fit(other)
+        assert sum(backbone_calls) == (30 if k == 0 else 0)
+        assert not (tmp_path / f"arm{k}" / "feature_cache").exists()
+
 
 def test_cached_features_give_the_uncached_loss_and_gradients() -> None:
     torch.manual_seed(0)

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
         # auto: image features are computed once and reused when the image tower is fully locked and
         # image augmentation is off (cached under <output_dir>/feature_cache, keyed by model + preprocessing)
         "feature_cache": "auto",
+        # where the feature cache lives (null: <output_dir>/feature_cache); runs that share a folder reuse each
+        # other's features when model and preprocessing match (the file name is their hash)
+        "feature_cache_dir": None,
         # label-to-text (UniMed-CLIP): rows without a report get knowledge-graph sentences from their labels;
         # mix_prob: chance that a row WITH a report gets its label text instead (text mode "mixed")
         "label_text": {"enabled": True, "mix_prob": 0.0},
@@ -333,6 +336,9 @@ def _check_values(config: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: trainer.{key} must be a fraction in [0, 1] or a count, got {value!r}")
         if not isinstance(value, float) and not (_is_number(value, True) and value >= 0):
             raise ConfigError(f"{source}: trainer.{key} must be a fraction in [0, 1] or a count >= 0, got {value!r}")
+    cache_dir = _get(config, "data.feature_cache_dir")
+    if cache_dir is not None and not isinstance(cache_dir, (str, Path)):
+        raise ConfigError(f"{source}: data.feature_cache_dir must be a folder path or null, got {cache_dir!r}")
     feature_cache = _get(config, "data.feature_cache")
     if feature_cache not in ("auto", True, False):
         raise ConfigError(f"{source}: data.feature_cache must be auto, true or false, got {feature_cache!r}")

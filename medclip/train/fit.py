@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from medclip.checkpoint import CheckpointDir
+from medclip.fsutil import atomic_write
 from medclip.train.config import ConfigError, load_config
 from medclip.train.data import MedClipDataModule, resolve_path
 from medclip.train.features import BackboneFeatures
@@ -43,18 +42,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             # object stores (s3://, gs://, ...): fsspec's transactional write
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, fsync=True) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class FinalCheckpoint(L.Callback):
@@ -306,7 +295,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     datamodule = MedClipDataModule(
         data_cfg, module.model.tokenize, seed=seed,
         feature_extractor=BackboneFeatures(module.model) if cached else None,
-        feature_dir=output_dir / "feature_cache",
+        feature_dir=Path(resolve_path(cfg["data"].get("feature_cache_dir")) or output_dir / "feature_cache"),
         max_captions=int(cfg["loss"].get("max_sub_captions", 4)) if cfg["loss"].get("sub_captions") else 0,
     )
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
