@@ -168,7 +168,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from medclip.knowledge.labeler import label_manifest
+    from medclip.data.labels import label_manifest
 
     findings = args.findings
     df = label_manifest(args.manifest, output_path=args.output, findings=findings, progress=not args.quiet)
@@ -263,7 +263,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print(res.summary())
     print("[2/6] labelling reports with the knowledge graph")
     try:
-        from medclip.knowledge.labeler import label_manifest
+        from medclip.data.labels import label_manifest
     except ImportError as exc:  # the knowledge layer is optional for indexing/caching
         print(f"  labeller not available ({exc}); continuing without labels")
     else:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medclip.knowledge import Graph, ReportLabeler, label_manifest
+from medclip.data.labels import label_manifest
+from medclip.knowledge import Graph, ReportLabeler
 
 
 @pytest.fixture(scope="module")
@@ -140,25 +141,26 @@ def test_iu_example_sentences(labeler: ReportLabeler, shared_dir: Path) -> None:
 
 def test_label_manifest(tmp_path: Path, labeler: ReportLabeler) -> None:
     import pandas as pd
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from medclip.data.manifest import manifest_metadata, write_manifest
 
     df = pd.DataFrame({
         "image_id": ["a", "b", "c"],
+        "path": ["/export/a.png", "/export/b.png", "/export/c.png"],
         "report_indication": ["cough", "", None],
         "report_findings": ["No pleural effusion or pneumothorax.", "", None],
         "report_impression": ["Mild cardiomegaly.", "", None],
         "report_text": ["", "FINDINGS: Possible left lower lobe pneumonia.", None],
     })
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**table.schema.metadata, b"medclip.root": b"/export"})
     path = tmp_path / "manifest.parquet"
-    pq.write_table(table, path)
+    write_manifest(df, path, root="/export", extra={"salt_check": "abc"})
     out = label_manifest(path, findings="chexpert14", progress=False)
     assert out["label.cardiomegaly"].tolist() == [1.0, None, None] or out["label.cardiomegaly"].iloc[0] == 1.0
-    back = pq.read_table(path)
-    assert back.schema.metadata[b"medclip.root"] == b"/export"
-    back = back.to_pandas()
+    # the manifest's metadata (export root, salt check) is kept and paths stay relative to the root
+    assert manifest_metadata(path) == {"salt_check": "abc", "root": str(Path("/export").resolve())}
+    back = pq.read_table(path).to_pandas()
+    assert back["path"].tolist() == ["a.png", "b.png", "c.png"]
     assert back["label.pleural_effusion"].dtype == "float32"
     assert back["label.pleural_effusion"][0] == 0.0
     assert back["label.pneumonia"][1] == -1.0

@@ -8,10 +8,10 @@
 
 from .graph import Concept, Fact, Graph, GraphError, normalize_name
 from .augment import ReportAugmenter
-from .labeler import Labeler, Mention, ReportLabeler, label_manifest
+from .labeler import Labeler, Mention, ReportLabeler
 from .prompts import zeroshot_prompts
 
 __all__ = [
     "Concept", "Fact", "Graph", "GraphError", "Labeler", "Mention", "ReportLabeler",
-    "ReportAugmenter", "label_manifest", "normalize_name", "zeroshot_prompts",
+    "ReportAugmenter", "normalize_name", "zeroshot_prompts",
 ]

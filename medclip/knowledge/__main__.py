@@ -7,7 +7,9 @@ import sys
 
 from medclip.logging_setup import setup_logging
 
-from .labeler import VERSUS_POLICIES, ReportLabeler, label_manifest
+from medclip.data.labels import label_manifest
+
+from .labeler import VERSUS_POLICIES, ReportLabeler
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,20 +14,16 @@ A finding's positive or uncertain status propagates to its is-a ancestors; ``no_
 positive when nothing (support devices aside) is positive or uncertain.
 
 Any object with ``label(text_or_sections) -> dict[str, Mention]`` (``Labeler``) can replace
-:class:`ReportLabeler` in :func:`label_manifest`, e.g. a model-based labeler.
+:class:`ReportLabeler` in :func:`medclip.data.labels.label_manifest`, e.g. a model-based labeler.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
 from .graph import Graph, normalize_name
@@ -366,79 +362,3 @@ def _names_a_finding(payloads: tuple) -> bool:
     """Whether a phrase match names a finding (not only an exclusion such as "pericardial effusion")."""
     excluded = {cid for cid, kind in payloads if kind == "exclude"}
     return any(kind != "exclude" and cid not in excluded for cid, kind in payloads)
-
-
-# ---------------------------------------------------------------------- manifests
-
-REPORT_COLUMNS = ("report_indication", "report_findings", "report_impression", "report_text")
-
-
-def report_sections(row: Mapping[str, object]) -> dict[str, str]:
-    """The sections of one manifest row: split sections when present, else the full text."""
-    def text(col: str) -> str:
-        v = row.get(col)
-        return v if isinstance(v, str) else ""
-
-    if text("report_findings").strip() or text("report_impression").strip():
-        return {c.removeprefix("report_"): text(c) for c in REPORT_COLUMNS[:3] if text(c).strip()}
-    return {"text": text("report_text")} if text("report_text").strip() else {}
-
-
-def label_manifest(manifest_path: str | Path, output_path: str | Path | None = None,
-                   findings: str | Iterable[str] | None = None, progress: bool = True,
-                   labeler: Labeler | None = None):
-    """Add ``label.<concept_id>`` (float32) and ``label_evidence`` (JSON) columns to a manifest.
-
-    Reads the Parquet, labels every row's report, and writes atomically to ``output_path`` (or
-    in place), keeping the file's schema metadata. Returns the labelled DataFrame.
-    """
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
-
-    manifest_path = Path(manifest_path)
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found")
-    try:
-        table = pq.read_table(manifest_path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{manifest_path}: not a readable Parquet manifest ({exc})") from exc
-    present = [c for c in REPORT_COLUMNS if c in table.column_names]
-    if not present:
-        raise ValueError(f"{manifest_path}: no report columns (expected one of {', '.join(REPORT_COLUMNS)})")
-    if labeler is None:
-        labeler = ReportLabeler(findings=findings)
-    wanted = labeler.findings if findings is None else [f for f in labeler.findings
-                                                        if f in set(labeler.graph.resolve(findings))] \
-        if hasattr(labeler, "graph") else labeler.findings
-    df = table.to_pandas()
-    df = df.drop(columns=[c for c in df.columns if c.startswith("label.") or c == "label_evidence"])
-    values = np.full((len(df), len(wanted)), np.nan, dtype=np.float32)
-    evidence = []
-    rows = df[present].to_dict("records")
-    for i, row in enumerate(tqdm(rows, desc="labelling reports", unit="report", disable=not progress)):
-        result = labeler.label(report_sections(row))
-        values[i] = [result[cid].value for cid in wanted]
-        evidence.append(json.dumps({cid: result[cid].to_json() for cid in wanted
-                                    if result[cid].status != NOT_MENTIONED}, ensure_ascii=False))
-    labels = pd.DataFrame(values, columns=[f"label.{cid}" for cid in wanted], index=df.index)
-    df = pd.concat([df, labels], axis=1)
-    df["label_evidence"] = evidence
-    out_table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta.pop(b"pandas", None)
-    meta.update(out_table.schema.metadata or {})
-    out_table = out_table.replace_schema_metadata(meta)
-    target = Path(output_path) if output_path is not None else manifest_path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        pq.write_table(out_table, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return df
