@@ -120,6 +120,7 @@ class DualEncoder(nn.Module):
         timm models, top-level children otherwise); what ``lock_image_tower(unlocked_groups=N)`` counts."""
         backbone = self.visual.backbone
         prefix, trunk = "", backbone
+        module: nn.Module
         for name, module in backbone.named_modules():
             if callable(getattr(module, "group_matcher", None)):
                 prefix, trunk = (name + "." if name else ""), module
@@ -127,7 +128,7 @@ class DualEncoder(nn.Module):
         if callable(getattr(trunk, "group_matcher", None)):
             from timm.models import group_parameters
 
-            grouped = group_parameters(trunk, trunk.group_matcher())
+            grouped = group_parameters(trunk, trunk.group_matcher())  # type: ignore[operator]
             blocks = [[prefix + n for n in grouped[k]] for k in sorted(grouped)]
         else:
             trunk = getattr(backbone, "model", backbone)

@@ -278,7 +278,7 @@ class SourceDataset(Dataset):
             if not len(ds):
                 continue
             part = np.ones(len(ds))
-            if labels is not None:
+            if labels is not None and concept_balance is not None:
                 concepts = sample_concepts(labels[self.offsets[s]:self.offsets[s + 1]], self.label_names)
                 cap = float(concept_balance["max_share"])
                 part, shares = concept_balance_weights(concepts, cap)

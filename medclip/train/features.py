@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+
+from medclip.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,9 @@ class FeatureStore:
 
         if self.features is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         ids = [i for i, _ in sorted(self.index.items(), key=lambda kv: kv[1])]
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        try:
+        with atomic_write(self.path) as tmp:
             save_file({"features": self.features.contiguous()}, tmp, metadata={"ids": json.dumps(ids)})
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers get the tensor, not a file handle
         return {"path": self.path, "index": self.index, "features": self.features}
@@ -169,7 +162,7 @@ class BackboneFeatures:
             backbone.train(was_training)
 
 
-def fill_store(store: FeatureStore, dataset: Iterable[Mapping[str, Any]] | Any, extractor: BackboneFeatures, *,
+def fill_store(store: FeatureStore, dataset: Any, extractor: BackboneFeatures, *,
                batch_size: int, num_workers: int = 0, seed: int = 0) -> int:
     """Compute the features of every image of ``dataset`` not yet in ``store`` and save it; returns how many
     images were encoded. ``dataset`` must yield items with ``image`` and ``image_id``."""

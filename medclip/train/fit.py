@@ -194,8 +194,8 @@ def _text_prestage(cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: 
     from medclip.train.pretrain import run_text_pretrain
 
     pre = cfg["text_pretrain"]
-    defaults = [data_cfg.get("manifest")] + [s.get("manifest") for s in data_cfg.get("sources") or []]
-    defaults = [d for d in defaults if d]
+    candidates = [data_cfg.get("manifest")] + [s.get("manifest") for s in data_cfg.get("sources") or []]
+    defaults = [str(d) for d in candidates if d]
     if not pre.get("corpora") and not defaults:
         raise ConfigError("text_pretrain.corpora is empty and the training data has no manifest to read reports from")
     accelerator = str(cfg["trainer"].get("accelerator", "auto"))
@@ -209,7 +209,7 @@ def _text_prestage(cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: 
              summary["steps"])
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank == 0:
+    if getattr(rank_zero_only, "rank", 0) == 0:
         (output_dir / "text_pretrain.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
 
 

@@ -117,7 +117,7 @@ def sample_concepts(labels: np.ndarray, names: Sequence[str]) -> list[list[str]]
     labels = np.asarray(labels, dtype=np.float64)
     concepts: list[list[str]] = []
     for row in labels:
-        positive = [names[k] for k in np.flatnonzero(row == 1)]
+        positive = [names[int(k)] for k in np.flatnonzero(row == 1)]
         if not positive and np.isfinite(row).any():
             positive = [NO_FINDING]
         concepts.append(sorted(set(positive)))
