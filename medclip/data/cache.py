@@ -71,6 +71,9 @@ class CacheConfig:
     volume_shape: tuple[int, int, int] = (64, 128, 128)
     volume_spacing: tuple[float, float, float] = (3.0, 1.5, 1.5)
     shard_size: int = 512
+    #: decode JPEG / JPEG 2000 DICOM at the smallest power-of-two reduction still >= 2 x image_size (DCT
+    #: scaling, resolution levels) instead of full size; False: the full decode (slower, same within ~1 grey level)
+    reduced_decode: bool = True
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -103,12 +106,97 @@ def preprocess_row(row: dict, config: CacheConfig) -> np.ndarray:
             image = load_image(row["path"], window=window, frame=0 if is_nifti else None)
         vol = resample_volume(image, spacing=tuple(config.volume_spacing), shape=tuple(config.volume_shape))
         return np.clip(vol.array, 0.0, 1.0).astype(np.float16)
-    image = load_image(row["path"], window=window)
+    image = reduced_decode_image(row["path"], window, config.image_size) if config.reduced_decode else None
+    if image is None:
+        image = load_image(row["path"], window=window)
     if image.array.ndim == 3:  # a multi-frame 2D acquisition: the middle frame represents it
         from dataclasses import replace
 
         image = replace(image, array=image.array[image.array.shape[0] // 2])
     return to_model_input(image, size=config.image_size)
+
+
+#: JPEG Baseline (8-bit; Pillow/libjpeg-turbo scale the DCT by 1/2, 1/4, 1/8 while decoding)
+_JPEG_BASELINE = frozenset({"1.2.840.10008.1.2.4.50"})
+#: JPEG Extended (process 2 & 4): scaled like baseline when its samples are 8-bit
+_JPEG_EXTENDED = frozenset({"1.2.840.10008.1.2.4.51"})
+#: JPEG 2000 (lossless and lossy): decoded at a lower resolution level (OpenJPEG's reduce)
+_J2K = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+_NOT_DICOM_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".gz")
+
+
+def _reduction(rows: int, columns: int, size: int) -> int:
+    """The largest of 8, 4, 2 that leaves the long side >= 2 x ``size`` (1: no reduction helps).
+
+    The margin of 2 keeps the final resize an antialiased shrink: decoded right at ``size`` the codec's
+    own downsampling (8x8 block means, the wavelet low band) would show, by up to 2-10 grey levels."""
+    for factor in (8, 4, 2):
+        if max(rows, columns) // factor >= 2 * size:
+            return factor
+    return 1
+
+
+@medclip.io.phi_safe
+def reduced_decode_image(path: str | Path, window: Any, size: int) -> Any:
+    """A single-frame grayscale JPEG / JPEG 2000 DICOM decoded at reduced resolution, or None.
+
+    The codec does the reduction (JPEG: Pillow's draft mode, libjpeg's DCT scaling by 1/2, 1/4 or 1/8;
+    JPEG 2000: a lower resolution level), by the largest factor that keeps the long side at least
+    2 x ``size``, so the cache's resize still shrinks (a 2500-pixel radiograph for 224: 1/4). The header checks of the full path run first (the
+    same files are refused for the same reasons); modality LUT, VOI LUT / window and MONOCHROME1 are
+    those of :func:`medclip.io.load_image`. Anything else (colour, multi-frame, 12/16-bit JPEG, other
+    syntaxes, small images) returns None: the caller decodes at full size. The cached image then
+    equals the full decode's within about one grey level (``tests/test_cache_reduced_decode.py``).
+    """
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    from medclip.io import dicom as dcm
+    from medclip.io.image import MedicalImage
+
+    if str(path).lower().endswith(_NOT_DICOM_SUFFIXES) or not dcm.is_dicom_file(path):
+        return None
+    ds = dcm._read_dataset(path)
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    jpeg = syntax in _JPEG_BASELINE or (syntax in _JPEG_EXTENDED and bits == 8)
+    if not (jpeg or syntax in _J2K) or dcm._frame_count(ds) != 1 or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    if str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0 or "PixelData" not in ds:
+        return None
+    dcm._check_pixel_module(ds, path)  # size caps and frame-header checks, as before a full decode
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    factor = _reduction(rows, columns, size)
+    if factor == 1 or dcm._is_mosaic(ds):
+        return None
+    want = (-(-rows // factor), -(-columns // factor))
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame)) as im:
+            if jpeg:
+                if im.mode != "L":
+                    return None
+                im.draft("L", (want[1], want[0]))
+            else:
+                im.reduce = {8: 3, 4: 2, 2: 1}[factor]
+            im.load()
+            stored = np.asarray(im)
+    except Exception:  # noqa: BLE001  (Pillow cannot: the full decoder decides, with its own error)
+        return None
+    if stored.ndim != 2 or abs(stored.shape[0] - want[0]) > 1 or abs(stored.shape[1] - want[1]) > 1:
+        return None
+    dcm._check_content(stored, path)
+    values = dcm._modality_values(stored, ds, [0])
+    array, used = dcm._window_modality(values, ds, window, path, file_window=dcm._file_window(ds, 0))
+    metadata = dcm.safe_metadata(ds)
+    metadata.update(used)
+    metadata["decoded_at"] = f"1/{factor}"
+    spacing = dcm._pixel_spacing(ds, 0) or [1.0, 1.0]
+    return MedicalImage(array=array, spacing=(spacing[0] * factor, spacing[1] * factor), affine=None,
+                        metadata=metadata, source=str(path))
 
 
 def _sample_meta(row: dict, labels: list[str]) -> dict:
