@@ -138,6 +138,9 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume-shape", type=int, nargs=3, default=d.volume_shape, metavar=("D", "H", "W"))
     p.add_argument("--volume-spacing", type=float, nargs=3, default=d.volume_spacing, metavar=("SD", "SH", "SW"))
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
+    p.add_argument("--full-decode", action="store_true",
+                   help="decode JPEG / JPEG 2000 DICOM at full size (default: at the codec's reduced resolution "
+                        "still >= 2x --image-size, several times faster, same image within ~1 grey level)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a cache with other settings")
     _add_shard_flags(p, "tar shards", "merge the parts into cache.json (the last task does this by itself)")
@@ -152,7 +155,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         print(f"cache: parts merged into {args.output}/cache.json")
         return 0
     cfg = CacheConfig(image_size=args.image_size, window=args.window, volume_shape=tuple(args.volume_shape),
-                      volume_spacing=tuple(args.volume_spacing), shard_size=args.shard_size)
+                      volume_spacing=tuple(args.volume_spacing), shard_size=args.shard_size,
+                      reduced_decode=not args.full_decode)
     res = build_cache(args.manifest, args.output, config=cfg, workers=args.workers, progress=not args.quiet,
                       overwrite=args.overwrite, shard=_shard_of(args))
     print(res.summary())
