@@ -39,6 +39,8 @@ from medclip.train import ConfigError, fit, load_config
         ("data.feature_cache=sometimes", "data.feature_cache"),
         ("data.image_augmentation.typo=1", "data.image_augmentation.typo"),
         ("loss.max_sub_captions=0", "loss.max_sub_captions"),
+        ("data.dataset_kwargs={buffer_size: 0}", "data.dataset_kwargs.buffer_size"),
+        ("data.dataset_kwargs={windw: lung}", "data.dataset_kwargs.windw"),
         ("text_pretrain.steps=0", "text_pretrain.steps"),
         ("data.sources=[{weight: 1}]", "data.sources[0]"),
         ("data.sources=[{manifest: a.parquet, weight: -1}]", "data.sources[0].weight"),

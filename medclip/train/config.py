@@ -336,6 +336,7 @@ def _check_values(config: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: trainer.{key} must be a fraction in [0, 1] or a count, got {value!r}")
         if not isinstance(value, float) and not (_is_number(value, True) and value >= 0):
             raise ConfigError(f"{source}: trainer.{key} must be a fraction in [0, 1] or a count >= 0, got {value!r}")
+    _check_dataset_kwargs(_get(config, "data.dataset_kwargs") or {}, source)
     cache_dir = _get(config, "data.feature_cache_dir")
     if cache_dir is not None and not isinstance(cache_dir, (str, Path)):
         raise ConfigError(f"{source}: data.feature_cache_dir must be a folder path or null, got {cache_dir!r}")
@@ -352,6 +353,21 @@ def _check_values(config: Mapping[str, Any], source: str) -> None:
     if not isinstance(corpora, (list, tuple)) or not all(isinstance(c, (str, Path)) for c in corpora):
         raise ConfigError(f"{source}: text_pretrain.corpora must be a list of file paths, got {corpora!r}")
     _check_sources(config, source)
+
+
+def _check_dataset_kwargs(kwargs: Any, source: str) -> None:
+    """``data.dataset_kwargs`` names only dataset options (checked now, not when the loaders start)."""
+    from medclip.data.dataset import CacheDataset, ManifestDataset
+
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{source}: data.dataset_kwargs must be a mapping, got {kwargs!r}")
+    known = {name for cls in (ManifestDataset, CacheDataset) for name in inspect.signature(cls.__init__).parameters}
+    known -= {"self", "manifest", "cache_dir", "split", "rank", "world_size", "with_images"}
+    for key in kwargs:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key data.dataset_kwargs.{key}{_suggest(str(key), sorted(known))}")
+    if "buffer_size" in kwargs:
+        _check_number(source, "data.dataset_kwargs.buffer_size", kwargs["buffer_size"], (True, 1, None, False))
 
 
 def _check_sources(config: Mapping[str, Any], source: str) -> None:
