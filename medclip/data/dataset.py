@@ -22,8 +22,10 @@ from medclip.data.storage import as_location, open_file
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 
 TEXT_FIELDS = ("body", "text", "findings", "impression")
-TextTransform = Callable[[str], str]
-ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+#: Deterministic per-item hooks of these datasets (``fn(text) -> text``, ``fn(image) -> image``). Training's
+#: seeded rewriting, ``fn(text, rng)``, is :data:`medclip.train.text.TextTransform`, applied by the DataModule.
+TextFn = Callable[[str], str]
+ImageFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def report_text(meta: dict, text_field: str = "body") -> str:
@@ -61,7 +63,7 @@ class ManifestDataset(Dataset):
 
     def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
                  window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,
-                 text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
+                 text_transform: TextFn | None = None, image_transform: ImageFn | None = None,
                  require_text: bool | str = False, config: CacheConfig | None = None, with_images: bool = True) -> None:
         df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
         if split is not None:
@@ -111,7 +113,7 @@ class CacheDataset(IterableDataset):
 
     def __init__(self, cache_dir: str | Path, split: str | None = "train", *, shuffle: bool = True, seed: int = 0,
                  buffer_size: int = 256, text_field: str = "body", label_names: Sequence[str] | None = None,
-                 text_transform: TextTransform | None = None, image_transform: ImageTransform | None = None,
+                 text_transform: TextFn | None = None, image_transform: ImageFn | None = None,
                  rank: int | None = None, world_size: int | None = None, with_images: bool = True) -> None:
         self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
         self.with_images = with_images  # False: items carry no "image" (features come from elsewhere)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -182,18 +183,25 @@ class DualEncoderConfig:
                 f"{base['vision']['pretrained']!r} does not fit it: set vision.pretrained too (a weight file "
                 "for the new network, true for timm's own weights, or false for random init)"
             )
-        return DualEncoderConfig.from_dict(deep_merge(base, overrides))
+        return DualEncoderConfig.from_dict(deep_merge(base, overrides, opaque=OPAQUE_KEYS))
 
 
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``overrides``, merging nested dicts instead of replacing them."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("hf_config", "extra", "model_kwargs"):
-            out[key] = deep_merge(out[key], value)
+#: Config blocks an override replaces whole: another network's ``hf_config`` / ``model_kwargs`` must not
+#: inherit keys of the one it replaces; ``extra`` is free-form.
+OPAQUE_KEYS = ("hf_config", "extra", "model_kwargs")
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any], *, opaque: Collection[str] = ()) -> dict[str, Any]:
+    """A copy of ``base`` with ``update`` merged in, recursing into nested mappings except under the
+    keys in ``opaque``, whose value ``update`` replaces whole. The one deep merge of medclip (model
+    overrides, training configs)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) and key not in opaque:
+            merged[key] = deep_merge(merged[key], value, opaque=opaque)
         else:
-            out[key] = copy.deepcopy(value)
-    return out
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _known(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from medclip.model.config import deep_merge  # the one deep merge of medclip
+
 #: Every section a training config may have, with its defaults. ``trainer`` is passed to
 #: ``lightning.Trainer`` as keyword arguments, so any Trainer option can be set there.
 DEFAULTS: dict[str, Any] = {
@@ -152,17 +154,6 @@ _TRAINER_OWNED = {"enable_checkpointing": "checkpoint", "logger": "loggers"}
 
 class ConfigError(ValueError):
     """A training configuration that cannot be used; the message names the file and the key."""
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``base`` with ``update`` merged in, recursing into nested mappings."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -36,12 +36,10 @@ from medclip.train.sampler import (
     concept_balance_weights,
     sample_concepts,
 )
-from medclip.train.text import TextPolicy
+from medclip.train.text import TextPolicy, TextTransform
 
 log = logging.getLogger(__name__)
 
-#: ``text_transform(text, rng) -> text``: a report rewriting applied to each training sample.
-TextTransform = Callable[[str, random.Random], str]
 #: ``image_transform(image, rng) -> image``: an image augmentation (``medclip.data.transforms``).
 ImageTransform = Callable[[torch.Tensor, random.Random], torch.Tensor]
 #: ``tokenize(texts, max_length) -> mapping with input_ids and attention_mask`` (``DualEncoder.tokenize``).

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+#: ``text_transform(text, rng) -> text``: a report rewriting applied to each training sample (the one alias).
 TextTransform = Callable[[str, random.Random], str]
 
 

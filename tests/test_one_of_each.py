@@ -1,0 +1,31 @@
+"""Concepts written once (issue 9.5): one deep merge, one TextTransform alias, one rank helper, one seed formula."""
+
+from __future__ import annotations
+
+import random
+
+
+def test_one_deep_merge_with_opaque_blocks_for_model_overrides() -> None:
+    from medclip.model import config as model_config
+    from medclip.train import config as train_config
+
+    assert train_config.deep_merge is model_config.deep_merge
+    base = {"a": {"x": 1, "y": 2}, "hf_config": {"hidden_size": 8, "num_layers": 2}, "keep": [1]}
+    update = {"a": {"y": 3}, "hf_config": {"hidden_size": 16}}
+    merged = model_config.deep_merge(base, update)
+    assert merged == {"a": {"x": 1, "y": 3}, "hf_config": {"hidden_size": 16, "num_layers": 2}, "keep": [1]}
+    # a model override replaces another network's hf_config whole: no key of the old one leaks in
+    merged = model_config.deep_merge(base, update, opaque=model_config.OPAQUE_KEYS)
+    assert merged["hf_config"] == {"hidden_size": 16} and merged["a"] == {"x": 1, "y": 3}
+    assert base["a"] == {"x": 1, "y": 2}, "inputs are not modified"
+    merged["keep"].append(2)
+    assert base["keep"] == [1], "the result shares nothing with the inputs"
+
+
+def test_one_text_transform_alias() -> None:
+    from medclip.data import dataset
+    from medclip.train import data, text
+
+    assert data.TextTransform is text.TextTransform
+    assert not hasattr(dataset, "TextTransform")  # the datasets' one-argument hook has its own name
+    assert text.TextTransform.__args__ == (str, random.Random, str)
