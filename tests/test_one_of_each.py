@@ -29,3 +29,31 @@ def test_one_text_transform_alias() -> None:
     assert data.TextTransform is text.TextTransform
     assert not hasattr(dataset, "TextTransform")  # the datasets' one-argument hook has its own name
     assert text.TextTransform.__args__ == (str, random.Random, str)
+
+
+def test_one_rank_helper() -> None:
+    from medclip.data import dataset
+    from medclip.distributed import distributed_info
+    from medclip.model import losses
+
+    assert losses.distributed_info is distributed_info
+    assert distributed_info() == (0, 1)  # no process group: a single process
+    assert distributed_info(2, 4) == (2, 4)  # explicit values win
+    assert "distributed_info" in dataset.CacheDataset._dist.__code__.co_names
+
+
+def test_one_seed_formula_keeps_every_epoch_order() -> None:
+    import torch
+
+    from medclip.data import dataset
+    from medclip.seeding import epoch_seed, sample_seed
+    from medclip.train import data, sampler
+
+    # the values runs were shuffled with before (resume positions and recorded orders stay valid)
+    assert epoch_seed(7, 3) == 7 * 1_000_003 + 3
+    assert data.sample_seed is sample_seed and sample_seed(7, 3, 2) == 2179358590  # crc32(b"7:3:2")
+    s = sampler.ResumableSampler(10, shuffle=True, seed=5, rank=0, world_size=1)
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(5 * 1_000_003 + 2)).tolist()
+    assert s.epoch_order(2) == expected
+    for module in (dataset, sampler):
+        assert "1_000_003" not in open(module.__file__).read()

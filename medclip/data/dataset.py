@@ -20,6 +20,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess_row, read_cache_index
 from medclip.data.storage import as_location, open_file
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+from medclip.distributed import distributed_info
+from medclip.seeding import epoch_seed
 
 TEXT_FIELDS = ("body", "text", "findings", "impression")
 #: Deterministic per-item hooks of these datasets (``fn(text) -> text``, ``fn(image) -> image``). Training's
@@ -131,11 +133,7 @@ class CacheDataset(IterableDataset):
 
     # -- distributed bookkeeping
     def _dist(self) -> tuple[int, int]:
-        if self._rank is not None and self._world is not None:
-            return self._rank, self._world
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return distributed_info(self._rank, self._world)
 
     @property
     def total(self) -> int:
@@ -164,7 +162,7 @@ class CacheDataset(IterableDataset):
         self._skip = (int(n_batches), int(batch_size))
 
     def _items(self, rank: int, world: int, worker: int, n_workers: int) -> Iterator[dict]:
-        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 101 + rank)
+        rng = random.Random(epoch_seed(self.seed, self.epoch) * 101 + rank)
         per_rank = self._per_rank(world)
         owned = self._rank_shards(rank, world)
         if len(owned) >= n_workers and len(self.shards) >= world:
@@ -184,7 +182,7 @@ class CacheDataset(IterableDataset):
             # sample-level: every reader scans all shards and keeps its own samples
             order = list(range(len(self.shards)))
             if self.shuffle:
-                random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+                random.Random(epoch_seed(self.seed, self.epoch)).shuffle(order)
 
             def stream_all() -> Iterator[dict]:
                 g = 0

@@ -23,19 +23,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from medclip.distributed import distributed_info
+
 LOSS_NAMES = ("infonce", "siglip", "label_aware", "multi_positive")
 
 
 # --------------------------------------------------------------------------- distributed helpers
-def distributed_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """``(rank, world_size)``: the given values, else the initialised process group's, else (0, 1)."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_gather_sizes(n: int, device: torch.device, world_size: int) -> list[int]:
     size = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world_size)]

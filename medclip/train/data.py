@@ -18,7 +18,6 @@ import bisect
 import logging
 import os
 import random
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from medclip.model.losses import group_ids_from_keys
+from medclip.seeding import sample_seed
 from medclip.train.features import BackboneFeatures, FeatureStore, cache_key, fill_store, source_identity
 from medclip.train.sampler import (
     ResumableSampler,
@@ -44,11 +44,6 @@ log = logging.getLogger(__name__)
 ImageTransform = Callable[[torch.Tensor, random.Random], torch.Tensor]
 #: ``tokenize(texts, max_length) -> mapping with input_ids and attention_mask`` (``DualEncoder.tokenize``).
 Tokenize = Callable[..., Mapping[str, torch.Tensor]]
-
-
-def sample_seed(seed: int, epoch: int, key: int | str) -> int:
-    """A stable seed for one sample in one epoch (the same in every process, worker and restart)."""
-    return zlib.crc32(f"{seed}:{epoch}:{key}".encode())
 
 
 def image_seed(seed: int, epoch: int, key: int | str) -> int:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from medclip.seeding import epoch_seed
+
 
 class ResumableSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)`` for this rank's share of a seeded per-epoch order, optionally from mid-epoch.
@@ -63,7 +65,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def epoch_order(self, epoch: int) -> list[int]:
         """The global order of ``epoch``, padded by wrapping around to a multiple of the world size."""
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
@@ -104,7 +106,7 @@ class WeightedResumableSampler(ResumableSampler):
         self.weights = w
 
     def epoch_order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         total = self.per_rank * self.world_size
         return torch.multinomial(self.weights, total, replacement=True, generator=generator).tolist()
 
