@@ -57,3 +57,24 @@ def test_one_seed_formula_keeps_every_epoch_order() -> None:
     assert s.epoch_order(2) == expected
     for module in (dataset, sampler):
         assert "1_000_003" not in open(module.__file__).read()
+
+
+def test_one_sentence_splitter_for_reports_labeler_and_augmenter() -> None:
+    from medclip.data.reports import split_sentences
+    from medclip.knowledge import Graph, ReportAugmenter, ReportLabeler
+    from medclip.knowledge.matching import sentence_spans
+
+    text = ('Pneumothorax: no. Effusion: small. See No. 2 above. Size 2.5 cm.Heart normal. '
+            'lungs clear vs. atelectasis; "Quoted." Next\n\nline e.g. this')
+    expected = ["Pneumothorax: no.", "Effusion: small.", "See No. 2 above.", "Size 2.5 cm.", "Heart normal.",
+                'lungs clear vs. atelectasis; "Quoted."', "Next", "line e.g. this"]
+    assert [text[a:b] for a, b in sentence_spans(text)] == expected
+    assert split_sentences(text) == expected
+    assert ReportAugmenter(Graph.load()).sentences(text) == expected
+    labels = ReportLabeler(findings=["pneumothorax", "pleural_effusion"]).label(text)
+    # "no." ends its sentence: its "no" does not negate the effusion of the next one
+    assert labels["pleural_effusion"].status == "positive"
+    assert labels["pleural_effusion"].sentence == "Effusion: small"
+    # the labeler's scope also ends at a semicolon (a clause), not only at a sentence end
+    assert ReportLabeler(findings=["pleural_effusion"]).label("No pneumothorax; effusion.")["pleural_effusion"].status \
+        == "positive"

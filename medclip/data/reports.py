@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from medclip.deid import hash_identifier
+from medclip.knowledge.matching import sentence_spans
 
 #: What identifiers are replaced with in report text (the convention of de-identified IU / Open-i reports).
 REDACTED = "XXXX"
@@ -102,26 +103,11 @@ def sections_from_fields(findings: object = "", impression: object = "", indicat
     return s
 
 
-_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])|\n+")
-_ABBREV = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|vs|approx|e\.g|i\.e|cf|no|fig)\.$", re.IGNORECASE)
-
-
 def split_sentences(text: str) -> list[str]:
-    """Split report text into sentences (abbreviation-aware, numbered lists kept apart)."""
+    """Split report text into sentences (:func:`sentence_spans`), list numbers ("1.") removed."""
     text = _clean(text)
-    if not text:
-        return []
-    pieces = _SENT_RE.split(text)
-    out: list[str] = []
-    for piece in pieces:
-        piece = piece.strip()
-        if not piece:
-            continue
-        if out and (_ABBREV.search(out[-1]) or re.fullmatch(r"\d+[.)]", out[-1])):
-            out[-1] = f"{out[-1]} {piece}"
-        else:
-            out.append(piece)
-    return [re.sub(r"^\d+[.)]\s+", "", s).strip() for s in out if s.strip(" .")]
+    out = [re.sub(r"^\d+[.)]\s+", "", text[a:b]).strip() for a, b in sentence_spans(text)]
+    return [s for s in out if s.strip(" .")]
 
 
 _DATE_RES = (

@@ -17,9 +17,8 @@ from typing import Mapping
 
 from .graph import Graph, normalize_name
 from .labeler import NO_FINDING
-from .matching import PhraseMatcher, tokenize
+from .matching import PhraseMatcher, sentence_spans, tokenize
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z -]*$")
 
 POSITIVE_TEMPLATES = ("There is {name}.", "{Name} is present.", "Findings consistent with {name}.",
@@ -52,7 +51,7 @@ class ReportAugmenter:
 
     def sentences(self, text: str) -> list[str]:
         """The report's sentences (stripped, non-empty)."""
-        return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
+        return [text[a:b] for a, b in sentence_spans(text)]
 
     def __call__(self, text: str, rng: random.Random | None = None) -> str:
         """One augmented version of ``text`` (sentence subset, synonyms, descriptions)."""

@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Callable, Iterable, Mapping, Protocol
 
 from .graph import Graph, normalize_name
-from .matching import Match, PhraseMatcher, Token, phrase_tokens, tokenize
+from .matching import Match, PhraseMatcher, Token, phrase_tokens, sentence_spans, tokenize
 
 POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = "positive", "negative", "uncertain", "not_mentioned"
 STATUS_VALUE = {POSITIVE: 1.0, NEGATIVE: 0.0, UNCERTAIN: -1.0, NOT_MENTIONED: math.nan}
@@ -54,8 +54,8 @@ ALTERNATIVE_GAP_AFTER = 3
 VERSUS_POLICIES = ("uncertain", "first", "all")
 
 _REDACTED_TOKEN = re.compile(r"X{3,}|x{4,}")
-#: A full stop ends a sentence unless it is a decimal point or ends the abbreviation "vs.".
-_SENTENCE_END = re.compile(r"(?<!\d)(?<!\b[Vv][Ss])\.(?!\d)|(?<!\b[Vv][Ss])\.(?=\s)|[!?;\n]")
+#: A semicolon ends a negation / uncertainty scope as a sentence end does (sentences: ``sentence_spans``).
+_CLAUSE_END = re.compile(r";")
 _LIST_SEPARATOR = re.compile(r"[\s,]*")
 
 
@@ -215,7 +215,7 @@ class ReportLabeler:
         tokens = [t for t in tokenize(text) if not _REDACTED_TOKEN.fullmatch(text[t.start:t.end])]
         if not tokens:
             return
-        bounds = [m.start() for m in _SENTENCE_END.finditer(text)]
+        bounds = sorted([end for _, end in sentence_spans(text)] + [m.start() for m in _CLAUSE_END.finditer(text)])
         sentence_of = [bisect.bisect_right(bounds, t.start) for t in tokens]
         start = 0
         for i in range(1, len(tokens) + 1):

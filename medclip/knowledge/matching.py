@@ -1,4 +1,5 @@
-"""Token-level phrase matching shared by the labeler and the augmenter.
+"""Token-level phrase matching shared by the labeler and the augmenter, and the one sentence splitter
+(:func:`sentence_spans`, also behind :func:`medclip.data.reports.split_sentences`).
 
 Text is lower-cased and split into alphanumeric tokens; every token is reduced to a crude
 singular, so phrases match plurals, hyphenation ("air-space" = "air space") and punctuation
@@ -136,3 +137,42 @@ class PhraseMatcher(Generic[P]):
             out.append(Match(i, i + len(best[0]), best[1], best[0]))
             i += len(best[0])
         return out
+
+
+#: Where a sentence may end: after . ! ? followed by white space (closing quotes / brackets kept with the
+#: sentence), at a line break, or at a full stop glued to the next sentence ("effusion.Heart"). A decimal
+#: point ("2.5 cm") is never followed by white space, so it never ends a sentence.
+_SENT_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+|[ \t]*\n\s*|(?<=[a-z]{2}\.)(?=[A-Z][a-z])")
+#: Abbreviations whose full stop ends no sentence; "no." only before a number ("No. 2"), since
+#: "Pneumothorax: no. Effusion: yes." has two sentences.
+_ABBREV = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|vs|approx|e\.g|i\.e|cf|fig)\.$", re.IGNORECASE)
+_NUMBER_ABBREV = re.compile(r"\bno\.$", re.IGNORECASE)
+_LIST_MARKER = re.compile(r"\d+[.)]")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets into ``text`` of its sentences: the one sentence splitter of medclip.
+
+    A sentence ends at . ! ? followed by white space, at a line break, or at a full stop glued to a
+    capitalised word; not after an abbreviation ("Dr.", "vs.", "e.g.", "No. 2") or a list number
+    ("1."), and never at a decimal point. Spans exclude surrounding white space; empty ones are dropped.
+    """
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for m in [*_SENT_BREAK.finditer(text), None]:
+        cut, resume = (m.start(), m.end()) if m is not None else (len(text), len(text))
+        if m is not None:
+            cut += len(m.group()) - len(m.group().lstrip("\"')]"))  # closing quotes stay with the sentence
+        if m is not None and "\n" not in m.group():
+            head = text[start:cut].rstrip()
+            rest = text[resume:resume + 1]
+            if (_ABBREV.search(head) or (_NUMBER_ABBREV.search(head) and rest.isdigit())
+                    or _LIST_MARKER.fullmatch(head.strip())):
+                continue  # not a sentence end: keep going
+        piece = text[start:cut]
+        lead = len(piece) - len(piece.lstrip())
+        body = piece.strip()
+        if body:
+            spans.append((start + lead, start + lead + len(body)))
+        start = resume
+    return spans
