@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbosity_of(args))
+    from medclip.progress import is_terminal, plain_progress_bars
+
+    if not is_terminal(sys.stderr):  # a log file (SLURM .out): progress bars become periodic plain lines
+        plain_progress_bars()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -155,6 +155,11 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, checkpoint_dir: Path
     loggers = _loggers(cfg, output_dir)
     kwargs["logger"] = loggers or False
     kwargs["callbacks"] = _callbacks(cfg, checkpoint_dir, bool(loggers)) + list(kwargs.get("callbacks") or [])
+    from medclip.train.progress import progress_setup  # off a terminal: a plain line every log_every_n_steps
+
+    progress_kwargs, progress_callbacks = progress_setup(cfg["trainer"])
+    kwargs.update(progress_kwargs)
+    kwargs["callbacks"] += progress_callbacks
     plugins = kwargs.get("plugins") or []
     plugins = plugins if isinstance(plugins, list) else [plugins]
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
