@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from medclip.demo.cli import add_demo_arguments, run_demo
-
     from medclip.logging_setup import setup_logging
 
     parser = add_demo_arguments(argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0]))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.logging_setup import LIGHTNING_LOGGERS, setup_logging
-from test_train_fit import _config, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_verbose_shows_debug_and_library_warnings(restore_logging) -> None:
     assert [str(w.message) for w in caught] == ["old"]
 
 
-def test_tiny_fit_through_the_cli_prints_each_lightning_line_once_and_no_ads(manifest: Path, tmp_path: Path) -> None:
+def test_tiny_fit_through_the_cli_prints_each_lightning_line_once_and_no_ads(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=2, val_check_interval=2)
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": ""}

@@ -9,8 +9,8 @@ manifest Parquet. What the columns mean is in docs/ARCHITECTURE.md (Manifest).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pandas as pd
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medclip.logging_setup import setup_logging
-
 from medclip.data.labels import label_manifest
+from medclip.logging_setup import setup_logging
 
 from .labeler import VERSUS_POLICIES, ReportLabeler
 
