@@ -73,7 +73,34 @@ def default_text_transform(seed: int = 0) -> TextTransform | None:
     return ReportAugmenter(Graph.load(), seed=seed)
 
 
-class AugmentedDataset(Dataset):
+class _SampleRewriter:
+    """What both training wrappers do to one sample of an epoch: text chosen / augmented and sub-captions
+    with one seeded rng, cached backbone features attached, the image augmented with another rng."""
+
+    text_transform: TextTransform | None
+    seed: int
+    features: FeatureStore | None
+    image_transform: ImageTransform | None
+    text_policy: TextPolicy | None
+    train: bool
+    max_captions: int
+
+    def _rewrite(self, item: dict[str, Any], epoch: int, key: int | str) -> dict[str, Any]:
+        rng = random.Random(sample_seed(self.seed, epoch, key))
+        if self.text_policy is not None:
+            item["text"] = self.text_policy(item, rng, self.train)
+        elif self.text_transform is not None:
+            item["text"] = self.text_transform(item["text"], rng)
+        if self.max_captions:
+            item["captions"] = sub_captions(item["text"], rng, self.max_captions)
+        if self.features is not None:
+            item["image_features"] = self.features.get(item["image_id"])
+        if self.image_transform is not None and "image" in item:
+            item["image"] = self.image_transform(item["image"], random.Random(image_seed(self.seed, epoch, key)))
+        return item
+
+
+class AugmentedDataset(_SampleRewriter, Dataset):
     """A map-style dataset whose report texts are rewritten by ``text_transform``, keyed by ``(index, epoch)``."""
 
     def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int,
@@ -93,22 +120,10 @@ class AugmentedDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        item = dict(self.dataset[index])
-        rng = random.Random(sample_seed(self.seed, epoch, index))
-        if self.text_policy is not None:
-            item["text"] = self.text_policy(item, rng, self.train)
-        elif self.text_transform is not None:
-            item["text"] = self.text_transform(item["text"], rng)
-        if self.max_captions:
-            item["captions"] = sub_captions(item["text"], rng, self.max_captions)
-        if self.features is not None:
-            item["image_features"] = self.features.get(item["image_id"])
-        if self.image_transform is not None and "image" in item:
-            item["image"] = self.image_transform(item["image"], random.Random(image_seed(self.seed, epoch, index)))
-        return item
+        return self._rewrite(dict(self.dataset[index]), epoch, index)
 
 
-class AugmentedIterable(IterableDataset):
+class AugmentedIterable(_SampleRewriter, IterableDataset):
     """Wraps the cache stream: per-epoch reshuffle, mid-epoch resume, texts rewritten with an rng keyed
     by ``(epoch, image_id)``."""
 
@@ -142,19 +157,7 @@ class AugmentedIterable(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for item in self.dataset:
             item = dict(item)
-            rng = random.Random(sample_seed(self.seed, self.epoch, item["image_id"]))
-            if self.text_policy is not None:
-                item["text"] = self.text_policy(item, rng, self.train)
-            elif self.text_transform is not None:
-                item["text"] = self.text_transform(item["text"], rng)
-            if self.max_captions:
-                item["captions"] = sub_captions(item["text"], rng, self.max_captions)
-            if self.features is not None:
-                item["image_features"] = self.features.get(item["image_id"])
-            if self.image_transform is not None and "image" in item:
-                rng = random.Random(image_seed(self.seed, self.epoch, item["image_id"]))
-                item["image"] = self.image_transform(item["image"], rng)
-            yield item
+            yield self._rewrite(item, self.epoch, item["image_id"])
 
 
 class ReportCollator:
