@@ -125,6 +125,11 @@ def test_feature_cache_only_for_a_fixed_backbone(manifest: Path, tmp_path: Path)
     assert not use_feature_cache({"data": {"feature_cache": False}}, locked)
     with pytest.raises(ConfigError, match="not fully locked"):
         use_feature_cache({"data": {"feature_cache": True}}, partial)
+    cfg = _config({"manifest": str(manifest)}, tmp_path / "run")
+    cfg["data"]["feature_cache"] = True  # the tower is not locked: refused before the run folder exists
+    with pytest.raises(ConfigError, match="data.feature_cache: true needs fixed image features"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
