@@ -310,18 +310,14 @@ class ReportLabeler:
         for c in before + after:
             if "uncertainty_first" in c.kinds:
                 return UNCERTAIN, c.text
-        for c in reversed(before):
-            if "negation_before" in c.kinds:
-                return NEGATIVE, c.text
-        for c in after:
-            if "negation_after" in c.kinds:
-                return NEGATIVE, c.text
-        for c in reversed(before):
-            if "uncertainty_before" in c.kinds:
-                return UNCERTAIN, c.text
-        for c in after:
-            if "uncertainty_after" in c.kinds:
-                return UNCERTAIN, c.text
+        # then, in this order: the nearest negation before, one after, the nearest uncertainty before, one after
+        nearest_before = before[::-1]
+        for candidates, kind, status in ((nearest_before, "negation_before", NEGATIVE), (after, "negation_after", NEGATIVE),
+                                         (nearest_before, "uncertainty_before", UNCERTAIN),
+                                         (after, "uncertainty_after", UNCERTAIN)):
+            for c in candidates:
+                if kind in c.kinds:
+                    return status, c.text
         if alternative is not None:
             connector, first = alternative
             if self.versus_policy == "all" or (self.versus_policy == "first" and first):
