@@ -137,7 +137,7 @@ def cpu_seconds() -> float:
 class Clock:
     """Wall and CPU seconds of a block: ``with Clock() as c: ...; c.wall, c.cpu``."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._wall, self._cpu = time.perf_counter(), cpu_seconds()
         return self
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from test_sharded_preprocessing import SAMPLE, _sorted  # noqa: F401  (the bundled sample export)
 
 import medclip.data.indexer as indexer
 from medclip.data.indexer import index_export
-
-from test_sharded_preprocessing import SAMPLE, _sorted  # noqa: F401  (the bundled sample export)
 
 SALT = "resume-test"
 
@@ -70,8 +69,8 @@ def test_report_linking_does_not_iterate_rows_with_pandas(tmp_path, monkeypatch)
 
 def test_path_linked_reports_adopt_patient_and_study(tmp_path):
     """Raster files linked by path take patient/study from the reports table (column-wise code path)."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     export = tmp_path / "export"
     (export / "a").mkdir(parents=True)

@@ -6,18 +6,16 @@ or the server cannot start.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_sharded_preprocessing import SAMPLE
 
 from medclip.data.cache import CacheConfig, build_cache, read_cache_index
 from medclip.data.dataset import CacheDataset, CacheMapDataset
 from medclip.data.indexer import index_export
 from medclip.data.manifest import read_manifest, write_manifest
 from medclip.data.shards import Shard
-
-from test_sharded_preprocessing import SAMPLE
 
 SALT = "s3-test"
 

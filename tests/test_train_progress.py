@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from test_train_fit import _config, manifest  # noqa: F401  (the tiny 32 px export and its manifest)
 
 from medclip.progress import format_duration, is_terminal, plain_progress_bars
-
-from test_train_fit import _config, manifest  # noqa: F401  (the tiny 32 px export and its manifest)
 
 
 @pytest.fixture(autouse=True)

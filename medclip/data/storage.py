@@ -15,9 +15,9 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
-Location = Union[str, Path]  # a local path or a URL
+Location = str | Path  # a local path or a URL
 
 
 def is_url(location: Location | Any) -> bool:
