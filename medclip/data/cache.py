@@ -50,6 +50,7 @@ import medclip.io  # noqa: F401  (imported before the worker pool forks, so work
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data import storage
 from medclip.data.shards import Shard, missing_parts, parse_part_tag
+from medclip.model.preprocess import PreprocessConfig, preprocess
 
 CACHE_VERSION = 1
 #: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers).
@@ -81,39 +82,32 @@ class CacheConfig:
         d["volume_spacing"] = list(self.volume_spacing)
         return d
 
-
-def _parse_window(window: str) -> Any:
-    if isinstance(window, str) and "," in window:
-        c, w = window.split(",", 1)
-        return float(c), float(w)
-    return window
+    def preprocess_config(self) -> PreprocessConfig:
+        """What a model trained on this cache sees (``medclip fit`` saves it with the model)."""
+        return PreprocessConfig.from_dict(self.to_json(), strict=False)
 
 
-def preprocess_row(row: dict, config: CacheConfig) -> np.ndarray:
-    """Decode, window and resize one manifest row into the array stored in the cache."""
+def preprocess_row(row: dict, config: CacheConfig | PreprocessConfig) -> np.ndarray:
+    """Read one manifest row with the config's window and turn it into the array the model sees
+    (:func:`medclip.model.preprocess`): what the cache stores, the manifest datasets and eval yield."""
     from medclip.io import load_image, read_dicom_series
-    from medclip.io.volume import resample_volume
-    from medclip.io.windowing import to_model_input
 
-    window = _parse_window(config.window)
+    pre = config.preprocess_config() if isinstance(config, CacheConfig) else config
+    reduced = config.reduced_decode if isinstance(config, CacheConfig) else CacheConfig.reduced_decode
+    window = pre.window_spec
     if row.get("kind") == "volume":
-        # a 4D acquisition (fMRI, dynamic series) is represented by its first volume
+        # a 4D acquisition (fMRI, dynamic series) is represented by one volume (pre.volume_index, the first)
         files = row.get("files")
         if files is not None and len(files):
-            image = read_dicom_series(list(files), window=window, volume_index=0)
+            image = read_dicom_series(list(files), window=window, volume_index=pre.volume_index)
         else:
             is_nifti = str(row["path"]).lower().endswith((".nii", ".nii.gz"))
-            image = load_image(row["path"], window=window, frame=0 if is_nifti else None)
-        vol = resample_volume(image, spacing=tuple(config.volume_spacing), shape=tuple(config.volume_shape))
-        return np.clip(vol.array, 0.0, 1.0).astype(np.float16)
-    image = reduced_decode_image(row["path"], window, config.image_size) if config.reduced_decode else None
+            image = load_image(row["path"], window=window, frame=pre.volume_index if is_nifti else None)
+        return preprocess(image, pre, kind="volume")
+    image = reduced_decode_image(row["path"], window, pre.image_size) if reduced else None
     if image is None:
         image = load_image(row["path"], window=window)
-    if image.array.ndim == 3:  # a multi-frame 2D acquisition: the middle frame represents it
-        from dataclasses import replace
-
-        image = replace(image, array=image.array[image.array.shape[0] // 2])
-    return to_model_input(image, size=config.image_size)
+    return preprocess(image, pre)  # a multi-frame 2D acquisition: one frame (pre.frame, the middle) represents it
 
 
 #: JPEG Baseline (8-bit; Pillow/libjpeg-turbo scale the DCT by 1/2, 1/4, 1/8 while decoding)

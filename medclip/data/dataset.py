@@ -21,6 +21,7 @@ from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess
 from medclip.data.storage import as_location, open_file
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.distributed import distributed_info
+from medclip.model.preprocess import PreprocessConfig
 from medclip.seeding import epoch_seed
 
 TEXT_FIELDS = ("body", "text", "findings", "impression")
@@ -61,12 +62,15 @@ class ManifestDataset(Dataset):
 
     ``require_text``: True keeps only rows with report text; ``"text_or_labels"`` also keeps rows that have
     a known label (they get text from their labels in training). ``with_images=False``: items carry no
-    image (training from cached features)."""
+    image (training from cached features). ``config``: what the model sees (a checkpoint's
+    :class:`~medclip.model.preprocess.PreprocessConfig`, or a cache's config); default: ``image_size``
+    and ``window`` with the other defaults."""
 
     def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
                  window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,
                  text_transform: TextFn | None = None, image_transform: ImageFn | None = None,
-                 require_text: bool | str = False, config: CacheConfig | None = None, with_images: bool = True) -> None:
+                 require_text: bool | str = False, config: CacheConfig | PreprocessConfig | None = None,
+                 with_images: bool = True) -> None:
         df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
         if split is not None:
             df = df[df["split"] == split]

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .preprocess import PreprocessConfig
+
 #: Vision tower kinds: a timm 2D encoder, a MONAI 3D encoder, or a timm 2D encoder per slice.
 VISION_KINDS = ("timm", "monai3d", "slices2d")
 #: Text pooling over the token states.
@@ -109,6 +111,10 @@ class DualEncoderConfig:
     log(10) with ``init_logit_bias=-10`` (see :func:`medclip.model.losses.logit_init_for_loss`).
     ``extra``: free-form notes kept in ``config.json``; nothing in medclip reads them (operating
     points live in ``thresholds.json``, see :class:`medclip.checkpoint.CheckpointDir`).
+    ``preprocess``: what the model sees (:class:`~medclip.model.preprocess.PreprocessConfig`), written by
+    ``medclip fit`` from the data it trained on; None (a config.json from before it existed, a registry
+    model): the defaults, at the vision tower's ``image_size`` and the text tower's ``context_length``
+    (see :meth:`preprocess_config`).
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -119,18 +125,38 @@ class DualEncoderConfig:
     max_logit_scale: float = 100.0
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    preprocess: PreprocessConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
             self.vision = VisionConfig(**_known(VisionConfig, self.vision, "vision"))
         if isinstance(self.text, dict):
             self.text = TextConfig(**_known(TextConfig, self.text, "text"))
+        if isinstance(self.preprocess, Mapping):
+            self.preprocess = PreprocessConfig.from_dict(self.preprocess)
         if self.embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        wanted = self.preprocess.context_length if self.preprocess is not None else None
+        if wanted is not None and wanted > self.text.context_length:
+            raise ValueError(f"preprocess.context_length {wanted} is more than text.context_length "
+                             f"{self.text.context_length} (the most tokens the text tower takes)")
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """What the model sees, complete: :attr:`preprocess`, else the defaults at the vision tower's
+        ``image_size`` (the longer side of an (H, W) size); ``context_length`` filled from the text tower."""
+        cfg = self.preprocess
+        if cfg is None:
+            size = self.vision.image_size
+            cfg = PreprocessConfig(image_size=int(size) if isinstance(size, int) else max(int(s) for s in size))
+        if cfg.context_length is None:
+            cfg = cfg.with_(context_length=self.text.context_length)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict."""
-        return copy.deepcopy(asdict(self))
+        data = copy.deepcopy(asdict(self))
+        data["preprocess"] = self.preprocess.to_dict() if self.preprocess is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DualEncoderConfig":
