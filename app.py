@@ -39,9 +39,10 @@ from medclip.demo.render import (  # noqa: E402
 from medclip.demo.uploads import bundled_examples  # noqa: E402
 from medclip.io import WINDOW_PRESETS  # noqa: E402
 
-AUTO_WINDOW = "auto (from the file)"
+AUTO_WINDOW = "as trained (the model's window)"  # the default: the checkpoint's saved preprocessing
+FILE_WINDOW = "auto (from the file)"
 CUSTOM_WINDOW = "custom (center / width)"
-WINDOW_CHOICES = [AUTO_WINDOW, *WINDOW_PRESETS, CUSTOM_WINDOW]
+WINDOW_CHOICES = [AUTO_WINDOW, FILE_WINDOW, *WINDOW_PRESETS, CUSTOM_WINDOW]
 
 
 def _window_spec(choice: str, center: float | None, width: float | None):
@@ -51,7 +52,7 @@ def _window_spec(choice: str, center: float | None, width: float | None):
         if center is None or width is None or width < 1:
             raise ValueError("custom window needs a center and a width of at least 1")
         return float(center), float(width)
-    return "auto"
+    return "auto" if choice == FILE_WINDOW else None  # None: the window the model was trained with
 
 
 def _forget_upload(path: str | None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from torch import nn
 
 from medclip.checkpoint import CheckpointDir
 from medclip.inference.drafting import DraftedReport, ReportDrafter
-from medclip.inference.encoders import model_image_size
+from medclip.inference.encoders import model_preprocess
 from medclip.inference.thresholds import (
     DEFAULT_UNCERTAIN_MARGIN,
     OperatingPoint,
@@ -28,9 +28,10 @@ from medclip.inference.thresholds import (
     recalibrate_command,
 )
 from medclip.inference.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
-from medclip.io import MedicalImage, to_model_input
-from medclip.io.windowing import WindowSpec, check_window
+from medclip.io import MedicalImage
+from medclip.io.windowing import WindowSpec
 from medclip.knowledge import Graph
+from medclip.model.preprocess import PreprocessConfig, preprocess
 
 from .gallery import GALLERY_INFO, Gallery, GalleryMatch
 from .triage import ConceptCard, FindingResult, TriagePriority, concept_card, rank_findings, triage_priority
@@ -99,8 +100,9 @@ class TriageEngine:
         self.checkpoint_dir = checkpoint_dir
         self.gallery_note = gallery_note
         self.k_similar = k_similar
-        size = model_image_size(self.model)
-        self.image_size = int(size if isinstance(size, int) else max(size))
+        #: what the model sees: the checkpoint's saved preprocessing (window, size, slice choice)
+        self.preprocess: PreprocessConfig = model_preprocess(self.model)
+        self.image_size = self.preprocess.image_size
 
     @classmethod
     def load(
@@ -157,22 +159,15 @@ class TriageEngine:
         return engine
 
     # ----------------------------------------------------------------- what the model sees
-    def model_view(self, study: LoadedStudy | MedicalImage, window: WindowSpec = "auto",
+    def model_view(self, study: LoadedStudy | MedicalImage, window: WindowSpec = None,
                    slice_index: int | None = None) -> np.ndarray:
-        """The uint8 (S, S) image the model sees: one slice of a volume (default: the middle one),
-        windowed (``"auto"``, a preset name or (center, width); ignored for PNG/JPEG, which are
-        display values already), letterboxed to the model's input size."""
+        """The uint8 (S, S) image the model sees (:func:`medclip.model.preprocess` with the checkpoint's
+        preprocessing): one slice of a volume (default: the checkpoint's frame policy, the middle one),
+        windowed (None: the window the model was trained with; ``"auto"``, a preset name or
+        (center, width) to look through another; ignored for PNG/JPEG, which are display values
+        already), letterboxed to the model's input size."""
         image = study.image if isinstance(study, LoadedStudy) else study
-        check_window(window)
-        if window is None:
-            window = "auto"
-        if image.is_volume:
-            depth = image.array.shape[0]
-            index = depth // 2 if slice_index is None else int(slice_index)
-            if not 0 <= index < depth:
-                raise ValueError(f"slice {index} out of range: the volume has {depth} slices")
-            image = replace(image, array=image.array[index], spacing=image.spacing[1:], affine=None)
-        return to_model_input(image, self.image_size, window=window)
+        return preprocess(image, self.preprocess, slice_index=slice_index, window=window)
 
     # ----------------------------------------------------------------- prediction
     def encode(self, pixels: np.ndarray) -> torch.Tensor:
@@ -199,7 +194,7 @@ class TriageEngine:
         timings.update(encode=t1 - t0, classify=t2 - t1, similar=t3 - t2, draft=t4 - t3)
         return TriageResult(findings=findings, priority=priority, similar=similar, draft=draft, timings=timings)
 
-    def triage(self, study: LoadedStudy | MedicalImage, window: WindowSpec = "auto",
+    def triage(self, study: LoadedStudy | MedicalImage, window: WindowSpec = None,
                slice_index: int | None = None) -> tuple[np.ndarray, TriageResult]:
         """:meth:`model_view` then :meth:`predict`; returns the view and the result."""
         t0 = time.perf_counter()

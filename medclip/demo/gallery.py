@@ -32,13 +32,14 @@ from torch import nn
 from tqdm import tqdm
 
 from medclip.checkpoint import CheckpointDir, model_fingerprint
-from medclip.data.cache import CacheConfig, cache_shards, iter_cache, preprocess_row, read_cache_index
+from medclip.data.cache import cache_shards, iter_cache, preprocess_row, read_cache_index
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
 from medclip.fsutil import atomic_write
-from medclip.inference.encoders import model_image_size
+from medclip.inference.encoders import model_preprocess
 from medclip.inference.index import EmbeddingIndex
 from medclip.io.windowing import resize_to_square
+from medclip.model.preprocess import PreprocessConfig
 
 __all__ = ["Gallery", "GalleryError", "GalleryMatch", "build_gallery", "model_fingerprint"]
 
@@ -72,13 +73,12 @@ class GalleryMatch:
     thumbnail: Path | None
 
 
-def _image_size(model: nn.Module) -> int:
-    size = model_image_size(model)
-    if isinstance(size, tuple):
-        if len(set(size)) != 1:
-            raise GalleryError(f"the demo gallery needs a square model input, got image_size {size}")
-        size = size[0]
-    return int(size)
+def _preprocess(model: nn.Module) -> PreprocessConfig:
+    """The model's saved preprocessing (:func:`medclip.inference.model_preprocess`); a square input only."""
+    size = getattr(model, "image_size", None)  # an open_clip adapter's (H, W)
+    if isinstance(size, tuple) and len(set(size)) != 1:
+        raise GalleryError(f"the demo gallery needs a square model input, got image_size {size}")
+    return model_preprocess(model)
 
 
 def _manifest_images(manifest: str | Path | pd.DataFrame, split: str | None) -> pd.DataFrame:
@@ -91,8 +91,7 @@ def _manifest_images(manifest: str | Path | pd.DataFrame, split: str | None) -> 
     return df
 
 
-def _rows_from_manifest(df: pd.DataFrame, size: int) -> Iterator[tuple[dict, np.ndarray]]:
-    config = CacheConfig(image_size=size)
+def _rows_from_manifest(df: pd.DataFrame, config: PreprocessConfig) -> Iterator[tuple[dict, np.ndarray]]:
     for row in df.to_dict("records"):
         if row.get("kind", "image") != "image":
             continue
@@ -138,9 +137,14 @@ def build_gallery(
     (images embedded of those the source holds) and a line per later step.
     """
     source = manifest_or_cache
-    size = _image_size(model)
+    pre = _preprocess(model)
+    size = pre.image_size
     if isinstance(source, (str, Path)) and Path(source).is_dir():
-        read_cache_index(source)  # raises a clear CacheError for a folder that is not a cache
+        built = PreprocessConfig.from_dict(read_cache_index(source).get("config", {}), strict=False)  # CacheError: not a cache
+        if built.window != pre.window:
+            log.warning("gallery: the cache's images were windowed with %r, the model was trained with %r: "
+                        "build the gallery from the manifest to embed the model's own pixels",
+                        built.window, pre.window)
         total = sum(count for _, count in cache_shards(source, split))  # 2D or not: an upper bound
         rows = _rows_from_cache(Path(source), split, size)
         origin = f"cache {Path(source).name}"
@@ -148,11 +152,11 @@ def build_gallery(
         if not Path(source).is_file():
             raise FileNotFoundError(f"{source}: no manifest or cache folder there")
         images = _manifest_images(source, split)
-        total, rows = len(images), _rows_from_manifest(images, size)
+        total, rows = len(images), _rows_from_manifest(images, pre)
         origin = f"manifest {Path(source).name}"
     else:
         images = _manifest_images(source, split)
-        total, rows = len(images), _rows_from_manifest(images, size)
+        total, rows = len(images), _rows_from_manifest(images, pre)
         origin = "manifest (DataFrame)"
     out = Path(out_dir)
     (out / THUMBNAILS).mkdir(parents=True, exist_ok=True)

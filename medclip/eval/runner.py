@@ -27,7 +27,7 @@ from torch import nn
 from medclip.checkpoint import CheckpointDir
 from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
-from medclip.inference.encoders import describe_model, embed_images, embed_texts, load_model, model_image_size
+from medclip.inference.encoders import describe_model, embed_images, embed_texts, load_model, model_preprocess
 from medclip.inference.thresholds import DEFAULT_THRESHOLD, FALLBACK, OperatingPoint, calibrate, save_thresholds
 from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
@@ -113,6 +113,13 @@ class Evaluator:
     def _where(self) -> str:
         return str(self.manifest_path) if self.manifest_path else "manifest"
 
+    def dataset(self, frame: pd.DataFrame) -> ManifestDataset:
+        """The images of ``frame`` as the model sees them: the checkpoint's saved preprocessing (window,
+        size, slice; :func:`medclip.inference.model_preprocess`), so a model trained on a lung-window cache
+        is evaluated on lung-window pixels."""
+        return ManifestDataset(frame, config=model_preprocess(self.model), text_field=self.options.text_field,
+                               label_names=[])
+
     def split(self, name: str) -> EmbeddedSplit:
         """The embedded split ``name`` (computed once)."""
         if name not in self._splits:
@@ -131,9 +138,7 @@ class Evaluator:
                         break
                 df = df[df["patient_id"].isin(keep)]
             df = df.reset_index(drop=True)
-            size = model_image_size(self.model)
-            size = max(size) if isinstance(size, tuple) else size
-            dataset = ManifestDataset(df, image_size=int(size), text_field=self.options.text_field, label_names=[])
+            dataset = self.dataset(df)
             log.info("embedding %d images of split %s", len(df), name)
             feats = embed_images(self.model, dataset, self.options.batch_size, self.options.num_workers)
             texts = [report_text(r, self.options.text_field) for r in df.to_dict("records")]

@@ -7,7 +7,15 @@ bootstrap CIs, plots) lives in :mod:`medclip.eval`; the demo's page logic in :mo
 """
 
 from .drafting import DraftedReport, ReportDrafter
-from .encoders import describe_model, embed_images, embed_texts, load_model, logit_scale_of, model_image_size
+from .encoders import (
+    describe_model,
+    embed_images,
+    embed_texts,
+    load_model,
+    logit_scale_of,
+    model_image_size,
+    model_preprocess,
+)
 from .index import EmbeddingIndex, faiss_available
 from .openclip import OpenClipAdapter, is_open_clip
 from .thresholds import (
@@ -24,5 +32,5 @@ __all__ = [
     "DEFAULT_FINDINGS", "DEFAULT_THRESHOLD", "DEFAULT_UNCERTAIN_MARGIN", "DraftedReport", "EmbeddingIndex",
     "OpenClipAdapter", "PROMPT_STYLES", "ReportDrafter", "ZeroShotClassifier", "decide", "describe_model",
     "embed_images", "embed_texts", "faiss_available", "is_open_clip", "load_model", "load_thresholds",
-    "load_uncertain_margin", "logit_scale_of", "model_image_size", "save_thresholds",
+    "load_uncertain_margin", "logit_scale_of", "model_image_size", "model_preprocess", "save_thresholds",
 ]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medclip.model.preprocess import PreprocessConfig
+
 from .openclip import OpenClipAdapter, is_open_clip
 
 
@@ -33,6 +35,14 @@ def model_image_size(model: nn.Module) -> int | tuple[int, int]:
         return model.image_size
     size = model.config.vision.image_size  # DualEncoder
     return int(size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
+
+
+def model_preprocess(model: nn.Module) -> PreprocessConfig:
+    """What the model sees: a medclip checkpoint's saved :class:`PreprocessConfig` (its ``config.json``),
+    for an open_clip model the defaults at its input size (its own resize and mean/std follow in the adapter)."""
+    if isinstance(model, OpenClipAdapter):
+        return PreprocessConfig(image_size=max(model.image_size))
+    return model.config.preprocess_config()  # DualEncoder
 
 
 def logit_scale_of(model: nn.Module) -> float:
@@ -93,4 +103,4 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
         return {"kind": "open_clip", "name": model.name, "image_size": list(model.image_size)}
     cfg = model.config
     return {"kind": "medclip", "name": cfg.name, "vision": cfg.vision.name, "text": cfg.text.name or cfg.text.hf_config.get("model_type"),
-            "embed_dim": cfg.embed_dim, "image_size": cfg.vision.image_size}
+            "embed_dim": cfg.embed_dim, "image_size": cfg.vision.image_size, "preprocess": cfg.preprocess_config().to_dict()}

@@ -403,8 +403,8 @@ class MedClipDataModule(L.LightningDataModule):
         built = read_cache_index(self.cfg["cache_dir"]).get("config", {}).get("image_size")
         wanted = self.cfg.get("image_size")
         if train and built and wanted and built != wanted:
-            log.warning("%s holds %s px images, data.image_size is %s: the cache's size is used",
-                        self.cfg["cache_dir"], built, wanted)
+            log.warning("%s holds %s px images, data.image_size is %s: the cache's size is used (and saved with "
+                        "the model as what it sees, so eval and the demo use it too)", self.cfg["cache_dir"], built, wanted)
         rank, world = (0, 1) if whole else self._rank_and_world()
         kwargs.setdefault("seed", self.seed)
         kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train and not whole)

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from medclip.checkpoint import CheckpointDir
 from medclip.fsutil import atomic_write
+from medclip.model.preprocess import PreprocessConfig
 from medclip.train.config import ConfigError, load_config
 from medclip.train.data import MedClipDataModule, resolve_path
 from medclip.train.features import BackboneFeatures
@@ -183,6 +184,7 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
             model_cfg = module.hparams["model_cfg"]
             fresh = create_model(model_cfg["name"], pretrained=False, **dict(model_cfg.get("overrides") or {}))
             fresh.config.extra.update(module.model.config.extra)  # the training record
+            fresh.config.preprocess = module.model.config.preprocess  # what the model sees
             prefix = "model."
             fresh.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             fresh.save_pretrained(model_dir)
@@ -258,6 +260,35 @@ def use_feature_cache(cfg: Mapping[str, Any], model: Any) -> bool:
     return bool(wanted) and frozen and not augment
 
 
+def training_preprocess(data_cfg: Mapping[str, Any], model_config: Any) -> PreprocessConfig:
+    """What the model sees, as its training data was made (saved in its config.json, read by eval and the demo).
+
+    From the cache it trains on (the cache's ``CacheConfig``: window, size, volume grid), else from the data
+    config (``data.image_size``, ``data.dataset_kwargs.window``) for a manifest; with ``data.sources`` the first
+    source's (a warning when the sources differ). The text length is the model's ``text.context_length``, or
+    a smaller ``data.max_text_tokens``; a larger one is a ConfigError (the two used to clip each other silently).
+    """
+    from medclip.data.cache import read_cache_index
+    from medclip.model.preprocess import text_length
+
+    try:
+        tokens = text_length(model_config.text.context_length, data_cfg.get("max_text_tokens"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    window = (data_cfg.get("dataset_kwargs") or {}).get("window", "auto")
+    found = []
+    for spec in data_cfg.get("sources") or [data_cfg]:
+        if spec.get("cache_dir"):
+            built = read_cache_index(spec["cache_dir"]).get("config", {})
+            found.append(PreprocessConfig.from_dict(built, strict=False))
+        else:
+            found.append(PreprocessConfig(image_size=int(data_cfg.get("image_size") or 224), window=window))
+    if len(set(found)) > 1:
+        log.warning("data.sources were preprocessed differently (%s); the model records the first source's",
+                    "; ".join(f"window {p.window}, {p.image_size} px" for p in found))
+    return found[0].with_(context_length=tokens)
+
+
 def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Train a dual encoder as the config says; return the exported model folder (``<output_dir>/model``)."""
     cfg = load_config(config, overrides)
@@ -292,6 +323,9 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     if data_cfg.get("image_size") is None:
         model_size = module.model.config.vision.image_size
         data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
+    # what the model sees, saved with it; data.max_text_tokens becomes the one text length (see training_preprocess)
+    module.model.config.preprocess = training_preprocess(data_cfg, module.model.config)
+    data_cfg["max_text_tokens"] = module.model.config.preprocess.context_length
     cached = use_feature_cache(cfg, module.model)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg["text_pretrain"].get("enabled") and ckpt_path is None:  # a resumed run has its trained weights
