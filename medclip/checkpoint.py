@@ -4,11 +4,11 @@
 points and the report drafter; the demo adds its gallery and reads everything::
 
     <checkpoint>/
-        config.json          model config                      (medclip.model.dual_encoder.CONFIG_NAME)
+        config.json          model config, with what the model sees under "preprocess" (window, size, slice
+                             choice, text length: medclip.model.PreprocessConfig)  (medclip.model.dual_encoder.CONFIG_NAME)
         model.safetensors    weights                           (medclip.model.dual_encoder.WEIGHTS_NAME)
         tokenizer files      written by the tokenizer's save_pretrained (vocab.txt, tokenizer.json, ...)
         provenance.json      the model fingerprint, computed once from the weights (cached by size and mtime)
-        preprocess.json      what the model sees (window, size, slices); slot, written by a later change
         thresholds.json      per-finding operating points chosen on a validation split (medclip eval)
         drafter/             the report drafter medclip eval scored and the demo serves
         gallery/             the demo's reference gallery (embeddings, scrubbed reports, thumbnails)
@@ -44,7 +44,7 @@ from medclip.fsutil import atomic_write
 from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = [
-    "DRAFTER_DIR", "EVAL_DIR", "GALLERY_DIR", "PREPROCESS_FILE", "PROVENANCE_FILE", "THRESHOLDS_FILE",
+    "DRAFTER_DIR", "EVAL_DIR", "GALLERY_DIR", "PROVENANCE_FILE", "THRESHOLDS_FILE",
     "CheckpointDir", "StaleFileError", "model_fingerprint", "write_json",
 ]
 
@@ -52,8 +52,6 @@ THRESHOLDS_FILE = "thresholds.json"
 DRAFTER_DIR = "drafter"
 GALLERY_DIR = "gallery"
 EVAL_DIR = "eval"
-#: Slot for the model's preprocessing config (issue 9.1 writes it); nothing reads it yet.
-PREPROCESS_FILE = "preprocess.json"
 PROVENANCE_FILE = "provenance.json"
 STALE_DIR = "stale"
 STALE_NOTE = "STALE.txt"
@@ -134,11 +132,6 @@ class CheckpointDir:
     def provenance(self) -> Path:
         """``provenance.json``: the cached model fingerprint."""
         return self.path / PROVENANCE_FILE
-
-    @property
-    def preprocess(self) -> Path:
-        """``preprocess.json``: what the model sees (slot; not written yet)."""
-        return self.path / PREPROCESS_FILE
 
     @property
     def thresholds(self) -> Path:

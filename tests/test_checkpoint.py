@@ -28,7 +28,9 @@ def test_layout_uses_the_model_file_names(saved) -> None:
     assert ckpt.config.name == CONFIG_NAME and ckpt.weights.name == WEIGHTS_NAME and ckpt.is_model()
     assert [p.name for p in (ckpt.thresholds, ckpt.drafter, ckpt.gallery, ckpt.eval_dir)] == [
         "thresholds.json", "drafter", "gallery", "eval"]
-    assert all(p.parent == ckpt.path for p in (ckpt.preprocess, ckpt.provenance))
+    assert ckpt.provenance.parent == ckpt.path
+    # what the model sees lives in config.json ("preprocess"), not in a file of its own
+    assert not hasattr(ckpt, "preprocess") and "preprocess" in json.loads(ckpt.config.read_text())
     assert ckpt.load_model().config.embed_dim == 32
 
 
