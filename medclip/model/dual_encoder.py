@@ -65,7 +65,7 @@ class DualEncoder(nn.Module):
         """Longest token sequence a text is truncated to: the model's preprocessing text length
         (:meth:`DualEncoderConfig.preprocess_config`, at most ``text.context_length``)."""
         return min(self.config.preprocess_config().context_length or self.config.text.context_length,
-                   self.text.max_positions)
+                   self.config.text.context_length, self.text.max_positions)
 
     def tokenize(self, texts: list[str] | tuple[str, ...], max_length: int | None = None) -> BatchEncoding:
         """Token ids and attention masks (torch), padded to the longest text of the batch and
