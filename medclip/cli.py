@@ -141,6 +141,8 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-decode", action="store_true",
                    help="decode JPEG / JPEG 2000 DICOM at full size (default: at the codec's reduced resolution "
                         "still >= 2x --image-size, several times faster, same image within ~1 grey level)")
+    p.add_argument("--all-volumes", action="store_true",
+                   help="4D series (fMRI, dynamic CT/MR): cache every volume as its own sample (default: the first)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="rebuild even if the folder holds a cache with other settings")
     _add_shard_flags(p, "tar shards", "merge the parts into cache.json (the last task does this by itself)")
@@ -156,7 +158,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return 0
     cfg = CacheConfig(image_size=args.image_size, window=args.window, volume_shape=tuple(args.volume_shape),
                       volume_spacing=tuple(args.volume_spacing), shard_size=args.shard_size,
-                      reduced_decode=not args.full_decode)
+                      reduced_decode=not args.full_decode, all_volumes=args.all_volumes)
     res = build_cache(args.manifest, args.output, config=cfg, workers=args.workers, progress=not args.quiet,
                       overwrite=args.overwrite, shard=_shard_of(args))
     print(res.summary())

@@ -37,18 +37,19 @@ import os
 import random
 import tarfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 import medclip.io  # noqa: F401  (imported before the worker pool forks, so workers start warm)
-from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data import storage
+from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data.shards import Shard, missing_parts, parse_part_tag
 from medclip.model.preprocess import PreprocessConfig, preprocess
 
@@ -75,6 +76,9 @@ class CacheConfig:
     #: decode JPEG / JPEG 2000 DICOM at the smallest power-of-two reduction still >= 2 x image_size (DCT
     #: scaling, resolution levels) instead of full size; False: the full decode (slower, same within ~1 grey level)
     reduced_decode: bool = True
+    #: 4D series (fMRI, dynamic / multi-phase CT and MR): one sample per volume (key ``<image_id>_v000`` ...,
+    #: meta ``volume_index`` / ``volumes``) instead of the first volume only
+    all_volumes: bool = False
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -87,23 +91,47 @@ class CacheConfig:
         return PreprocessConfig.from_dict(self.to_json(), strict=False)
 
 
+def read_volume_row(row: dict, window: Any, volume_index: int | None) -> Any:
+    """The windowed volume of a manifest row (its DICOM files, a series folder, a multi-frame DICOM file or a
+    NIfTI file); ``volume_index`` picks one volume of 4D data, None raises :class:`medclip.io.MultiVolumeError`
+    (which says how many there are) for 4D data and reads 3D data once."""
+    from medclip.io import load_image, read_dicom, read_dicom_series
+    from medclip.io.loader import detect_format
+
+    files = row.get("files")
+    if files is not None and len(files):
+        return read_dicom_series(list(files), window=window, volume_index=volume_index)
+    path = row["path"]
+    if detect_format(path) == "dicom":  # one multi-frame file: frame= would pick a 2D frame, not a volume
+        return read_dicom(path, window=window, volume_index=volume_index)
+    return load_image(path, window=window, frame=volume_index)  # NIfTI / a series folder: frame = volume
+
+
+def preprocess_volumes(row: dict, config: CacheConfig) -> list[tuple[int | None, np.ndarray]]:
+    """Every volume of a volume row as ``(volume_index, array)``: one ``(None, array)`` for 3D data (read
+    once), ``(k, array)`` for each volume k of 4D data (``CacheConfig.all_volumes``)."""
+    from medclip.io import MultiVolumeError
+
+    pre = config.preprocess_config()
+    try:
+        return [(None, preprocess(read_volume_row(row, pre.window_spec, None), pre, kind="volume"))]
+    except MultiVolumeError as exc:
+        n_volumes = exc.n_volumes
+    return [(k, preprocess(read_volume_row(row, pre.window_spec, k), pre, kind="volume")) for k in range(n_volumes)]
+
+
 def preprocess_row(row: dict, config: CacheConfig | PreprocessConfig) -> np.ndarray:
     """Read one manifest row with the config's window and turn it into the array the model sees
     (:func:`medclip.model.preprocess`): what the cache stores, the manifest datasets and eval yield."""
-    from medclip.io import load_image, read_dicom_series
+    from medclip.io import load_image
 
     pre = config.preprocess_config() if isinstance(config, CacheConfig) else config
     reduced = config.reduced_decode if isinstance(config, CacheConfig) else CacheConfig.reduced_decode
     window = pre.window_spec
     if row.get("kind") == "volume":
-        # a 4D acquisition (fMRI, dynamic series) is represented by one volume (pre.volume_index, the first)
-        files = row.get("files")
-        if files is not None and len(files):
-            image = read_dicom_series(list(files), window=window, volume_index=pre.volume_index)
-        else:
-            is_nifti = str(row["path"]).lower().endswith((".nii", ".nii.gz"))
-            image = load_image(row["path"], window=window, frame=pre.volume_index if is_nifti else None)
-        return preprocess(image, pre, kind="volume")
+        # a 4D acquisition (fMRI, dynamic series) is represented by one volume (pre.volume_index, the first);
+        # CacheConfig.all_volumes caches them all (preprocess_volumes)
+        return preprocess(read_volume_row(row, window, pre.volume_index), pre, kind="volume")
     image = reduced_decode_image(row["path"], window, pre.image_size) if reduced else None
     if image is None:
         image = load_image(row["path"], window=window)
@@ -209,14 +237,22 @@ def _encode_npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _work(args: tuple[dict, CacheConfig]) -> tuple[str, bytes | None, str]:
+def _work(args: tuple[dict, CacheConfig]) -> list[tuple[str, bytes | None, str, dict]]:
+    """The samples of one row: ``(key, npy bytes or None, reason skipped, extra meta)``; several for a 4D
+    series with ``all_volumes`` (keys ``<image_id>_vNNN``)."""
     row, config = args
     try:
-        arr = preprocess_row(row, config)
-        return row["image_id"], _encode_npy(arr), ""
+        if config.all_volumes and row.get("kind") == "volume":
+            volumes = preprocess_volumes(row, config)
+            if volumes[0][0] is not None:  # 4D: one sample per volume
+                return [(f"{row['image_id']}_v{k:03d}", _encode_npy(arr), "",
+                         {"volume_index": k, "volumes": len(volumes), "source_image_id": row["image_id"]})
+                        for k, arr in volumes]
+            return [(row["image_id"], _encode_npy(volumes[0][1]), "", {})]
+        return [(row["image_id"], _encode_npy(preprocess_row(row, config)), "", {})]
     except Exception as exc:  # counted and listed, never fatal
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return row["image_id"], None, str(reason)[:200]
+        return [(row["image_id"], None, str(reason)[:200], {})]
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -317,16 +353,18 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
             args = [(r, config) for r in recs]
             outputs = pool.map(_work, args, chunksize=4) if pool else map(_work, args)
             with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for image_id, data, reason in outputs:
+                for rec, samples in zip(recs, outputs):
                     bar.update()
-                    if data is None:
-                        index["skipped"][image_id] = reason
-                        result.skipped[image_id] = reason
-                        continue
-                    _add_bytes(tar, f"{image_id}.image.npy", data)
-                    _add_bytes(tar, f"{image_id}.meta.json", json.dumps(_sample_meta(by_id[image_id], labels)).encode())
-                    index["skipped"].pop(image_id, None)
-                    count += 1
+                    for key, data, reason, extra in samples:
+                        if data is None:
+                            index["skipped"][key] = reason
+                            result.skipped[key] = reason
+                            continue
+                        meta = {**_sample_meta(by_id[rec["image_id"]], labels), **extra, "image_id": key}
+                        _add_bytes(tar, f"{key}.image.npy", data)
+                        _add_bytes(tar, f"{key}.meta.json", json.dumps(meta).encode())
+                        index["skipped"].pop(key, None)
+                        count += 1
             storage.upload(tmp, target)
             Path(tmp).unlink(missing_ok=True)
             index["shards"][name] = {"split": split, "count": count, "ids_hash": _ids_hash(recs)}
