@@ -124,3 +124,32 @@ def test_fit_refuses_more_text_tokens_than_the_model_takes(ct_manifest: Path, tm
     with pytest.raises(ConfigError, match="data.max_text_tokens = 512 is more than the model's text context length"):
         fit(_fit_config({"manifest": str(ct_manifest)}, tmp_path / "run", max_text_tokens=512))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_gallery_embeds_the_pixels_the_model_was_trained_on(ct_manifest: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from safetensors.torch import load_file
+
+    from medclip.data.cache import CacheConfig, build_cache, preprocess_row
+    from medclip.data.manifest import read_manifest
+    from medclip.demo.gallery import GALLERY_EMBEDDINGS, GALLERY_TABLE, build_gallery
+    from medclip.model import PreprocessConfig, create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-test", vision={"image_size": 32}).eval()
+    model.config.preprocess = PreprocessConfig(image_size=32, window="lung")
+    out = build_gallery(model, ct_manifest, tmp_path / "gallery", split="val")
+    ids = pd.read_parquet(out / GALLERY_TABLE)["image_id"].tolist()
+    rows = read_manifest(ct_manifest).set_index("image_id")
+    pixels = np.stack([preprocess_row({**rows.loc[i].to_dict(), "image_id": i}, PreprocessConfig(image_size=32, window="lung"))
+                       for i in ids])
+    with torch.no_grad():
+        expected = model.encode_image(torch.from_numpy(pixels).float().div(255.0)[:, None], normalize=True)
+    torch.testing.assert_close(load_file(str(out / GALLERY_EMBEDDINGS))["image"], expected)
+
+    # a cache windowed otherwise than the model: built, with a warning that names both windows
+    cache = tmp_path / "cache"
+    build_cache(ct_manifest, cache, config=CacheConfig(image_size=32, shard_size=8), workers=1, progress=False)
+    with caplog.at_level("WARNING", logger="medclip.demo.gallery"):
+        build_gallery(model, cache, tmp_path / "gallery2", split="val")
+    assert "windowed with 'auto', the model was trained with 'lung'" in caplog.text
