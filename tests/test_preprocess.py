@@ -8,20 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from test_train_fit import one_torch_thread  # noqa: F401 (autouse fixture: one CPU thread)
 
 from medclip.model import DualEncoderConfig, PreprocessConfig, preprocess, text_length
-
-pydicom = pytest.importorskip("pydicom")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------------------------- the config
 

@@ -11,16 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_train_fit import one_torch_thread  # noqa: F401 (autouse fixture: one CPU thread)
 
 pydicom = pytest.importorskip("pydicom")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _ct_file() -> Path:
