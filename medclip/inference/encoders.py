@@ -42,7 +42,8 @@ def model_preprocess(model: nn.Module) -> PreprocessConfig:
     for an open_clip model the defaults at its input size (its own resize and mean/std follow in the adapter)."""
     if isinstance(model, OpenClipAdapter):
         return PreprocessConfig(image_size=max(model.image_size))
-    return model.config.preprocess_config()  # DualEncoder
+    config: Any = model.config  # a DualEncoder's DualEncoderConfig
+    return config.preprocess_config()
 
 
 def logit_scale_of(model: nn.Module) -> float:
