@@ -85,8 +85,8 @@ class TriageEngine:
         gallery_note: str = "",
         k_similar: int = 4,
     ) -> None:
-        if getattr(getattr(getattr(model, "config", None), "vision", None), "is_volume", False):
-            raise ValueError("this checkpoint's vision tower takes 3D volumes; the triage demo serves 2D image models")
+        #: a 3D checkpoint (CT/MR volume tower): it reads volumes (a DICOM series or a NIfTI upload)
+        self.is_volume = bool(getattr(getattr(getattr(model, "config", None), "vision", None), "is_volume", False))
         self.model = model.eval()
         self.graph = graph or Graph.load()
         self.classifier = ZeroShotClassifier.from_model(self.model, DEFAULT_FINDINGS if findings is None else findings,
@@ -102,6 +102,8 @@ class TriageEngine:
         self.k_similar = k_similar
         #: what the model sees: the checkpoint's saved preprocessing (window, size, slice choice)
         self.preprocess: PreprocessConfig = model_preprocess(self.model)
+        if self.is_volume and getattr(self.model.config, "preprocess", None) is None:  # no saved grid: the tower's
+            self.preprocess = self.preprocess.with_(volume_shape=tuple(self.model.config.vision.image_size))
         self.image_size = self.preprocess.image_size
 
     @classmethod
@@ -167,17 +169,56 @@ class TriageEngine:
         (center, width) to look through another; ignored for PNG/JPEG, which are display values
         already), letterboxed to the model's input size."""
         image = study.image if isinstance(study, LoadedStudy) else study
+        if self.is_volume:  # a 3D model: the slice of the volume it sees (resampled to its grid)
+            return self._volume_slice(self.model_volume(image, window), image, slice_index)
         return preprocess(image, self.preprocess, slice_index=slice_index, window=window)
+
+    def model_volume(self, study: LoadedStudy | MedicalImage, window: WindowSpec = None) -> np.ndarray:
+        """The float16 (D, H, W) volume in [0, 1] a 3D model sees: windowed (None: as trained) and resampled
+        to the checkpoint's volume grid. A 2D upload is refused with what to upload instead."""
+        from dataclasses import replace
+
+        from medclip.io.windowing import window_image
+
+        image = study.image if isinstance(study, LoadedStudy) else study
+        if not image.is_volume:
+            raise ValueError("this checkpoint reads CT/MR volumes: upload a series (a zip of its DICOM files) or a "
+                             "NIfTI file, not a 2D image")
+        if image.metadata.get("window") is None:  # modality values (HU for CT): window as trained, or as asked
+            meta = image.metadata
+            file_window = None
+            if meta.get("file_window_center") is not None and meta.get("file_window_width") is not None:
+                file_window = (meta["file_window_center"], meta["file_window_width"], meta.get("voi_lut_function") or "LINEAR")
+            array, used = window_image(image.array, self.preprocess.window_spec if window is None else window,
+                                       file_window=file_window, monochrome1=meta.get("photometric") == "MONOCHROME1")
+            image = replace(image, array=array, metadata={**meta, **used})
+        return preprocess(image, self.preprocess, kind="volume")
+
+    @staticmethod
+    def _volume_slice(volume: np.ndarray, image: MedicalImage, slice_index: int | None) -> np.ndarray:
+        """uint8 slice of the model's volume; ``slice_index`` counts the upload's slices (mapped onto the grid)."""
+        depth = volume.shape[0]
+        if slice_index is None:
+            index = depth // 2
+        else:
+            slices = int(image.array.shape[0])
+            if not 0 <= int(slice_index) < slices:
+                raise ValueError(f"slice {slice_index} out of range: the volume has {slices} slices")
+            index = round(int(slice_index) * (depth - 1) / max(slices - 1, 1))
+        return np.round(volume[index].astype(np.float32) * 255.0).astype(np.uint8)
 
     # ----------------------------------------------------------------- prediction
     def encode(self, pixels: np.ndarray) -> torch.Tensor:
-        """Image embedding (1, E) of a uint8 (S, S) model view."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)[None, None]
+        """Image embedding (1, E) of a uint8 (S, S) model view, or of a (D, H, W) volume in [0, 1] (3D models)."""
+        if pixels.ndim == 3:
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)[None, None]
         with torch.inference_mode():
             return self.model.encode_image(x, normalize=True).float()
 
     def predict(self, pixels: np.ndarray) -> TriageResult:
-        """Findings, priority, similar studies and a drafted report for one model view."""
+        """Findings, priority, similar studies and a drafted report for one model view (a volume for 3D models)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         features = self.encode(pixels)
@@ -196,11 +237,17 @@ class TriageEngine:
 
     def triage(self, study: LoadedStudy | MedicalImage, window: WindowSpec = None,
                slice_index: int | None = None) -> tuple[np.ndarray, TriageResult]:
-        """:meth:`model_view` then :meth:`predict`; returns the view and the result."""
+        """:meth:`model_view` then :meth:`predict`; returns the view and the result. A 3D model predicts on
+        the whole volume (:meth:`model_volume`); the view is the chosen slice of it."""
         t0 = time.perf_counter()
-        pixels = self.model_view(study, window, slice_index)
+        if self.is_volume:
+            image = study.image if isinstance(study, LoadedStudy) else study
+            volume = self.model_volume(image, window)
+            pixels = self._volume_slice(volume, image, slice_index)
+        else:
+            pixels = volume = self.model_view(study, window, slice_index)
         t1 = time.perf_counter()
-        result = self.predict(pixels)
+        result = self.predict(volume)
         result.timings = {"view": t1 - t0, **result.timings}
         return pixels, result
 
