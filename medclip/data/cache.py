@@ -203,7 +203,7 @@ def reduced_decode_image(path: str | Path, window: Any, size: int) -> Any:
                     return None
                 im.draft("L", (want[1], want[0]))
             else:
-                im.reduce = {8: 3, 4: 2, 2: 1}[factor]
+                im.reduce = {8: 3, 4: 2, 2: 1}[factor]  # type: ignore[method-assign,assignment]  # Jpeg2KImageFile: levels to skip
             im.load()
             stored = np.asarray(im)
     except Exception:  # noqa: BLE001  (Pillow cannot: the full decoder decides, with its own error)
@@ -346,8 +346,8 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
 
                 tmp = process_temp_dir("cache") / name.replace("/", "-")
             else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".tar.tmp")
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(target).with_suffix(".tar.tmp")
             by_id = {r["image_id"]: r for r in recs}
             count = 0
             args = [(r, config) for r in recs]
@@ -420,7 +420,7 @@ def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -
     first = parts[0][1]
     for s, part in parts:
         if part.get("config") != first.get("config") or part.get("version") != first.get("version"):
-            raise CacheError(f"{cache_dir}: part {s.index} of {count} was built with other settings")
+            raise CacheError(f"{cache_dir}: part {s.index if s else '?'} of {count} was built with other settings")
     all_names = first.get("all_shards", [])
     merged = {"version": first["version"], "config": first["config"], "shards": {}, "skipped": {},
               "labels": first.get("labels", [])}
@@ -495,7 +495,8 @@ def _iter_tar(handle: Any) -> Iterator[dict]:
                 yield current
                 current = {}
             current["__key__"] = key
-            data = tar.extractfile(member).read()
+            handle = tar.extractfile(member)
+            data = handle.read() if handle is not None else b""
             if ext == "image.npy":
                 current["image"] = np.load(io.BytesIO(data), allow_pickle=False)
             elif ext == "meta.json":

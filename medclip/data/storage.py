@@ -30,7 +30,7 @@ def as_location(location: Location | os.PathLike[str]) -> Location:
     """A URL stays a string (``Path`` would fold ``s3://`` into ``s3:/``); anything else becomes a ``Path``."""
     if isinstance(location, str) and location.startswith("file://"):
         return Path(location[len("file://"):])
-    return location if is_url(location) else Path(location)
+    return str(location) if is_url(location) else Path(location)
 
 
 def join(base: Location, *names: str) -> Location:

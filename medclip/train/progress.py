@@ -61,9 +61,9 @@ class PlainProgress(L.Callback):
     def _batch_size(batch: Any) -> int:
         if isinstance(batch, Mapping):
             for key in ("image", "features", "input_ids", "labels"):
-                value = batch.get(key)
-                if hasattr(value, "shape") and len(value.shape):
-                    return int(value.shape[0])
+                shape = getattr(batch.get(key), "shape", None)
+                if shape is not None and len(shape):
+                    return int(shape[0])
             text = batch.get("text")
             if isinstance(text, (list, tuple)):
                 return len(text)
