@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from medclip.logging_setup import setup_logging, verbosity_of
@@ -55,6 +57,24 @@ def _add_shard_flags(p: argparse.ArgumentParser, what: str, merge_help: str) -> 
     p.add_argument("--merge", action="store_true", help=f"after all array tasks: {merge_help}")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's time limit or scancel) raises KeyboardInterrupt in the block, so it can save its
+    progress like Ctrl-C; the previous handler is restored after (main thread only: elsewhere nothing changes)."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _shard_of(args: argparse.Namespace):
     from medclip.data.shards import resolve_shard
 
@@ -65,10 +85,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from medclip.data.indexer import index_export, skipped_path
 
     shard = None if args.merge else _shard_of(args)
-    res = index_export(args.export_dir, args.output, reports=args.reports, report_key=args.report_key,
-                       link_on=args.link_on, salt=args.salt, fractions=args.split, seed=args.seed,
-                       workers=args.workers, verify_pixels=not args.no_verify, incremental=not args.full,
-                       progress=not args.quiet, shard=shard, merge=args.merge, checkpoint_every=args.checkpoint_every)
+    with _sigterm_as_interrupt():  # SLURM's time limit: progress is saved, a resubmitted task resumes
+        res = index_export(args.export_dir, args.output, reports=args.reports, report_key=args.report_key,
+                           link_on=args.link_on, salt=args.salt, fractions=args.split, seed=args.seed,
+                           workers=args.workers, verify_pixels=not args.no_verify, incremental=not args.full,
+                           progress=not args.quiet, shard=shard, merge=args.merge,
+                           checkpoint_every=args.checkpoint_every)
     if res.part_path is not None:
         print(f"index part {shard.index + 1} of {shard.count}: {res.files_seen} files, {res.files_read} read, "
               f"{res.files_reused} unchanged, {sum(res.skipped.values())} skipped -> {res.part_path}")

@@ -16,34 +16,94 @@ class Killed(Exception):
     pass
 
 
-def test_killed_index_run_resumes_where_it_stopped(tmp_path, monkeypatch):
-    full = index_export(SAMPLE, tmp_path / "ref" / "m.parquet", reports=SAMPLE / "reports.csv", salt=SALT,
-                        workers=1, progress=False)
-    n_files = full.files_read
-    real = indexer.read_file_record
-    read: list[str] = []
+READ_FILE_RECORD = indexer.read_file_record
+
+
+def _reading(monkeypatch, read: list[str], fail_after: int | None = None) -> None:
+    """Count the files the indexer reads; raise (a crash in the run) when ``fail_after`` have been read."""
+    real = READ_FILE_RECORD
 
     def counting(args):
-        if len(read) == 23:  # the process dies while reading file 24
+        if fail_after is not None and len(read) == fail_after:
             raise Killed()
         read.append(args[0])
         return real(args)
 
     monkeypatch.setattr(indexer, "read_file_record", counting)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "m.parquet"
+    res = index_export(SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False)
+    return res, out
+
+
+def test_a_run_that_fails_keeps_what_it_read_and_resumes(tmp_path, monkeypatch, reference):
+    full, ref = reference
     out = tmp_path / "run" / "m.parquet"
+    read: list[str] = []
+    _reading(monkeypatch, read, fail_after=23)
     with pytest.raises(Killed):
         index_export(SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False,
                      checkpoint_every=10)
     assert not out.exists()  # no half manifest
     first = list(read)
     read.clear()
-    monkeypatch.setattr(indexer, "read_file_record", real)
-    monkeypatch.setattr(indexer, "read_file_record", lambda args: (read.append(args[0]), real(args))[1])
+    _reading(monkeypatch, read)
     res = index_export(SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False,
                        checkpoint_every=10)
-    assert res.files_reused == 20 and res.files_read == n_files - 20  # saved after 10 and 20 files
-    assert read == [p for p in _all(SAMPLE) if p not in first[:20]]  # only the files not saved yet
-    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out)), _sorted(pd.read_parquet(tmp_path / "ref" / "m.parquet")))
+    assert res.files_reused == 23 and res.files_read == full.files_read - 23  # saved when it failed
+    assert read == [p for p in _all(SAMPLE) if p not in first]  # only the files not read before
+    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out)), _sorted(pd.read_parquet(ref)))
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import medclip.data.indexer as indexer
+real, read = indexer.read_file_record, []
+def reading(args):
+    if len(read) == 23:
+        os.kill(os.getpid(), signal.SIGKILL)  # the node dies: no exception handler runs
+    read.append(args[0])
+    return real(args)
+indexer.read_file_record = reading
+indexer.index_export(sys.argv[1], sys.argv[2], reports=sys.argv[3], salt=sys.argv[4], workers=1, progress=False,
+                     checkpoint_every=10)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, reference):
+    """SIGKILL after 23 files: the checkpoint saved after 20 files survives; only the rest is read again."""
+    import signal
+    import subprocess
+    import sys
+
+    full, ref = reference
+    out = tmp_path / "run" / "m.parquet"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(SAMPLE), str(out), str(SAMPLE / "reports.csv"), SALT],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists() and indexer._state_path(out).exists()
+    read: list[str] = []
+    _reading(monkeypatch, read)
+    res = index_export(SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False)
+    assert res.files_reused == 20 and res.files_read == full.files_read - 20
+    assert read == _all(SAMPLE)[20:]
+    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out)), _sorted(pd.read_parquet(ref)))
+
+
+def test_sigterm_becomes_an_interrupt_while_indexing():
+    """`medclip index` turns SIGTERM (SLURM's time limit, scancel) into KeyboardInterrupt, so progress is saved."""
+    import os
+    import signal
+
+    from medclip.cli import _sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def _all(root) -> list[str]:

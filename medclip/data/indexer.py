@@ -629,6 +629,12 @@ def _read_records(root: Path, state: dict[str, dict], shard: Shard, salt: str, v
         else:
             for args in todo:
                 add(read_file_record(args))
+    except BaseException:
+        # Ctrl-C, SIGTERM at a SLURM time limit (medclip index turns it into KeyboardInterrupt), a broken worker
+        # pool: keep what was read. A SIGKILL leaves the last periodic checkpoint.
+        if done:
+            checkpoint()
+        raise
     finally:
         bar.close()
     return records, len(files), len(todo), reused
