@@ -127,3 +127,17 @@ def test_cli_cache_to_a_bucket(s3, local):
     assert main(["cache", str(local / "manifest.parquet"), "-o", f"{s3}/cli/cache", "--image-size", "32",
                  "--shard-size", "16", "--workers", "1", "-q"]) == 0
     assert read_cache_index(f"{s3}/cli/cache") == read_cache_index(local / "cache")
+
+
+def test_a_recipe_writes_its_manifest_to_a_bucket(s3, tmp_path):
+    import importlib.util
+
+    from test_sharded_preprocessing import REPO
+
+    spec = importlib.util.spec_from_file_location("kermany_recipe", REPO / "datasets" / "kermany_pneumonia" / "recipe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sample = REPO / "datasets" / "sample" / "kermany"
+    assert mod.main([str(sample), "-o", f"{s3}/recipes/kermany.parquet", "--salt", SALT]) == 0
+    df = read_manifest(f"{s3}/recipes/kermany.parquet")
+    assert len(df) == 360 and all(p.startswith(str(sample.resolve())) for p in df["path"])

@@ -39,11 +39,18 @@ def label_columns_from(df: pd.DataFrame, names: list[str]) -> dict[str, str]:
     return {n: LABEL_PREFIX + concept_id(n) for n in names if n in df.columns}
 
 
+def _location(text: str) -> str | Path:
+    from medclip.data.storage import as_location
+
+    return as_location(text)
+
+
 def recipe_parser(description: str) -> argparse.ArgumentParser:
     """The command line every recipe shares: ROOT -o MANIFEST [--salt] [--split] [--seed]."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("root", type=Path, help="the dataset folder, as published")
-    ap.add_argument("-o", "--output", type=Path, required=True, help="manifest .parquet to write")
+    ap.add_argument("-o", "--output", type=_location, required=True,
+                    help="manifest .parquet to write (a path, or a URL such as s3://bucket/manifest.parquet)")
     ap.add_argument("--salt", help="hashing salt (default: $MEDCLIP_SALT)")
     ap.add_argument("--seed", type=int, default=0, help="split seed when the dataset has no official split")
     ap.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is absent")
