@@ -141,20 +141,14 @@ def check_train_split(config: dict) -> None:
     )
 
 
-def _location(text: str):
-    """A local path, or an fsspec URL kept as text (``Path`` would fold ``s3://`` into ``s3:/``)."""
-    from medclip.data.storage import as_location
-
-    return as_location(text)
-
-
 def _add_cache(sub: argparse._SubParsersAction) -> None:
     from medclip.data.cache import CacheConfig
+    from medclip.data.storage import as_location  # a path, or a URL kept as text (Path folds s3:// into s3:/)
 
     d = CacheConfig()
     p = sub.add_parser("cache", help="decode, window and resize every manifest image once into WebDataset shards")
-    p.add_argument("manifest", type=_location, help="manifest .parquet (a path or a URL such as s3://bucket/m.parquet)")
-    p.add_argument("-o", "--output", type=_location, required=True, help="cache folder, or a URL (s3://bucket/cache)")
+    p.add_argument("manifest", type=as_location, help="manifest .parquet (a path or a URL such as s3://bucket/m.parquet)")
+    p.add_argument("-o", "--output", type=as_location, required=True, help="cache folder, or a URL (s3://bucket/cache)")
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--window", default=d.window, help="auto | lung | mediastinum | bone | brain | abdomen | C,W")
     p.add_argument("--volume-shape", type=int, nargs=3, default=d.volume_shape, metavar=("D", "H", "W"))

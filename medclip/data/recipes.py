@@ -12,6 +12,7 @@ import pandas as pd
 
 from medclip.data.manifest import LABEL_PREFIX, manifest_from_records, write_manifest
 from medclip.data.splits import patients_in_several_splits
+from medclip.data.storage import as_location
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,17 +40,11 @@ def label_columns_from(df: pd.DataFrame, names: list[str]) -> dict[str, str]:
     return {n: LABEL_PREFIX + concept_id(n) for n in names if n in df.columns}
 
 
-def _location(text: str) -> str | Path:
-    from medclip.data.storage import as_location
-
-    return as_location(text)
-
-
 def recipe_parser(description: str) -> argparse.ArgumentParser:
     """The command line every recipe shares: ROOT -o MANIFEST [--salt] [--split] [--seed]."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("root", type=Path, help="the dataset folder, as published")
-    ap.add_argument("-o", "--output", type=_location, required=True,
+    ap.add_argument("-o", "--output", type=as_location, required=True,
                     help="manifest .parquet to write (a path, or a URL such as s3://bucket/manifest.parquet)")
     ap.add_argument("--salt", help="hashing salt (default: $MEDCLIP_SALT)")
     ap.add_argument("--seed", type=int, default=0, help="split seed when the dataset has no official split")
