@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,18 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("config.json", "model.safetensors", "thresholds.json", "gallery/gallery.json", "drafter"):
         assert (model / name).exists(), name
     assert "rows: 67" in done.stdout and "patients in several splits: none" in done.stdout
-    assert json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    # real numbers on patients it did not train on (the bundled Kermany subset's test split), with CIs and
+    # how far from chance they are: not the "n/a" of a one-class test split
+    assert metrics["zeroshot"]["per_finding"]["pneumonia"]["auroc"]["value"] is not None
+    held = re.search(r"test split: (\d+) images of (\d+) patients, (\d+) with pneumonia", done.stdout)
+    assert held and int(held[2]) >= 60 and 0 < int(held[3]) < int(held[1])
+    line = re.search(r"pneumonia vs normal, zero-shot AUROC: (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]; "
+                     r"chance 0\.500: ([+-]\d\.\d{3})", done.stdout)
+    assert line, done.stdout[-3000:]
+    value, low, high, above = (float(x) for x in line.groups())
+    assert low <= value <= high and above == pytest.approx(value - 0.5, abs=1e-3)
+    assert re.search(r"bacterial vs viral pneumonia, zero-shot AUROC: \d\.\d{3} \[", done.stdout)
     # nothing planted in the sample export's headers (names also in its reports) reaches any output: manifest
     # columns, cache shards, checkpoints, model folder, gallery, eval files and logs, decoded
     planted = planted_values_from_dicom(sorted(SAMPLE_EXPORT.rglob("*.dcm")))
