@@ -232,15 +232,26 @@ def test_cli_without_checkpoint_says_how_to_make_one(tmp_path: Path, monkeypatch
                                                      capsys: pytest.CaptureFixture) -> None:
     import argparse
 
-    import medclip.demo.cli as cli
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "REPO_ROOT", tmp_path)
     args = add_demo_arguments(argparse.ArgumentParser()).parse_args([])
     assert find_checkpoint(None) is None
     assert run_demo(args, serve=lambda *a, **k: pytest.fail("must not serve without a checkpoint")) == 1
     assert "medclip quickstart" in capsys.readouterr().err
     assert "medclip quickstart" in NO_CHECKPOINT_HELP
+
+
+def test_page_lives_in_the_package_and_app_py_only_launches_it() -> None:
+    """The page is ``medclip.demo.app`` (a wheel serves it); the repository's app.py imports its ``main``."""
+    import ast
+
+    import medclip.demo.app as page
+    import medclip.demo.cli as cli
+
+    assert callable(page.build_demo) and callable(page.serve) and callable(page.main)
+    assert not hasattr(cli, "APP_PATH") and not hasattr(cli, "REPO_ROOT")
+    tree = ast.parse((REPO / "app.py").read_text())
+    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], "app.py must stay a launcher"
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "medclip.demo.app" for n in tree.body)
 
 
 def test_cli_options_and_auth(engine: TriageEngine, checkpoint: Path, monkeypatch: pytest.MonkeyPatch,

@@ -6,7 +6,7 @@
 >>> view, result = engine.triage(study, window="lung")
 >>> result.priority.level, result.findings[0].name, result.report_text
 
-The page is ``app.py`` at the repository root (``python app.py`` or ``medclip demo``).
+The page is ``medclip.demo.app`` (``medclip demo``, or ``python app.py`` in the repository).
 """
 
 from .engine import TriageEngine, TriageResult, default_gallery_dir

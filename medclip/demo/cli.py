@@ -1,13 +1,13 @@
 """``medclip demo`` / ``python app.py``: find the checkpoint, load the engine once, serve the page.
 
-The page itself (Gradio layout and callbacks) lives in the repository's ``app.py``; this module
-holds the options, the checkpoint discovery and the start-up, shared by both entry points.
+The page itself (Gradio layout and callbacks) lives in ``medclip/demo/app.py`` (the repository's
+``app.py`` only launches it); this module holds the options, the checkpoint discovery and the
+start-up, shared by both entry points.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -29,8 +29,6 @@ __all__ = [
     "run_demo",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_PATH = REPO_ROOT / "app.py"
 #: Where ``medclip quickstart`` (the README's main command) writes its model folder.
 QUICKSTART_MODEL = Path("runs") / "quickstart" / "model"
 #: Environment variable with ``user:password`` for basic auth (keeps the password out of ``ps``).
@@ -50,7 +48,7 @@ Any checkpoint folder written by `medclip fit` (config.json + model.safetensors)
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (shared by ``medclip demo`` and ``python app.py``)."""
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"model folder (default: {QUICKSTART_MODEL} in the working directory or the repository)")
+                        help=f"model folder (default: {QUICKSTART_MODEL} in the working directory)")
     parser.add_argument("--gallery", type=Path, default=None,
                         help="reference gallery folder (default: CHECKPOINT/gallery, built from the quick start's cache "
                              "when that exists)")
@@ -91,15 +89,13 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def find_checkpoint(checkpoint: Path | None) -> Path | None:
-    """The named checkpoint folder, or the quick start's model folder (working directory, then repository)."""
+    """The named checkpoint folder, or the quick start's model folder in the working directory."""
     if checkpoint is not None:
         return checkpoint
     from medclip.checkpoint import CheckpointDir
 
-    for candidate in (Path.cwd() / QUICKSTART_MODEL, REPO_ROOT / QUICKSTART_MODEL):
-        if CheckpointDir(candidate).is_model():
-            return candidate
-    return None
+    candidate = Path.cwd() / QUICKSTART_MODEL
+    return candidate if CheckpointDir(candidate).is_model() else None
 
 
 def _findings(value: str | None) -> str | list[str] | None:
@@ -160,18 +156,8 @@ def launch_page(demo, *, host: str, port: int, auth: tuple[str, str] | None, lim
     return url
 
 
-def _load_app_module():
-    if not APP_PATH.is_file():
-        raise FileNotFoundError(f"{APP_PATH}: the demo page (app.py) is not there; run from a source checkout")
-    spec = importlib.util.spec_from_file_location("medclip_demo_app", APP_PATH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_demo(args: argparse.Namespace, serve: Callable[..., int] | None = None) -> int:
-    """Entry point of ``medclip demo``: checkpoint -> engine -> page (``serve`` defaults to app.py's)."""
+    """Entry point of ``medclip demo``: checkpoint -> engine -> page (``serve`` defaults to ``medclip.demo.app.serve``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -185,7 +171,7 @@ def run_demo(args: argparse.Namespace, serve: Callable[..., int] | None = None) 
         return 2
     checkpoint = find_checkpoint(args.checkpoint)
     if checkpoint is None:
-        looked = f"{Path.cwd() / QUICKSTART_MODEL} and {REPO_ROOT / QUICKSTART_MODEL}"
+        looked = str(Path.cwd() / QUICKSTART_MODEL)
         print(NO_CHECKPOINT_HELP.format(looked=looked), file=sys.stderr)
         return 1
     args.checkpoint = checkpoint
@@ -199,5 +185,5 @@ def run_demo(args: argparse.Namespace, serve: Callable[..., int] | None = None) 
         print(f"medclip demo: error: {exc}", file=sys.stderr)
         return 2
     if serve is None:
-        serve = _load_app_module().serve
+        from .app import serve  # gradio is imported only when a page is served
     return int(serve(engine, host=args.host, port=args.port, auth=auth, limits=limits) or 0)
