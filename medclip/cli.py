@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from medclip.commands import add_global_flags
 from medclip.logging_setup import setup_logging, verbosity_of
 from medclip.optional import MissingExtraError
 
@@ -181,19 +182,40 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_label(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("label", help="label each report (positive / negative / uncertain / not mentioned per finding)")
-    p.add_argument("manifest", type=Path)
+LABEL_HELP = "label each report (positive / negative / uncertain / not mentioned per finding)"
+
+
+def add_label_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``medclip label`` / ``python -m medclip.knowledge`` (the one definition)."""
+    from medclip.knowledge.labeler import VERSUS_POLICIES
+
+    p.add_argument("manifest", type=Path, help="manifest Parquet written by `medclip index`")
     p.add_argument("-o", "--output", type=Path, help="write here instead of updating MANIFEST in place")
-    p.add_argument("--findings", help="comma-separated concept ids or a task name (default: all chest findings)")
-    p.set_defaults(func=_cmd_label)
+    p.add_argument("--findings", help="comma-separated concept ids or a task name (chexpert14, chest_xray_common; "
+                                      "default: all chest findings)")
+    p.add_argument("--versus-policy", choices=VERSUS_POLICIES, default="uncertain",
+                   help="status of the alternatives of a differential (\"A versus B\", \"A or B\"): "
+                        "uncertain (CheXpert, default), first (first positive, rest uncertain), all (all positive)")
+    return p
 
 
-def _cmd_label(args: argparse.Namespace) -> int:
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help=LABEL_HELP)
+    add_label_arguments(p)
+    p.set_defaults(func=run_label_command)
+
+
+def run_label_command(args: argparse.Namespace) -> int:
+    """Handler of ``medclip label`` and ``python -m medclip.knowledge``."""
     from medclip.data.labels import label_manifest
+    from medclip.knowledge import ReportLabeler
 
     findings = args.findings
-    df = label_manifest(args.manifest, output_path=args.output, findings=findings, progress=not args.quiet)
+    if findings and "," in findings:
+        findings = [f.strip() for f in findings.split(",") if f.strip()]
+    labeler = ReportLabeler(findings=findings, versus_policy=args.versus_policy)
+    df = label_manifest(args.manifest, output_path=args.output, findings=findings, progress=not args.quiet,
+                        labeler=labeler)
     cols = [c for c in df.columns if c.startswith("label.")]
     print(f"labelled {len(df)} rows with {len(cols)} findings -> {args.output or args.manifest}")
     counts = {c[6:]: int((df[c] == 1).sum()) for c in cols}
@@ -202,17 +224,29 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_fit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="train a dual encoder with Lightning from a YAML config",
-                       description="Every lightning.Trainer option is reachable as trainer.<name>=value.")
-    p.add_argument("--config", type=Path, required=True)
+FIT_DESCRIPTION = "Train a dual encoder with Lightning from a YAML config. Every lightning.Trainer option is " \
+                  "reachable as trainer.<name>=value."
+
+
+def add_fit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``medclip fit`` / ``python -m medclip.train`` (the one definition)."""
+    p.add_argument("--config", required=True,
+                   help="training config: a YAML file, or the name of a bundled one (quickstart, small-data)")
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved config (defaults + file + overrides) as YAML and exit without training")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
+    return p
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="train a dual encoder with Lightning from a YAML config", description=FIT_DESCRIPTION)
+    add_fit_arguments(p)
     p.set_defaults(func=_cmd_fit)
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
+def run_fit_command(args: argparse.Namespace) -> Path | None:
+    """Handler of ``medclip fit`` and ``python -m medclip.train``: the exported model folder on rank 0, None
+    on other ranks and for ``--print-config`` (which prints the resolved YAML)."""
     from medclip.train import fit, load_config
 
     config = load_config(args.config, args.overrides)
@@ -220,12 +254,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         import yaml
 
         print(yaml.safe_dump(config, sort_keys=False), end="")
-        return 0
+        return None
     check_train_split(config)
     out = fit(config)
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank == 0:  # every DDP process returns from fit(); one prints
+    return Path(out) if rank_zero_only.rank == 0 else None  # every DDP process returns from fit(); one prints
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    out = run_fit_command(args)
+    if out is not None:
         print(f"model saved to {out}")
     return 0
 
@@ -375,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="medclip", description="Medical vision-language foundation kit.")
     parser.add_argument("--version", action="version", version=f"medclip {__version__}")
-    _add_global_flags(parser)
+    add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_index(sub)
@@ -390,15 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     _add_quickstart(sub)
     for subparser in sub.choices.values():  # -q / -v also after the subcommand: `medclip index ... -q`
-        _add_global_flags(subparser, default=argparse.SUPPRESS)
+        add_global_flags(subparser, default=argparse.SUPPRESS)
     return parser
-
-
-def _add_global_flags(parser: argparse.ArgumentParser, default: object = False) -> None:
-    """``-q``/``--quiet`` and ``-v``/``--verbose``; on subcommands with ``default=SUPPRESS`` so that a
-    flag given before the subcommand is not reset by the subcommand's default."""
-    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,7 @@ def _medclip_handlers() -> list[logging.Handler]:
 
 
 @pytest.mark.parametrize("entry", ["medclip.cli", "medclip.train.__main__", "medclip.eval.cli", "medclip.knowledge.__main__",
-                                   "app"])
+                                   "medclip.demo.app"])
 def test_every_command_line_sets_logging_up_the_one_way(entry: str, tmp_path: Path, restore_logging, capsys) -> None:
     import importlib
 
@@ -103,7 +103,7 @@ def test_every_command_line_sets_logging_up_the_one_way(entry: str, tmp_path: Pa
             "medclip.train.__main__": ["--config", missing + ".yaml"],
             "medclip.eval.cli": ["--checkpoint", missing, "--manifest", missing + ".parquet"],
             "medclip.knowledge.__main__": [missing + ".parquet"],
-            "app": ["--checkpoint", missing]}[entry]
+            "medclip.demo.app": ["--checkpoint", missing]}[entry]
     for h in _medclip_handlers():
         logging.getLogger().removeHandler(h)
     assert importlib.import_module(entry).main(argv) == 2  # a clear error, after logging was set up

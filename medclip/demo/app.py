@@ -194,12 +194,10 @@ def serve(engine: TriageEngine, *, host: str = "127.0.0.1", port: int = 7860, au
 
 def main(argv: list[str] | None = None, prog: str = "app.py") -> int:
     """``python app.py [--checkpoint DIR] [--host ...] [--port ...] [--auth user:pass]``."""
-    import argparse
-
+    from medclip.commands import standalone_parser
     from medclip.demo.cli import add_demo_arguments, run_demo
-    from medclip.logging_setup import setup_logging
+    from medclip.logging_setup import setup_logging, verbosity_of
 
-    parser = add_demo_arguments(argparse.ArgumentParser(prog=prog, description="medclip triage demo (Gradio)"))
-    args = parser.parse_args(argv)
-    setup_logging()
+    args = standalone_parser(prog, "medclip triage demo (Gradio)", add_demo_arguments).parse_args(argv)
+    setup_logging(verbosity_of(args))
     return run_demo(args, serve=serve)

@@ -1,4 +1,5 @@
-"""The ``medclip eval`` subcommand: ``add_eval_parser(subparsers)`` registers it."""
+"""The ``medclip eval`` subcommand: its arguments (``add_eval_arguments``, defined once), ``add_eval_parser(subparsers)``
+registers it on ``medclip``, ``main`` is ``python -m medclip.eval`` (the same arguments)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,23 @@ def _task_list(text: str) -> list[str]:
     return tasks
 
 
-def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``eval`` (arguments and handler) on the ``medclip`` command's subparsers."""
-    d = EvalOptions()
-    p = subparsers.add_parser(
-        "eval", help="zero-shot diagnosis, retrieval, report drafting and few-shot metrics with CIs and plots",
-        description="Evaluate a medclip checkpoint folder (or an open_clip model: 'open_clip:hf-hub:ORG/NAME', "
+EVAL_HELP = "zero-shot diagnosis, retrieval, report drafting and few-shot metrics with CIs and plots"
+EVAL_DESCRIPTION = ("Evaluate a medclip checkpoint folder (or an open_clip model: 'open_clip:hf-hub:ORG/NAME', "
                     "'open_clip:ARCH@weights.pt' or a folder with open_clip_config.json) on a manifest. Writes "
                     "metrics.json and PNG plots to --output and prints tables.")
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``eval`` (arguments and handler) on the ``medclip`` command's subparsers."""
+    p = subparsers.add_parser("eval", help=EVAL_HELP, description=EVAL_DESCRIPTION)
+    add_eval_arguments(p)
+    p.set_defaults(func=run_eval_command)
+    return p
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``medclip eval`` / ``python -m medclip.eval`` (the one definition)."""
+    d = EvalOptions()
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, hf-hub id, or open_clip model (see above)")
     p.add_argument("--manifest", type=Path, required=True, help="labelled manifest (.parquet)")
     p.add_argument("--task", action="append", metavar="TASK", type=_task_list,
@@ -52,7 +62,6 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                    help="write thresholds.json and the report drafter into the checkpoint folder (for the demo)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=run_eval_command)
     return p
 
 
@@ -93,25 +102,33 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_eval_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m medclip.eval``: ``medclip eval``'s arguments plus ``-q``/``-v``."""
+    from medclip.commands import standalone_parser
+
+    return standalone_parser("python -m medclip.eval", EVAL_DESCRIPTION, add_eval_arguments)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``eval`` on its own (``python -m medclip.eval``), for when the main CLI does not have it yet."""
+    """Run ``eval`` on its own (``python -m medclip.eval``): the same options as ``medclip eval``."""
     import os
     import sys
 
-    from medclip.logging_setup import setup_logging
+    from medclip.logging_setup import setup_logging, verbosity_of
+    from medclip.optional import MissingExtraError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    parser = argparse.ArgumentParser(prog="medclip")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_eval_parser(sub)
-    args = parser.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
-    setup_logging()
+    args = build_eval_parser().parse_args(argv)
+    setup_logging(verbosity_of(args))
     try:
-        return args.func(args)
+        return run_eval_command(args)
+    except MissingExtraError as exc:
+        print(f"medclip eval: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"medclip eval: error: {exc}", file=sys.stderr)
         return 2
 
 
-__all__ = ["add_eval_parser", "run_eval_command"]
+__all__ = ["add_eval_arguments", "add_eval_parser", "build_eval_parser", "run_eval_command"]

@@ -1,6 +1,7 @@
-"""``python -m medclip.train --config CONFIG.yaml [key=value ...]``: the same as ``medclip fit``.
+"""``python -m medclip.train --config CONFIG [key=value ...]``: the same as ``medclip fit`` (same options).
 
-Useful under ``torchrun`` (``torchrun ... -m medclip.train --config ...``) and in SLURM scripts.
+Useful under ``torchrun`` (``torchrun ... -m medclip.train --config ...``) and in SLURM scripts; prints the
+exported model folder (rank 0).
 """
 
 from __future__ import annotations
@@ -8,25 +9,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medclip.logging_setup import setup_logging
-from medclip.train import ConfigError, fit
+from medclip.cli import FIT_DESCRIPTION, add_fit_arguments, run_fit_command
+from medclip.commands import standalone_parser
+from medclip.logging_setup import setup_logging, verbosity_of
+from medclip.train import ConfigError
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """``medclip fit``'s arguments plus ``-q``/``-v``."""
+    return standalone_parser("python -m medclip.train", FIT_DESCRIPTION, add_fit_arguments)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``--config`` and overrides, train, print the exported model folder."""
-    parser = argparse.ArgumentParser(prog="python -m medclip.train", description=__doc__)
-    parser.add_argument("--config", required=True, help="training config (YAML)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=10")
-    args = parser.parse_args(argv)
-    setup_logging()
+    args = build_train_parser().parse_args(argv)
+    setup_logging(verbosity_of(args))
     try:
-        model_dir = fit(args.config, args.overrides)
-    except ConfigError as exc:
+        model_dir = run_fit_command(args)
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from lightning.pytorch.utilities import rank_zero_only
-
-    if rank_zero_only.rank == 0:  # every DDP process returns from fit(); one prints
+    if model_dir is not None:
         print(model_dir)
     return 0
 
