@@ -322,7 +322,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     res = index_export(SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_EXPORT / "reports.csv",
                        progress=not args.quiet, default_salt_ok=True)  # public sample data
     print(res.summary())
-    from medclip.data.recipes import combine_manifests, sample_kermany_manifest
+    from medclip.recipes.base import combine_manifests, sample_kermany_manifest
 
     print("  + the bundled Kermany subset: 360 pediatric chest X-rays, labels only (CC BY 4.0, datasets/sample/kermany)")
     sample_kermany_manifest(out / "kermany.parquet")
@@ -388,6 +388,15 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recipe(sub: argparse._SubParsersAction) -> None:
+    from medclip.recipes import add_recipe_arguments, run_recipe_command
+
+    p = sub.add_parser("recipe", help="turn a public dataset's published layout into a manifest (--list: the recipes)",
+                       description="Run a dataset recipe: medclip recipe NAME ROOT -o MANIFEST. Cards: datasets/<name>/CARD.md.")
+    add_recipe_arguments(p)
+    p.set_defaults(func=run_recipe_command)
+
+
 def apply_download_policy() -> bool:
     """Turn Hugging Face hub downloads off (``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``) unless
     ``MEDCLIP_ALLOW_DOWNLOADS=1`` or the user set ``HF_HUB_OFFLINE`` (``HF_HUB_OFFLINE=0`` allows them).
@@ -428,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_demo_parser(sub)
     _add_quickstart(sub)
+    _add_recipe(sub)
     for subparser in sub.choices.values():  # -q / -v also after the subcommand: `medclip index ... -q`
         add_global_flags(subparser, default=argparse.SUPPRESS)
     return parser

@@ -12,7 +12,12 @@ import torch
 import yaml
 
 from medclip.eval.attributes import (
-    ATTRIBUTES, IMAGING_EXTENSION, AttributeClassifier, attribute_graph, evaluate_attributes, format_attributes,
+    ATTRIBUTES,
+    IMAGING_EXTENSION,
+    AttributeClassifier,
+    attribute_graph,
+    evaluate_attributes,
+    format_attributes,
     score_attribute,
 )
 from medclip.knowledge.prompts import attribute_prompts
@@ -98,11 +103,8 @@ def test_medpix_attributes_through_the_runner(shared_dir, model, tmp_path):
     root = shared_dir / "data" / "medpix"
     if not (root / "metadata.csv").is_file():
         pytest.skip("medpix not in the shared data")
-    import importlib.util
+    from medclip.recipes import medpix as mod
 
-    spec = importlib.util.spec_from_file_location("recipe_medpix_attr", REPO / "datasets" / "medpix" / "recipe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     mod.main([str(root), "-o", str(tmp_path / "m.parquet"), "--salt", "s"])
     from medclip.eval.runner import EvalOptions, Evaluator
 

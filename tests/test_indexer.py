@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +21,9 @@ SALT = "test-salt"
 
 
 def _load_export_module():
-    spec = importlib.util.spec_from_file_location("pacs_export", REPO / "datasets" / "covid_chestxray" / "pacs_export.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from medclip.recipes import pacs_export
+
+    return pacs_export
 
 
 @pytest.fixture(scope="module")

@@ -130,14 +130,9 @@ def test_cli_cache_to_a_bucket(s3, local):
 
 
 def test_a_recipe_writes_its_manifest_to_a_bucket(s3, tmp_path):
-    import importlib.util
+    from medclip.recipes import kermany_pneumonia as mod
+    from medclip.recipes.base import SAMPLE_KERMANY as sample
 
-    from test_sharded_preprocessing import REPO
-
-    spec = importlib.util.spec_from_file_location("kermany_recipe", REPO / "datasets" / "kermany_pneumonia" / "recipe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sample = REPO / "datasets" / "sample" / "kermany"
     assert mod.main([str(sample), "-o", f"{s3}/recipes/kermany.parquet", "--salt", SALT]) == 0
     df = read_manifest(f"{s3}/recipes/kermany.parquet")
     assert len(df) == 360 and all(p.startswith(str(sample.resolve())) for p in df["path"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,12 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def recipe(name: str):
-    path = REPO / "datasets" / name / "recipe.py"
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The packaged recipe ``medclip.recipes.<name>`` (what ``medclip recipe NAME`` runs)."""
+    from medclip.recipes import load_recipe
+
+    return load_recipe(name)
 
 
 def _png(path: Path) -> None:
@@ -216,7 +214,7 @@ def test_medpix_recipe_names_a_table_without_captions(tmp_path):
 
 
 def test_bundled_kermany_subset_is_attributed_and_splits_by_patient(tmp_path):
-    from medclip.data.recipes import SAMPLE_KERMANY, combine_manifests, sample_kermany_manifest
+    from medclip.recipes.base import SAMPLE_KERMANY, combine_manifests, sample_kermany_manifest
 
     labels = pd.read_csv(SAMPLE_KERMANY / "labels.csv")
     attribution = pd.read_csv(SAMPLE_KERMANY / "ATTRIBUTION.csv")
@@ -236,3 +234,35 @@ def test_bundled_kermany_subset_is_attributed_and_splits_by_patient(tmp_path):
     assert len(both) == 363 and all(Path(p).is_absolute() and Path(p).exists() for p in read_manifest(tmp_path / "both.parquet")["path"])
     with pytest.raises(ValueError, match="share image ids"):
         combine_manifests([tmp_path / "k.parquet", tmp_path / "k.parquet"], tmp_path / "dup.parquet")
+
+
+def test_medclip_recipe_lists_and_runs_every_recipe_of_datasets(capsys):
+    """``medclip recipe --list`` names one recipe per dataset folder with a card; NAME runs the packaged one."""
+    from medclip.cli import main
+    from medclip.recipes import RECIPES
+
+    folders = sorted(p.parent.name for p in (REPO / "datasets").glob("*/CARD.md"))
+    assert folders == sorted(RECIPES)
+    assert main(["recipe", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(RECIPES) and all("manifest" in line for line in listed)
+    assert main(["recipe", "no_such_dataset", "x", "-o", "y.parquet"]) == 2
+    assert "no recipe named 'no_such_dataset'" in capsys.readouterr().err
+
+
+def test_old_recipe_scripts_are_thin_and_write_the_same_manifest(tmp_path):
+    """``python datasets/<name>/recipe.py`` still works and gives what ``medclip recipe <name>`` gives."""
+    from medclip.cli import main
+    from medclip.recipes import RECIPES
+    from medclip.recipes.base import SAMPLE_KERMANY
+
+    for name in RECIPES:
+        text = (REPO / "datasets" / name / "recipe.py").read_text()
+        assert f"from medclip.recipes.{name} import main" in text and "def " not in text, name
+    new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
+    assert main(["recipe", "kermany_pneumonia", str(SAMPLE_KERMANY), "-o", str(new), "--salt", "s", "-q"]) == 0
+    done = subprocess.run([sys.executable, str(REPO / "datasets" / "kermany_pneumonia" / "recipe.py"), str(SAMPLE_KERMANY),
+                           "-o", str(old), "--salt", "s"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    columns = ["image_id", "patient_id", "split", "label.pneumonia", "subtype"]
+    pd.testing.assert_frame_equal(read_manifest(new)[columns], read_manifest(old)[columns])

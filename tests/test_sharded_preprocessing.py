@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +29,8 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def mixed_export(shared_dir, tmp_path_factory) -> Path:
     """Real chest X-rays with reports and PHI (covid-chestxray PACS-like export) plus two real MR series."""
-    spec = importlib.util.spec_from_file_location("pacs_export", REPO / "datasets" / "covid_chestxray" / "pacs_export.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    from medclip.recipes import pacs_export as mod
+
     out = tmp_path_factory.mktemp("export")
     mod.make_pacs_export(shared_dir / "data" / "covid_cxr", out, licences=None, max_images=40, max_size=128)
     for series in ("mr_0003", "mr_0004"):  # 3 + 151 slices: a series is split across array tasks

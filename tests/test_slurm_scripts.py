@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -32,10 +31,9 @@ def _commands(script: Path) -> list[list[str]]:
 
 
 def _recipe_parser():
-    spec = importlib.util.spec_from_file_location("mimic_recipe", REPO / "datasets" / "mimic_cxr" / "recipe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build_parser()
+    from medclip.recipes.mimic_cxr import build_parser
+
+    return build_parser()
 
 
 @pytest.mark.parametrize("script", sorted(SLURM.glob("*.sbatch")), ids=lambda p: p.name)

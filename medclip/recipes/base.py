@@ -1,4 +1,4 @@
-"""Shared plumbing for the dataset recipes in ``datasets/`` (each turns a published layout into a manifest)."""
+"""Shared plumbing of the dataset recipes in ``medclip.recipes`` (each turns a published layout into a manifest)."""
 
 from __future__ import annotations
 
@@ -40,15 +40,18 @@ def label_columns_from(df: pd.DataFrame, names: list[str]) -> dict[str, str]:
     return {n: LABEL_PREFIX + concept_id(n) for n in names if n in df.columns}
 
 
-def recipe_parser(description: str) -> argparse.ArgumentParser:
-    """The command line every recipe shares: ROOT -o MANIFEST [--salt] [--split] [--seed]."""
-    ap = argparse.ArgumentParser(description=description)
+def recipe_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line every recipe shares: ROOT -o MANIFEST [--salt] [--seed] [--keep-missing] [-q] [-v]."""
+    from medclip.commands import add_global_flags
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("root", type=Path, help="the dataset folder, as published")
     ap.add_argument("-o", "--output", type=as_location, required=True,
                     help="manifest .parquet to write (a path, or a URL such as s3://bucket/manifest.parquet)")
     ap.add_argument("--salt", help="hashing salt (default: $MEDCLIP_SALT)")
     ap.add_argument("--seed", type=int, default=0, help="split seed when the dataset has no official split")
     ap.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is absent")
+    add_global_flags(ap)
     return ap
 
 
@@ -70,9 +73,10 @@ def write_recipe_manifest(records: pd.DataFrame, root: Path, output: Path, *, sa
     return df
 
 
-def run_recipe(doc: str, name: str, records: Callable[[Path, int], pd.DataFrame], argv: list[str] | None = None) -> int:
+def run_recipe(doc: str, name: str, records: Callable[[Path, int], pd.DataFrame], argv: list[str] | None = None,
+               prog: str | None = None) -> int:
     """A recipe's ``main``: parse the shared command line, build the records, write the manifest."""
-    args = recipe_parser(doc.strip().splitlines()[0]).parse_args(argv)
+    args = recipe_parser(doc.strip().splitlines()[0], prog=prog).parse_args(argv)
     write_recipe_manifest(records(args.root, args.seed), args.root, args.output, salt=args.salt, seed=args.seed,
                           require_files=not args.keep_missing, name=name)
     return 0
@@ -84,22 +88,11 @@ SAMPLE_KERMANY = Path(__file__).resolve().parents[2] / "datasets" / "sample" / "
 SAMPLE_KERMANY_FRACTIONS = (0.5, 0.2, 0.3)
 
 
-def load_recipe(name: str):
-    """The ``records`` module of ``datasets/<name>/recipe.py`` (the recipes are scripts, not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "datasets" / name / "recipe.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no recipe named {name!r}")
-    spec = importlib.util.spec_from_file_location(f"medclip_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def sample_kermany_manifest(output: Path, *, salt: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Manifest of the bundled Kermany subset (label-only pediatric chest X-rays), split by patient 50/20/30."""
-    return write_recipe_manifest(load_recipe("kermany_pneumonia").records(SAMPLE_KERMANY), SAMPLE_KERMANY, output,
+    from medclip.recipes.kermany_pneumonia import records
+
+    return write_recipe_manifest(records(SAMPLE_KERMANY), SAMPLE_KERMANY, output,
                                  salt=salt, seed=seed, name="bundled Kermany subset",
                                  fractions=SAMPLE_KERMANY_FRACTIONS)
 
