@@ -35,7 +35,12 @@ import gradio as gr  # noqa: E402
 from medclip.demo import LoadedStudy, TriageEngine, UploadError, UploadLimits, read_upload  # noqa: E402
 from medclip.demo.cli import launch_page  # noqa: E402
 from medclip.demo.render import (  # noqa: E402
-    NOTICE, render_error, render_findings, render_header, render_priority, render_similar,
+    NOTICE,
+    render_error,
+    render_findings,
+    render_header,
+    render_priority,
+    render_similar,
 )
 from medclip.demo.uploads import bundled_examples  # noqa: E402
 from medclip.io import WINDOW_PRESETS  # noqa: E402
@@ -75,8 +80,9 @@ def _enlarge(view, minimum: int = 320):
     return view.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else view
 
 
-def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> gr.Blocks:
-    """The triage page on a loaded engine."""
+def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.Blocks:
+    """The triage page on a loaded engine (``limits``: the upload limits, default ``UploadLimits()``)."""
+    limits = limits if limits is not None else UploadLimits()
     examples = bundled_examples()
     with gr.Blocks(title="medclip triage demo (research use only)", analytics_enabled=False,
                    delete_cache=(300, 900)) as demo:
@@ -181,8 +187,9 @@ def build_demo(engine: TriageEngine, limits: UploadLimits = UploadLimits()) -> g
 
 
 def serve(engine: TriageEngine, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
-          limits: UploadLimits = UploadLimits()) -> int:
+          limits: UploadLimits | None = None) -> int:
     """Build the page and serve it until interrupted."""
+    limits = limits if limits is not None else UploadLimits()
     # SIGTERM should clean up like Ctrl-C does (atexit removes the temporary folder).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo = build_demo(engine, limits)
