@@ -12,9 +12,7 @@ from pathlib import Path
 from medclip.commands import add_global_flags
 from medclip.logging_setup import setup_logging, verbosity_of
 from medclip.optional import MissingExtraError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_EXPORT = REPO_ROOT / "datasets" / "sample" / "export"
+from medclip.sample import SAMPLE_EXPORT, SAMPLE_REPORTS
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -248,8 +246,13 @@ def run_fit_command(args: argparse.Namespace) -> Path | None:
     """Handler of ``medclip fit`` and ``python -m medclip.train``: the exported model folder on rank 0, None
     on other ranks and for ``--print-config`` (which prints the resolved YAML)."""
     from medclip.train import fit, load_config
+    from medclip.train.configs import bundled_configs, resolve_config
 
-    config = load_config(args.config, args.overrides)
+    path = resolve_config(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"{args.config}: no such config file, nor a bundled config "
+                                f"({', '.join(bundled_configs())})")
+    config = load_config(path, args.overrides)
     if args.print_config:
         import yaml
 
@@ -319,12 +322,12 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/6] indexing the bundled sample export {SAMPLE_EXPORT}")
-    res = index_export(SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_EXPORT / "reports.csv",
+    res = index_export(SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_REPORTS,
                        progress=not args.quiet, default_salt_ok=True)  # public sample data
     print(res.summary())
     from medclip.recipes.base import combine_manifests, sample_kermany_manifest
 
-    print("  + the bundled Kermany subset: 360 pediatric chest X-rays, labels only (CC BY 4.0, datasets/sample/kermany)")
+    print("  + the bundled Kermany subset: 360 pediatric chest X-rays, labels only (CC BY 4.0, medclip/sample/kermany)")
     sample_kermany_manifest(out / "kermany.parquet")
     print("[2/6] labelling reports with the knowledge graph")
     try:
@@ -349,6 +352,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     import json
 
     from medclip.train import fit, load_config
+    from medclip.train.configs import resolve_config
 
     sources = [{"name": "sample", "manifest": str(out / "manifest.parquet"), "cache_dir": str(out / "cache"), "text": "report"},
                {"name": "kermany", "manifest": str(out / "kermany.parquet"), "cache_dir": str(out / "cache_kermany"),
@@ -356,7 +360,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     overrides = [f"data.sources={json.dumps(sources)}", f"output_dir={out}"]
     if args.max_steps is not None:
         overrides.append(f"trainer.max_steps={args.max_steps}")
-    model_dir = Path(fit(load_config(REPO_ROOT / "configs" / "quickstart.yaml", overrides)))
+    model_dir = Path(fit(load_config(resolve_config("quickstart"), overrides)))
     print(f"  model folder: {model_dir}")
     print("[5/6] evaluating on the held-out patients (zero-shot, retrieval, report drafting)")
     from medclip.eval.runner import evaluate, format_results

@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from phi import assert_no_phi_in_text
 import torch
+from phi import assert_no_phi_in_text
 from torch.utils.data import DataLoader
 
 from medclip.data.cache import CacheConfig, CacheError, build_cache, cache_shards, iter_cache, read_cache_index
 from medclip.data.dataset import CacheDataset, ManifestDataset, report_text
 from medclip.data.indexer import index_export
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "datasets" / "sample" / "export"
+SAMPLE = SAMPLE_EXPORT_DIR
 
 
 @pytest.fixture(scope="module")

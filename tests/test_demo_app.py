@@ -34,9 +34,10 @@ from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkp
 from medclip.inference.drafting import ReportDrafter, drafting_corpus
 from medclip.inference.thresholds import FALLBACK, OperatingPoint, save_thresholds
 from medclip.model import create_model
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-EXPORT = REPO / "datasets" / "sample" / "export"
+EXPORT = SAMPLE_EXPORT_DIR
 SAMPLE_DICOM = EXPORT / "study_0001" / "series_1" / "IM0001.dcm"
 #: Planted in the sample (name, MRN, accession, birth date, institution) plus a referring physician we add.
 PLANTED_PHI = ("Zzplanted", "Quinn", "MRN000102X", "ACC0000001", "19420413", "Zzreferrer")

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from medclip.demo import Gallery, build_gallery
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-EXPORT = REPO / "datasets" / "sample" / "export"
+EXPORT = SAMPLE_EXPORT_DIR
 
 
 @pytest.fixture(scope="module")

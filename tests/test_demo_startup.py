@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 
 from medclip.demo.uploads import UploadSizeLimit
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-EXPORT = REPO / "datasets" / "sample" / "export"
+EXPORT = SAMPLE_EXPORT_DIR
 
 
 # -- the ASGI guard on its own -------------------------------------------------------------------

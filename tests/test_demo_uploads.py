@@ -16,9 +16,10 @@ from medclip.demo.render import render_findings, render_header, render_priority
 from medclip.demo.triage import concept_card
 from medclip.demo.uploads import bundled_examples
 from medclip.knowledge import Graph
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DICOM = REPO / "datasets" / "sample" / "export" / "study_0001" / "series_1" / "IM0001.dcm"
+SAMPLE_DICOM = SAMPLE_EXPORT_DIR / "study_0001" / "series_1" / "IM0001.dcm"
 PLANTED_PHI = ("Zzplanted", "Quinn", "MRN000102X", "ACC0000001", "19420413", "Zzplanted General Hospital")
 
 

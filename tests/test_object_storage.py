@@ -131,7 +131,7 @@ def test_cli_cache_to_a_bucket(s3, local):
 
 def test_a_recipe_writes_its_manifest_to_a_bucket(s3, tmp_path):
     from medclip.recipes import kermany_pneumonia as mod
-    from medclip.recipes.base import SAMPLE_KERMANY as sample
+    from medclip.sample import SAMPLE_KERMANY as sample
 
     assert mod.main([str(sample), "-o", f"{s3}/recipes/kermany.parquet", "--salt", SALT]) == 0
     df = read_manifest(f"{s3}/recipes/kermany.parquet")

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from phi import assert_no_phi, not_in_reference, planted_values_from_dicom
 
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_EXPORT = REPO / "datasets" / "sample" / "export"
+SAMPLE_EXPORT = SAMPLE_EXPORT_DIR
 
 
 @pytest.mark.slow

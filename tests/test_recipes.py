@@ -214,7 +214,8 @@ def test_medpix_recipe_names_a_table_without_captions(tmp_path):
 
 
 def test_bundled_kermany_subset_is_attributed_and_splits_by_patient(tmp_path):
-    from medclip.recipes.base import SAMPLE_KERMANY, combine_manifests, sample_kermany_manifest
+    from medclip.recipes.base import combine_manifests, sample_kermany_manifest
+    from medclip.sample import SAMPLE_KERMANY
 
     labels = pd.read_csv(SAMPLE_KERMANY / "labels.csv")
     attribution = pd.read_csv(SAMPLE_KERMANY / "ATTRIBUTION.csv")
@@ -254,7 +255,7 @@ def test_old_recipe_scripts_are_thin_and_write_the_same_manifest(tmp_path):
     """``python datasets/<name>/recipe.py`` still works and gives what ``medclip recipe <name>`` gives."""
     from medclip.cli import main
     from medclip.recipes import RECIPES
-    from medclip.recipes.base import SAMPLE_KERMANY
+    from medclip.sample import SAMPLE_KERMANY
 
     for name in RECIPES:
         text = (REPO / "datasets" / name / "recipe.py").read_text()

@@ -14,9 +14,10 @@ from medclip.data.cache import CacheConfig, CacheError, build_cache, cache_part_
 from medclip.data.indexer import index_export, part_paths
 from medclip.data.shards import Shard, resolve_shard
 from medclip.data.splits import assign_split, assign_splits
+from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "datasets" / "sample" / "export"
+SAMPLE = SAMPLE_EXPORT_DIR
 SALT = "shard-test"
 
 

@@ -78,7 +78,9 @@ def test_valid_values_and_nulls_still_load(tmp_path: Path) -> None:
 
 
 def test_small_data_config_is_valid() -> None:
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "small-data.yaml")
+    from medclip.train.configs import resolve_config
+
+    cfg = load_config(resolve_config("small-data"))
     assert [s["name"] for s in cfg["data"]["sources"]] == ["covid", "kermany", "medpix"]
     assert cfg["model"]["lock_image"] is True and cfg["data"]["feature_cache"] == "auto"
 

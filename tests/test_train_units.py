@@ -92,7 +92,9 @@ def test_override_values_are_yaml() -> None:
 
 
 def test_quickstart_config_is_valid() -> None:
-    cfg = load_config(REPO_ROOT / "configs" / "quickstart.yaml")
+    from medclip.train.configs import resolve_config
+
+    cfg = load_config(resolve_config("quickstart"))
     assert cfg["model"]["name"] == "offline-default"
     assert cfg["checkpoint"]["every_n_steps"] <= cfg["trainer"]["max_steps"]
 

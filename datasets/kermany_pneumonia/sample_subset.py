@@ -1,10 +1,10 @@
-"""Build the bundled Kermany subset (``datasets/sample/kermany``) from the full set, reproducibly.
+"""Build the bundled Kermany subset (``medclip/sample/kermany``) from the full set, reproducibly.
 
 One image per patient, a fixed number per subtype (normal / bacterial / viral), drawn with a seed,
 converted to grayscale, resized to SIZE x SIZE and re-encoded as JPEG, with a per-file attribution
 (CC BY 4.0 requires saying what changed). Usage:
 
-    python datasets/kermany_pneumonia/sample_subset.py ../shared/data/kermany_pneumonia datasets/sample/kermany
+    python datasets/kermany_pneumonia/sample_subset.py ../shared/data/kermany_pneumonia medclip/sample/kermany
 """
 
 from __future__ import annotations

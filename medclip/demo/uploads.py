@@ -443,7 +443,7 @@ def read_upload(
 
 def bundled_examples(export_dir: PathLike | None = None, limit: int = 6) -> dict[str, Path]:
     """A few images of the bundled sample export, labelled by study folder: {label: path}."""
-    from medclip.cli import SAMPLE_EXPORT
+    from medclip.sample import SAMPLE_EXPORT
 
     root = Path(export_dir) if export_dir is not None else SAMPLE_EXPORT
     out: dict[str, Path] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -29,7 +30,7 @@ from medclip.knowledge.prompts import attribute_prompts
 from . import metrics as M
 
 #: The extension with the attribute concepts (the package copy of knowledge/extensions/imaging.yaml).
-IMAGING_EXTENSION = Path(__file__).resolve().parents[1] / "knowledge" / "data" / "imaging_extension.json"
+IMAGING_EXTENSION = Path(str(files("medclip.knowledge") / "data" / "imaging_extension.json"))
 
 
 @dataclass(frozen=True)

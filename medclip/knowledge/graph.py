@@ -1,8 +1,9 @@
 """The medical knowledge graph: concepts, names, hierarchy, cross references and cue lexicon.
 
 The graph is data (``graph.json``, built by ``knowledge/build_graph.py`` from open sources and
-``knowledge/curated.yaml``). ``Graph.load()`` reads the copy shipped inside the package
-(``medclip/knowledge/data/graph.json``), so an installed, non-editable medclip finds it too.
+``knowledge/curated.yaml``). ``knowledge/graph.json`` is that build's output, which the build also copies
+into the package (``medclip/knowledge/data/graph.json``); ``Graph.load()`` reads only the package copy
+(through ``importlib.resources``), so an installed wheel needs no repository around it.
 Users add concepts or licensed vocabularies (UMLS, RadLex) with extension files, never by
 editing code: ``Graph.load(extensions=[...])`` or ``$MEDCLIP_KNOWLEDGE_EXTENSIONS``.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import yaml
 
@@ -22,8 +25,8 @@ import yaml
 #: separated by the OS path separator.
 EXTENSIONS_ENV = "MEDCLIP_KNOWLEDGE_EXTENSIONS"
 
-PACKAGED_GRAPH = Path(__file__).resolve().parent / "data" / "graph.json"
-REPO_GRAPH = Path(__file__).resolve().parents[2] / "knowledge" / "graph.json"
+#: The graph shipped in the package (``knowledge/build_graph.py`` writes it beside ``knowledge/graph.json``).
+PACKAGED_GRAPH = Path(str(files("medclip.knowledge") / "data" / "graph.json"))
 
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -191,13 +194,13 @@ class Graph:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path | None = None, extensions: Iterable[str | Path] | None = None) -> "Graph":
+    def load(cls, path: str | Path | None = None, extensions: Iterable[str | Path] | None = None) -> Graph:
         """Load a graph (default: the one shipped in the package) and merge extension files.
 
         Extensions come from ``extensions`` and from ``$MEDCLIP_KNOWLEDGE_EXTENSIONS``.
         """
         if path is None:
-            path = PACKAGED_GRAPH if PACKAGED_GRAPH.is_file() else REPO_GRAPH
+            path = PACKAGED_GRAPH
         path = Path(path)
         graph = cls(_read_data(path), origin=str(path))
         env = [p for p in os.environ.get(EXTENSIONS_ENV, "").split(os.pathsep) if p.strip()]
@@ -205,7 +208,7 @@ class Graph:
             graph.extend(Path(ext))
         return graph
 
-    def extend(self, source: str | Path | dict[str, Any]) -> "Graph":
+    def extend(self, source: str | Path | dict[str, Any]) -> Graph:
         """Merge an extension (file path or dict): new concepts are added, existing ones enriched.
 
         Format: ``{"source": {"name":..., "licence":...}, "concepts": [{"id":..., "name":...,

@@ -13,6 +13,7 @@ import pandas as pd
 from medclip.data.manifest import LABEL_PREFIX, manifest_from_records, write_manifest
 from medclip.data.splits import patients_in_several_splits
 from medclip.data.storage import as_location
+from medclip.sample import SAMPLE_KERMANY
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,8 +83,7 @@ def run_recipe(doc: str, name: str, records: Callable[[Path, int], pd.DataFrame]
     return 0
 
 
-#: The bundled Kermany subset (CC BY 4.0; see datasets/sample/README.md) and the recipe that reads it.
-SAMPLE_KERMANY = Path(__file__).resolve().parents[2] / "datasets" / "sample" / "kermany"
+# The bundled Kermany subset (CC BY 4.0; see medclip/sample/README.md): its location's one owner is medclip.sample.
 #: Its split: half the patients train, a fifth choose thresholds, the rest (108 patients) measure.
 SAMPLE_KERMANY_FRACTIONS = (0.5, 0.2, 0.3)
 
