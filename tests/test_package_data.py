@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ DATA_FOLDERS = ("sample", "train/configs", "knowledge/data", "model/configs")
 
 def test_package_data_globs_cover_every_bundled_data_file() -> None:
     """Every non-Python file of the package's data folders is listed in pyproject's package-data (else a wheel lacks it)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["medclip"]
     listed = {p for g in globs for p in PACKAGE.glob(g) if p.is_file()}
     data = {p for folder in DATA_FOLDERS for p in (PACKAGE / folder).rglob("*")
