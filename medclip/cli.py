@@ -90,7 +90,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
                            workers=args.workers, verify_pixels=not args.no_verify, incremental=not args.full,
                            progress=not args.quiet, shard=shard, merge=args.merge,
                            checkpoint_every=args.checkpoint_every)
-    if res.part_path is not None:
+    if res.part_path is not None and shard is not None:
         print(f"index part {shard.index + 1} of {shard.count}: {res.files_seen} files, {res.files_read} read, "
               f"{res.files_reused} unchanged, {sum(res.skipped.values())} skipped -> {res.part_path}")
         print("when every task has finished: medclip index EXPORT_DIR -o MANIFEST --merge (same salt and options)")
@@ -262,7 +262,7 @@ def run_fit_command(args: argparse.Namespace) -> Path | None:
     out = fit(config)
     from lightning.pytorch.utilities import rank_zero_only
 
-    return Path(out) if rank_zero_only.rank == 0 else None  # every DDP process returns from fit(); one prints
+    return Path(out) if getattr(rank_zero_only, "rank", 0) == 0 else None  # every DDP process returns from fit(); one prints
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -123,7 +123,7 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
                 return [None, "", "", "", "", ""]
             try:
                 spec = _window_spec(choice, c, w)
-                view, result = engine.triage(study, spec, int(s) if study.image.is_volume else None)
+                view, result = engine.triage(study, spec, int(s) if study.image.is_volume and s is not None else None)
             except (ValueError, MemoryError) as exc:
                 return [None, render_error(f"{study.name}: {exc}"), "", "", "", ""]
             except Exception as exc:  # noqa: BLE001 - keep serving; the page says what failed

@@ -185,5 +185,7 @@ def run_demo(args: argparse.Namespace, serve: Callable[..., int] | None = None) 
         print(f"medclip demo: error: {exc}", file=sys.stderr)
         return 2
     if serve is None:
-        from .app import serve  # gradio is imported only when a page is served
+        from .app import serve as page  # gradio is imported only when a page is served
+
+        serve = page
     return int(serve(engine, host=args.host, port=args.port, auth=auth, limits=limits) or 0)

@@ -135,7 +135,7 @@ class Concept:
         }
 
 
-def _facts(items: Iterable[Any], source: str, key: str = "text") -> list[Fact]:
+def _facts(items: Iterable[Any] | None, source: str, key: str = "text") -> list[Fact]:
     out = []
     for item in items or []:
         if isinstance(item, str):

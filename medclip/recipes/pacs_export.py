@@ -56,8 +56,8 @@ def derived_report(row: dict) -> str:
 
 
 def _jpeg_gray(path: Path, max_size: int) -> tuple[bytes, int, int]:
-    with Image.open(path) as im:
-        im = im.convert("L")
+    with Image.open(path) as source:
+        im = source.convert("L")
         im.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=90, subsampling=0)
@@ -69,7 +69,7 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
     """Write the export; returns {"n_images", "patients": {dataset_id: PlantedPHI}, "reports": path}."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 
     source, out_dir = Path(source), Path(out_dir)
     rows = list(csv.DictReader(open(source / "metadata.csv", newline="", encoding="utf-8")))
@@ -95,10 +95,10 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
         jpeg, rows_, cols = _jpeg_gray(source / r["folder"] / r["filename"], max_size)
         sop_uid = generate_uid(entropy_srcs=["medclip-covid-image", r["filename"]])
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
         meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = JPEGBaseline8Bit
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]  # no file yet
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop_uid
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = phi.name, phi.patient_id, phi.birth_date
         ds.PatientSex = (r.get("sex") or "").strip()[:1]
@@ -136,9 +136,9 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
                 w.writerow([st["accession"], f"INDICATION: Chest radiograph of {first} {last}.\n"
                             f"FINDINGS: {' '.join(st['reports'])}"])
     with open(out_dir / "ATTRIBUTION.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["file", "source_filename", "license", "doi", "url"])
-        w.writeheader()
-        w.writerows(attributions)
+        table = csv.DictWriter(fh, fieldnames=["file", "source_filename", "license", "doi", "url"])
+        table.writeheader()
+        table.writerows(attributions)
     return {"n_images": len(rows), "patients": patients, "reports": report_path}
 
 
