@@ -388,7 +388,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     build_gallery(DualEncoder.from_pretrained(model_dir).eval(), out / "cache", CheckpointDir(model_dir).gallery, split="train")
     print(f"done: checkpoint folder {model_dir}")
-    print(f"next: python app.py --checkpoint {model_dir}   (or: medclip demo --checkpoint {model_dir})")
+    print(f"next: medclip demo --checkpoint {model_dir}   (or, in the repository: python app.py --checkpoint {model_dir})")
     return 0
 
 

@@ -29,14 +29,13 @@ def _options(parser: argparse.ArgumentParser) -> dict[tuple[str, ...], tuple]:
 
 
 def _side_parsers() -> dict[str, argparse.ArgumentParser]:
-    from medclip.commands import standalone_parser
-    from medclip.demo.cli import add_demo_arguments
+    from medclip.demo.cli import build_demo_parser
     from medclip.eval.cli import build_eval_parser
     from medclip.knowledge.__main__ import build_label_parser
     from medclip.train.__main__ import build_train_parser
 
     return {"eval": build_eval_parser(), "fit": build_train_parser(), "label": build_label_parser(),
-            "demo": standalone_parser("app.py", None, add_demo_arguments)}
+            "demo": build_demo_parser()}
 
 
 @pytest.mark.parametrize("command", ["eval", "fit", "label", "demo"])

@@ -57,7 +57,7 @@ def test_wheel_installs_and_runs_the_quickstart_outside_the_checkout(tmp_path: P
     out = tmp_path / "run"
     done = _run([str(python), "-m", "medclip", "-q", "quickstart", "--max-steps", "2", "-o", str(out)],
                 cwd=tmp_path, env=env, timeout=600)
-    assert "done: checkpoint folder" in done.stdout
+    assert "done: checkpoint folder" in done.stdout and "next: medclip demo --checkpoint" in done.stdout
     model = out / "model"
     assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
     assert (model / "gallery").is_dir()
@@ -66,6 +66,10 @@ def test_wheel_installs_and_runs_the_quickstart_outside_the_checkout(tmp_path: P
     listed = _run([str(medclip), "recipe", "--list"], cwd=tmp_path, env=env).stdout
     assert "kermany_pneumonia" in listed and "mimic_cxr" in listed
     assert "offline-default" in _run([str(medclip), "models"], cwd=tmp_path, env=env).stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_model = subprocess.run([str(medclip), "demo"], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert no_model.returncode == 1 and "medclip quickstart" in no_model.stderr  # not "app.py is not there"
     helped = _run([str(python), "-c", "import medclip.demo.app as page; print(page.build_demo.__name__)"],
                   cwd=tmp_path, env=env).stdout
     assert "build_demo" in helped  # the demo page is part of the wheel

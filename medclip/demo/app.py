@@ -201,10 +201,9 @@ def serve(engine: TriageEngine, *, host: str = "127.0.0.1", port: int = 7860, au
 
 def main(argv: list[str] | None = None, prog: str = "app.py") -> int:
     """``python app.py [--checkpoint DIR] [--host ...] [--port ...] [--auth user:pass]``."""
-    from medclip.commands import standalone_parser
-    from medclip.demo.cli import add_demo_arguments, run_demo
+    from medclip.demo.cli import build_demo_parser, run_demo
     from medclip.logging_setup import setup_logging, verbosity_of
 
-    args = standalone_parser(prog, "medclip triage demo (Gradio)", add_demo_arguments).parse_args(argv)
+    args = build_demo_parser(prog).parse_args(argv)
     setup_logging(verbosity_of(args))
     return run_demo(args, serve=serve)

@@ -22,6 +22,7 @@ __all__ = [
     "NO_CHECKPOINT_HELP",
     "add_demo_arguments",
     "add_demo_parser",
+    "build_demo_parser",
     "find_checkpoint",
     "launch_page",
     "load_engine",
@@ -40,7 +41,7 @@ Make one offline in a few minutes on a CPU with the README's main command:
 
     medclip quickstart
 
-then start the demo again (`python app.py`, or `medclip demo --checkpoint runs/quickstart/model`).
+then start the demo again (`medclip demo` in the same folder, or `python app.py` in the repository).
 Any checkpoint folder written by `medclip fit` (config.json + model.safetensors) works with --checkpoint DIR.
 """
 
@@ -65,6 +66,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--max-megapixels", type=float, default=UploadLimits.max_pixels / 1e6,
                         help="largest accepted 2D image in megapixels")
     return parser
+
+
+def build_demo_parser(prog: str = "app.py") -> argparse.ArgumentParser:
+    """The parser of ``python app.py``: ``medclip demo``'s arguments plus ``-q``/``-v``."""
+    from medclip.commands import standalone_parser
+
+    return standalone_parser(prog, "medclip triage demo (Gradio)", add_demo_arguments)
 
 
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
