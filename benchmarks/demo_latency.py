@@ -1,7 +1,7 @@
 """Triage-demo latency on CPU: one prediction for a 2k x 2k radiograph, medclip vs a plain open_clip pipeline.
 
 Input: a 2048 x 2048, 16-bit uncompressed DICOM radiograph made from the bundled sample CR image
-(``datasets/sample``, upsampled from its native size; planted PHI is kept in the file to show the
+(``medclip/sample``, upsampled from its native size; planted PHI is kept in the file to show the
 demo path reads it safely). Both pipelines run in one process on the same file, interleaved,
 warm-up calls not timed, median of ``--repeats``:
 
@@ -41,7 +41,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SOURCE = REPO / "datasets" / "sample" / "export" / "study_0001" / "series_1" / "IM0001.dcm"
+from medclip.sample import SAMPLE_EXPORT  # noqa: E402
+
+SOURCE = SAMPLE_EXPORT / "study_0001" / "series_1" / "IM0001.dcm"
 SIZE = 2048
 
 
@@ -86,7 +88,7 @@ def build_checkpoint(work: Path, checkpoint: Path | None) -> Path:
     else:
         model = DualEncoder.from_pretrained(checkpoint).eval()
         label = str(checkpoint)
-    export = REPO / "datasets" / "sample" / "export"
+    export = SAMPLE_EXPORT
     index_export(export, work / "manifest.parquet", reports=export / "reports.csv", progress=False)
     build_gallery(model, work / "manifest.parquet", work / "gallery", split=None)
     print(f"model: {label}")
