@@ -135,7 +135,7 @@ def build(sources_dir: Path, umls: Path | None = None) -> dict:
         xrefs: list[dict] = []
         anatomic = {_norm_text(a) for a in c.get("anatomic") or []}
 
-        def mention(text: str, source: str) -> None:
+        def mention(text: str, source: str, mentions: _Facts = mentions, anatomic: set[str] = anatomic) -> None:
             text = text.lower()
             if text in CHEXPERT_STEMS:
                 text += "*"

@@ -6,8 +6,8 @@
 'negative'
 """
 
-from .graph import Concept, Fact, Graph, GraphError, normalize_name
 from .augment import ReportAugmenter
+from .graph import Concept, Fact, Graph, GraphError, normalize_name
 from .labeler import Labeler, Mention, ReportLabeler
 from .prompts import zeroshot_prompts
 

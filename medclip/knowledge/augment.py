@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from .graph import Graph, normalize_name
 from .labeler import NO_FINDING

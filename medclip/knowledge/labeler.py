@@ -22,9 +22,10 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import Callable, Iterable, Mapping, Protocol
+from functools import cache
+from typing import Protocol
 
 from .graph import Graph, normalize_name
 from .matching import Match, PhraseMatcher, Token, phrase_tokens, sentence_spans, tokenize
@@ -270,7 +271,7 @@ class ReportLabeler:
             if "alternative" not in c.kinds:
                 continue
 
-            def clear(a: int, b: int) -> bool:  # tokens [a, b): no other cue; no comma, unless "A, or B"
+            def clear(a: int, b: int, c: _Cue = c) -> bool:  # tokens [a, b): no other cue; no comma, unless "A, or B"
                 return not any(o is not c and o.start < b and o.end > a for o in cues) and \
                     (a == b or "," not in text[toks[a - 1].end:toks[b].start])
 
@@ -353,7 +354,7 @@ def _token_owners(matches: list[Match], n_tokens: int) -> list[set[str]]:
     return owners
 
 
-@lru_cache(maxsize=None)
+@cache
 def _names_a_finding(payloads: tuple) -> bool:
     """Whether a phrase match names a finding (not only an exclusion such as "pericardial effusion")."""
     excluded = {cid for cid, kind in payloads if kind == "exclude"}

@@ -10,9 +10,10 @@ variants. A phrase ending in ``*`` matches any token that starts with its last w
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Generic, Hashable, Iterable, TypeVar
+from typing import Generic, TypeVar
 
 from .graph import singular
 

@@ -9,7 +9,7 @@ image by its similarity to the positive versus the negative mean.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from .graph import Graph, normalize_name
 
