@@ -270,9 +270,9 @@ def main() -> None:
             diffs.append(diff)
             for _ in range(args.repeats):
                 seconds += [
-                    timed(lambda: medclip_decode(path)),
+                    timed(lambda path=path: medclip_decode(path)),
                     timed(monai.decode),
-                    timed(lambda: medclip_model_input(path)),
+                    timed(lambda path=path: medclip_model_input(path)),
                     timed(monai.model_input),
                 ]
         if inverted:

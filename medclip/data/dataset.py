@@ -9,8 +9,8 @@ Both yield the same items::
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess_row, read_cache_index
-from medclip.data.storage import as_location, open_file
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+from medclip.data.storage import as_location, open_file
 from medclip.distributed import distributed_info
 from medclip.model.preprocess import PreprocessConfig
 from medclip.seeding import epoch_seed

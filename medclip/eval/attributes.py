@@ -12,10 +12,11 @@ rows whose value maps to a class: top-1 accuracy and balanced accuracy against t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ class AttributeClassifier:
 
     @classmethod
     def from_model(cls, model: nn.Module, task: str, graph: Graph | None = None,
-                   batch_size: int = 64) -> "AttributeClassifier":
+                   batch_size: int = 64) -> AttributeClassifier:
         """Embed each class's prompts (``attribute_prompts``) with the model's text tower."""
         graph = graph or attribute_graph()
         prompts = attribute_prompts(graph, task)

@@ -159,7 +159,7 @@ class DualEncoderConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DualEncoderConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DualEncoderConfig:
         """Build from a dict as written by :meth:`to_dict` (unknown keys are an error)."""
         return cls(**_known(cls, copy.deepcopy(data), "model config"))
 
@@ -168,7 +168,7 @@ class DualEncoderConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "DualEncoderConfig":
+    def from_json(cls, path: str | Path) -> DualEncoderConfig:
         """Read a config written by :meth:`to_json` (or a registry JSON file)."""
         path = Path(path)
         try:
@@ -182,7 +182,7 @@ class DualEncoderConfig:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: invalid model config: {err}") from err
 
-    def merged(self, overrides: dict[str, Any]) -> "DualEncoderConfig":
+    def merged(self, overrides: dict[str, Any]) -> DualEncoderConfig:
         """A copy with ``overrides`` applied; dict values (``vision=``, ``text=``) merge key by key.
 
         A tower whose ``name`` is overridden is a different model: for the text tower the
