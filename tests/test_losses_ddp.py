@@ -118,4 +118,4 @@ def test_ddp_matches_full_batch(case: int, ddp_results: Path) -> None:
     assert got["loss"].item() == pytest.approx(expected_loss, rel=1e-5, abs=1e-6)
     for key, grad in expected_grads.items():
         assert grad.abs().sum() > 0, f"{key}: zero gradient makes the comparison meaningless"
-        torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} {kwargs} grad {key}: {m}")
+        torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{name} {kwargs} grad {key}: {m}")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_train_fit import REPO_ROOT, _config
 from test_train_sources import make_manifest
 

@@ -32,7 +32,7 @@ def backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_backbone_runs_once_per_image_over_three_epochs(manifest: Path, tmp_path: Path, backbone_calls) -> None:
+def test_backbone_runs_once_per_image_over_three_epochs(manifest: Path, tmp_path: Path, backbone_calls) -> None:  # noqa: F811
     cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=-1, max_epochs=3, val_check_interval=None,
                   check_val_every_n_epoch=1)
     cfg["model"] = dict(MODEL)
@@ -88,7 +88,7 @@ def test_cached_features_give_the_uncached_loss_and_gradients() -> None:
         torch.testing.assert_close(cached_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_changed_preprocessing_or_model_recomputes(manifest: Path, tmp_path: Path, backbone_calls) -> None:
+def test_changed_preprocessing_or_model_recomputes(manifest: Path, tmp_path: Path, backbone_calls) -> None:  # noqa: F811
     module = DualEncoderModule(MODEL, {"name": "infonce"}, DEFAULTS["optim"])
     data = {**DEFAULTS["data"], "manifest": str(manifest), "image_size": 32, "batch_size": 4, "num_workers": 0}
 
@@ -112,7 +112,7 @@ def test_changed_preprocessing_or_model_recomputes(manifest: Path, tmp_path: Pat
     assert not list((tmp_path / "fc").glob("*.tmp"))
 
 
-def test_feature_cache_only_for_a_fixed_backbone(manifest: Path, tmp_path: Path) -> None:
+def test_feature_cache_only_for_a_fixed_backbone(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     from medclip.train.fit import use_feature_cache
 
     locked = DualEncoderModule(MODEL, {"name": "infonce"}, DEFAULTS["optim"]).model
@@ -145,7 +145,7 @@ def test_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
         again.get("c")
 
 
-def test_cache_stream_with_feature_cache(manifest: Path, tmp_path: Path, backbone_calls) -> None:
+def test_cache_stream_with_feature_cache(manifest: Path, tmp_path: Path, backbone_calls) -> None:  # noqa: F811
     from medclip.data.cache import CacheConfig, build_cache
 
     cache = tmp_path / "cache"
@@ -159,7 +159,7 @@ def test_cache_stream_with_feature_cache(manifest: Path, tmp_path: Path, backbon
 
 
 @pytest.mark.slow
-def test_locked_run_with_feature_cache_resumes_exactly_and_records_its_options(manifest: Path, tmp_path: Path) -> None:
+def test_locked_run_with_feature_cache_resumes_exactly_and_records_its_options(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     import json
 
     from test_train_fit import CRASH_AFTER, _weights

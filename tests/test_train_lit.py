@@ -92,7 +92,7 @@ def test_full_lock_keeps_the_backbone_in_eval_mode_and_its_output_fixed() -> Non
     assert not unlocked_bn.model.image_backbone_frozen and unlocked_bn.model.visual.backbone.training
 
 
-def test_locked_fit_end_to_end(manifest: Path, tmp_path: Path) -> None:
+def test_locked_fit_end_to_end(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     """A real fit with both towers locked: exported backbone and text encoder equal the initial weights bit for
     bit (BatchNorm statistics included); the checkpoint's optimizer holds only the trainable parameters."""
     cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=3, val_check_interval=None)

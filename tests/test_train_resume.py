@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_fit import CRASH_AFTER, _config, _weights, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 from medclip.train import fit
-from test_train_fit import CRASH_AFTER, _config, _weights, manifest, one_torch_thread  # noqa: F401 (fixtures)
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     """Gradient accumulation 2, 6 batches (3 steps) an epoch, validation at each epoch end: killed at
     step 4 (in epoch 1), resumed from the step-2 checkpoint (mid-epoch 0)."""
     base = _config({"manifest": str(manifest)}, tmp_path / "full", accumulate_grad_batches=2, max_steps=5,
@@ -54,7 +54,7 @@ def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:
+def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     from medclip.data.cache import CacheConfig, build_cache
 
     cache = tmp_path / "cache"
@@ -85,7 +85,7 @@ def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_training_further_from_the_final_checkpoint(manifest: Path, tmp_path: Path) -> None:
+def test_training_further_from_the_final_checkpoint(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     """6 steps end exactly at an epoch boundary; ``resume=last`` with max_steps=9 equals a 9-step run."""
     longer = _config({"manifest": str(manifest)}, tmp_path / "long", max_steps=9)
     longer["optim"]["schedule"] = "constant"  # the cosine decay depends on max_steps

@@ -76,7 +76,7 @@ def test_sub_captions_need_the_multi_positive_loss(tmp_path: Path) -> None:
         load_config({"data": {"manifest": "m.parquet"}, "loss": {"sub_captions": True}})
 
 
-def test_fit_with_sub_captions(manifest: Path, tmp_path: Path) -> None:
+def test_fit_with_sub_captions(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=2, val_check_interval=None)
     cfg["loss"] = {"name": "multi_positive", "sub_captions": True, "max_sub_captions": 3}
     model_dir = fit(copy.deepcopy(cfg))

@@ -30,7 +30,7 @@ def corpus_csv(tmp_path: Path) -> Path:
     return path
 
 
-def test_corpus_reading_and_labelling(corpus_csv: Path, manifest: Path) -> None:
+def test_corpus_reading_and_labelling(corpus_csv: Path, manifest: Path) -> None:  # noqa: F811
     texts = corpus_texts(corpus_csv)
     assert len(texts) == len(REPORTS) + 1
     corpus = labelled_reports(texts)
@@ -78,7 +78,7 @@ def test_pre_stage_lowers_its_loss_and_changes_only_the_text_tower(corpus_csv: P
     assert any(not torch.equal(v, before_state[k]) for k, v in model.state_dict().items() if k.startswith("text.proj"))
 
 
-def test_fit_runs_the_pre_stage_first(manifest: Path, corpus_csv: Path, tmp_path: Path) -> None:
+def test_fit_runs_the_pre_stage_first(manifest: Path, corpus_csv: Path, tmp_path: Path) -> None:  # noqa: F811
     cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=1, val_check_interval=None)
     cfg["text_pretrain"] = {"enabled": True, "corpora": [str(corpus_csv)], "steps": 3, "lr": 1e-3, "batch_size": 4}
     fit(copy.deepcopy(cfg))
