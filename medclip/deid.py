@@ -10,6 +10,10 @@ import hmac
 import logging
 import os
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +110,7 @@ def hash_identifier(value: object, salt: str | None = None, *, length: int = 16)
 _NO_PERSON_SEQUENCES = frozenset({0x52009230, 0x52009229})
 
 
-def person_names(ds: object, *, max_depth: int = 8) -> list[str]:
+def person_names(ds: Dataset, *, max_depth: int = 8) -> list[str]:
     """Every person-name (VR ``PN``) value in a pydicom dataset, nested sequences included.
 
     Covers the patient's names and every staff name tag (:data:`STAFF_NAME_KEYWORDS` and any other PN
@@ -116,7 +120,7 @@ def person_names(ds: object, *, max_depth: int = 8) -> list[str]:
 
     out: list[str] = []
 
-    def walk(dataset: object, depth: int) -> None:
+    def walk(dataset: Dataset, depth: int) -> None:
         for tag in list(dataset.keys()):
             try:
                 raw = dataset.get_item(tag, keep_deferred=True)

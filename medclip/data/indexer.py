@@ -284,7 +284,7 @@ def _nifti_record(path: Path, verify: bool, rec: dict) -> None:
     import nibabel as nib
 
     img = nib.load(str(path))
-    shape = img.shape
+    shape = img.shape  # type: ignore[attr-defined]  # nib.load is typed as FileBasedImage; NIfTI images have .shape
     rec["modality"] = ""
     rec["rows"], rec["columns"] = int(shape[1]) if len(shape) > 1 else 0, int(shape[0])
     rec["frames"] = int(shape[2]) if len(shape) > 2 else 1

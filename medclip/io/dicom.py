@@ -308,7 +308,7 @@ def safe_metadata(ds: Dataset, salt: str | None = None) -> dict[str, Any]:
         "frames": frames,
         "bits_stored": _int(ds, "BitsStored"),
         "pixel_spacing": _pixel_spacing(ds),
-        "slice_thickness": (_floats(_value(ds, "SliceThickness"), 1) or [None])[0],
+        "slice_thickness": next(iter(_floats(_value(ds, "SliceThickness"), 1) or []), None),
         "manufacturer": str(_value(ds, "Manufacturer", "")).strip(),
         "transfer_syntax": transfer_syntax,
         "sex": coarse_sex(_value(ds, "PatientSex", "")),
@@ -875,7 +875,7 @@ def _mosaic_volume(ds: Dataset, path: PathLike) -> tuple[np.ndarray, np.ndarray,
         affine_lps = np.asarray(wrapper.affine, dtype=np.float64)  # nibabel's wrappers use DICOM LPS
     except ImageReadError:
         raise
-    except (dicomwrappers.WrapperError, csareader.CSAError, *_DECODE_ERRORS) as exc:
+    except (dicomwrappers.WrapperError, csareader.CSAError, *_DECODE_ERRORS) as exc:  # type: ignore[misc]  # mypy cannot type a starred exception tuple
         raise ImageReadError(path, f"Siemens mosaic could not be unpacked ({type(exc).__name__}: {exc})") from exc
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps
     array, affine, spacing = canonical_volume(data, affine)
@@ -940,6 +940,7 @@ def _read_dataset_pixels(
         metadata["frame"] = frame
         metadata["image_id"] = hash_identifier(f"{_value(ds, 'SOPInstanceUID', '')}#frame{frame}", salt)
 
+    affine: np.ndarray | None  # None: frames without patient geometry
     if n_frames == 1 and frame is None and _is_mosaic(ds):
         values, affine, spacing = _mosaic_volume(ds, path)
         _check_content(values, path)
@@ -950,13 +951,13 @@ def _read_dataset_pixels(
 
     if n_frames == 1 or frame is not None:
         array, used = _pixels(ds, path, frame, window, n_frames)
-        spacing = _pixel_spacing(ds, frame or 0)
+        pixel_spacing = _pixel_spacing(ds, frame or 0)
         frame_slices = _frame_slices(ds, n_frames) if n_frames > 1 else None
         geometry = frame_slices[frame or 0] if frame_slices else _slice_of(ds, 0)
         metadata.update(used)
         return MedicalImage(
             array=array,
-            spacing=tuple(spacing) if spacing else (1.0, 1.0),
+            spacing=tuple(pixel_spacing) if pixel_spacing else (1.0, 1.0),
             affine=_slice_affine_2d(geometry),
             metadata=metadata,
             source=str(path),

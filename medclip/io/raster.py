@@ -33,9 +33,9 @@ def read_raster(path: PathLike, *, window: WindowSpec = "auto", salt: str | None
     """
     check_window(window)
     try:
-        with Image.open(path) as img:
-            fmt = (img.format or "").lower()
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            fmt = (opened.format or "").lower()
+            img: Image.Image = ImageOps.exif_transpose(opened)
             img.load()
             mode = img.mode
             if mode in _HIGH_BIT_MODES:

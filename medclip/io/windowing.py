@@ -179,6 +179,7 @@ def window_image(
     """
     if window is None:
         return np.asarray(values, dtype=np.float32), {"window": None, "window_center": None, "window_width": None}
+    used: dict[str, Any]
     if isinstance(window, str):
         name = window.strip().lower()
         if name == "auto":
