@@ -97,7 +97,9 @@ class ReportAugmenter:
         """
         rng = rng or self.rng
         p_negatives = self.p_negatives if p_negatives is None else p_negatives
-        positive, uncertain, negative = [], [], []
+        positive: list[str] = []
+        uncertain: list[str] = []
+        negative: list[str] = []
         for cid, value in labels.items():
             if cid == NO_FINDING or value is None or (isinstance(value, float) and math.isnan(value)):
                 continue

@@ -247,11 +247,11 @@ class ReportLabeler:
                                            roles.get(index), comma_between, closers)
                 if status is None:  # a history statement, not a finding
                     continue
-                if kind == "anatomic" and owners is None:
-                    owners = _token_owners(matches, len(norms))
-                if kind == "anatomic" and not self._has_modifier(cid, norms, match.start, match.end, terminators,
-                                                                 owners):
-                    if status != NEGATIVE:
+                if kind == "anatomic":
+                    if owners is None:
+                        owners = _token_owners(matches, len(norms))
+                    if not self._has_modifier(cid, norms, match.start, match.end, terminators, owners) \
+                            and status != NEGATIVE:
                         continue  # "heart size is stable": names the organ, not a finding
                 span = (toks[match.start].start, toks[match.end - 1].end)
                 yield cid, Mention(status, span, section, text[span[0]:span[1]], sentence, cue)

@@ -82,8 +82,8 @@ class PhraseMatcher(Generic[P]):
                 self._stems.setdefault(tokens[0], []).append(item)
             else:
                 self._exact.setdefault(tokens[0], []).append(item)
-        for bucket in (*self._exact.values(), *self._stems.values()):
-            bucket.sort(key=lambda it: -len(it[0]))
+        for candidates in (*self._exact.values(), *self._stems.values()):
+            candidates.sort(key=lambda it: -len(it[0]))
         self._stem_lengths = sorted({len(k) for k in self._stems})
         self._cache: dict[str, tuple] = {}
 
