@@ -37,10 +37,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -212,10 +213,16 @@ def medclip_config(sets: dict[str, DataSet], out: Path, args: argparse.Namespace
     return config
 
 
+BASE: dict[str, Any] = {}  # --base: overrides on top of DEFAULTS for the medclip arm and every ablation
+
+
 def effective_defaults() -> dict[str, Any]:
     from medclip.train.config import DEFAULTS
 
-    return DEFAULTS
+    config = copy.deepcopy(DEFAULTS)
+    for key, value in BASE.items():
+        _set_dotted(config, key, value)
+    return config
 
 
 def differs_from_defaults(overrides: dict[str, Any]) -> bool:
@@ -228,7 +235,7 @@ def train_medclip(sets: dict[str, DataSet], out: Path, args: argparse.Namespace,
     """(a) medclip's recipe through ``medclip.train.fit``."""
     from medclip.train import fit
 
-    return Path(fit(medclip_config(sets, out, args, seed, overrides)))
+    return Path(fit(medclip_config(sets, out, args, seed, {**BASE, **(overrides or {})})))
 
 
 class _OpenClipShaped(torch.nn.Module):
@@ -596,7 +603,7 @@ def headline_table(results: dict[str, list[dict[str, Stat]]], n_boot: int) -> st
         target, verdict = "", ""
         if key in TARGETS:
             target = TARGETS[key][0]
-            check = TARGETS[key][1] or (lambda m, c, u: m >= 2 * (a[0].chance or 0) and m > c)
+            check = TARGETS[key][1] or (lambda m, c, u, a=a: m >= 2 * (a[0].chance or 0) and m > c)
             verdict = " met" if check(m, c, un) else " NOT met"
         chance = f"{a[0].chance:.3f}" if a[0].chance is not None else "-"
         lines.append(f"{key:44s} {chance:>6s}  {_mean_sd([r.value for r in a]):>15s}  {_mean_sd([r.value for r in b]):>15s}  "
@@ -648,7 +655,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--arms", default="medclip,clip,untrained", help="headline arms to run")
     ap.add_argument("--loss", default=None, help="medclip side: NAME or NAME:key=value,... instead of the default loss")
     ap.add_argument("--workdir", type=Path, default=Path("runs/quality_benchmark"))
+    ap.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training option on top of the defaults for the medclip arm and every ablation (repeat), "
+                         "e.g. model.lock_image=true: ablations then flip options from that recipe")
     args = ap.parse_args(argv)
+    from medclip.train.config import parse_override
+
+    BASE.clear()
+    BASE.update({".".join(k): v for k, v in map(parse_override, args.base)})
     args.seeds = args.seeds or (1 if args.quick else 3)
     args.steps = args.steps or (60 if args.quick else 300)
     args.image_size = args.image_size or (128 if args.quick else 160)
@@ -678,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         f = s.frame
         print(f"{s.name:8s} {len(f):5d} images, {f['patient_id'].nunique():4d} patients; "
               + ", ".join(f"{k} {int((f['split'] == k).sum())}" for k in ("train", "val", "test")) + f"; text: {s.text}")
+    if BASE:
+        print(f"medclip arm and ablations: the defaults + {BASE}")
     print(f"budget per run (every arm): {args.steps} steps x batch {args.batch_size}, {args.image_size} px, lr {args.lr} "
           f"cosine, warmup {args.warmup}; seeds {args.seeds}; machine: {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f} at start (shared machine)")
