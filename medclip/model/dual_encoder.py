@@ -121,7 +121,8 @@ class DualEncoder(nn.Module):
         """The vision backbone's parameter names in blocks, input to output (timm's group matcher for
         timm models, top-level children otherwise); what ``lock_image_tower(unlocked_groups=N)`` counts."""
         backbone = self.visual.backbone
-        prefix, trunk = "", backbone
+        prefix = ""
+        trunk: nn.Module = backbone
         module: nn.Module
         for name, module in backbone.named_modules():
             if callable(getattr(module, "group_matcher", None)):

@@ -90,7 +90,7 @@ def parameter_counts(config: DualEncoderConfig) -> dict[str, int | None]:
 def describe_models(sizes: bool = True) -> dict[str, dict[str, Any]]:
     """For each bundled config: towers, embedding size, input kind and (``sizes``) parameter counts
     (:func:`parameter_counts`), for ``medclip models``."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name in list_models():
         config = get_model_config(name)
         vision, text = config.vision, config.text

@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import DualEncoderConfig
 from .resources import HF_HUB_PREFIX, ModelLoadError, hf_offline, hub_hint, resolve_hf_hub, resolve_model_source
+from .vision import TimmBackbone
 
 if TYPE_CHECKING:
     from .dual_encoder import DualEncoder
@@ -227,7 +228,7 @@ def fold_stem(
     return folded.to(weight.dtype), (bias.double() - shift).to(bias.dtype)
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module, facts: dict[str, Any]) -> dict[str, torch.Tensor]:
+def convert_state_dict(state: dict[str, torch.Tensor], model: DualEncoder, facts: dict[str, Any]) -> dict[str, torch.Tensor]:
     """open_clip's ``CustomTextCLIP`` weights renamed (and the stem folded) for ``model`` (a DualEncoder)."""
     state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
     target = model.state_dict()
@@ -246,8 +247,11 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module, facts: 
         else:
             new = key
         out[new] = value
-    stem = _stem_name(model.visual.backbone.model)
-    conv = model.visual.backbone.model.get_submodule(stem)
+    backbone = model.visual.backbone
+    if not isinstance(backbone, TimmBackbone):
+        raise ModelLoadError(f"open_clip weights need a timm vision backbone, not {type(backbone).__name__}")
+    stem = _stem_name(backbone.model)
+    conv = backbone.model.get_submodule(stem)
     w_key, b_key = f"visual.backbone.model.{stem}.weight", f"visual.backbone.model.{stem}.bias"
     if w_key not in out:
         raise ModelLoadError(f"{facts['folder']}: the weights have no {w_key[len('visual.backbone.model.'):]} for the first layer")

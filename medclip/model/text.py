@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from .config import TextConfig
 from .resources import ModelLoadError, hf_offline, hub_hint, resolve_model_source
@@ -45,8 +45,8 @@ def plan_length_buckets(lengths: list[int] | np.ndarray, max_buckets: int, overh
     starts = np.arange(n + 1)
     for k in range(1, k_max + 1):
         for j in range(1, n + 1):
-            i = starts[:j]
-            cost = best[k - 1, :j] + (j - i) * sorted_len[j - 1] + overhead_tokens
+            firsts = starts[:j]
+            cost = best[k - 1, :j] + (j - firsts) * sorted_len[j - 1] + overhead_tokens
             cost[best[k - 1, :j] >= inf] = inf
             pick = int(np.argmin(cost))
             best[k, j], cut[k, j] = cost[pick], pick
@@ -87,7 +87,7 @@ def hf_config_to_dict(config: PretrainedConfig) -> dict[str, Any]:
     return data
 
 
-def _from_config(config: PretrainedConfig) -> nn.Module:
+def _from_config(config: PretrainedConfig) -> PreTrainedModel:
     try:
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:  # encoders without a pooler layer
@@ -110,7 +110,7 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(path: str, config: PretrainedConfig | None) -> nn.Module:
+def _from_pretrained(path: str, config: PretrainedConfig | None) -> PreTrainedModel:
     kwargs: dict[str, Any] = dict(trust_remote_code=False, local_files_only=hf_offline(), output_loading_info=True)
     if config is not None:
         kwargs["config"] = config
@@ -134,6 +134,8 @@ def _from_pretrained(path: str, config: PretrainedConfig | None) -> nn.Module:
 class TextTower(nn.Module):
     """Encoder + pooling + projection: (input_ids, attention_mask) -> (B, embed_dim)."""
 
+    encoder: PreTrainedModel
+
     def __init__(self, cfg: TextConfig, embed_dim: int, vocab_size: int | None = None, load_pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
@@ -143,6 +145,8 @@ class TextTower(nn.Module):
             self.encoder = _from_pretrained(path, config)
         else:
             if config is None:
+                if path is None:
+                    raise ModelLoadError("text model: set text.name or text.hf_config")
                 try:
                     config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=hf_offline())
                 except (OSError, ValueError) as err:

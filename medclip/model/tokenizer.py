@@ -85,7 +85,7 @@ def wordpiece_tokenizer(vocab: list[str], model_max_length: int = 512) -> PreTra
     """A lower-casing BERT WordPiece tokenizer over ``vocab`` ([CLS] text [SEP], right padding)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    ids = {}
+    ids: dict[str, int] = {}
     for token in vocab:
         ids.setdefault(token, len(ids))
     backend = Tokenizer(models.WordPiece(vocab=ids, unk_token="[UNK]", max_input_chars_per_word=100))

@@ -38,6 +38,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: weight file not found")
+    state: Any  # torch.load returns whatever the file holds; checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -128,6 +129,9 @@ def timm_model_name(name: str) -> str:
 
 class TimmBackbone(nn.Module):
     """A headless timm 2D encoder with ``in_chans`` input channels; returns pooled features."""
+
+    #: a timm model: ``num_features`` and ``set_grad_checkpointing`` are timm's API, not declared on nn.Module
+    model: Any
 
     def __init__(self, cfg: VisionConfig, load_pretrained: bool = True) -> None:
         super().__init__()
@@ -256,10 +260,16 @@ class SliceBackbone(nn.Module):
 class VisionTower(nn.Module):
     """Normalisation + backbone + projection: [0, 1] images or volumes -> (B, embed_dim)."""
 
+    backbone: TimmBackbone | Monai3DBackbone | SliceBackbone
+    mean: torch.Tensor  # registered buffers
+    std: torch.Tensor
+
     def __init__(self, cfg: VisionConfig, embed_dim: int, load_pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        backbone_cls = {"timm": TimmBackbone, "monai3d": Monai3DBackbone, "slices2d": SliceBackbone}[cfg.kind]
+        backbones: dict[str, type[TimmBackbone | Monai3DBackbone | SliceBackbone]] = {
+            "timm": TimmBackbone, "monai3d": Monai3DBackbone, "slices2d": SliceBackbone}
+        backbone_cls = backbones[cfg.kind]
         self.backbone = backbone_cls(cfg, load_pretrained)
         self.proj = build_projection(cfg.proj, self.backbone.num_features, embed_dim, cfg.proj_bias)
         shape = (1, -1) + (1,) * (3 if cfg.is_volume else 2)
