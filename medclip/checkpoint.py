@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from medclip.fsutil import atomic_write
-from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME
+from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME, DualEncoder
 
 __all__ = [
     "DRAFTER_DIR", "EVAL_DIR", "GALLERY_DIR", "PROVENANCE_FILE", "THRESHOLDS_FILE",
@@ -173,10 +173,8 @@ class CheckpointDir:
         return self
 
     # ------------------------------------------------------------------ model
-    def load_model(self, map_location: str | torch.device = "cpu") -> nn.Module:
+    def load_model(self, map_location: str | torch.device = "cpu") -> DualEncoder:
         """The :class:`~medclip.model.DualEncoder` in this folder, in eval mode."""
-        from medclip.model import DualEncoder
-
         self.require()
         return DualEncoder.from_pretrained(self.path, map_location=map_location).eval()
 

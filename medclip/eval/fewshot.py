@@ -56,7 +56,7 @@ def linear_probe_fit(features: np.ndarray, labels: np.ndarray, c: float = 1.0, s
     return clf.coef_[0].copy(), float(clf.intercept_[0])
 
 
-def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator, groups: Sequence[object] | None = None) -> np.ndarray | None:
+def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator, groups: Sequence[object] | np.ndarray | None = None) -> np.ndarray | None:
     """Indices of ``k`` positives and ``k`` negatives (at most one image per patient when ``groups`` is
     given, so shots are independent); None when either class has fewer than ``k``."""
     y = np.asarray(labels, dtype=np.float64)
@@ -76,7 +76,7 @@ def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator, groups: S
 def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
                      test_labels: np.ndarray, findings: list[str], zeroshot_logits: np.ndarray | None = None,
                      shots: Sequence[int] = (1, 4, 16), trials: int = 5, alpha: float = 1.0, seed: int = 0,
-                     train_groups: Sequence[object] | None = None,
+                     train_groups: Sequence[object] | np.ndarray | None = None,
                      train_zeroshot_logits: np.ndarray | None = None) -> dict:
     """Test AUROC per finding for each method and k, mean over ``trials`` random draws of the shots.
 

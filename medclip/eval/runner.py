@@ -27,7 +27,14 @@ from torch import nn
 from medclip.checkpoint import CheckpointDir
 from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
-from medclip.inference.encoders import describe_model, embed_images, embed_texts, load_model, model_preprocess
+from medclip.inference.encoders import (
+    EmbeddingModel,
+    describe_model,
+    embed_images,
+    embed_texts,
+    load_model,
+    model_preprocess,
+)
 from medclip.inference.thresholds import DEFAULT_THRESHOLD, FALLBACK, OperatingPoint, calibrate, save_thresholds
 from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
@@ -94,7 +101,7 @@ class EmbeddedSplit:
 class Evaluator:
     """Holds a model, a manifest and the embedded splits; each ``run_<task>`` returns a JSON-able dict."""
 
-    def __init__(self, model: nn.Module, manifest: str | Path | pd.DataFrame, options: EvalOptions | None = None,
+    def __init__(self, model: EmbeddingModel, manifest: str | Path | pd.DataFrame, options: EvalOptions | None = None,
                  output_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> None:
         self.model = model.eval()
         self.options = options or EvalOptions()
@@ -403,7 +410,7 @@ class Evaluator:
         return out
 
 
-def evaluate(checkpoint: str | Path | nn.Module, manifest: str | Path | pd.DataFrame, tasks: Sequence[str] = TASKS,
+def evaluate(checkpoint: str | Path | EmbeddingModel, manifest: str | Path | pd.DataFrame, tasks: Sequence[str] = TASKS,
              output_dir: str | Path | None = None, save_to_checkpoint: bool = False, device: str = "cpu",
              **options: Any) -> dict[str, Any]:
     """Evaluate a checkpoint folder (medclip or open_clip, see :func:`load_model`) or a loaded model on a
@@ -425,7 +432,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, dict) and "value" in v:
-        return str(M.Estimate(*(math.nan if v[k] is None else v[k] for k in ("value", "low", "high", "n", "n_groups"))))
+        fields: list[Any] = [math.nan if v[k] is None else v[k] for k in ("value", "low", "high", "n", "n_groups")]
+        return str(M.Estimate(*fields))
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 

@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from medclip.data.reports import REDACTED, parse_sections, split_sentences
 
-from .encoders import embed_texts
+from .encoders import EmbeddingModel, embed_texts
 
 DRAFTER_FORMAT = "medclip.ReportDrafter"
 _META_FILE = "drafter.json"
@@ -111,7 +110,7 @@ class ReportDrafter:
                 self._report_sentences[r].append(s)
 
     @classmethod
-    def build(cls, model: nn.Module, texts: list[str], batch_size: int = 64, **options) -> ReportDrafter:
+    def build(cls, model: EmbeddingModel, texts: list[str], batch_size: int = 64, **options) -> ReportDrafter:
         """Embed a corpus of reports and their (de-duplicated) sentences with ``model``'s text tower."""
         texts = [t for t in (str(t).strip() for t in texts) if t]
         if not texts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -19,8 +19,14 @@ from medclip.model.preprocess import PreprocessConfig
 
 from .openclip import OpenClipAdapter, is_open_clip
 
+if TYPE_CHECKING:
+    from medclip.model.dual_encoder import DualEncoder
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+#: What the embedding helpers take: a medclip DualEncoder or an open_clip model behind its adapter.
+EmbeddingModel: TypeAlias = "DualEncoder | OpenClipAdapter"
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
     """A medclip checkpoint folder (or ``hf-hub:`` id), or an open_clip model (see :func:`is_open_clip`), in eval mode."""
     if is_open_clip(name_or_path):
         return OpenClipAdapter.from_pretrained(name_or_path, device=device).eval()
@@ -29,15 +35,15 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     return CheckpointDir.open(name_or_path).load_model(map_location=device)
 
 
-def model_image_size(model: nn.Module) -> int | tuple[int, int]:
+def model_image_size(model: EmbeddingModel) -> int | tuple[int, ...]:
     """The image size a model's inputs are prepared at."""
     if isinstance(model, OpenClipAdapter):
         return model.image_size
     size = model.config.vision.image_size  # DualEncoder
-    return int(size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
+    return int(size) if isinstance(size, int) else tuple(size)
 
 
-def model_preprocess(model: nn.Module) -> PreprocessConfig:
+def model_preprocess(model: EmbeddingModel) -> PreprocessConfig:
     """What the model sees: a medclip checkpoint's saved :class:`PreprocessConfig` (its ``config.json``),
     for an open_clip model the defaults at its input size (its own resize and mean/std follow in the adapter)."""
     if isinstance(model, OpenClipAdapter):
@@ -46,7 +52,7 @@ def model_preprocess(model: nn.Module) -> PreprocessConfig:
     return config.preprocess_config()
 
 
-def logit_scale_of(model: nn.Module) -> float:
+def logit_scale_of(model: EmbeddingModel) -> float:
     """The model's learned softmax temperature (exp'ed and clamped as in training)."""
     if isinstance(model, OpenClipAdapter):
         return model.logit_scale_value
@@ -60,7 +66,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised text embeddings (N, E) on the CPU, in input order."""
     texts = list(texts)
     if not texts:
@@ -81,7 +87,7 @@ def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 64) ->
 
 
 @torch.no_grad()
-def embed_images(model: nn.Module, images: Iterable[torch.Tensor] | torch.utils.data.Dataset, batch_size: int = 32,
+def embed_images(model: EmbeddingModel, images: Iterable[torch.Tensor] | torch.utils.data.Dataset, batch_size: int = 32,
                  num_workers: int = 0) -> torch.Tensor:
     """L2-normalised image embeddings (N, E) on the CPU from a tensor (N, 1, H, W) or a dataset of items
     with an ``"image"`` entry (e.g. :class:`medclip.data.ManifestDataset`)."""
@@ -89,7 +95,8 @@ def embed_images(model: nn.Module, images: Iterable[torch.Tensor] | torch.utils.
     if isinstance(images, torch.Tensor):
         batches: Iterable[torch.Tensor] = images.split(batch_size)
     else:
-        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        # any indexable collection of items works as a map-style dataset
+        loader = torch.utils.data.DataLoader(cast(torch.utils.data.Dataset, images), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                              collate_fn=lambda items: torch.stack([it["image"] for it in items]))
         batches = loader
     out = [model.encode_image(b.to(device), normalize=True).float().cpu() for b in batches]
@@ -98,10 +105,10 @@ def embed_images(model: nn.Module, images: Iterable[torch.Tensor] | torch.utils.
     return torch.cat(out)
 
 
-def describe_model(model: nn.Module) -> dict[str, Any]:
+def describe_model(model: EmbeddingModel) -> dict[str, Any]:
     """A short JSON-able description of the model for the metrics file."""
     if isinstance(model, OpenClipAdapter):
         return {"kind": "open_clip", "name": model.name, "image_size": list(model.image_size)}
     cfg = model.config
-    return {"kind": "medclip", "name": cfg.name, "vision": cfg.vision.name, "text": cfg.text.name or cfg.text.hf_config.get("model_type"),
+    return {"kind": "medclip", "name": cfg.name, "vision": cfg.vision.name, "text": cfg.text.name or (cfg.text.hf_config or {}).get("model_type"),
             "embed_dim": cfg.embed_dim, "image_size": cfg.vision.image_size, "preprocess": cfg.preprocess_config().to_dict()}

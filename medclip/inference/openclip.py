@@ -44,6 +44,11 @@ class OpenClipAdapter(nn.Module):
     after its centre crop (medclip images are already square-padded by the data pipeline).
     """
 
+    #: an open_clip CLIP model (open_clip is optional and untyped: its encode_* methods are not nn.Module's)
+    model: Any
+    mean: torch.Tensor  # registered buffers
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, tokenizer: Any, image_size: int | Sequence[int] | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str = "open_clip") -> None:
         super().__init__()

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from medclip.knowledge import Graph, zeroshot_prompts
 from medclip.knowledge.prompts import (
@@ -32,7 +31,7 @@ from medclip.knowledge.prompts import (
     prompt_names,
 )
 
-from .encoders import embed_texts, logit_scale_of
+from .encoders import EmbeddingModel, embed_texts, logit_scale_of
 
 PROMPT_STYLES = ("ensemble", "templates", "name", "sentence", "appearance")
 NO_FINDING = "no_finding"
@@ -69,7 +68,7 @@ def prompts_for_style(graph: Graph, findings: str | Iterable[str] | None, style:
     return out
 
 
-def _mean_embedding(model: nn.Module, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+def _mean_embedding(model: EmbeddingModel, texts: Sequence[str], batch_size: int) -> torch.Tensor:
     return F.normalize(embed_texts(model, texts, batch_size).mean(dim=0), dim=-1)
 
 
@@ -88,7 +87,7 @@ class ZeroShotClassifier:
         self.style = style
 
     @classmethod
-    def from_model(cls, model: nn.Module, findings: str | Iterable[str] | None = None, graph: Graph | None = None,
+    def from_model(cls, model: EmbeddingModel, findings: str | Iterable[str] | None = None, graph: Graph | None = None,
                    style: str = "ensemble", batch_size: int = 64) -> ZeroShotClassifier:
         """Embed every finding's prompt ensembles with ``model``'s text tower (once).
 
