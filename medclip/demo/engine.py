@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from medclip.checkpoint import CheckpointDir
 from medclip.inference.drafting import DraftedReport, ReportDrafter
-from medclip.inference.encoders import model_preprocess
+from medclip.inference.encoders import EmbeddingModel, model_preprocess
 from medclip.inference.thresholds import (
     DEFAULT_UNCERTAIN_MARGIN,
     OperatingPoint,
@@ -31,6 +30,7 @@ from medclip.inference.zeroshot import DEFAULT_FINDINGS, ZeroShotClassifier
 from medclip.io import MedicalImage
 from medclip.io.windowing import WindowSpec
 from medclip.knowledge import Graph
+from medclip.model.dual_encoder import DualEncoder
 from medclip.model.preprocess import PreprocessConfig, preprocess
 
 from .gallery import GALLERY_INFO, Gallery, GalleryMatch
@@ -73,7 +73,7 @@ class TriageEngine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: EmbeddingModel,
         *,
         findings: str | Iterable[str] | None = None,
         thresholds: Mapping[str, float | OperatingPoint] | None = None,
@@ -102,8 +102,10 @@ class TriageEngine:
         self.k_similar = k_similar
         #: what the model sees: the checkpoint's saved preprocessing (window, size, slice choice)
         self.preprocess: PreprocessConfig = model_preprocess(self.model)
-        if self.is_volume and getattr(self.model.config, "preprocess", None) is None:  # no saved grid: the tower's
-            self.preprocess = self.preprocess.with_(volume_shape=tuple(self.model.config.vision.image_size))
+        if self.is_volume and isinstance(self.model, DualEncoder) and self.model.config.preprocess is None:
+            # no saved grid: the tower's input size (an int is a cube, as in the vision tower)
+            size = self.model.config.vision.image_size
+            self.preprocess = self.preprocess.with_(volume_shape=(size,) * 3 if isinstance(size, int) else tuple(size))
         self.image_size = self.preprocess.image_size
 
     @classmethod

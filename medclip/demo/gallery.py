@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch import nn
 from tqdm import tqdm
 
 from medclip.checkpoint import CheckpointDir, model_fingerprint
@@ -36,7 +35,7 @@ from medclip.data.cache import cache_shards, iter_cache, preprocess_row, read_ca
 from medclip.data.dataset import report_text
 from medclip.data.manifest import read_manifest
 from medclip.fsutil import atomic_write
-from medclip.inference.encoders import model_preprocess
+from medclip.inference.encoders import EmbeddingModel, model_preprocess
 from medclip.inference.index import EmbeddingIndex
 from medclip.io.windowing import resize_to_square
 from medclip.model.preprocess import PreprocessConfig
@@ -73,7 +72,7 @@ class GalleryMatch:
     thumbnail: Path | None
 
 
-def _preprocess(model: nn.Module) -> PreprocessConfig:
+def _preprocess(model: EmbeddingModel) -> PreprocessConfig:
     """The model's saved preprocessing (:func:`medclip.inference.model_preprocess`); a square input only."""
     size = getattr(model, "image_size", None)  # an open_clip adapter's (H, W)
     if isinstance(size, tuple) and len(set(size)) != 1:
@@ -121,7 +120,7 @@ def _thumbnail(pixels: np.ndarray) -> Image.Image:
 
 @torch.no_grad()
 def build_gallery(
-    model: nn.Module,
+    model: EmbeddingModel,
     manifest_or_cache: str | Path | pd.DataFrame,
     out_dir: str | Path,
     *,
@@ -224,7 +223,7 @@ class Gallery:
         return len(self.table)
 
     @classmethod
-    def load(cls, directory: str | Path, model: nn.Module | None = None, *,
+    def load(cls, directory: str | Path, model: EmbeddingModel | None = None, *,
              checkpoint: str | Path | None = None) -> Gallery:
         """Read a gallery folder; with ``model`` (or ``checkpoint``, whose cached fingerprint is used),
         check that it was built with that model: another model's gallery is refused with the command
