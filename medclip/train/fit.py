@@ -15,7 +15,7 @@ import torch
 import yaml
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from medclip.checkpoint import CheckpointDir
 from medclip.fsutil import atomic_write
@@ -63,7 +63,8 @@ class FinalCheckpoint(L.Callback):
             max_epochs is not None and max_epochs > 0 and trainer.current_epoch >= max_epochs - 1
             and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         )
-        periodic = bool(self.every_n_steps) and step % int(self.every_n_steps) == 0  # ModelCheckpoint saves it
+        every = self.every_n_steps or 0
+        periodic = every != 0 and step % int(every) == 0  # ModelCheckpoint saves it
         if (by_steps or by_epochs) and not periodic:
             trainer.save_checkpoint(self.path)
 
@@ -131,7 +132,7 @@ def _callbacks(cfg: Mapping[str, Any], checkpoint_dir: Path, with_loggers: bool)
 
 
 def _loggers(cfg: Mapping[str, Any], output_dir: Path) -> list[Any]:
-    loggers = []
+    loggers: list[Logger] = []
     for name in cfg.get("loggers") or []:
         if name == "csv":
             loggers.append(CSVLogger(output_dir, name="csv_logs"))
@@ -177,6 +178,8 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         # every rank takes part in gathering the full, unsharded weights; rank 0 receives and writes them
+        if trainer.model is None:
+            raise RuntimeError("the trainer holds no model to export")
         state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
             from medclip.model import create_model

@@ -6,12 +6,13 @@ import logging
 import math
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, schedule: str, 
 
 def _rng_state() -> dict[str, Any]:
     """Python, NumPy and torch CPU RNG states in types a ``weights_only`` checkpoint load accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy MT19937 state is this tuple (numpy types the return as tuple | dict, the non-legacy form)
+    state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, gauss = state
     return {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
@@ -198,7 +201,7 @@ class DualEncoderModule(L.LightningModule):
             raise ValueError("set trainer.max_steps (or max_epochs with a sized dataset) for the lr schedule")
         return int(estimated)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         cfg = self.optim_cfg
         groups = self._param_groups()
         name = str(cfg.get("optimizer", "adamw")).lower()
