@@ -78,8 +78,8 @@ def plot_recall_curves(ranks: Mapping[str, Sequence[int]], path: str | Path, max
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ks = np.arange(1, max_k + 1)
-    for name, r in ranks.items():
-        r = np.asarray(r)
+    for name, seq in ranks.items():
+        r = np.asarray(seq)
         r = r[r > 0]
         if r.size:
             ax.plot(ks, [(r <= k).mean() for k in ks], label=name.replace("_", " "))

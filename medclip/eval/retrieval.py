@@ -6,6 +6,7 @@ The search itself is :class:`medclip.inference.index.EmbeddingIndex` (exact, or 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ def evaluate_retrieval(image_features: torch.Tensor, text_features: torch.Tensor
     the metrics of :func:`retrieval_metrics`, the gallery sizes and the chance R@K."""
     i2t = retrieval_ranks(image_features, text_features, image_studies, text_studies, use_faiss)
     t2i = retrieval_ranks(text_features, image_features, text_studies, image_studies, use_faiss)
-    result = {"image_to_report": retrieval_metrics(i2t, ks), "report_to_image": retrieval_metrics(t2i, ks)}
+    result: dict[str, Any] = {"image_to_report": retrieval_metrics(i2t, ks), "report_to_image": retrieval_metrics(t2i, ks)}
     result["image_to_report"]["gallery_size"] = int(len(text_studies))
     result["report_to_image"]["gallery_size"] = int(len(image_studies))
     result["n_studies"] = int(len(set(map(str, image_studies)) | set(map(str, text_studies))))
