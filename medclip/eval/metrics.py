@@ -120,7 +120,7 @@ class Estimate:
     n: int  # samples the value was computed on
     n_groups: int  # resampling units (patients)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
     def __str__(self) -> str:
@@ -132,7 +132,7 @@ class Estimate:
 
 
 def bootstrap_ci(metric: MetricFn, y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray,
-                 groups: Sequence[object] | None = None, n_boot: int = 1000, level: float = 0.95,
+                 groups: Sequence[object] | np.ndarray | None = None, n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0) -> Estimate:
     """``metric(y_true, y_score)`` with a percentile bootstrap CI, resampling whole ``groups`` (patients).
 
@@ -148,10 +148,10 @@ def bootstrap_ci(metric: MetricFn, y_true: Sequence[float] | np.ndarray, y_score
     if groups is None:
         codes = np.arange(y.size)
     else:
-        groups = np.asarray(groups, dtype=object).ravel()
-        if groups.size != y.size:
-            raise ValueError(f"groups and labels differ in length ({groups.size} vs {y.size})")
-        _, codes = np.unique(groups.astype(str), return_inverse=True)
+        group_of = np.asarray(groups, dtype=object).ravel()
+        if group_of.size != y.size:
+            raise ValueError(f"groups and labels differ in length ({group_of.size} vs {y.size})")
+        _, codes = np.unique(group_of.astype(str), return_inverse=True)
     n_groups = int(codes.max()) + 1 if codes.size else 0
     if n_groups < 2 or n_boot <= 0:
         return Estimate(float(value), math.nan, math.nan, int(y.size), n_groups)
