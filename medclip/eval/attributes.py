@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from medclip.inference.encoders import embed_texts, logit_scale_of
+from medclip.inference.encoders import EmbeddingModel, embed_texts, logit_scale_of
 from medclip.knowledge import Graph
 from medclip.knowledge.prompts import attribute_prompts
 
@@ -78,7 +77,7 @@ class AttributeClassifier:
         self.prompts = prompts or {}
 
     @classmethod
-    def from_model(cls, model: nn.Module, task: str, graph: Graph | None = None,
+    def from_model(cls, model: EmbeddingModel, task: str, graph: Graph | None = None,
                    batch_size: int = 64) -> AttributeClassifier:
         """Embed each class's prompts (``attribute_prompts``) with the model's text tower."""
         graph = graph or attribute_graph()
@@ -117,7 +116,7 @@ def score_attribute(prob: np.ndarray, truth: np.ndarray, classes: list[str], gro
         return {"n": 0, "classes": classes, "note": "no row with a value among the classes"}
     pred = prob.argmax(1)
     rows = np.arange(n, dtype=float)
-    boot = dict(groups=groups, n_boot=n_boot, seed=seed)
+    boot: dict[str, Any] = dict(groups=groups, n_boot=n_boot, seed=seed)
     pick = lambda f: (lambda _y, idx: f(idx.astype(int)))  # noqa: E731 (bootstrap over row indices)
     accuracy = M.bootstrap_ci(pick(lambda i: float((pred[i] == y[i]).mean())), rows, rows, **boot)
     balanced = M.bootstrap_ci(pick(lambda i: _balanced_accuracy(y[i], pred[i])), rows, rows, **boot)
@@ -143,7 +142,7 @@ def score_attribute(prob: np.ndarray, truth: np.ndarray, classes: list[str], gro
     }
 
 
-def evaluate_attributes(model: nn.Module, frame: pd.DataFrame, image_features: torch.Tensor | np.ndarray,
+def evaluate_attributes(model: EmbeddingModel, frame: pd.DataFrame, image_features: torch.Tensor | np.ndarray,
                         attributes: Iterable[str] | None = None, graph: Graph | None = None,
                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Categorical zero-shot for each attribute whose column the manifest rows have with two or more classes.
@@ -175,7 +174,8 @@ def evaluate_attributes(model: nn.Module, frame: pd.DataFrame, image_features: t
 def format_attributes(results: Mapping[str, Any]) -> str:
     """One table row per attribute: accuracy and balanced accuracy against chance, macro AUROC."""
     def fmt(d: Mapping[str, Any]) -> str:
-        e = M.Estimate(*(math.nan if d[k] is None else d[k] for k in ("value", "low", "high", "n", "n_groups")))
+        fields: list[Any] = [math.nan if d[k] is None else d[k] for k in ("value", "low", "high", "n", "n_groups")]
+        e = M.Estimate(*fields)
         return str(e)
 
     header = ["attribute", "n", "classes", "accuracy [95% CI]", "chance", "balanced acc.", "chance", "macro AUROC"]
