@@ -113,7 +113,7 @@ def test_fit_fine_tunes_an_open_clip_checkpoint(tiny_open_clip: Path, manifest: 
 
     cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=2, val_check_interval=None)
     cfg["data"]["image_size"] = 160
-    cfg["model"] = {"name": f"open_clip:{tiny_open_clip}"}
+    cfg["model"] = {"name": f"open_clip:{tiny_open_clip}", "lock_image": False}  # fine-tune the image tower too
     cfg["checkpoint"]["every_n_steps"] = None
     start = create_model(f"open_clip:{tiny_open_clip}")
     model_dir = fit(cfg)

@@ -71,7 +71,8 @@ def _config(source: dict[str, Any], out: Path, **trainer: Any) -> dict[str, Any]
         "output_dir": str(out),
         "data": {**source, "batch_size": 4, "num_workers": 0, "image_size": 32, "text_augmentation": False,
                  "max_text_tokens": 48},
-        "model": {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}},
+        # the image tower trains (the default locks it, LiT): these tests are about the full training mechanics
+        "model": {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}, "lock_image": False},
         "loss": {"name": "infonce"},
         "optim": {"lr": 3e-3, "warmup_steps": 2, "weight_decay": 0.01},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 9, "log_every_n_steps": 1,
