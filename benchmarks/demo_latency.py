@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for both pipelines (1: fair on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads for both pipelines (1: fair on a shared machine)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -159,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             peer_totals.append(t3 - t2)
 
     ms = lambda xs: statistics.median(xs) * 1000.0  # noqa: E731
-    print(f"\ninput: {SIZE} x {SIZE} 16-bit DICOM ({image_path.name}); CPU threads {args.threads}; "
-          f"median of {args.repeats}; engine start-up (model, prompts, gallery, drafter) {startup:.1f} s once")
-    print(f"gallery: {len(engine.gallery)} studies; findings: {len(result.findings)}; "
-          f"model input {view.shape[0]} x {view.shape[1]}\n")
+    print(
+        f"\ninput: {SIZE} x {SIZE} 16-bit DICOM ({image_path.name}); CPU threads {args.threads}; "
+        f"median of {args.repeats}; engine start-up (model, prompts, gallery, drafter) {startup:.1f} s once"
+    )
+    print(
+        f"gallery: {len(engine.gallery)} studies; findings: {len(result.findings)}; "
+        f"model input {view.shape[0]} x {view.shape[1]}\n"
+    )
     print(f"{'stage':<34}{'medclip ms':>12}")
     for key, values in stages.items():
         print(f"{'  ' + key:<34}{ms(values):>12.1f}")

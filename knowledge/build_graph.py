@@ -36,8 +36,19 @@ DEFAULT_SOURCES = REPO.parent / "shared" / "knowledge_sources"
 #: CheXpert phrases that the labeler matches as word prefixes ("atelecta" -> atelectasis);
 #: the built graph marks them with a trailing "*".
 CHEXPERT_STEMS = {
-    "atelecta", "consolidat", "opaci", "calcifi", "degenera", "hyperinflat", "atherosclero",
-    "arthroplast", "inflam", "reticula", "prominen", "calcified nodul", "pneumothora",
+    "atelecta",
+    "consolidat",
+    "opaci",
+    "calcifi",
+    "degenera",
+    "hyperinflat",
+    "atherosclero",
+    "arthroplast",
+    "inflam",
+    "reticula",
+    "prominen",
+    "calcified nodul",
+    "pneumothora",
 }
 
 CURATED = "medclip-curated"
@@ -167,8 +178,11 @@ def build(sources_dir: Path, umls: Path | None = None) -> dict:
             # mention phrases ("tuberculous pneumothorax" must not hide a pneumothorax).
             for term in [entry.description, *entry.inclusion_terms]:
                 cleaned = _clean_icd(term)
-                if cleaned and not re.search(r"[(),]|\bother\b|\bspecified\b", cleaned, re.I) \
-                        and len(cleaned.split()) <= 5:
+                if (
+                    cleaned
+                    and not re.search(r"[(),]|\bother\b|\bspecified\b", cleaned, re.I)
+                    and len(cleaned.split()) <= 5
+                ):
                     synonyms.add(cleaned, "icd10cm")
         for label in c.get("doid") or []:
             term = doid.get(label.lower())
@@ -211,28 +225,33 @@ def build(sources_dir: Path, umls: Path | None = None) -> dict:
         for rel in (c.get("parents") or []) + (c.get("related") or []):
             if rel not in ids:
                 raise SystemExit(f"curated.yaml: {cid}: unknown concept {rel!r} in parents/related")
-        concepts.append({
-            "id": cid,
-            "name": c["name"],
-            "tasks": c.get("tasks") or [],
-            "definition": definition.items,
-            "synonyms": synonyms.items,
-            "parents": [{"id": p, "source": CURATED} for p in c.get("parents") or []],
-            "related": [{"id": r, "source": CURATED} for r in c.get("related") or []],
-            "location": [{"text": c["location"], "source": CURATED}] if c.get("location") else [],
-            "appearance": [{"text": c["appearance"], "source": CURATED}] if c.get("appearance") else [],
-            "mentions": mentions.items,
-            "modifiers": [{"text": m, "source": CURATED} for m in c.get("modifiers") or []],
-            "exclusions": exclusions.items,
-            "xrefs": xrefs,
-        })
+        concepts.append(
+            {
+                "id": cid,
+                "name": c["name"],
+                "tasks": c.get("tasks") or [],
+                "definition": definition.items,
+                "synonyms": synonyms.items,
+                "parents": [{"id": p, "source": CURATED} for p in c.get("parents") or []],
+                "related": [{"id": r, "source": CURATED} for r in c.get("related") or []],
+                "location": [{"text": c["location"], "source": CURATED}] if c.get("location") else [],
+                "appearance": [{"text": c["appearance"], "source": CURATED}] if c.get("appearance") else [],
+                "mentions": mentions.items,
+                "modifiers": [{"text": m, "source": CURATED} for m in c.get("modifiers") or []],
+                "exclusions": exclusions.items,
+                "xrefs": xrefs,
+            }
+        )
 
     cues = _build_cues(sources_dir, seed["cues"])
     extra_sources = {}
     if umls is not None:
         _add_umls(concepts, umls)
-        extra_sources["umls"] = {"name": "UMLS Metathesaurus (user-supplied)", "licence":
-                                 "UMLS licence: do not redistribute this graph", "url": str(umls)}
+        extra_sources["umls"] = {
+            "name": "UMLS Metathesaurus (user-supplied)",
+            "licence": "UMLS licence: do not redistribute this graph",
+            "url": str(umls),
+        }
     tasks = {}
     for name, task in seed["tasks"].items():
         members = ids if task["concepts"] == "*" else task["concepts"]
@@ -253,13 +272,31 @@ def build(sources_dir: Path, umls: Path | None = None) -> dict:
 def _build_cues(sources_dir: Path, curated: dict) -> dict:
     """Negation / uncertainty / section cues: source templates first, then curated additions."""
     drop = {_norm_text(d) for d in curated.get("drop") or []}
-    cats: dict[str, _Facts] = {k: _Facts(drop) for k in (
-        "negation_before", "negation_after", "uncertainty_before", "uncertainty_after",
-        "uncertainty_first", "alternative", "negation_adjective", "pseudo", "terminators", "scope_closers",
-        "history",
-        "history_sections", "findings_sections", "section_titles")}
+    cats: dict[str, _Facts] = {
+        k: _Facts(drop)
+        for k in (
+            "negation_before",
+            "negation_after",
+            "uncertainty_before",
+            "uncertainty_after",
+            "uncertainty_first",
+            "alternative",
+            "negation_adjective",
+            "pseudo",
+            "terminators",
+            "scope_closers",
+            "history",
+            "history_sections",
+            "findings_sections",
+            "section_titles",
+        )
+    }
     files = [
-        ("chexpert-labeler", sources_dir / "chexpert-labeler/patterns/pre_negation_uncertainty.txt", "uncertainty_first"),
+        (
+            "chexpert-labeler",
+            sources_dir / "chexpert-labeler/patterns/pre_negation_uncertainty.txt",
+            "uncertainty_first",
+        ),
         ("chexpert-labeler", sources_dir / "chexpert-labeler/patterns/negation.txt", "negation"),
         ("chexpert-labeler", sources_dir / "chexpert-labeler/patterns/post_negation_uncertainty.txt", "uncertainty"),
         ("negbio", sources_dir / "negbio/negbio/patterns/neg_patterns.txt", "negation"),
@@ -307,8 +344,12 @@ def write(graph: dict, *paths: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sources", type=Path, default=DEFAULT_SOURCES,
-                        help="folder with chexpert-labeler/, negbio/, disease_ontology/ (default: %(default)s)")
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        default=DEFAULT_SOURCES,
+        help="folder with chexpert-labeler/, negbio/, disease_ontology/ (default: %(default)s)",
+    )
     parser.add_argument("--umls", type=Path, help="licensed UMLS MRCONSO.RRF to add synonyms from")
     parser.add_argument("--output", type=Path, default=HERE / "graph.json")
     args = parser.parse_args(argv)

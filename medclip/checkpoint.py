@@ -44,8 +44,15 @@ from medclip.fsutil import atomic_write
 from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME, DualEncoder
 
 __all__ = [
-    "DRAFTER_DIR", "EVAL_DIR", "GALLERY_DIR", "PROVENANCE_FILE", "THRESHOLDS_FILE",
-    "CheckpointDir", "StaleFileError", "model_fingerprint", "write_json",
+    "DRAFTER_DIR",
+    "EVAL_DIR",
+    "GALLERY_DIR",
+    "PROVENANCE_FILE",
+    "THRESHOLDS_FILE",
+    "CheckpointDir",
+    "StaleFileError",
+    "model_fingerprint",
+    "write_json",
 ]
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -200,8 +207,7 @@ class CheckpointDir:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelLoadError(f"{self.weights}: cannot read weights: {exc}") from exc
         try:
-            write_json(self.provenance, {"format": PROVENANCE_FORMAT, "model_fingerprint": fingerprint,
-                                                 "weights": key})
+            write_json(self.provenance, {"format": PROVENANCE_FORMAT, "model_fingerprint": fingerprint, "weights": key})
         except OSError:  # a read-only checkpoint still has a fingerprint, just not a cached one
             pass
         return fingerprint
@@ -244,13 +250,20 @@ class CheckpointDir:
         (target / STALE_NOTE).write_text(
             f"These files were made for an earlier model in {self.path} (fingerprint {old or 'unknown'}).\n"
             f"The model there was replaced on {when} (now fingerprint {new}), so they no longer describe it:\n"
-            f"  {', '.join(moved)}\n\nRemake them for the new model:\n" + "".join(f"  {c}\n" for c in remake))
-        log.warning("%s: the model was replaced; files made for the previous one (%s) moved to %s. Remake them: %s",
-                    self.path, ", ".join(moved), target, " ; ".join(remake))
+            f"  {', '.join(moved)}\n\nRemake them for the new model:\n" + "".join(f"  {c}\n" for c in remake)
+        )
+        log.warning(
+            "%s: the model was replaced; files made for the previous one (%s) moved to %s. Remake them: %s",
+            self.path,
+            ", ".join(moved),
+            target,
+            " ; ".join(remake),
+        )
         return target
 
     def _remake_commands(self) -> list[str]:
         """The commands that remake the derived files, with the manifest / gallery source they recorded."""
+
         def recorded(path: Path, *keys: str) -> str | None:
             try:
                 data = json.loads(path.read_text())
@@ -262,12 +275,17 @@ class CheckpointDir:
 
         commands = []
         if self.thresholds.exists() or self.drafter.exists() or self.eval_dir.exists():
-            manifest = (recorded(self.thresholds, "validation", "manifest")
-                        or recorded(self.drafter / "drafter.json", "source", "manifest"))
-            commands.append(f"medclip eval --checkpoint {shlex.quote(str(self.path))} --manifest "
-                            f"{shlex.quote(manifest) if manifest else 'MANIFEST'} --save-to-checkpoint")
+            manifest = recorded(self.thresholds, "validation", "manifest") or recorded(
+                self.drafter / "drafter.json", "source", "manifest"
+            )
+            commands.append(
+                f"medclip eval --checkpoint {shlex.quote(str(self.path))} --manifest "
+                f"{shlex.quote(manifest) if manifest else 'MANIFEST'} --save-to-checkpoint"
+            )
         if self.gallery.exists():
             source = recorded(self.gallery / "gallery.json", "source_path")
-            commands.append(f"medclip demo --checkpoint {shlex.quote(str(self.path))} --build-gallery "
-                            f"{shlex.quote(source) if source else 'MANIFEST_OR_CACHE'}")
+            commands.append(
+                f"medclip demo --checkpoint {shlex.quote(str(self.path))} --build-gallery "
+                f"{shlex.quote(source) if source else 'MANIFEST_OR_CACHE'}"
+            )
         return commands

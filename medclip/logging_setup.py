@@ -31,8 +31,11 @@ _ADVERT = re.compile(r"💡|\blit(logger|models)\b|lightning\.ai/|Lightning (AI|
 _NOISE = re.compile(r"^`weights_only` was not set")
 
 #: Packages whose DeprecationWarning / FutureWarning are hidden unless ``-v``.
-_THIRD_PARTY = r"(lightning|pytorch_lightning|lightning_fabric|torch|torchvision|torchmetrics|timm|transformers|" \
-               r"huggingface_hub|tokenizers|monai|webdataset|gradio|pydantic)(\..*)?$"
+_THIRD_PARTY = (
+    r"(lightning|pytorch_lightning|lightning_fabric|torch|torchvision|torchmetrics|timm|transformers|"
+    r"huggingface_hub|tokenizers|monai|webdataset|gradio|pydantic)(\..*)?$"
+)
+
 
 class AdvertFilter(logging.Filter):
     """Drops log records that advertise a product (Lightning's "💡 Tip" lines) or are Lightning-internal noise."""

@@ -29,9 +29,19 @@ from pathlib import Path
 
 #: DICOM keywords whose values are identifiers a de-identifier must remove (patient and staff).
 PHI_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber", "InstitutionName",
-    "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-    "OperatorsName", "PatientAddress", "PatientTelephoneNumbers",
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
 )
 MIN_LENGTH = 5
 _TORCH_STORAGE = re.compile(r"(^|/)data/\d+$")

@@ -70,7 +70,18 @@ def test_every_class_of_every_attribute_has_prompts(graph):
 def test_score_attribute_against_hand_counts():
     classes = ["a", "b", "c"]
     truth = np.array(["a", "a", "b", "b", "c", "", "a", "zz"], dtype=object)  # '' and unknown values dropped
-    prob = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.3, .6, .1], [.1, .1, .8], [1, 0, 0], [.6, .3, .1], [0, 0, 1]])
+    prob = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.1, 0.1, 0.8],
+            [1, 0, 0],
+            [0.6, 0.3, 0.1],
+            [0, 0, 1],
+        ]
+    )
     groups = np.array(["p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7"])
     r = score_attribute(prob, truth, classes, groups, n_boot=200, seed=0)
     assert r["n"] == 6 and r["support"] == {"a": 3, "b": 2, "c": 1} and r["n_patients"] == 5
@@ -90,8 +101,13 @@ def test_classifier_finds_the_class_whose_prompts_an_image_matches(model, graph)
     prob = clf.predict_proba(feats)
     np.testing.assert_allclose(prob.sum(1), 1.0, rtol=1e-5)
     assert prob.argmax(1).tolist() == [0, 1, 2, 2, 1, 0]
-    frame = pd.DataFrame({"patient_id": list("uvwxyz"), "plane": ["axial", "coronal", "sagittal", "sagittal", "coronal", "axial"],
-                          "modality": ["CT"] * 6})  # one modality only: not scored
+    frame = pd.DataFrame(
+        {
+            "patient_id": list("uvwxyz"),
+            "plane": ["axial", "coronal", "sagittal", "sagittal", "coronal", "axial"],
+            "modality": ["CT"] * 6,
+        }
+    )  # one modality only: not scored
     out = evaluate_attributes(model, frame, feats, graph=graph, n_boot=50)
     assert list(out) == ["plane"] and out["plane"]["accuracy"]["value"] == 1.0
     assert "plane" in format_attributes(out) and "1.000" in format_attributes(out)

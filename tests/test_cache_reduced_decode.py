@@ -20,8 +20,9 @@ from medclip.io import ImageReadError
 JPEG_BASELINE, J2K_LOSSLESS = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.90"
 
 
-def make_dicom(path: Path, pixels: np.ndarray, syntax: str, *, photometric: str = "MONOCHROME2",
-               frame: bytes | None = None, **tags) -> Path:
+def make_dicom(
+    path: Path, pixels: np.ndarray, syntax: str, *, photometric: str = "MONOCHROME2", frame: bytes | None = None, **tags
+) -> Path:
     """A single-frame grayscale DICOM whose pixel data is ``pixels`` encoded with ``syntax``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
@@ -86,8 +87,9 @@ def test_jpeg2000_resolution_levels_match_the_full_decode(tmp_path, xray):
 
 
 def test_window_and_monochrome1_are_those_of_the_full_path(tmp_path, xray):
-    path = make_dicom(tmp_path / "m1.dcm", xray, JPEG_BASELINE, photometric="MONOCHROME1",
-                      WindowCenter=100, WindowWidth=120)
+    path = make_dicom(
+        tmp_path / "m1.dcm", xray, JPEG_BASELINE, photometric="MONOCHROME1", WindowCenter=100, WindowWidth=120
+    )
     fast, full = _both(path, 64)
     assert np.abs(fast - full).mean() < 1.0
     plain = make_dicom(tmp_path / "m2.dcm", xray, JPEG_BASELINE)

@@ -21,8 +21,9 @@ def mr_manifest(shared_dir, tmp_path_factory):
 def test_all_volumes_of_a_4d_series_become_samples(mr_manifest, tmp_path):
     grid = {"volume_shape": (4, 16, 16), "volume_spacing": (12.0, 16.0, 16.0), "shard_size": 64}
     first = build_cache(mr_manifest, tmp_path / "first", config=CacheConfig(**grid), workers=1, progress=False)
-    every = build_cache(mr_manifest, tmp_path / "all", config=CacheConfig(all_volumes=True, **grid), workers=1,
-                        progress=False)
+    every = build_cache(
+        mr_manifest, tmp_path / "all", config=CacheConfig(all_volumes=True, **grid), workers=1, progress=False
+    )
     assert first.written == 4 and not first.skipped and not every.skipped
     one = {s["__key__"]: s for s in iter_cache(tmp_path / "first")}
     samples = {s["__key__"]: s for s in iter_cache(tmp_path / "all")}
@@ -48,8 +49,9 @@ def test_3d_volumes_are_read_once_and_keep_their_id(tmp_path):
     export.mkdir(parents=True)
     nib.save(nib.Nifti1Image(rng.random((16, 16, 8)).astype(np.float32), np.eye(4)), export / "ct.nii.gz")
     nib.save(nib.Nifti1Image(rng.random((16, 16, 8, 3)).astype(np.float32), np.eye(4)), export / "fmri.nii.gz")
-    index_export(tmp_path / "export", tmp_path / "m.parquet", salt="s", workers=1, progress=False,
-                 fractions=(1.0, 0.0, 0.0))
+    index_export(
+        tmp_path / "export", tmp_path / "m.parquet", salt="s", workers=1, progress=False, fractions=(1.0, 0.0, 0.0)
+    )
     cfg = CacheConfig(all_volumes=True, volume_shape=(4, 8, 8), volume_spacing=(2.0, 2.0, 2.0))
     res = build_cache(tmp_path / "m.parquet", tmp_path / "c", config=cfg, workers=1, progress=False)
     metas = sorted((s["meta"] for s in iter_cache(tmp_path / "c")), key=lambda m: m["image_id"])

@@ -27,7 +27,11 @@ def test_layout_uses_the_model_file_names(saved) -> None:
     _, ckpt = saved
     assert ckpt.config.name == CONFIG_NAME and ckpt.weights.name == WEIGHTS_NAME and ckpt.is_model()
     assert [p.name for p in (ckpt.thresholds, ckpt.drafter, ckpt.gallery, ckpt.eval_dir)] == [
-        "thresholds.json", "drafter", "gallery", "eval"]
+        "thresholds.json",
+        "drafter",
+        "gallery",
+        "eval",
+    ]
     assert ckpt.provenance.parent == ckpt.path
     # what the model sees lives in config.json ("preprocess"), not in a file of its own
     assert not hasattr(ckpt, "preprocess") and "preprocess" in json.loads(ckpt.config.read_text())
@@ -76,7 +80,11 @@ def _derived_files(ckpt: CheckpointDir, manifest_path: str = "/data/manifest.par
     from medclip.inference.thresholds import save_thresholds
 
     save_thresholds(ckpt.path, {"edema": 0.3}, validation={"manifest": manifest_path})
-    for folder, name in ((ckpt.drafter, "drafter.json"), (ckpt.gallery, "gallery.json"), (ckpt.eval_dir, "metrics.json")):
+    for folder, name in (
+        (ckpt.drafter, "drafter.json"),
+        (ckpt.gallery, "gallery.json"),
+        (ckpt.eval_dir, "metrics.json"),
+    ):
         folder.mkdir()
         (folder / name).write_text(json.dumps({"source_path": "/data/cache"} if folder == ckpt.gallery else {}))
 

@@ -29,8 +29,11 @@ def _fit_config(tmp_path: Path, model: str) -> Path:
     manifest = tmp_path / "manifest.parquet"
     manifest.write_bytes(b"")  # fit builds the model before it reads the data
     cfg = tmp_path / "fit.yaml"
-    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {"manifest": str(manifest)},
-                                   "model": {"name": model}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"output_dir": str(tmp_path / "run"), "data": {"manifest": str(manifest)}, "model": {"name": model}}
+        )
+    )
     return cfg
 
 
@@ -99,7 +102,9 @@ def test_models_lists_every_config_with_towers_and_parameter_counts(capsys: pyte
     assert set(json.loads(capsys.readouterr().out)) == set(list_models())
 
 
-def test_fit_print_config_prints_the_resolved_yaml_and_does_not_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fit_print_config_prints_the_resolved_yaml_and_does_not_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 12.9: `medclip fit --print-config` prints defaults + file + overrides and exits."""
     from medclip.train import load_config
 
@@ -128,10 +133,13 @@ def test_quiet_and_verbose_work_after_the_subcommand() -> None:
     assert parser.parse_args(["models", "--quiet", "--verbose"]).quiet
 
 
-@pytest.mark.parametrize("module, argv, extra", [
-    ("faiss", ["eval", "--checkpoint", "no-such-checkpoint", "--manifest", "m.parquet", "--faiss", "yes"], "index"),
-    ("open_clip", ["eval", "--checkpoint", "open_clip:no-such-folder", "--manifest", "m.parquet"], "bench"),
-])
+@pytest.mark.parametrize(
+    "module, argv, extra",
+    [
+        ("faiss", ["eval", "--checkpoint", "no-such-checkpoint", "--manifest", "m.parquet", "--faiss", "yes"], "index"),
+        ("open_clip", ["eval", "--checkpoint", "open_clip:no-such-folder", "--manifest", "m.parquet"], "bench"),
+    ],
+)
 def test_missing_optional_package_is_one_line_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, module: str, argv: list[str], extra: str
 ) -> None:
@@ -188,8 +196,11 @@ def test_one_patient_index_says_the_train_split_is_empty_and_fit_stops_cleanly(
     assert "--split 1,0,0" in warning
 
     cfg = tmp_path / "fit.yaml"
-    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": {"manifest": str(manifest)},
-                                   "model": {"name": "tiny-test"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"output_dir": str(tmp_path / "run"), "data": {"manifest": str(manifest)}, "model": {"name": "tiny-test"}}
+        )
+    )
     assert cli.main(["fit", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "the 'train' split is empty" in err and "--split 1,0,0" in err

@@ -23,8 +23,15 @@ def _options(parser: argparse.ArgumentParser) -> dict[tuple[str, ...], tuple]:
             continue
         key = tuple(action.option_strings) or (action.dest,)
         default = None if action.default is argparse.SUPPRESS else action.default  # -q/-v on subcommands
-        out[key] = (action.dest, type(action).__name__, action.nargs, action.required, action.choices,
-                    action.type, default if action.dest not in ("quiet", "verbose") else None)
+        out[key] = (
+            action.dest,
+            type(action).__name__,
+            action.nargs,
+            action.required,
+            action.choices,
+            action.type,
+            default if action.dest not in ("quiet", "verbose") else None,
+        )
     return out
 
 
@@ -34,16 +41,21 @@ def _side_parsers() -> dict[str, argparse.ArgumentParser]:
     from medclip.knowledge.__main__ import build_label_parser
     from medclip.train.__main__ import build_train_parser
 
-    return {"eval": build_eval_parser(), "fit": build_train_parser(), "label": build_label_parser(),
-            "demo": build_demo_parser()}
+    return {
+        "eval": build_eval_parser(),
+        "fit": build_train_parser(),
+        "label": build_label_parser(),
+        "demo": build_demo_parser(),
+    }
 
 
 @pytest.mark.parametrize("command", ["eval", "fit", "label", "demo"])
 def test_side_entry_point_has_every_option_of_the_subcommand_and_no_other(command: str) -> None:
     main = _options(_subparser(command))
     side = _options(_side_parsers()[command])
-    assert set(main) == set(side), f"only in medclip {command}: {set(main) - set(side)}; only in the side CLI: " \
-                                   f"{set(side) - set(main)}"
+    assert set(main) == set(side), (
+        f"only in medclip {command}: {set(main) - set(side)}; only in the side CLI: {set(side) - set(main)}"
+    )
     for key in main:
         assert main[key] == side[key], f"{command} {key}: {main[key]} != {side[key]}"
     assert ("-q", "--quiet", "--no-progress") in side and ("-v", "--verbose") in side

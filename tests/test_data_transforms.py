@@ -24,8 +24,9 @@ def test_defaults_from_the_training_config() -> None:
     assert cfg["enabled"] is False and cfg["hflip"] is False
     assert image_augmentation_from_config(cfg) is None
     aug = image_augmentation_from_config({**cfg, "enabled": True})
-    assert aug == ImageAugmentation(crop_scale=(0.8, 1.0), rotate_degrees=7.0, gamma=(0.8, 1.25), contrast=0.15,
-                                    noise_std=0.01, hflip=False)
+    assert aug == ImageAugmentation(
+        crop_scale=(0.8, 1.0), rotate_degrees=7.0, gamma=(0.8, 1.25), contrast=0.15, noise_std=0.01, hflip=False
+    )
 
 
 def test_same_seed_same_output_other_seed_other_output() -> None:
@@ -64,8 +65,9 @@ def test_horizontal_flip_is_never_applied_by_default() -> None:
         assert out[..., :third].mean() > out[..., -third:].mean() + 0.3, seed  # the bright side stays left
     identity = ImageAugmentation(crop_scale=(1.0, 1.0), rotate_degrees=0, gamma=(1.0, 1.0), contrast=0, noise_std=0)
     assert all(torch.equal(identity(image, seed), image) for seed in range(50))
-    flipping = ImageAugmentation(crop_scale=(1.0, 1.0), rotate_degrees=0, gamma=(1.0, 1.0), contrast=0, noise_std=0,
-                                 hflip=True)
+    flipping = ImageAugmentation(
+        crop_scale=(1.0, 1.0), rotate_degrees=0, gamma=(1.0, 1.0), contrast=0, noise_std=0, hflip=True
+    )
     flipped = sum(torch.equal(flipping(image, seed), image.flip(-1)) for seed in range(50))
     assert 10 < flipped < 40  # about half, and only when asked for
 

@@ -62,15 +62,26 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for study in sorted(p for p in EXPORT.iterdir() if p.is_dir())[:N_STUDIES]:
         shutil.copytree(study, export / study.name)
     shutil.copy(EXPORT / "reports.csv", export / "reports.csv")
-    index_export(export, root / "manifest.parquet", reports=export / "reports.csv", fractions=(1.0, 0.0, 0.0),
-                 workers=1, progress=False)
+    index_export(
+        export,
+        root / "manifest.parquet",
+        reports=export / "reports.csv",
+        fractions=(1.0, 0.0, 0.0),
+        workers=1,
+        progress=False,
+    )
     torch.manual_seed(0)
     model = create_model("tiny-test").eval()
     model_dir = model.save_pretrained(root / "model")
-    save_thresholds(model_dir, {
-        "pleural_effusion": OperatingPoint(0.0, "youden", n=12, positives=4, auroc=EFFUSION_AUROC),
-        "pneumothorax": OperatingPoint(0.0, FALLBACK, n=12, positives=0, reason="no positives in split 'val'"),
-    }, uncertain_margin=0.05, criterion="youden")
+    save_thresholds(
+        model_dir,
+        {
+            "pleural_effusion": OperatingPoint(0.0, "youden", n=12, positives=4, auroc=EFFUSION_AUROC),
+            "pneumothorax": OperatingPoint(0.0, FALLBACK, n=12, positives=0, reason="no positives in split 'val'"),
+        },
+        uncertain_margin=0.05,
+        criterion="youden",
+    )
     # the drafter as `medclip eval --save-to-checkpoint` writes it: training reports, the one corpus policy
     train = read_manifest(root / "manifest.parquet")
     ckpt = CheckpointDir(model_dir)
@@ -105,10 +116,23 @@ def app_process(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     temp_root = work / "tmp"
     temp_root.mkdir()
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TMPDIR": str(temp_root), "PYTHONUNBUFFERED": "1", "MEDCLIP_DEMO_AUTH": ":".join(AUTH)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port)],
-                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TMPDIR": str(temp_root),
+        "PYTHONUNBUFFERED": "1",
+        "MEDCLIP_DEMO_AUTH": ":".join(AUTH),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--checkpoint", str(checkpoint), "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         yield Server(f"http://127.0.0.1:{port}/", temp_root, proc)
     finally:
@@ -229,8 +253,9 @@ def test_engine_without_gallery_explains_how_to_build_one(checkpoint: Path, tmp_
     assert {f.status for f in result.findings} == {"not calibrated"} and result.priority.level == "not calibrated"
 
 
-def test_cli_without_checkpoint_says_how_to_make_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_cli_without_checkpoint_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import argparse
 
     monkeypatch.chdir(tmp_path)
@@ -255,16 +280,18 @@ def test_page_lives_in_the_package_and_app_py_only_launches_it() -> None:
     assert any(isinstance(n, ast.ImportFrom) and n.module == "medclip.demo.app" for n in tree.body)
 
 
-def test_cli_options_and_auth(engine: TriageEngine, checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture) -> None:
+def test_cli_options_and_auth(
+    engine: TriageEngine, checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import argparse
 
     import medclip.demo.cli as cli
 
     parser = argparse.ArgumentParser()
     cli.add_demo_parser(parser.add_subparsers())
-    args = parser.parse_args(["demo", "--checkpoint", str(checkpoint), "--port", "0", "--auth", "ann:secret",
-                              "--max-upload-mb", "1"])
+    args = parser.parse_args(
+        ["demo", "--checkpoint", str(checkpoint), "--port", "0", "--auth", "ann:secret", "--max-upload-mb", "1"]
+    )
     assert args.host == "127.0.0.1" and parse_auth(args.auth) == ("ann", "secret")
     with pytest.raises(ValueError):
         parse_auth("nopassword")
@@ -274,7 +301,9 @@ def test_cli_options_and_auth(engine: TriageEngine, checkpoint: Path, monkeypatc
         seen.update(kwargs, engine=engine)
         return 0
 
-    monkeypatch.setattr(cli, "load_engine", lambda a: engine if a.checkpoint == checkpoint else pytest.fail("wrong checkpoint"))
+    monkeypatch.setattr(
+        cli, "load_engine", lambda a: engine if a.checkpoint == checkpoint else pytest.fail("wrong checkpoint")
+    )
     assert args.func(args, serve=fake_serve) == 0
     assert seen["auth"] == ("ann", "secret") and seen["host"] == "127.0.0.1" and seen["engine"] is engine
     assert isinstance(seen["limits"], UploadLimits) and seen["limits"].max_upload_bytes == 1024**2
@@ -328,14 +357,24 @@ def test_browser_upload_findings_report_no_phi_and_error(app_server: Server, phi
     broken.write_bytes(phi_dicom.read_bytes()[:3000])
     screenshot = Path(os.environ.get("MEDCLIP_DEMO_SCREENSHOT") or tmp_path / "demo.png")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             outside: list[str] = []
-            page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith((url, "data:", "blob:")) else None)
+            page.on(
+                "request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None
+            )
             page.goto(url, wait_until="load")
             page.locator("input[data-testid='textbox']").fill(AUTH[0])
             page.locator("input[type='password']").fill(AUTH[1])
@@ -356,8 +395,9 @@ def test_browser_upload_findings_report_no_phi_and_error(app_server: Server, phi
             effusion = page.locator("#ranked-findings tr.finding[data-concept='pleural_effusion']")
             assert effusion.get_attribute("data-status") == "positive"
             assert "AUROC 0.81 (0.62–0.95)" in effusion.locator("td.validation").inner_text()
-            page.wait_for_function("document.querySelector('#drafted-report textarea').value.length > 0",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "document.querySelector('#drafted-report textarea').value.length > 0", timeout=30_000
+            )
             assert page.locator("#drafted-report textarea").input_value().startswith(("FINDINGS:", "IMPRESSION:"))
             assert page.locator("#similar-studies .similar-study").count() > 0
             assert "modality" in page.locator("#dicom-header").inner_text()

@@ -26,13 +26,20 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for study in sorted(p for p in EXPORT.iterdir() if p.is_dir())[:3]:
         shutil.copytree(study, export / study.name)
     shutil.copy(EXPORT / "reports.csv", export / "reports.csv")
-    index_export(export, root / "manifest.parquet", reports=export / "reports.csv", fractions=(1.0, 0.0, 0.0),
-                 workers=1, progress=False)
+    index_export(
+        export,
+        root / "manifest.parquet",
+        reports=export / "reports.csv",
+        fractions=(1.0, 0.0, 0.0),
+        workers=1,
+        progress=False,
+    )
     return root / "manifest.parquet"
 
 
-def test_gallery_rebuild_that_fails_half_way_keeps_the_old_gallery(manifest: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gallery_rebuild_that_fails_half_way_keeps_the_old_gallery(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from medclip.model import create_model
 
     torch.manual_seed(0)

@@ -32,7 +32,10 @@ EXPORT = SAMPLE_EXPORT_DIR
 
 # -- the ASGI guard on its own -------------------------------------------------------------------
 
-def _run(guard: UploadSizeLimit, headers: list[tuple[bytes, bytes]], body_chunks: list[bytes]) -> tuple[list[dict], int]:
+
+def _run(
+    guard: UploadSizeLimit, headers: list[tuple[bytes, bytes]], body_chunks: list[bytes]
+) -> tuple[list[dict], int]:
     """Drive the middleware with one request; returns what it sent and how many body chunks it pulled."""
     sent: list[dict] = []
     pulled = 0
@@ -41,8 +44,11 @@ def _run(guard: UploadSizeLimit, headers: list[tuple[bytes, bytes]], body_chunks
         nonlocal pulled
         pulled += 1
         more = pulled < len(body_chunks)
-        return {"type": "http.request", "body": body_chunks[pulled - 1] if pulled <= len(body_chunks) else b"",
-                "more_body": more}
+        return {
+            "type": "http.request",
+            "body": body_chunks[pulled - 1] if pulled <= len(body_chunks) else b"",
+            "more_body": more,
+        }
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -101,6 +107,7 @@ def test_read_upload_refuses_a_huge_file_without_reading_it(tmp_path: Path, monk
                 opened.append(str(file))
                 raise AssertionError("the oversized upload was opened")
             return opener(file, *args, **kwargs)
+
         return wrapped
 
     monkeypatch.setattr(builtins, "open", watch(real_open))
@@ -111,6 +118,7 @@ def test_read_upload_refuses_a_huge_file_without_reading_it(tmp_path: Path, monk
 
 
 # -- the real start-up ---------------------------------------------------------------------------
+
 
 @dataclass
 class Started:
@@ -143,8 +151,14 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
     for study in sorted(p for p in EXPORT.iterdir() if p.is_dir())[:3]:
         shutil.copytree(study, export / study.name)
     shutil.copy(EXPORT / "reports.csv", export / "reports.csv")
-    index_export(export, work / "manifest.parquet", reports=export / "reports.csv", fractions=(1.0, 0.0, 0.0),
-                 workers=1, progress=False)
+    index_export(
+        export,
+        work / "manifest.parquet",
+        reports=export / "reports.csv",
+        fractions=(1.0, 0.0, 0.0),
+        workers=1,
+        progress=False,
+    )
     torch.manual_seed(0)
     model_dir = create_model("tiny-test").eval().save_pretrained(work / "model")
     tmp = work / "tmp"
@@ -158,14 +172,36 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
         (folder / "uploads").mkdir(parents=True)
         (folder / "uploads" / "left.dcm").write_bytes(bytes(4096))
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TMPDIR": str(tmp),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MEDCLIP_DEMO_AUTH", None)
     log = work / "app.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--checkpoint", str(model_dir), "--port", str(port),
-                                 "--build-gallery", str(work / "manifest.parquet"), "--max-upload-mb", "1"],
-                                cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "app.py"),
+                "--checkpoint",
+                str(model_dir),
+                "--port",
+                str(port),
+                "--build-gallery",
+                str(work / "manifest.parquet"),
+                "--max-upload-mb",
+                "1",
+            ],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Started(f"http://127.0.0.1:{port}/", port, proc, log, root, live, stale)
     try:
         _wait_until_serving(server)
@@ -206,9 +242,12 @@ def test_startup_removes_stale_temp_dirs_and_keeps_live_ones(started: Started) -
 def test_oversized_upload_is_refused_before_its_body_is_read(started: Started) -> None:
     """Issue 12.12: an upload that announces 10 GiB gets a 413 after 64 KiB were sent, not after 10 GiB."""
     with socket.create_connection(("127.0.0.1", started.port), timeout=30) as conn:
-        conn.sendall(b"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: multipart/form-data; boundary=medclipboundary\r\n"
-                     + f"Content-Length: {10 * 1024**3}\r\n\r\n".encode() + b"\0" * 65536)
+        conn.sendall(
+            b"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=medclipboundary\r\n"
+            + f"Content-Length: {10 * 1024**3}\r\n\r\n".encode()
+            + b"\0" * 65536
+        )
         answer = b""
         while b"\r\n\r\n" not in answer:
             chunk = conn.recv(4096)

@@ -32,8 +32,11 @@ def test_a_calibrated_critical_finding_makes_the_study_urgent(graph: Graph) -> N
 def test_uncalibrated_findings_never_raise_the_priority(graph: Graph) -> None:
     """Regression (issue 12.4): 0.5 fallbacks were shown as operating points and made a study urgent."""
     trap = OperatingPoint(0.5, FALLBACK, 40, 0, reason="no positives in split 'val'")
-    points = {"pneumothorax": trap, "pleural_effusion": OperatingPoint(0.5, FALLBACK, 40, 40, reason="x"),
-              "cardiomegaly": OperatingPoint(0.4, "youden", 40, 12, AUROC)}
+    points = {
+        "pneumothorax": trap,
+        "pleural_effusion": OperatingPoint(0.5, FALLBACK, 40, 40, reason="x"),
+        "cardiomegaly": OperatingPoint(0.4, "youden", 40, 12, AUROC),
+    }
     results = rank_findings([0.99, 0.98, 0.1], FINDINGS, graph, points)
     pneumothorax = next(r for r in results if r.concept_id == "pneumothorax")
     assert pneumothorax.status == "not calibrated" and not pneumothorax.flagged

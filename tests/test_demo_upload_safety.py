@@ -46,8 +46,9 @@ def test_zip_bomb_of_many_small_members_is_refused_as_a_whole(tmp_path: Path) ->
     assert not list(tmp_path.glob("medclip-upload-*"))
 
 
-def test_zip_whose_members_inflate_beyond_their_headers_stops_at_the_budget(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zip_whose_members_inflate_beyond_their_headers_stops_at_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Headers can lie: the bytes actually inflated are counted against the whole-archive budget."""
     archive = tmp_path / "liar.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -62,7 +63,9 @@ def test_zip_whose_members_inflate_beyond_their_headers_stops_at_the_budget(tmp_
 
     monkeypatch.setattr(zipfile.ZipFile, "open", inflate_more_than_declared)
     dest = tmp_path / "out"
-    with pytest.raises(UploadError, match=r"liar.zip: the zip expands beyond .* while extracting .* decompression bomb"):
+    with pytest.raises(
+        UploadError, match=r"liar.zip: the zip expands beyond .* while extracting .* decompression bomb"
+    ):
         extract_zip(archive, dest, limits)
     assert 0 < _bytes_under(dest) <= budget
 
@@ -103,8 +106,9 @@ def test_4d_series_raises_a_typed_multivolume_error_with_its_volume_count(shared
     assert type(again) is MultiVolumeError and again.n_volumes == 10 and str(again) == str(exc)
 
 
-def test_upload_of_a_4d_series_takes_the_volume_count_from_the_exception(tmp_path: Path, shared_dir: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_of_a_4d_series_takes_the_volume_count_from_the_exception(
+    tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 9.5: the upload path used to parse "(\\d+) volumes" out of the message; the mosaic wording
     ("10 mosaic volumes") broke it. With the reason reworded and the reader's own count removed, the
     header must still say 10 volumes: it comes from ``MultiVolumeError.n_volumes``."""
@@ -118,7 +122,9 @@ def test_upload_of_a_4d_series_takes_the_volume_count_from_the_exception(tmp_pat
         try:
             image = real(members, window=window, volume_index=volume_index)
         except MultiVolumeError as exc:
-            raise MultiVolumeError(exc.path, f"4D data: {exc.n_volumes} mosaic volumes; choose one", exc.n_volumes) from None
+            raise MultiVolumeError(
+                exc.path, f"4D data: {exc.n_volumes} mosaic volumes; choose one", exc.n_volumes
+            ) from None
         image.metadata.pop("volumes", None)
         return image
 

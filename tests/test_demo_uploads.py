@@ -57,7 +57,9 @@ def test_png_and_jpeg_uploads_are_display_values(tmp_path: Path) -> None:
         Image.fromarray(pixels).save(path)
         study = read_upload(path)
         assert study.kind == "raster" and not study.windowable
-        assert study.image.array.shape == (300, 200) and 0.0 <= study.image.array.min() <= study.image.array.max() <= 1.0
+        assert (
+            study.image.array.shape == (300, 200) and 0.0 <= study.image.array.min() <= study.image.array.max() <= 1.0
+        )
 
 
 def test_non_image_and_broken_dicom_get_clear_messages(tmp_path: Path) -> None:
@@ -136,7 +138,11 @@ def test_zipped_single_dicom_and_zipped_4d_series(tmp_path: Path, shared_dir: Pa
 def test_operating_points_and_uncertain_band(graph: Graph) -> None:
     findings = ["pneumothorax", "pleural_effusion", "cardiomegaly", "no_finding"]
     probs = [0.30, 0.62, 0.52, 0.10]
-    thresholds = {"pneumothorax": 0.2, "pleural_effusion": 0.7, "cardiomegaly": 0.5}  # no_finding: none (not calibrated)
+    thresholds = {
+        "pneumothorax": 0.2,
+        "pleural_effusion": 0.7,
+        "cardiomegaly": 0.5,
+    }  # no_finding: none (not calibrated)
     ranked = rank_findings(probs, findings, graph, thresholds, margin=0.05)
     by_id = {r.concept_id: r for r in ranked}
     assert by_id["pneumothorax"].status == "positive" and by_id["pneumothorax"].threshold == 0.2
@@ -181,8 +187,11 @@ def test_bundled_examples_are_readable() -> None:
 def test_drafting_text_keeps_sections_and_drops_redacted_sentences() -> None:
     from medclip.inference.drafting import drafting_text
 
-    record = {"report_findings": "Patient XXXX XXXX. Small left effusion. Seen on XXXX.", "report_impression": "Effusion.",
-              "report_text": "ignored when sections exist"}
+    record = {
+        "report_findings": "Patient XXXX XXXX. Small left effusion. Seen on XXXX.",
+        "report_impression": "Effusion.",
+        "report_text": "ignored when sections exist",
+    }
     assert drafting_text(record) == "FINDINGS: Small left effusion.\nIMPRESSION: Effusion."
     assert drafting_text({"report_text": "Patient XXXX. Lungs clear."}) == "FINDINGS: Lungs clear."
     assert drafting_text({"report_findings": "Patient XXXX XXXX."}) == ""

@@ -18,14 +18,33 @@ from medclip.demo.engine import TriageEngine
 from medclip.demo.uploads import read_upload
 from medclip.model import create_model
 
-TINY_TEXT = {"name": None, "vocab": "bundled", "pretrained": False,
-             "hf_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                           "intermediate_size": 64, "max_position_embeddings": 64}}
+TINY_TEXT = {
+    "name": None,
+    "vocab": "bundled",
+    "pretrained": False,
+    "hf_config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+}
 TINY_VISION = {
-    "ct-resnet3d-minilm": {"image_size": [8, 32, 32], "name": "resnet10", "pretrained": False,
-                           "model_kwargs": {"conv1_t_stride": 2, "widen_factor": 0.25}},
-    "ct-slices2d-lite0-minilm": {"image_size": [8, 32, 32], "name": "resnet10t", "pretrained": False,
-                                 "slice_attention_dim": 16, "channels_last": False},
+    "ct-resnet3d-minilm": {
+        "image_size": [8, 32, 32],
+        "name": "resnet10",
+        "pretrained": False,
+        "model_kwargs": {"conv1_t_stride": 2, "widen_factor": 0.25},
+    },
+    "ct-slices2d-lite0-minilm": {
+        "image_size": [8, 32, 32],
+        "name": "resnet10t",
+        "pretrained": False,
+        "slice_attention_dim": 16,
+        "channels_last": False,
+    },
 }
 
 
@@ -107,7 +126,12 @@ def test_2d_checkpoints_are_served_as_before():
     assert not engine.is_volume
     from medclip.io import MedicalImage
 
-    image = MedicalImage(array=np.random.default_rng(0).random((40, 50)).astype(np.float32), spacing=(1.0, 1.0),
-                         affine=None, metadata={"window": "custom"}, source="x")
+    image = MedicalImage(
+        array=np.random.default_rng(0).random((40, 50)).astype(np.float32),
+        spacing=(1.0, 1.0),
+        affine=None,
+        metadata={"window": "custom"},
+        source="x",
+    )
     view, result = engine.triage(image)
     assert view.dtype == np.uint8 and view.ndim == 2 and result.findings

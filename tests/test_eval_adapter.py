@@ -27,8 +27,9 @@ def open_clip_folder(tmp_path_factory):
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY_CFG).eval()
     folder = tmp_path_factory.mktemp("open_clip_tiny")
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}})
+    )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder, model
 
@@ -43,16 +44,19 @@ def test_adapter_matches_open_clip_on_prepared_inputs(open_clip_folder):
     assert feats.shape == (3, 16)
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(3))
     # the adapter's preparation: three channels, resized to 32 px, normalised with the folder's mean/std
-    x = torch.nn.functional.interpolate(grey.expand(-1, 3, -1, -1), size=(32, 32), mode="bicubic",
-                                        align_corners=False, antialias=True).clamp(0, 1)
+    x = torch.nn.functional.interpolate(
+        grey.expand(-1, 3, -1, -1), size=(32, 32), mode="bicubic", align_corners=False, antialias=True
+    ).clamp(0, 1)
     with torch.no_grad():
         expected = reference.encode_image((x - 0.5) / 0.25, normalize=True)
     torch.testing.assert_close(feats.detach(), expected, rtol=1e-4, atol=1e-5)
     tok = adapter.tokenize(["no pleural effusion.", "cardiomegaly"])
     assert tok["input_ids"].shape == (2, 77) and tok["attention_mask"][:, 0].eq(1).all()
     with torch.no_grad():
-        torch.testing.assert_close(adapter.encode_text(tok["input_ids"], tok["attention_mask"]),
-                                   reference.encode_text(tok["input_ids"], normalize=True))
+        torch.testing.assert_close(
+            adapter.encode_text(tok["input_ids"], tok["attention_mask"]),
+            reference.encode_text(tok["input_ids"], normalize=True),
+        )
     with pytest.raises(TypeError):
         adapter.tokenize("one string")
 

@@ -25,13 +25,42 @@ def _hand_drafter() -> ReportDrafter:
     """A drafter over CORPUS with hand-made embeddings: effusion reports near e0, normal near e1, edema near e2."""
     texts = CORPUS
     report_emb = torch.tensor([[1.0, 0.0, 0.0], [0.95, 0.05, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    sentences = ["Large right pleural effusion.", "Heart size is normal.", "Right pleural effusion.",
-                 "Moderate right pleural effusion.", "The heart size is normal.", "The lungs are clear.",
-                 "No pneumothorax.", "No acute cardiopulmonary abnormality.", "Cardiomegaly with pulmonary edema."]
-    sections = ["findings", "findings", "impression", "findings", "findings", "findings", "findings", "impression", "findings"]
+    sentences = [
+        "Large right pleural effusion.",
+        "Heart size is normal.",
+        "Right pleural effusion.",
+        "Moderate right pleural effusion.",
+        "The heart size is normal.",
+        "The lungs are clear.",
+        "No pneumothorax.",
+        "No acute cardiopulmonary abnormality.",
+        "Cardiomegaly with pulmonary edema.",
+    ]
+    sections = [
+        "findings",
+        "findings",
+        "impression",
+        "findings",
+        "findings",
+        "findings",
+        "findings",
+        "impression",
+        "findings",
+    ]
     reports = [[0], [0], [0, 1], [1], [1], [2], [2], [2], [3]]
-    sent_emb = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [1.0, 0, 0.01], [0.99, 0.0, 0.0], [0.5, 0.5, 0.001],
-                             [0, 1.0, 0], [0, 0.9, 0.1], [0, 1.0, 0.05], [0, 0, 1.0]])
+    sent_emb = torch.tensor(
+        [
+            [1.0, 0, 0],
+            [0.5, 0.5, 0],
+            [1.0, 0, 0.01],
+            [0.99, 0.0, 0.0],
+            [0.5, 0.5, 0.001],
+            [0, 1.0, 0],
+            [0, 0.9, 0.1],
+            [0, 1.0, 0.05],
+            [0, 0, 1.0],
+        ]
+    )
     return ReportDrafter(texts, report_emb, sentences, sections, reports, sent_emb, k=2)
 
 
@@ -100,4 +129,6 @@ def test_drafting_corpus_keeps_sections_drops_redactions_and_repeats() -> None:
     split = {"report_findings": "Lungs clear.", "report_impression": "Normal.", "report_text": "ignored"}
     assert drafting_text(split) == "FINDINGS: Lungs clear.\nIMPRESSION: Normal."
     assert drafting_corpus([sectioned, split, dict(sectioned), {"report_text": "XXXX."}]) == [
-        "FINDINGS: Small left effusion.\nIMPRESSION: Effusion.", "FINDINGS: Lungs clear.\nIMPRESSION: Normal."]
+        "FINDINGS: Small left effusion.\nIMPRESSION: Effusion.",
+        "FINDINGS: Lungs clear.\nIMPRESSION: Normal.",
+    ]

@@ -48,11 +48,25 @@ def tiny(tmp_path_factory):
             path = root / "images" / f"p{p:02d}_{i}.png"
             path.parent.mkdir(exist_ok=True)
             Image.fromarray(img).save(path)
-            rows.append({"image_id": f"img{p:02d}{i}", "path": str(path), "kind": "image", "files": None,
-                         "patient_id": f"pat{p:02d}", "study_id": f"st{p:02d}", "series_id": f"st{p:02d}",
-                         "modality": "DX", "report_findings": "", "report_impression": "", "report_text": text,
-                         "split": split, "label.pleural_effusion": effusion, "label.cardiomegaly": cardio,
-                         "label.pneumothorax": np.nan})
+            rows.append(
+                {
+                    "image_id": f"img{p:02d}{i}",
+                    "path": str(path),
+                    "kind": "image",
+                    "files": None,
+                    "patient_id": f"pat{p:02d}",
+                    "study_id": f"st{p:02d}",
+                    "series_id": f"st{p:02d}",
+                    "modality": "DX",
+                    "report_findings": "",
+                    "report_impression": "",
+                    "report_text": text,
+                    "split": split,
+                    "label.pleural_effusion": effusion,
+                    "label.cardiomegaly": cardio,
+                    "label.pneumothorax": np.nan,
+                }
+            )
     manifest = write_manifest(pd.DataFrame(rows), root / "manifest.parquet", root=root)
     return root / "model", manifest
 
@@ -67,9 +81,27 @@ def _run(argv: list[str]) -> int:
 def test_cli_runs_every_task_and_writes_metrics_plots_and_checkpoint_files(tiny, tmp_path, capsys):
     model_dir, manifest = tiny
     out = tmp_path / "eval"
-    code = _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "zeroshot,retrieval",
-                 "--task", "report", "--task", "fewshot", "--bootstrap", "50", "--shots", "1,2", "-o", str(out),
-                 "--save-to-checkpoint"])
+    code = _run(
+        [
+            "--checkpoint",
+            str(model_dir),
+            "--manifest",
+            str(manifest),
+            "--task",
+            "zeroshot,retrieval",
+            "--task",
+            "report",
+            "--task",
+            "fewshot",
+            "--bootstrap",
+            "50",
+            "--shots",
+            "1,2",
+            "-o",
+            str(out),
+            "--save-to-checkpoint",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     for title in ("Zero-shot diagnosis", "Retrieval", "Report drafting", "Few-shot"):
@@ -88,8 +120,13 @@ def test_cli_runs_every_task_and_writes_metrics_plots_and_checkpoint_files(tiny,
     assert metrics["report"]["n_reports"] == 10 and metrics["report"]["corpus_reports"] == 3
     assert set(metrics["fewshot"]["shots"]) == {"1", "2"}
     assert metrics["data"]["test"] == {"images": 10, "patients": 5, "studies": 5}
-    for name in ("zeroshot_roc.png", "zeroshot_calibration.png", "zeroshot_prompt_sensitivity.png",
-                 "retrieval_recall.png", "fewshot_auroc.png"):
+    for name in (
+        "zeroshot_roc.png",
+        "zeroshot_calibration.png",
+        "zeroshot_prompt_sensitivity.png",
+        "retrieval_recall.png",
+        "fewshot_auroc.png",
+    ):
         assert (out / name).stat().st_size > 1000
     thresholds = load_thresholds(model_dir)
     assert set(thresholds) == {"pleural_effusion", "cardiomegaly"}
@@ -110,20 +147,56 @@ def test_cli_runs_every_task_and_writes_metrics_plots_and_checkpoint_files(tiny,
 def test_bad_input_gives_clear_errors(tiny, tmp_path):
     model_dir, manifest = tiny
     with pytest.raises(ValueError, match=r"manifest.parquet: no rows in split 'holdout'"):
-        _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "retrieval",
-              "--split", "holdout", "-o", str(tmp_path)])
+        _run(
+            [
+                "--checkpoint",
+                str(model_dir),
+                "--manifest",
+                str(manifest),
+                "--task",
+                "retrieval",
+                "--split",
+                "holdout",
+                "-o",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         _run(["--checkpoint", str(tmp_path / "nope"), "--manifest", str(manifest), "-o", str(tmp_path)])
     with pytest.raises(ValueError, match="no label column for"):
-        _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "zeroshot",
-              "--findings", "edema", "-o", str(tmp_path)])
+        _run(
+            [
+                "--checkpoint",
+                str(model_dir),
+                "--manifest",
+                str(manifest),
+                "--task",
+                "zeroshot",
+                "--findings",
+                "edema",
+                "-o",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(SystemExit):
         _run(["--checkpoint", str(model_dir), "--manifest", str(manifest), "--task", "poetry"])
     # through the `medclip` command: a clear message and exit status 2, no traceback
     from medclip.cli import main
 
-    assert main(["eval", "--checkpoint", str(model_dir), "--manifest", str(tmp_path / "missing.parquet"),
-                 "-o", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(model_dir),
+                "--manifest",
+                str(tmp_path / "missing.parquet"),
+                "-o",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
 
 
 def test_notebook_finds_the_quickstart_run_from_the_notebooks_folder(tiny, tmp_path):
@@ -140,9 +213,14 @@ def test_notebook_finds_the_quickstart_run_from_the_notebooks_folder(tiny, tmp_p
     shutil.copytree(model_dir, project / "runs" / "quickstart" / "model")
     shutil.copy(manifest, project / "runs" / "quickstart" / "manifest.parquet")
     nb = nbformat.read(project / "notebooks" / "evaluate.ipynb", as_version=4)
-    env = {"MEDCLIP_EVAL_CHECKPOINT": None, "MEDCLIP_EVAL_MANIFEST": None, "MEDCLIP_EVAL_OUTPUT": "runs/nb_eval",
-           "MEDCLIP_EVAL_BOOTSTRAP": "30", "MEDCLIP_EVAL_SHOTS": "1,2",
-           "MEDCLIP_EVAL_TASKS": "zeroshot,retrieval,report,fewshot"}
+    env = {
+        "MEDCLIP_EVAL_CHECKPOINT": None,
+        "MEDCLIP_EVAL_MANIFEST": None,
+        "MEDCLIP_EVAL_OUTPUT": "runs/nb_eval",
+        "MEDCLIP_EVAL_BOOTSTRAP": "30",
+        "MEDCLIP_EVAL_SHOTS": "1,2",
+        "MEDCLIP_EVAL_TASKS": "zeroshot,retrieval,report,fewshot",
+    }
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():  # the kernel inherits this process's environment
         if v is None:
@@ -150,8 +228,9 @@ def test_notebook_finds_the_quickstart_run_from_the_notebooks_folder(tiny, tmp_p
         else:
             os.environ[k] = v
     try:
-        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                         resources={"metadata": {"path": str(project / "notebooks")}})
+        client = nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project / "notebooks")}}
+        )
         client.execute()
     finally:
         for k, v in saved.items():
@@ -190,17 +269,39 @@ def test_operating_points_record_how_they_were_chosen_and_refuse_another_model(t
     ckpt = CheckpointDir(tmp_path / "model")
     shutil.copytree(model_dir, ckpt.path, ignore=shutil.ignore_patterns("thresholds.json", "drafter", "eval"))
     # pneumothorax is never mentioned: counted negative it has no positives in val -> not calibrated (fallback)
-    assert _run(["--checkpoint", str(ckpt.path), "--manifest", str(manifest), "--task", "zeroshot,report",
-                 "--unmentioned-as-negative", "--bootstrap", "20", "-o", str(tmp_path / "eval"),
-                 "--save-to-checkpoint"]) == 0
+    assert (
+        _run(
+            [
+                "--checkpoint",
+                str(ckpt.path),
+                "--manifest",
+                str(manifest),
+                "--task",
+                "zeroshot,report",
+                "--unmentioned-as-negative",
+                "--bootstrap",
+                "20",
+                "-o",
+                str(tmp_path / "eval"),
+                "--save-to-checkpoint",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(ckpt.thresholds.read_text())
     assert saved["model_fingerprint"] == ckpt.fingerprint() and saved["validation"]["manifest"] == str(manifest)
     effusion, pneumothorax = saved["findings"]["pleural_effusion"], saved["findings"]["pneumothorax"]
     # val patients 10..12: normal, cardiomegaly, effusion (two images each)
     assert effusion["method"] == "youden" and effusion["n"] == 6 and effusion["positives"] == 2
     assert set(effusion["auroc"]) >= {"value", "low", "high"}
-    assert pneumothorax == {"threshold": 0.5, "method": "fallback", "n": 6, "positives": 0,
-                            "auroc": pneumothorax["auroc"], "reason": "no positives in split 'val'"}
+    assert pneumothorax == {
+        "threshold": 0.5,
+        "method": "fallback",
+        "n": 6,
+        "positives": 0,
+        "auroc": pneumothorax["auroc"],
+        "reason": "no positives in split 'val'",
+    }
     points = load_operating_points(ckpt.path, ckpt.fingerprint())
     assert points.calibrated == ["pleural_effusion", "cardiomegaly"]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["zeroshot"]["per_finding"]

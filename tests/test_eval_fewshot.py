@@ -60,8 +60,17 @@ def test_evaluate_fewshot_improves_with_shots_and_reports_ensembles():
     xtr, ytr = _gaussians(300, 4)
     xte, yte = _gaussians(300, 5)
     zs = (xte[:, 0] - 0.75)[:, None]  # a zero-shot log-odds that sees the signal
-    res = evaluate_fewshot(xtr, ytr[:, None], xte, yte[:, None], ["f"], zeroshot_logits=zs, shots=(1, 16), trials=4,
-                           train_zeroshot_logits=(xtr[:, 0] - 0.75)[:, None])
+    res = evaluate_fewshot(
+        xtr,
+        ytr[:, None],
+        xte,
+        yte[:, None],
+        ["f"],
+        zeroshot_logits=zs,
+        shots=(1, 16),
+        trials=4,
+        train_zeroshot_logits=(xtr[:, 0] - 0.75)[:, None],
+    )
     assert set(res["shots"][1]) == {"linear_probe", "gda", "linear_probe+zeroshot", "gda+zeroshot"}
     assert res["shots"][16]["gda"]["mean"] > res["shots"][1]["gda"]["mean"]
     assert res["shots"][16]["gda"]["mean"] > 0.8

@@ -50,8 +50,14 @@ def test_every_classification_metric_equals_sklearn_on_random_tied_data(seed):
     # the patient bootstrap of a sklearn function equals bootstrapping medclip's wrapper of it
     groups = rng.integers(0, max(n // 3, 2), n)
     ours = M.bootstrap_ci(M.auroc, y, s, groups=groups, n_boot=40, seed=seed)
-    sk = M.bootstrap_ci(lambda a, b: roc_auc_score(a, b) if 0 < a.sum() < a.size else math.nan, y, s,
-                        groups=groups, n_boot=40, seed=seed)
+    sk = M.bootstrap_ci(
+        lambda a, b: roc_auc_score(a, b) if 0 < a.sum() < a.size else math.nan,
+        y,
+        s,
+        groups=groups,
+        n_boot=40,
+        seed=seed,
+    )
     assert (ours.value, ours.low, ours.high) == pytest.approx((sk.value, sk.low, sk.high), nan_ok=True)
 
 
@@ -82,7 +88,9 @@ def test_bootstrap_by_patient_keeps_images_of_a_patient_together():
     single = M.bootstrap_ci(M.auroc, y, s, groups=patients, n_boot=300, seed=5)
     # every patient has two identical images: AUROC is unchanged by duplicating all rows, and a
     # patient-level bootstrap draws the same patients, so the interval must be identical
-    doubled = M.bootstrap_ci(M.auroc, np.repeat(y, 2), np.repeat(s, 2), groups=np.repeat(patients, 2), n_boot=300, seed=5)
+    doubled = M.bootstrap_ci(
+        M.auroc, np.repeat(y, 2), np.repeat(s, 2), groups=np.repeat(patients, 2), n_boot=300, seed=5
+    )
     assert doubled.value == pytest.approx(single.value)
     assert (doubled.low, doubled.high) == pytest.approx((single.low, single.high))
     assert doubled.n == 100 and doubled.n_groups == 50
@@ -99,11 +107,13 @@ def test_bootstrap_one_class_gives_nan_interval():
 
 def test_recall_hand_checked_at_study_level():
     # gallery: reports of studies A, A, B, C; queries are images of A, B, C
-    sim = np.array([
-        [0.1, 0.9, 0.5, 0.0],  # A: its second report is best -> rank 1
-        [0.8, 0.7, 0.6, 0.1],  # B: two A reports score higher -> rank 3
-        [0.9, 0.8, 0.7, 0.2],  # C: three others higher -> rank 4
-    ])
+    sim = np.array(
+        [
+            [0.1, 0.9, 0.5, 0.0],  # A: its second report is best -> rank 1
+            [0.8, 0.7, 0.6, 0.1],  # B: two A reports score higher -> rank 3
+            [0.9, 0.8, 0.7, 0.2],  # C: three others higher -> rank 4
+        ]
+    )
     ranks = M.ranks_of_matches(sim, ["A", "B", "C"], ["A", "A", "B", "C"])
     assert ranks.tolist() == [1, 3, 4]
     assert M.recall_at_k(ranks, 1) == pytest.approx(1 / 3)
@@ -119,9 +129,11 @@ def test_recall_hand_checked_at_study_level():
 
 
 NLTK_HYP1 = "It is a guide to action which ensures that the military always obeys the commands of the party"
-NLTK_REFS1 = ["It is a guide to action that ensures that the military will forever heed Party commands",
-              "It is the guiding principle which guarantees the military forces always being under the command of the Party",
-              "It is the practical guide for the army always to heed the directions of the party"]
+NLTK_REFS1 = [
+    "It is a guide to action that ensures that the military will forever heed Party commands",
+    "It is the guiding principle which guarantees the military forces always being under the command of the Party",
+    "It is the practical guide for the army always to heed the directions of the party",
+]
 NLTK_HYP2 = "he read the book because he was interested in world history"
 NLTK_REF2 = "he was interested in world history because he read the book"
 
@@ -129,7 +141,9 @@ NLTK_REF2 = "he was interested in world history because he read the book"
 def test_bleu_matches_published_values():
     # the values printed in NLTK's bleu_score documentation for Papineni et al.'s example
     assert M.corpus_bleu([NLTK_HYP1], [NLTK_REFS1]) == pytest.approx(0.5045666840058485, abs=1e-12)
-    assert M.corpus_bleu([NLTK_HYP1, NLTK_HYP2], [NLTK_REFS1, [NLTK_REF2]]) == pytest.approx(0.5920778868801042, abs=1e-12)
+    assert M.corpus_bleu([NLTK_HYP1, NLTK_HYP2], [NLTK_REFS1, [NLTK_REF2]]) == pytest.approx(
+        0.5920778868801042, abs=1e-12
+    )
     assert M.corpus_bleu(["no acute findings ."], ["no acute findings ."]) == pytest.approx(1.0)
     assert M.corpus_bleu(["the the the the"], ["the cat is on the mat"]) == 0.0
 
@@ -146,7 +160,11 @@ def test_bleu_and_rouge_are_the_reference_implementations():
     from rouge_score import rouge_scorer
 
     hyps = ["No pleural effusion. Heart size is normal.", "Mild cardiomegaly; lungs clear!", ""]
-    refs = ["There is no pleural effusion. The heart size is normal.", "Cardiomegaly, lungs are clear.", "Normal chest."]
+    refs = [
+        "There is no pleural effusion. The heart size is normal.",
+        "Cardiomegaly, lungs are clear.",
+        "Normal chest.",
+    ]
     expected = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True, smooth_method="none").score / 100
     assert M.corpus_bleu(hyps, refs) == pytest.approx(expected, abs=1e-12) and 0 < expected < 1
     scorer = rouge_scorer.RougeScorer(["rougeL"])

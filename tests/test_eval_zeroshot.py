@@ -63,7 +63,10 @@ def test_default_findings_and_styles(model, graph):
         prompts = prompts_for_style(graph, ["pneumonia", "no_finding"], style)
         assert set(prompts) == {"pneumonia", "no_finding"}
         assert all(p["positive"] and p["negative"] for p in prompts.values())
-    assert prompts_for_style(graph, ["pneumonia"], "name")["pneumonia"] == {"positive": ["pneumonia"], "negative": ["no pneumonia."]}
+    assert prompts_for_style(graph, ["pneumonia"], "name")["pneumonia"] == {
+        "positive": ["pneumonia"],
+        "negative": ["no pneumonia."],
+    }
     with pytest.raises(ValueError, match="prompt style"):
         prompts_for_style(graph, ["pneumonia"], "poetry")
 
@@ -122,25 +125,37 @@ def test_operating_points_round_trip_and_files_not_tied_to_the_model(tmp_path):
 
     assert load_operating_points(tmp_path) is None
     auroc = {"value": 0.7, "low": float("nan"), "high": 0.9, "n": 10, "n_groups": 5}
-    save_thresholds(tmp_path, {"edema": OperatingPoint(0.3, "youden", 10, 4, auroc),
-                               "pneumothorax": OperatingPoint(0.5, FALLBACK, 10, 0, reason="no positives in split 'val'"),
-                               "mass": 0.6}, model_fingerprint="abc", validation={"manifest": "/data/my manifest.parquet",
-                                                                                   "split": "tune"})
+    save_thresholds(
+        tmp_path,
+        {
+            "edema": OperatingPoint(0.3, "youden", 10, 4, auroc),
+            "pneumothorax": OperatingPoint(0.5, FALLBACK, 10, 0, reason="no positives in split 'val'"),
+            "mass": 0.6,
+        },
+        model_fingerprint="abc",
+        validation={"manifest": "/data/my manifest.parquet", "split": "tune"},
+    )
     saved = json.loads((tmp_path / THRESHOLDS_FILE).read_text())  # strict JSON: NaN written as null
     assert saved["findings"]["edema"]["auroc"]["low"] is None and saved["thresholds"]["pneumothorax"] == 0.5
     points = load_operating_points(tmp_path, "abc")
     assert points.calibrated == ["edema", "mass"] and points.points["mass"].method == "manual"
     assert points.points["pneumothorax"].reason == "no positives in split 'val'"
-    with pytest.raises(StaleFileError, match=r"another model \(fingerprint abc\).*recalibrate with: medclip eval "
-                                             r"--checkpoint .* --manifest '/data/my manifest.parquet' --task zeroshot "
-                                             r"--val-split tune --save-to-checkpoint$"):
+    with pytest.raises(
+        StaleFileError,
+        match=r"another model \(fingerprint abc\).*recalibrate with: medclip eval "
+        r"--checkpoint .* --manifest '/data/my manifest.parquet' --task zeroshot "
+        r"--val-split tune --save-to-checkpoint$",
+    ):
         load_operating_points(tmp_path, "def")
     # a file from before fingerprints were recorded is not trusted either
     (tmp_path / THRESHOLDS_FILE).write_text(json.dumps({"format": "medclip.thresholds", "thresholds": {"edema": 0.2}}))
     assert load_operating_points(tmp_path).points["edema"].calibrated
     with pytest.raises(StaleFileError, match="older medclip.*--manifest MANIFEST"):
         load_operating_points(tmp_path, "abc")
-    assert recalibrate_command("/ck", {"manifest": "m.parquet", "criterion": "f1", "unmentioned_as_negative": True,
-                                       "findings": ["edema", "mass"]}) == (
+    assert recalibrate_command(
+        "/ck",
+        {"manifest": "m.parquet", "criterion": "f1", "unmentioned_as_negative": True, "findings": ["edema", "mass"]},
+    ) == (
         "medclip eval --checkpoint /ck --manifest m.parquet --task zeroshot --findings edema,mass --criterion f1 "
-        "--unmentioned-as-negative --save-to-checkpoint")
+        "--unmentioned-as-negative --save-to-checkpoint"
+    )

@@ -75,9 +75,11 @@ def test_stale_temp_dirs_of_dead_processes_are_removed_and_live_ones_kept(temp_b
 
 def test_folder_of_a_sigkilled_process_is_removed_by_the_next_start(temp_base: Path) -> None:
     """Issue 12.12: a demo killed with SIGKILL mid-extraction left its files in /tmp for good."""
-    code = ("import sys, time\nfrom medclip.fsutil import process_temp_dir\n"
-            "work = process_temp_dir('uploads')\n(work / 'half-extracted.dcm').write_bytes(bytes(1 << 20))\n"
-            "print(work, flush=True)\ntime.sleep(60)\n")
+    code = (
+        "import sys, time\nfrom medclip.fsutil import process_temp_dir\n"
+        "work = process_temp_dir('uploads')\n(work / 'half-extracted.dcm').write_bytes(bytes(1 << 20))\n"
+        "print(work, flush=True)\ntime.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env=_child_env(temp_base), stdout=subprocess.PIPE, text=True)
     try:
         work = Path(proc.stdout.readline().strip())
@@ -92,10 +94,13 @@ def test_folder_of_a_sigkilled_process_is_removed_by_the_next_start(temp_base: P
 
 
 def test_process_temp_dir_is_removed_at_a_normal_exit(temp_base: Path) -> None:
-    code = ("from medclip.fsutil import process_temp_dir\n"
-            "work = process_temp_dir('gradio')\n(work / 'upload.png').write_bytes(b'x')\nprint(work)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=_child_env(temp_base), capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "from medclip.fsutil import process_temp_dir\n"
+        "work = process_temp_dir('gradio')\n(work / 'upload.png').write_bytes(b'x')\nprint(work)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=_child_env(temp_base), capture_output=True, text=True, check=True
+    ).stdout
     work = Path(out.strip())
     assert work.parent.parent.parent == temp_base
     assert not work.parent.exists() and not work.parent.parent.exists(), "the folder and the empty root are removed"

@@ -45,14 +45,16 @@ def test_a_run_that_fails_keeps_what_it_read_and_resumes(tmp_path, monkeypatch, 
     read: list[str] = []
     _reading(monkeypatch, read, fail_after=23)
     with pytest.raises(Killed):
-        index_export(SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False,
-                     checkpoint_every=10)
+        index_export(
+            SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False, checkpoint_every=10
+        )
     assert not out.exists()  # no half manifest
     first = list(read)
     read.clear()
     _reading(monkeypatch, read)
-    res = index_export(SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False,
-                       checkpoint_every=10)
+    res = index_export(
+        SAMPLE, out, reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False, checkpoint_every=10
+    )
     assert res.files_reused == 23 and res.files_read == full.files_read - 23  # saved when it failed
     assert read == [p for p in _all(SAMPLE) if p not in first]  # only the files not read before
     pd.testing.assert_frame_equal(_sorted(pd.read_parquet(out)), _sorted(pd.read_parquet(ref)))
@@ -81,8 +83,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, re
 
     full, ref = reference
     out = tmp_path / "run" / "m.parquet"
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(SAMPLE), str(out), str(SAMPLE / "reports.csv"), SALT],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(SAMPLE), str(out), str(SAMPLE / "reports.csv"), SALT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not out.exists() and indexer._state_path(out).exists()
     read: list[str] = []
@@ -112,19 +118,28 @@ def _all(root) -> list[str]:
 
 def test_report_linking_does_not_iterate_rows_with_pandas(tmp_path, monkeypatch):
     """Regression (issue 11.2): linking went through DataFrame.iterrows, ~650 rows/s; now column-wise."""
-    ref = index_export(SAMPLE, tmp_path / "a.parquet", reports=SAMPLE / "reports.csv", salt=SALT, workers=1,
-                       progress=False)
+    ref = index_export(
+        SAMPLE, tmp_path / "a.parquet", reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False
+    )
 
     def forbidden(self):
         raise AssertionError("iterrows used")
 
     monkeypatch.setattr(pd.DataFrame, "iterrows", forbidden)
-    res = index_export(SAMPLE, tmp_path / "b.parquet", reports=SAMPLE / "reports.csv", salt=SALT, workers=1,
-                       progress=False, incremental=False)
+    res = index_export(
+        SAMPLE,
+        tmp_path / "b.parquet",
+        reports=SAMPLE / "reports.csv",
+        salt=SALT,
+        workers=1,
+        progress=False,
+        incremental=False,
+    )
     assert res.reports_linked == ref.reports_linked > 0
     assert (res.manifest["report_text"].str.len() > 0).sum() == 67
-    pd.testing.assert_frame_equal(_sorted(pd.read_parquet(tmp_path / "a.parquet")),
-                                  _sorted(pd.read_parquet(tmp_path / "b.parquet")))
+    pd.testing.assert_frame_equal(
+        _sorted(pd.read_parquet(tmp_path / "a.parquet")), _sorted(pd.read_parquet(tmp_path / "b.parquet"))
+    )
 
 
 def test_path_linked_reports_adopt_patient_and_study(tmp_path):
@@ -137,11 +152,23 @@ def test_path_linked_reports_adopt_patient_and_study(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("a/x.png", "a/y.png", "z.png"):
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(export / name)
-    pd.DataFrame({"path": ["a/x.png", "y.png", "z.png"], "patient_id": ["P1", "P1", "P2"],
-                  "study_id": ["S1", "S1", "S9"], "report": ["FINDINGS: one.", "FINDINGS: two.", "FINDINGS: three."]}
-                 ).to_csv(export / "reports.csv", index=False)
-    df = index_export(export, tmp_path / "m.parquet", reports=export / "reports.csv", salt=SALT, workers=1,
-                      progress=False, fractions=(1.0, 0.0, 0.0)).manifest
+    pd.DataFrame(
+        {
+            "path": ["a/x.png", "y.png", "z.png"],
+            "patient_id": ["P1", "P1", "P2"],
+            "study_id": ["S1", "S1", "S9"],
+            "report": ["FINDINGS: one.", "FINDINGS: two.", "FINDINGS: three."],
+        }
+    ).to_csv(export / "reports.csv", index=False)
+    df = index_export(
+        export,
+        tmp_path / "m.parquet",
+        reports=export / "reports.csv",
+        salt=SALT,
+        workers=1,
+        progress=False,
+        fractions=(1.0, 0.0, 0.0),
+    ).manifest
     df.index = [p.rsplit("/", 1)[-1][0] for p in df["path"]]
     assert df.loc["x", "patient_id"] == df.loc["y", "patient_id"] != df.loc["z", "patient_id"]
     assert df.loc["x", "study_id"] == df.loc["y", "study_id"]

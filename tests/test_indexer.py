@@ -173,8 +173,9 @@ def test_dicom_sr_report_and_mixed_formats(tmp_path, shared_dir):
         return item
 
     sr.ValueType = "CONTAINER"
-    sr.ContentSequence = Sequence([text_item("Findings", "Small left pleural effusion. Seen by Srplanted."),
-                                   text_item("Impression", "Effusion.")])
+    sr.ContentSequence = Sequence(
+        [text_item("Findings", "Small left pleural effusion. Seen by Srplanted."), text_item("Impression", "Effusion.")]
+    )
     sr.save_as(export / "dicom" / "report.dcm", enforce_file_format=True)
 
     (export / "patient_a" / "study_1").mkdir(parents=True)
@@ -183,8 +184,10 @@ def test_dicom_sr_report_and_mixed_formats(tmp_path, shared_dir):
     import nibabel as nib
 
     (export / "patient_b" / "mr").mkdir(parents=True)
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 9, 5)).astype(np.float32), np.diag([2, 2, 3, 1])),
-             export / "patient_b" / "mr" / "vol.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((8, 9, 5)).astype(np.float32), np.diag([2, 2, 3, 1])),
+        export / "patient_b" / "mr" / "vol.nii.gz",
+    )
     res = index_export(export, tmp_path / "m.parquet", salt=SALT, workers=1, progress=False)
     df = res.manifest.set_index(res.manifest["path"].map(lambda p: Path(p).name))
     assert set(df.index) == {"img.dcm", "frontal.png", "lateral.jpg", "vol.nii.gz"}

@@ -35,15 +35,19 @@ def test_salt_keys_raster_and_nifti_ids(raster_nifti_export: Path, tmp_path: Pat
     c = index_export(raster_nifti_export, tmp_path / "c.parquet", workers=1, progress=False)
     assert len(a.manifest) == 3 and not a.skipped
     rel = [Path(p).relative_to(raster_nifti_export).as_posix() for p in a.manifest["path"]]
-    default_ids = {hash_identifier(x, DEFAULT_SALT) for x in [*rel, "MRN0012345", "MRN0067890",
-                                                             "MRN0012345/study_1", "MRN0067890/mr"]}
+    default_ids = {
+        hash_identifier(x, DEFAULT_SALT)
+        for x in [*rel, "MRN0012345", "MRN0067890", "MRN0012345/study_1", "MRN0067890/mr"]
+    }
     for column in ("patient_id", "study_id", "image_id"):
         ids = [set(m.manifest[column]) for m in (a, b, c)]
         assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2], column
         for values in ids:
             assert not values & default_ids, f"{column} hashed with the public default salt"
-    assert set(a.manifest["patient_id"]) == {hash_identifier("MRN0012345", "site-secret-one"),
-                                             hash_identifier("MRN0067890", "site-secret-one")}
+    assert set(a.manifest["patient_id"]) == {
+        hash_identifier("MRN0012345", "site-secret-one"),
+        hash_identifier("MRN0067890", "site-secret-one"),
+    }
 
 
 def test_default_salt_warns_once(raster_nifti_export: Path, tmp_path: Path, monkeypatch, caplog) -> None:
@@ -61,8 +65,12 @@ def test_default_salt_warns_once(raster_nifti_export: Path, tmp_path: Path, monk
     assert "--salt" in warned[0].getMessage() and deid.SALT_ENV in warned[0].getMessage()
 
 
-STAFF = {"ReferringPhysicianName": "Zqxdoctor^Alan", "OperatorsName": "Qqoperator^Bea",
-         "NameOfPhysiciansReadingStudy": "Rrreader^Carl", "PerformingPhysicianName": "Ppperformer^Dana"}
+STAFF = {
+    "ReferringPhysicianName": "Zqxdoctor^Alan",
+    "OperatorsName": "Qqoperator^Bea",
+    "NameOfPhysiciansReadingStudy": "Rrreader^Carl",
+    "PerformingPhysicianName": "Ppperformer^Dana",
+}
 
 
 def test_staff_names_never_reach_manifest_or_cache(xray_dir: Path, tmp_path: Path) -> None:
@@ -87,7 +95,8 @@ def test_staff_names_never_reach_manifest_or_cache(xray_dir: Path, tmp_path: Pat
     (export / "reports.csv").write_text(
         "accession_number,findings,impression\n"
         'ACC7654321,"Dr. Zqxdoctor referring. Images by Qqoperator, read with Rrreader. Ppperformer and Sssched '
-        'were present. The lungs are clear. No pleural effusion.","Discussed with Dr. Quentin Vvvoice. Normal chest."\n')
+        'were present. The lungs are clear. No pleural effusion.","Discussed with Dr. Quentin Vvvoice. Normal chest."\n'
+    )
     out = tmp_path / "index" / "manifest.parquet"
     res = index_export(export, out, reports=export / "reports.csv", salt="s3cret", workers=1, progress=False)
     row = res.manifest.iloc[0]

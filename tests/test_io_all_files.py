@@ -29,11 +29,24 @@ except ImportError:  # pragma: no cover - optional test dependency
 #: file (relative to its collection) -> a fragment its ImageReadError reason must contain.
 EXPECTED_ERRORS: dict[str, str] = {
     # DICOM objects without pixels: plans, structures, reports, directories, waveforms
-    **{f"pydicom/{name}": "no pixel data" for name in (
-        "ExplVR_BigEndNoMeta.dcm", "ExplVR_LitEndNoMeta.dcm", "UN_sequence.dcm", "empty_charset_LEI.dcm",
-        "no_meta_group_length.dcm", "priv_SQ.dcm", "reportsi.dcm", "reportsi_with_empty_number_tags.dcm",
-        "rtplan.dcm", "rtplan_truncated.dcm", "rtstruct.dcm", "test-SR.dcm", "waveform_ecg.dcm",
-    )},
+    **{
+        f"pydicom/{name}": "no pixel data"
+        for name in (
+            "ExplVR_BigEndNoMeta.dcm",
+            "ExplVR_LitEndNoMeta.dcm",
+            "UN_sequence.dcm",
+            "empty_charset_LEI.dcm",
+            "no_meta_group_length.dcm",
+            "priv_SQ.dcm",
+            "reportsi.dcm",
+            "reportsi_with_empty_number_tags.dcm",
+            "rtplan.dcm",
+            "rtplan_truncated.dcm",
+            "rtstruct.dcm",
+            "test-SR.dcm",
+            "waveform_ecg.dcm",
+        )
+    },
     "pydicom/MR_truncated.dcm": "pixel data truncated",
     # a delimiter inside the codestream corrupts its SIZ segment: refused before any decoder allocates
     "pydicom/JPEG2000-embedded-sequence-delimiter.dcm": "refused before decoding",
@@ -70,7 +83,11 @@ except ImportError:
 #: Non-image companions (text, JSON, dumps, ICC profiles, DICOMDIRs, other formats) are expected to
 #: fail with one of these reasons; they are too many to list one by one.
 GENERIC_REASONS = (
-    "unrecognised format", "no pixel data", "not a readable NIfTI", "series found", "no DICOM image files",
+    "unrecognised format",
+    "no pixel data",
+    "not a readable NIfTI",
+    "series found",
+    "no DICOM image files",
     "gzip file that holds neither",
 )
 
@@ -106,8 +123,20 @@ def all_files() -> dict[str, Path]:
 
 #: Metadata every reader provides (the indexer and cache rely on them whatever the format).
 COMMON_KEYS = {
-    "format", "modality", "view_position", "body_part", "photometric", "rows", "columns", "frames",
-    "bits_stored", "pixel_spacing", "image_id", "window", "window_center", "window_width",
+    "format",
+    "modality",
+    "view_position",
+    "body_part",
+    "photometric",
+    "rows",
+    "columns",
+    "frames",
+    "bits_stored",
+    "pixel_spacing",
+    "image_id",
+    "window",
+    "window_center",
+    "window_width",
 }
 
 
@@ -148,7 +177,8 @@ def test_every_file_loads_or_raises_image_read_error(all_files: dict[str, Path])
             assert key in failed, f"{key} should fail with {fragment!r} but loaded"
             assert fragment in failed[key], f"{key}: {failed[key]!r} lacks {fragment!r}"
     unexpected = {
-        key: reason for key, reason in failed.items()
+        key: reason
+        for key, reason in failed.items()
         if key not in EXPECTED_ERRORS and not any(fragment in reason for fragment in GENERIC_REASONS)
     }
     assert not unexpected, f"files that should load but raised: {unexpected}"

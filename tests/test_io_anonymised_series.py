@@ -83,8 +83,13 @@ def test_indexer_makes_one_volume_row(nih_ge: Path, tmp_path: Path) -> None:
     row = df.iloc[0]
     assert row["kind"] == "volume" and row["frames"] == 15 and len(row["files"]) == 15
     assert row["image_id"] and row["study_id"] and row["patient_id"]
-    cache = build_cache(tmp_path / "idx" / "m.parquet", tmp_path / "cache",
-                        config=CacheConfig(volume_shape=(8, 16, 16)), workers=1, progress=False)
+    cache = build_cache(
+        tmp_path / "idx" / "m.parquet",
+        tmp_path / "cache",
+        config=CacheConfig(volume_shape=(8, 16, 16)),
+        workers=1,
+        progress=False,
+    )
     assert cache.written == 1 and not cache.skipped
 
 

@@ -37,8 +37,6 @@ def extra(name: str) -> Path:
     return PYDICOM_DATA / name
 
 
-
-
 CR_ORIGINAL = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
 
@@ -199,7 +197,12 @@ def test_lossless_transfer_syntaxes_decode_to_the_uncompressed_values(name: str)
 
 @pytest.mark.parametrize(
     ("compressed", "uncompressed"),
-    [("693_J2KR.dcm", "693_UNCR.dcm"), ("RG1_J2KR.dcm", "RG1_UNCR.dcm"), ("MR2_J2KR.dcm", "MR2_UNCR.dcm"), ("US1_J2KR.dcm", "US1_UNCR.dcm")],
+    [
+        ("693_J2KR.dcm", "693_UNCR.dcm"),
+        ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
+        ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
+        ("US1_J2KR.dcm", "US1_UNCR.dcm"),
+    ],
 )
 def test_jpeg2000_lossless_matches_uncompressed(compressed: str, uncompressed: str) -> None:
     a = read_dicom(extra(compressed), window=None).array
@@ -347,8 +350,17 @@ def test_safe_metadata_works_on_header_only_reads_and_never_leaks_phi() -> None:
     assert safe_metadata(header, salt="other")["study_id"] != meta["study_id"]
     image = load_image(path, salt="site-salt")
     text = json.dumps(image.metadata)  # metadata is JSON-serialisable
-    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                    "StudyDate", "AccessionNumber", "InstitutionName", "PatientBirthDate"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "StudyDate",
+        "AccessionNumber",
+        "InstitutionName",
+        "PatientBirthDate",
+    ):
         value = str(full.get(keyword, "") or "")
         if len(value) >= 4:
             assert value not in text, keyword
@@ -426,7 +438,9 @@ def test_gzip_compressed_dicom(tmp_path: Path, monkeypatch) -> None:
     series.mkdir()
     for k in range(2):
         ds = pydicom.dcmread(bundled("MR_small.dcm"))
-        ds.ImagePositionPatient = [float(v) + (k * 5.0 if i == 2 else 0.0) for i, v in enumerate(ds.ImagePositionPatient)]
+        ds.ImagePositionPatient = [
+            float(v) + (k * 5.0 if i == 2 else 0.0) for i, v in enumerate(ds.ImagePositionPatient)
+        ]
         ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k}"
         buffer = __import__("io").BytesIO()
         ds.save_as(buffer)

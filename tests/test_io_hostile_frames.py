@@ -30,7 +30,7 @@ def _pillow_jpeg(size: int, seed: int = 0) -> bytes:
 def _with_sof_size(jpeg: bytes, rows: int, columns: int) -> bytes:
     """The same JPEG stream whose SOF0 marker claims another size (what a decoder allocates for)."""
     i = jpeg.index(b"\xff\xc0")
-    return jpeg[: i + 5] + struct.pack(">HH", rows, columns) + jpeg[i + 9:]
+    return jpeg[: i + 5] + struct.pack(">HH", rows, columns) + jpeg[i + 9 :]
 
 
 def _dicom_with_frame(tmp_path: Path, frame: bytes, name: str) -> Path:
@@ -62,7 +62,9 @@ def test_matching_frame_decodes(tmp_path: Path) -> None:
     assert image.shape == (HEADER, HEADER)
 
 
-@pytest.mark.parametrize("made_by, rows, columns", [("sof", 16000, 16000), ("pillow", 1600, 1600), ("sof", HEADER, 321)])
+@pytest.mark.parametrize(
+    "made_by, rows, columns", [("sof", 16000, 16000), ("pillow", 1600, 1600), ("sof", HEADER, 321)]
+)
 def test_oversized_jpeg_frame_is_refused_before_decoding(tmp_path: Path, no_decoder, made_by, rows, columns) -> None:
     """A frame whose JPEG header claims more than Rows x Columns (patched SOF, or a real larger Pillow JPEG)."""
     frame = _pillow_jpeg(rows) if made_by == "pillow" else _with_sof_size(_pillow_jpeg(HEADER), rows, columns)
@@ -79,16 +81,18 @@ def test_oversized_jpeg2000_and_jpegls_frames_are_refused(tmp_path: Path, no_dec
     ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
     frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
     start = frame.index(b"\xff\x4f\xff\x51")
-    frame = frame[: start + 8] + struct.pack(">II", 16000, 16000) + frame[start + 16:]
+    frame = frame[: start + 8] + struct.pack(">II", 16000, 16000) + frame[start + 16 :]
     ds.PixelData = encapsulate([frame])
     ds.save_as(tmp_path / "j2k.dcm")
-    with pytest.raises(ImageReadError, match=r"JPEG 2000 frame 0 is 16000 x 16000 pixels but the header says 1024 x 256"):
+    with pytest.raises(
+        ImageReadError, match=r"JPEG 2000 frame 0 is 16000 x 16000 pixels but the header says 1024 x 256"
+    ):
         load_image(tmp_path / "j2k.dcm")
     # JPEG-LS: the SOF55 marker claims 16000 x 16000
     ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
     frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
     i = frame.index(b"\xff\xf7")
-    frame = frame[: i + 5] + struct.pack(">HH", 16000, 16000) + frame[i + 9:]
+    frame = frame[: i + 5] + struct.pack(">HH", 16000, 16000) + frame[i + 9 :]
     ds.PixelData = encapsulate([frame])
     ds.save_as(tmp_path / "jls.dcm")
     with pytest.raises(ImageReadError, match=r"JPEG frame 0 is 16000 x 16000 pixels but the header says 64 x 64"):
@@ -117,11 +121,13 @@ def test_index_cache_and_demo_refuse_it(tmp_path: Path, no_decoder) -> None:
     path = _dicom_with_frame(export, _with_sof_size(_pillow_jpeg(HEADER), 16000, 16000), "hostile.dcm")
     res = index_export(export, tmp_path / "a" / "m.parquet", salt="s", workers=1, progress=False)
     assert res.skipped and "refused before decoding" in next(iter(res.skipped))
-    unverified = index_export(export, tmp_path / "b" / "m.parquet", salt="s", workers=1, progress=False,
-                              verify_pixels=False)
+    unverified = index_export(
+        export, tmp_path / "b" / "m.parquet", salt="s", workers=1, progress=False, verify_pixels=False
+    )
     assert len(unverified.manifest) == 1
-    cache = build_cache(tmp_path / "b" / "m.parquet", tmp_path / "cache", config=CacheConfig(image_size=32),
-                        workers=1, progress=False)
+    cache = build_cache(
+        tmp_path / "b" / "m.parquet", tmp_path / "cache", config=CacheConfig(image_size=32), workers=1, progress=False
+    )
     assert cache.written == 0 and "refused before decoding" in " ".join(cache.skipped.values())
     with pytest.raises(UploadError, match="refused before decoding"):
         read_upload(path, name="upload.dcm")

@@ -8,8 +8,10 @@ import pytest
 
 from medclip.knowledge import Graph, ReportAugmenter, ReportLabeler, zeroshot_prompts
 
-REPORT = ("Borderline cardiomegaly. Small left pleural effusion. No pneumothorax. "
-          "Calcified granuloma in the right upper lobe. Mild degenerative changes of the thoracic spine.")
+REPORT = (
+    "Borderline cardiomegaly. Small left pleural effusion. No pneumothorax. "
+    "Calcified granuloma in the right upper lobe. Mild degenerative changes of the thoracic spine."
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,10 @@ def test_labels_to_text(graph: Graph) -> None:
     assert result["cardiomegaly"].status == "positive"
     assert result["pneumonia"].status == "uncertain"
     assert result["edema"].status == "not_mentioned"
-    assert "abnormality" in aug.labels_to_text({"pneumothorax": 0.0}, random.Random(0)).lower() or \
-        "normal" in aug.labels_to_text({"pneumothorax": 0.0}, random.Random(0)).lower()
+    assert (
+        "abnormality" in aug.labels_to_text({"pneumothorax": 0.0}, random.Random(0)).lower()
+        or "normal" in aug.labels_to_text({"pneumothorax": 0.0}, random.Random(0)).lower()
+    )
     with pytest.raises(KeyError):
         aug.labels_to_text({"unicorn": 1.0}, random.Random(0))
     with pytest.raises(ValueError):

@@ -20,15 +20,18 @@ def labeler_eval():
     return module
 
 
-@pytest.mark.parametrize("mesh, cid, expected", [
-    ("Calcinosis/aorta, thoracic;Aorta, Thoracic/tortuous", "aortic_calcification", True),
-    ("Calcinosis/aorta/severe", "aortic_calcification", True),
-    ("Calcinosis/lung/hilum/lymph nodes", "aortic_calcification", False),
-    ("Cicatrix/pleura/apex/left", "pleural_other", True),
-    ("Calcinosis/pleura/multiple", "pleural_other", True),
-    ("Thickening/pleura/right", "pleural_other", True),  # through pleural_thickening, a child
-    ("Cicatrix/lung/apex/right", "pleural_other", False),
-])
+@pytest.mark.parametrize(
+    "mesh, cid, expected",
+    [
+        ("Calcinosis/aorta, thoracic;Aorta, Thoracic/tortuous", "aortic_calcification", True),
+        ("Calcinosis/aorta/severe", "aortic_calcification", True),
+        ("Calcinosis/lung/hilum/lymph nodes", "aortic_calcification", False),
+        ("Cicatrix/pleura/apex/left", "pleural_other", True),
+        ("Calcinosis/pleura/multiple", "pleural_other", True),
+        ("Thickening/pleura/right", "pleural_other", True),  # through pleural_thickening, a child
+        ("Cicatrix/lung/apex/right", "pleural_other", False),
+    ],
+)
 def test_reference_terms(labeler_eval, mesh: str, cid: str, expected: bool) -> None:
     terms = labeler_eval.reference_terms(Graph.load())
     assert labeler_eval.is_positive(labeler_eval.parse_index_terms(mesh), terms[cid]) is expected

@@ -21,19 +21,40 @@ def test_chexpert14_task(graph: Graph) -> None:
     assert {"no_finding", "pleural_effusion", "support_devices", "lung_opacity"} <= set(labels)
     common = graph.task_labels("chest_xray_common")
     assert set(labels) < set(common)
-    assert {"nodule", "mass", "calcified_granuloma", "emphysema", "hiatal_hernia", "scoliosis",
-            "interstitial_pattern", "pulmonary_congestion", "infiltrate", "scarring", "airspace_disease",
-            "pneumoperitoneum", "covid19_pneumonia"} <= set(common)
+    assert {
+        "nodule",
+        "mass",
+        "calcified_granuloma",
+        "emphysema",
+        "hiatal_hernia",
+        "scoliosis",
+        "interstitial_pattern",
+        "pulmonary_congestion",
+        "infiltrate",
+        "scarring",
+        "airspace_disease",
+        "pneumoperitoneum",
+        "covid19_pneumonia",
+    } <= set(common)
     with pytest.raises(KeyError, match="unknown task"):
         graph.task_labels("nope")
 
 
-@pytest.mark.parametrize("name, cid", [
-    ("Pleural Effusion", "pleural_effusion"), ("pleural-effusions", "pleural_effusion"),
-    ("  PNEUMOTHORAX. ", "pneumothorax"), ("enlarged heart", "cardiomegaly"),
-    ("COPD", "copd"), ("hiatus hernia", "hiatal_hernia"), ("Calcified granulomas", "calcified_granuloma"),
-    ("pleural_effusion", "pleural_effusion"), ("COVID-19", "covid19_pneumonia"), ("opacities", "lung_opacity"),
-])
+@pytest.mark.parametrize(
+    "name, cid",
+    [
+        ("Pleural Effusion", "pleural_effusion"),
+        ("pleural-effusions", "pleural_effusion"),
+        ("  PNEUMOTHORAX. ", "pneumothorax"),
+        ("enlarged heart", "cardiomegaly"),
+        ("COPD", "copd"),
+        ("hiatus hernia", "hiatal_hernia"),
+        ("Calcified granulomas", "calcified_granuloma"),
+        ("pleural_effusion", "pleural_effusion"),
+        ("COVID-19", "covid19_pneumonia"),
+        ("opacities", "lung_opacity"),
+    ],
+)
 def test_lookup_tolerates_case_plural_punctuation(graph: Graph, name: str, cid: str) -> None:
     assert graph.lookup(name).id == cid
 
@@ -100,8 +121,11 @@ def test_bad_files_raise_clear_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"concepts": [{"id": "a", "name": "a", "parents": ["b"]}]}))
     with pytest.raises(GraphError, match="unknown concept 'b'"):
         Graph.load(bad)
-    bad.write_text(json.dumps({"concepts": [{"id": "a", "name": "a", "parents": ["b"]},
-                                            {"id": "b", "name": "b", "parents": ["a"]}]}))
+    bad.write_text(
+        json.dumps(
+            {"concepts": [{"id": "a", "name": "a", "parents": ["b"]}, {"id": "b", "name": "b", "parents": ["a"]}]}
+        )
+    )
     with pytest.raises(GraphError, match="cycle"):
         Graph.load(bad)
 

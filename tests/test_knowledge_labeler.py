@@ -21,19 +21,33 @@ def status(labeler: ReportLabeler, report, cid: str) -> str:
     return labeler.label(report)[cid].status
 
 
-@pytest.mark.parametrize("text", [
-    "No pneumothorax.", "There is no evidence of pneumothorax.", "Negative for pneumothorax.",
-    "Without pneumothorax.", "Pneumothorax is not seen.", "The pneumothorax has resolved.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No pneumothorax.",
+        "There is no evidence of pneumothorax.",
+        "Negative for pneumothorax.",
+        "Without pneumothorax.",
+        "Pneumothorax is not seen.",
+        "The pneumothorax has resolved.",
+    ],
+)
 def test_negation(labeler: ReportLabeler, text: str) -> None:
     assert status(labeler, text, "pneumothorax") == "negative"
 
 
-@pytest.mark.parametrize("text", [
-    "Findings may represent pneumonia.", "Cannot exclude pneumonia.", "Pneumonia is not excluded.",
-    "Possible pneumonia.", "Findings suspicious for pneumonia.", "Cannot rule out early pneumonia.",
-    "Basilar opacity, favoring pneumonia.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Findings may represent pneumonia.",
+        "Cannot exclude pneumonia.",
+        "Pneumonia is not excluded.",
+        "Possible pneumonia.",
+        "Findings suspicious for pneumonia.",
+        "Cannot rule out early pneumonia.",
+        "Basilar opacity, favoring pneumonia.",
+    ],
+)
 def test_uncertainty(labeler: ReportLabeler, text: str) -> None:
     assert status(labeler, text, "pneumonia") == "uncertain"
 
@@ -42,7 +56,7 @@ def test_positive_and_evidence_span(labeler: ReportLabeler) -> None:
     text = "Small left pleural effusion."
     m = labeler.label(text)["pleural_effusion"]
     assert m.status == "positive" and m.value == 1.0
-    assert text[m.evidence_span[0]:m.evidence_span[1]] == "pleural effusion"
+    assert text[m.evidence_span[0] : m.evidence_span[1]] == "pleural effusion"
     assert m.sentence == "Small left pleural effusion"
     neg = labeler.label("Heart size and mediastinal contours are within normal limits.")["cardiomegaly"]
     assert neg.status == "negative" and neg.cue == "are within normal limits"
@@ -78,13 +92,21 @@ def test_xxxx_redactions(labeler: ReportLabeler) -> None:
     assert r["cardiomegaly"].status == "positive"
 
 
-@pytest.mark.parametrize("text, cid", [
-    ("Enlarged heart.", "cardiomegaly"), ("Bilateral effusions.", "pleural_effusion"),
-    ("Multiple calcified granulomas.", "calcified_granuloma"), ("Hyperexpanded lungs.", "hyperinflation"),
-    ("Mild levoscoliosis.", "scoliosis"), ("Bibasilar air-space disease.", "airspace_disease"),
-    ("Left basilar atelectatic change.", "atelectasis"), ("Right upper lobe nodules.", "nodule"),
-    ("Elevated right hemidiaphragm.", "elevated_hemidiaphragm"), ("Hiatus hernia.", "hiatal_hernia"),
-])
+@pytest.mark.parametrize(
+    "text, cid",
+    [
+        ("Enlarged heart.", "cardiomegaly"),
+        ("Bilateral effusions.", "pleural_effusion"),
+        ("Multiple calcified granulomas.", "calcified_granuloma"),
+        ("Hyperexpanded lungs.", "hyperinflation"),
+        ("Mild levoscoliosis.", "scoliosis"),
+        ("Bibasilar air-space disease.", "airspace_disease"),
+        ("Left basilar atelectatic change.", "atelectasis"),
+        ("Right upper lobe nodules.", "nodule"),
+        ("Elevated right hemidiaphragm.", "elevated_hemidiaphragm"),
+        ("Hiatus hernia.", "hiatal_hernia"),
+    ],
+)
 def test_synonyms_plurals_and_stems(labeler: ReportLabeler, text: str, cid: str) -> None:
     assert status(labeler, text, cid) == "positive"
 
@@ -131,8 +153,13 @@ def test_iu_example_sentences(labeler: ReportLabeler, shared_dir: Path) -> None:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     df = pd.read_csv(path).set_index("uid")
-    first = labeler.label({"indication": df.loc[1, "indication"], "findings": df.loc[1, "findings"],
-                           "impression": df.loc[1, "impression"]})
+    first = labeler.label(
+        {
+            "indication": df.loc[1, "indication"],
+            "findings": df.loc[1, "findings"],
+            "impression": df.loc[1, "impression"],
+        }
+    )
     assert first["no_finding"].status == "positive"
     assert first["pleural_effusion"].status == first["pneumothorax"].status == "negative"
     second = labeler.label({"findings": df.loc[2, "findings"], "impression": df.loc[2, "impression"]})
@@ -145,14 +172,16 @@ def test_label_manifest(tmp_path: Path, labeler: ReportLabeler) -> None:
 
     from medclip.data.manifest import manifest_metadata, write_manifest
 
-    df = pd.DataFrame({
-        "image_id": ["a", "b", "c"],
-        "path": ["/export/a.png", "/export/b.png", "/export/c.png"],
-        "report_indication": ["cough", "", None],
-        "report_findings": ["No pleural effusion or pneumothorax.", "", None],
-        "report_impression": ["Mild cardiomegaly.", "", None],
-        "report_text": ["", "FINDINGS: Possible left lower lobe pneumonia.", None],
-    })
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "path": ["/export/a.png", "/export/b.png", "/export/c.png"],
+            "report_indication": ["cough", "", None],
+            "report_findings": ["No pleural effusion or pneumothorax.", "", None],
+            "report_impression": ["Mild cardiomegaly.", "", None],
+            "report_text": ["", "FINDINGS: Possible left lower lobe pneumonia.", None],
+        }
+    )
     path = tmp_path / "manifest.parquet"
     write_manifest(df, path, root="/export", extra={"salt_check": "abc"})
     out = label_manifest(path, findings="chexpert14", progress=False)
@@ -228,19 +257,23 @@ def test_label_manifest_accepts_another_labeler(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- differentials ("A versus B")
 
+
 def _statuses(labeler: ReportLabeler, text: str, *cids: str) -> tuple[str, ...]:
     r = labeler.label(text)
     return tuple(r[c].status for c in cids)
 
 
-@pytest.mark.parametrize("text", [
-    "Small right pleural effusion versus pleural thickening.",
-    "Right pleural effusion vs. pleural thickening.",  # "vs." does not end the sentence
-    "Right pleural effusion vs pleural thickening.",
-    "Right pleural effusion or pleural thickening.",
-    "Right pleural effusion and/or pleural thickening.",
-    "Pleural effusion versus minimal pleural thickening.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Small right pleural effusion versus pleural thickening.",
+        "Right pleural effusion vs. pleural thickening.",  # "vs." does not end the sentence
+        "Right pleural effusion vs pleural thickening.",
+        "Right pleural effusion or pleural thickening.",
+        "Right pleural effusion and/or pleural thickening.",
+        "Pleural effusion versus minimal pleural thickening.",
+    ],
+)
 def test_differential_policies(text: str) -> None:
     graph = Graph.load()
     cids = ("pleural_effusion", "pleural_thickening")
@@ -254,33 +287,47 @@ def test_differential_policies(text: str) -> None:
 def test_differential_scope() -> None:
     first = ReportLabeler(Graph.load(), versus_policy="first")
     # a list before "or" shares the differential; the first listed is the first alternative
-    assert _statuses(first, "Atelectasis, scarring, or pneumonia.", "atelectasis", "scarring", "pneumonia") == \
-        ("positive", "uncertain", "uncertain")
+    assert _statuses(first, "Atelectasis, scarring, or pneumonia.", "atelectasis", "scarring", "pneumonia") == (
+        "positive",
+        "uncertain",
+        "uncertain",
+    )
     # a negation or an explicit hedge wins over the policy
-    assert _statuses(first, "No pleural effusion or pneumothorax.", "pleural_effusion", "pneumothorax") == \
-        ("negative", "negative")
-    assert _statuses(first, "May represent atelectasis or scarring.", "atelectasis", "scarring") == \
-        ("uncertain", "uncertain")
+    assert _statuses(first, "No pleural effusion or pneumothorax.", "pleural_effusion", "pneumothorax") == (
+        "negative",
+        "negative",
+    )
+    assert _statuses(first, "May represent atelectasis or scarring.", "atelectasis", "scarring") == (
+        "uncertain",
+        "uncertain",
+    )
     uncertain = ReportLabeler(Graph.load())
     # the connector reaches only the adjacent noun phrases: not across a comma, not over another cue
-    assert _statuses(uncertain, "Mild hyperinflation, air trapping versus expiratory film.", "hyperinflation") == \
-        ("positive",)
-    assert _statuses(uncertain, "Bibasilar atelectasis with or without small effusions.",
-                     "atelectasis", "pleural_effusion") == ("positive", "negative")
-    assert _statuses(uncertain, "Cardiomegaly. Heart size 10.5 cm. Small effusion or thickening.",
-                     "cardiomegaly") == ("positive",)
+    assert _statuses(uncertain, "Mild hyperinflation, air trapping versus expiratory film.", "hyperinflation") == (
+        "positive",
+    )
+    assert _statuses(
+        uncertain, "Bibasilar atelectasis with or without small effusions.", "atelectasis", "pleural_effusion"
+    ) == ("positive", "negative")
+    assert _statuses(uncertain, "Cardiomegaly. Heart size 10.5 cm. Small effusion or thickening.", "cardiomegaly") == (
+        "positive",
+    )
     with pytest.raises(ValueError, match="versus_policy must be one of"):
         ReportLabeler(Graph.load(), versus_policy="second")
 
 
 # ---------------------------------------------------------------- other scope rules
 
-@pytest.mark.parametrize("text, expected", [
-    ("Straightening of the normal thoracic kyphosis.", "positive"),
-    ("Mild exaggeration of normal thoracic kyphosis.", "positive"),
-    ("Accentuated normal kyphosis.", "positive"),
-    ("Normal thoracic kyphosis.", "negative"),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Straightening of the normal thoracic kyphosis.", "positive"),
+        ("Mild exaggeration of normal thoracic kyphosis.", "positive"),
+        ("Accentuated normal kyphosis.", "positive"),
+        ("Normal thoracic kyphosis.", "negative"),
+    ],
+)
 def test_change_of_a_normal_state_is_not_a_negation(labeler: ReportLabeler, text: str, expected: str) -> None:
     assert status(labeler, text, "kyphosis") == expected
 
@@ -305,31 +352,37 @@ def test_no_other_negates_further_findings(labeler: ReportLabeler) -> None:
     assert r["calcified_granuloma"].status == "positive"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Right lower lobe pneumonia.", "positive"),
-    ("Patchy opacities, likely infectious infiltrate.", "not_mentioned"),  # a cause, not the finding
-    ("Atypical infectious process.", "not_mentioned"),
-    ("Pneumonia is in the differential.", "uncertain"),
-    ("In the appropriate clinical setting, this is compatible with pneumonia.", "uncertain"),
-    ("Please correlate clinically for pneumonia.", "uncertain"),
-    ("Superimposed pneumonia cannot be entirely excluded.", "uncertain"),
-    ("Differential considerations include pneumonia.", "uncertain"),
-    ("Right lower lobe opacity consistent with pneumonia.", "positive"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Right lower lobe pneumonia.", "positive"),
+        ("Patchy opacities, likely infectious infiltrate.", "not_mentioned"),  # a cause, not the finding
+        ("Atypical infectious process.", "not_mentioned"),
+        ("Pneumonia is in the differential.", "uncertain"),
+        ("In the appropriate clinical setting, this is compatible with pneumonia.", "uncertain"),
+        ("Please correlate clinically for pneumonia.", "uncertain"),
+        ("Superimposed pneumonia cannot be entirely excluded.", "uncertain"),
+        ("Differential considerations include pneumonia.", "uncertain"),
+        ("Right lower lobe opacity consistent with pneumonia.", "positive"),
+    ],
+)
 def test_pneumonia_cues(labeler: ReportLabeler, text: str, expected: str) -> None:
     assert status(labeler, text, "pneumonia") == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Calcified tortuous aorta.", "positive"),
-    ("The thoracic aorta is tortuous and calcified.", "positive"),
-    ("Calcified aortic XXXX.", "positive"),  # a redacted "arch" / "knob"
-    ("Calcific aorta.", "positive"),
-    ("Note is made of calcifications in the aortic XXXX.", "positive"),
-    ("Calcified aortic valve.", "not_mentioned"),
-    ("Atherosclerotic calcifications of the aorta.", "not_mentioned"),  # atherosclerosis, see below
-    ("Calcified granuloma near the aortic knob.", "not_mentioned"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Calcified tortuous aorta.", "positive"),
+        ("The thoracic aorta is tortuous and calcified.", "positive"),
+        ("Calcified aortic XXXX.", "positive"),  # a redacted "arch" / "knob"
+        ("Calcific aorta.", "positive"),
+        ("Note is made of calcifications in the aortic XXXX.", "positive"),
+        ("Calcified aortic valve.", "not_mentioned"),
+        ("Atherosclerotic calcifications of the aorta.", "not_mentioned"),  # atherosclerosis, see below
+        ("Calcified granuloma near the aortic knob.", "not_mentioned"),
+    ],
+)
 def test_aortic_calcification(labeler: ReportLabeler, text: str, expected: str) -> None:
     assert status(labeler, text, "aortic_calcification") == expected
 
@@ -347,10 +400,13 @@ def test_atherosclerotic_calcification_is_atherosclerosis(labeler: ReportLabeler
     assert r["aortic_calcification"].status == "not_mentioned"
 
 
-@pytest.mark.parametrize("text, cid", [
-    ("Mild thickening of the minor fissure.", "pleural_thickening"),
-    ("Crowded bronchovascular and interstitial markings.", "bronchovascular_crowding"),
-])
+@pytest.mark.parametrize(
+    "text, cid",
+    [
+        ("Mild thickening of the minor fissure.", "pleural_thickening"),
+        ("Crowded bronchovascular and interstitial markings.", "bronchovascular_crowding"),
+    ],
+)
 def test_new_phrases(labeler: ReportLabeler, text: str, cid: str) -> None:
     assert status(labeler, text, cid) == "positive"
 

@@ -92,7 +92,10 @@ def test_expand_template() -> None:
     pairs = src.expand_template("XXX is/are (now, otherwise) normal/unremarkable")
     assert ("", "is normal") in pairs and ("", "are unremarkable") in pairs and len(pairs) == 4
     assert src.expand_template("normal/unremarkable XXX | XXX is normal") == [
-        ("normal", ""), ("unremarkable", ""), ("", "is normal")]
+        ("normal", ""),
+        ("unremarkable", ""),
+        ("", "is normal"),
+    ]
     assert src.expand_template("XXX or YYY") == []
     assert src.expand_template("no NN to suggest XXX") == []
     assert src.expand_template("make more general") == []
@@ -100,8 +103,10 @@ def test_expand_template() -> None:
 
 def test_parse_semgrex_templates(tmp_path: Path) -> None:
     path = tmp_path / "neg.txt"
-    path.write_text("# there is no XXX\n{} <{dependency:/nsubj/} {lemma:/be/}\n\n"
-                    "# XXX has resolved\n{} x\n# incoming edge\n# there is no XXX\n")
+    path.write_text(
+        "# there is no XXX\n{} <{dependency:/nsubj/} {lemma:/be/}\n\n"
+        "# XXX has resolved\n{} x\n# incoming edge\n# there is no XXX\n"
+    )
     cues = src.parse_semgrex_templates(path)
     assert [(c.before, c.after) for c in cues] == [("there is no", ""), ("", "has resolved")]
     assert cues[0].template == "there is no XXX"
@@ -115,7 +120,9 @@ def test_parse_section_titles(tmp_path: Path) -> None:
 
 def test_parse_cxr14_phrases(tmp_path: Path) -> None:
     path = tmp_path / "p.yml"
-    path.write_text("Mass:\n  include:\n  - mass\n  exclude:\n  - massive\nHernia:  # comment\n  include:\n  - hernia\n")
+    path.write_text(
+        "Mass:\n  include:\n  - mass\n  exclude:\n  - massive\nHernia:  # comment\n  include:\n  - hernia\n"
+    )
     out = src.parse_cxr14_phrases(path)
     assert out["Mass"] == {"include": ["mass"], "exclude": ["massive"]}
     assert out["Hernia"]["exclude"] == []
@@ -170,8 +177,7 @@ def test_real_source_files_parse(shared_dir: Path) -> None:
 def test_bundled_graph_matches_package_copy() -> None:
     repo_copy = REPO / "knowledge" / "graph.json"
     pkg_copy = REPO / "medclip" / "knowledge" / "data" / "graph.json"
-    assert json.loads(repo_copy.read_text()) == json.loads(pkg_copy.read_text()), \
-        "run python knowledge/build_graph.py"
+    assert json.loads(repo_copy.read_text()) == json.loads(pkg_copy.read_text()), "run python knowledge/build_graph.py"
 
 
 def test_build_script_reproduces_bundled_graph(shared_dir: Path, tmp_path: Path) -> None:

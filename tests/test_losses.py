@@ -101,7 +101,9 @@ def test_multi_positive_equals_infonce_with_unique_groups_and_rewards_same_study
     txt = txt.clone()
     txt[1] = img[0]  # a second report sentence of study 0 lands on image 0
     same_study = torch.tensor([7, 7, 12, 13])
-    assert MultiPositiveLoss()(img, txt, scale, group_ids=same_study) < MultiPositiveLoss()(img, txt, scale, group_ids=unique)
+    assert MultiPositiveLoss()(img, txt, scale, group_ids=same_study) < MultiPositiveLoss()(
+        img, txt, scale, group_ids=unique
+    )
 
 
 def test_losses_reject_missing_or_misshaped_inputs() -> None:
@@ -120,7 +122,12 @@ def test_losses_reject_missing_or_misshaped_inputs() -> None:
 
 
 def test_build_loss_and_logit_init() -> None:
-    assert [type(build_loss(n)).__name__ for n in LOSS_NAMES] == ["InfoNCELoss", "SigLIPLoss", "LabelAwareLoss", "MultiPositiveLoss"]
+    assert [type(build_loss(n)).__name__ for n in LOSS_NAMES] == [
+        "InfoNCELoss",
+        "SigLIPLoss",
+        "LabelAwareLoss",
+        "MultiPositiveLoss",
+    ]
     assert build_loss("label_aware", soft_weight=0.5, local_loss=False).soft_weight == 0.5
     assert logit_init_for_loss("siglip") == {"init_logit_scale": math.log(10.0), "init_logit_bias": -10.0}
     assert logit_init_for_loss("infonce")["init_logit_bias"] is None
@@ -143,6 +150,8 @@ def test_losses_backpropagate_to_features_and_temperature() -> None:
     labels = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 0]])
     for name in LOSS_NAMES:
         img.grad = log_scale.grad = None
-        loss = build_loss(name)(img, txt, log_scale.exp(), bias if name == "siglip" else None, labels=labels, group_ids=torch.arange(4))
+        loss = build_loss(name)(
+            img, txt, log_scale.exp(), bias if name == "siglip" else None, labels=labels, group_ids=torch.arange(4)
+        )
         loss.backward()
         assert torch.isfinite(loss) and img.grad.abs().sum() > 0 and log_scale.grad.abs() > 0, name

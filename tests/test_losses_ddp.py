@@ -66,8 +66,12 @@ def run_case(name: str, kwargs: dict, rows: slice, ddp: bool) -> tuple[float, di
         model = nn.parallel.DistributedDataParallel(model)
     out = model(batch["x_img"][rows], batch["x_txt"][rows])
     loss = build_loss(name, **kwargs)(
-        out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"],
-        labels=batch["labels"][rows], group_ids=batch["group_ids"][rows],
+        out["image_features"],
+        out["text_features"],
+        out["logit_scale"],
+        out["logit_bias"],
+        labels=batch["labels"][rows],
+        group_ids=batch["group_ids"][rows],
     )
     loss.backward()
     inner = model.module if ddp else model
@@ -108,14 +112,22 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out_dir
 
 
-@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw, _ in CASES])
+@pytest.mark.parametrize(
+    "case",
+    range(len(CASES)),
+    ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw, _ in CASES],
+)
 def test_ddp_matches_full_batch(case: int, ddp_results: Path) -> None:
     from safetensors.torch import load_file
 
     name, kwargs, sizes = CASES[case]
-    expected_loss, expected_grads = run_case(name, {k: v for k, v in kwargs.items() if k != "dist_impl"}, slice(0, sum(sizes)), ddp=False)
+    expected_loss, expected_grads = run_case(
+        name, {k: v for k, v in kwargs.items() if k != "dist_impl"}, slice(0, sum(sizes)), ddp=False
+    )
     got = load_file(str(ddp_results / f"case{case}.safetensors"))
     assert got["loss"].item() == pytest.approx(expected_loss, rel=1e-5, abs=1e-6)
     for key, grad in expected_grads.items():
         assert grad.abs().sum() > 0, f"{key}: zero gradient makes the comparison meaningless"
-        torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{name} {kwargs} grad {key}: {m}")
+        torch.testing.assert_close(
+            got[key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{name} {kwargs} grad {key}: {m}"
+        )

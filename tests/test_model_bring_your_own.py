@@ -24,8 +24,14 @@ def save_tiny_bert(folder: Path, seed: int = 3) -> dict[str, torch.Tensor]:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
     bert = BertModel(config, add_pooling_layer=False)
     bert.save_pretrained(str(folder))
     return {k: v.detach().clone() for k, v in bert.state_dict().items()}
@@ -65,8 +71,9 @@ def test_text_override_starts_fit_from_the_users_weights(user_bert) -> None:
     from medclip.train import DualEncoderModule
 
     folder, saved = user_bert
-    module = DualEncoderModule({"name": "tiny-test", "overrides": {"text": {"name": str(folder)}}},
-                               {"name": "infonce"}, {"lr": 1e-3})
+    module = DualEncoderModule(
+        {"name": "tiny-test", "overrides": {"text": {"name": str(folder)}}}, {"name": "infonce"}, {"lr": 1e-3}
+    )
     _assert_text_tower_is(module.model, folder, saved)
 
 
@@ -109,8 +116,16 @@ def test_timm_folder_override_loads_the_users_weights(tmp_path: Path) -> None:
     net = timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=1)
     folder = tmp_path / "my-resnet"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architecture": "resnet10t", "num_classes": 0, "num_features": net.num_features,
-                                                    "pretrained_cfg": {"num_classes": 0}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "resnet10t",
+                "num_classes": 0,
+                "num_features": net.num_features,
+                "pretrained_cfg": {"num_classes": 0},
+            }
+        )
+    )
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
     model = create_model("tiny-test", vision={"name": str(folder), "pretrained": True})
     got = model.visual.backbone.model.state_dict()

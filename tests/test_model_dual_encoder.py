@@ -22,9 +22,18 @@ TEXTS = [
     "Right upper lobe consolidation consistent with pneumonia.",
     "Heart size normal.",
 ]
-NO_DROPOUT = {"hf_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                            "intermediate_size": 64, "max_position_embeddings": 128,
-                            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+NO_DROPOUT = {
+    "hf_config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +119,8 @@ def test_plan_length_buckets_is_optimal() -> None:
     order = np.argsort(lengths, kind="stable")
     best = min(
         cost([order[a:b] for a, b in zip((0,) + cuts, cuts + (9,)) if b > a])
-        for k in range(0, 3) for cuts in itertools.combinations(range(1, 9), k)
+        for k in range(0, 3)
+        for cuts in itertools.combinations(range(1, 9), k)
     )
     assert cost(groups) == best
     assert len(plan_length_buckets([64] * 32, max_buckets=4, overhead_tokens=1)) == 1
@@ -189,7 +199,9 @@ def test_loading_errors_name_the_problem(tmp_path: Path) -> None:
 def test_registry_configs_build_without_weights() -> None:
     from medclip.model import get_model_config, list_models
 
-    assert {"offline-default", "biomedclip-like", "cxr-bert-resnet50", "tiny-test", "ct-resnet3d-minilm"} <= set(list_models())
+    assert {"offline-default", "biomedclip-like", "cxr-bert-resnet50", "tiny-test", "ct-resnet3d-minilm"} <= set(
+        list_models()
+    )
     tiny_text = {"name": None, "vocab": "bundled", **NO_DROPOUT}
     for name in ("biomedclip-like", "cxr-bert-resnet50"):
         config = get_model_config(name)
@@ -215,8 +227,10 @@ def test_rgb_stem_weights_are_summed_for_grayscale(tmp_path: Path) -> None:
     rgb.eval(), model.eval()
     with torch.no_grad():
         torch.testing.assert_close(
-            model.visual.backbone(gray), rgb.forward_head(rgb.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True),
-            rtol=1e-4, atol=1e-5,
+            model.visual.backbone(gray),
+            rgb.forward_head(rgb.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True),
+            rtol=1e-4,
+            atol=1e-5,
         )
     wrong = timm.create_model("resnet18", pretrained=False)
     save_file(wrong.state_dict(), str(tmp_path / "wrong.safetensors"))

@@ -19,8 +19,14 @@ open_clip = pytest.importorskip("open_clip")
 TEXTS = ["Pleural effusion is present.", "No pneumothorax.", "The heart size is normal and there is mild cardiomegaly."]
 
 
-def save_tiny_open_clip(folder: Path, bert_dir: Path, mean: list[float], std: list[float],
-                        pooler: str = "cls_last_hidden_state_pooler", weights: str = "open_clip_pytorch_model.bin") -> torch.nn.Module:
+def save_tiny_open_clip(
+    folder: Path,
+    bert_dir: Path,
+    mean: list[float],
+    std: list[float],
+    pooler: str = "cls_last_hidden_state_pooler",
+    weights: str = "open_clip_pytorch_model.bin",
+) -> torch.nn.Module:
     """A random open_clip CustomTextCLIP (timm test_vit + the tiny BERT in ``bert_dir``) in the folder
     format BiomedCLIP uses on the hub: open_clip_config.json, weights, tokenizer files."""
     folder.mkdir(parents=True)
@@ -30,10 +36,20 @@ def save_tiny_open_clip(folder: Path, bert_dir: Path, mean: list[float], std: li
     config = {
         "model_cfg": {
             "embed_dim": 16,
-            "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
-                           "timm_proj": "linear", "image_size": 160},
-            "text_cfg": {"hf_model_name": str(bert_dir), "hf_tokenizer_name": str(bert_dir), "hf_proj_type": "mlp",
-                         "hf_pooler_type": pooler, "context_length": 64},
+            "vision_cfg": {
+                "timm_model_name": "test_vit",
+                "timm_model_pretrained": False,
+                "timm_pool": "",
+                "timm_proj": "linear",
+                "image_size": 160,
+            },
+            "text_cfg": {
+                "hf_model_name": str(bert_dir),
+                "hf_tokenizer_name": str(bert_dir),
+                "hf_proj_type": "mlp",
+                "hf_pooler_type": pooler,
+                "context_length": 64,
+            },
         },
         "preprocess_cfg": {"mean": mean, "std": std},
     }
@@ -59,7 +75,9 @@ def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("openclip")
     save_tiny_bert(root / "bert")
     folder = root / "tiny-biomedclip"
-    save_tiny_open_clip(folder, root / "bert", mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711])
+    save_tiny_open_clip(
+        folder, root / "bert", mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711]
+    )
     return folder
 
 
@@ -96,13 +114,21 @@ def test_open_clip_checkpoint_converts_to_the_same_embeddings(tiny_open_clip: Pa
     _assert_same_embeddings(tiny_open_clip, f"open_clip:{tiny_open_clip}")
 
 
-def test_open_clip_folder_with_equal_channel_stats_and_mean_pooling_converts(tmp_path: Path, tiny_open_clip: Path) -> None:
+def test_open_clip_folder_with_equal_channel_stats_and_mean_pooling_converts(
+    tmp_path: Path, tiny_open_clip: Path
+) -> None:
     """The other stem fold (equal mean/std: kernels summed, normalisation kept), mean pooling, safetensors weights,
     and a plain folder path (no prefix)."""
     bert = tiny_open_clip.parent / "bert"
     folder = tmp_path / "oc-equal"
-    save_tiny_open_clip(folder, bert, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], pooler="mean_pooler",
-                        weights="open_clip_model.safetensors")
+    save_tiny_open_clip(
+        folder,
+        bert,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        pooler="mean_pooler",
+        weights="open_clip_model.safetensors",
+    )
     _assert_same_embeddings(folder, str(folder))
 
 
@@ -132,8 +158,9 @@ def test_open_clip_errors_name_the_problem(tmp_path: Path, tiny_open_clip: Path)
         create_model(f"open_clip:{tmp_path / 'nothing-here'}")
     other = tmp_path / "native"
     other.mkdir()
-    (other / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 8, "vision_cfg": {"layers": 2},
-                                                                            "text_cfg": {"layers": 2}}}))
+    (other / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": {"embed_dim": 8, "vision_cfg": {"layers": 2}, "text_cfg": {"layers": 2}}})
+    )
     with pytest.raises(ModelLoadError, match="medclip eval --checkpoint open_clip:"):
         create_model(f"open_clip:{other}")
     no_weights = tmp_path / "no-weights"

@@ -12,16 +12,39 @@ import torch.nn.functional as F
 from medclip.model import create_model, get_model_config
 from medclip.model.vision import GatedAttentionPool
 
-TINY_TEXT = {"name": None, "vocab": "bundled", "pretrained": False,
-             "hf_config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                           "intermediate_size": 64, "max_position_embeddings": 64}}
+TINY_TEXT = {
+    "name": None,
+    "vocab": "bundled",
+    "pretrained": False,
+    "hf_config": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+}
 
 VOLUME_TOWERS = {
-    "monai-resnet10": {"kind": "monai3d", "name": "resnet10", "image_size": [8, 32, 32],
-                       "model_kwargs": {"conv1_t_stride": 2, "widen_factor": 0.25}},
-    "monai-vit": {"kind": "monai3d", "name": "vit", "image_size": [8, 32, 32],
-                  "model_kwargs": {"patch_size": [4, 16, 16], "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4}},
-    "slices2d-resnet10t": {"kind": "slices2d", "name": "resnet10t", "image_size": [8, 32, 32], "slice_attention_dim": 16},
+    "monai-resnet10": {
+        "kind": "monai3d",
+        "name": "resnet10",
+        "image_size": [8, 32, 32],
+        "model_kwargs": {"conv1_t_stride": 2, "widen_factor": 0.25},
+    },
+    "monai-vit": {
+        "kind": "monai3d",
+        "name": "vit",
+        "image_size": [8, 32, 32],
+        "model_kwargs": {"patch_size": [4, 16, 16], "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4},
+    },
+    "slices2d-resnet10t": {
+        "kind": "slices2d",
+        "name": "resnet10t",
+        "image_size": [8, 32, 32],
+        "slice_attention_dim": 16,
+    },
 }
 
 

@@ -31,8 +31,12 @@ def s3(tmp_path_factory):
         host, port = server.get_host_and_port()
     except Exception as exc:  # noqa: BLE001  (no free port, blocked socket, missing server extras)
         pytest.skip(f"cannot start an S3 server on 127.0.0.1 ({exc})")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
     mp = pytest.MonkeyPatch()
     for k, v in env.items():
         mp.setenv(k, v)
@@ -48,10 +52,14 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    index_export(SAMPLE, out / "manifest.parquet", reports=SAMPLE / "reports.csv", salt=SALT, workers=1,
-                 progress=False)
-    build_cache(out / "manifest.parquet", out / "cache", config=CacheConfig(image_size=32, shard_size=16), workers=1,
-                progress=False)
+    index_export(SAMPLE, out / "manifest.parquet", reports=SAMPLE / "reports.csv", salt=SALT, workers=1, progress=False)
+    build_cache(
+        out / "manifest.parquet",
+        out / "cache",
+        config=CacheConfig(image_size=32, shard_size=16),
+        workers=1,
+        progress=False,
+    )
     return out
 
 
@@ -74,28 +82,41 @@ def test_manifest_and_cache_on_s3_stream_the_same_samples(s3, local):
     pd.testing.assert_frame_equal(back.drop(columns=["files"]), df.drop(columns=["files"]))
     assert back.attrs["medclip"]["root"] == str(SAMPLE.resolve())
 
-    result = build_cache(url, f"{s3}/site/cache", config=CacheConfig(image_size=32, shard_size=16), workers=1,
-                         progress=False)
+    result = build_cache(
+        url, f"{s3}/site/cache", config=CacheConfig(image_size=32, shard_size=16), workers=1, progress=False
+    )
     assert result.written == 67
     assert read_cache_index(f"{s3}/site/cache")["shards"] == read_cache_index(local / "cache")["shards"]
     for split in ("train", "val"):
-        _same(_items(CacheDataset(f"{s3}/site/cache", split, shuffle=False)),
-              _items(CacheDataset(local / "cache", split, shuffle=False)))
+        _same(
+            _items(CacheDataset(f"{s3}/site/cache", split, shuffle=False)),
+            _items(CacheDataset(local / "cache", split, shuffle=False)),
+        )
     _same(_items(CacheMapDataset(f"{s3}/site/cache", "train")), _items(CacheMapDataset(local / "cache", "train")))
     # a shuffled epoch on rank 1 of 2 is the same stream too
     a = CacheDataset(f"{s3}/site/cache", "train", seed=3, rank=1, world_size=2, buffer_size=8)
     b = CacheDataset(local / "cache", "train", seed=3, rank=1, world_size=2, buffer_size=8)
     _same(_items(a), _items(b))
     # resuming a bucket cache reuses its uploaded shards
-    again = build_cache(url, f"{s3}/site/cache", config=CacheConfig(image_size=32, shard_size=16), workers=1,
-                        progress=False)
+    again = build_cache(
+        url, f"{s3}/site/cache", config=CacheConfig(image_size=32, shard_size=16), workers=1, progress=False
+    )
     assert again.written == 0 and again.reused_shards == len(read_cache_index(local / "cache")["shards"])
 
 
 def test_array_tasks_write_one_cache_in_a_bucket(s3, local):
     target = f"{s3}/array/cache"
-    results = [build_cache(local / "manifest.parquet", target, config=CacheConfig(image_size=32, shard_size=16),
-                           workers=1, progress=False, shard=Shard(i, 2)) for i in range(2)]
+    results = [
+        build_cache(
+            local / "manifest.parquet",
+            target,
+            config=CacheConfig(image_size=32, shard_size=16),
+            workers=1,
+            progress=False,
+            shard=Shard(i, 2),
+        )
+        for i in range(2)
+    ]
     assert [r.merged for r in results] == [False, True]
     assert read_cache_index(target) == read_cache_index(local / "cache")
     ids = sorted(x["image_id"] for x in CacheDataset(target, None, shuffle=False))
@@ -124,8 +145,24 @@ def test_cli_cache_to_a_bucket(s3, local):
 
     args = build_parser().parse_args(["cache", f"{s3}/site/manifest.parquet", "-o", f"{s3}/cli/cache"])
     assert args.manifest == f"{s3}/site/manifest.parquet" and args.output == f"{s3}/cli/cache"
-    assert main(["cache", str(local / "manifest.parquet"), "-o", f"{s3}/cli/cache", "--image-size", "32",
-                 "--shard-size", "16", "--workers", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                str(local / "manifest.parquet"),
+                "-o",
+                f"{s3}/cli/cache",
+                "--image-size",
+                "32",
+                "--shard-size",
+                "16",
+                "--workers",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert read_cache_index(f"{s3}/cli/cache") == read_cache_index(local / "cache")
 
 

@@ -64,10 +64,20 @@ def test_one_sentence_splitter_for_reports_labeler_and_augmenter() -> None:
     from medclip.knowledge import Graph, ReportAugmenter, ReportLabeler
     from medclip.knowledge.matching import sentence_spans
 
-    text = ('Pneumothorax: no. Effusion: small. See No. 2 above. Size 2.5 cm.Heart normal. '
-            'lungs clear vs. atelectasis; "Quoted." Next\n\nline e.g. this')
-    expected = ["Pneumothorax: no.", "Effusion: small.", "See No. 2 above.", "Size 2.5 cm.", "Heart normal.",
-                'lungs clear vs. atelectasis; "Quoted."', "Next", "line e.g. this"]
+    text = (
+        "Pneumothorax: no. Effusion: small. See No. 2 above. Size 2.5 cm.Heart normal. "
+        'lungs clear vs. atelectasis; "Quoted." Next\n\nline e.g. this'
+    )
+    expected = [
+        "Pneumothorax: no.",
+        "Effusion: small.",
+        "See No. 2 above.",
+        "Size 2.5 cm.",
+        "Heart normal.",
+        'lungs clear vs. atelectasis; "Quoted."',
+        "Next",
+        "line e.g. this",
+    ]
     assert [text[a:b] for a, b in sentence_spans(text)] == expected
     assert split_sentences(text) == expected
     assert ReportAugmenter(Graph.load()).sentences(text) == expected
@@ -76,5 +86,7 @@ def test_one_sentence_splitter_for_reports_labeler_and_augmenter() -> None:
     assert labels["pleural_effusion"].status == "positive"
     assert labels["pleural_effusion"].sentence == "Effusion: small"
     # the labeler's scope also ends at a semicolon (a clause), not only at a sentence end
-    assert ReportLabeler(findings=["pleural_effusion"]).label("No pneumothorax; effusion.")["pleural_effusion"].status \
+    assert (
+        ReportLabeler(findings=["pleural_effusion"]).label("No pneumothorax; effusion.")["pleural_effusion"].status
         == "positive"
+    )

@@ -19,8 +19,12 @@ def test_package_data_globs_cover_every_bundled_data_file() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["medclip"]
     listed = {p for g in globs for p in PACKAGE.glob(g) if p.is_file()}
-    data = {p for folder in DATA_FOLDERS for p in (PACKAGE / folder).rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc")}
+    data = {
+        p
+        for folder in DATA_FOLDERS
+        for p in (PACKAGE / folder).rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    }
     assert data and sorted(map(str, data - listed)) == []
 
 
@@ -46,7 +50,9 @@ def test_bundled_config_by_name_or_by_path(tmp_path: Path, capsys: pytest.Captur
     assert main(["fit", "--config", "quickstart", "--print-config", "trainer.max_steps=7"]) == 0
     assert re.search(r"max_steps: 7", capsys.readouterr().out)
     assert main(["fit", "--config", "no-such-config", "--print-config"]) == 2
-    assert "no-such-config: no such config file, nor a bundled config (quickstart, small-data)" in capsys.readouterr().err
+    assert (
+        "no-such-config: no such config file, nor a bundled config (quickstart, small-data)" in capsys.readouterr().err
+    )
 
 
 def test_knowledge_graph_is_read_from_the_package_only() -> None:
@@ -62,6 +68,10 @@ def test_knowledge_graph_is_read_from_the_package_only() -> None:
 
 def test_no_module_reaches_for_the_repository() -> None:
     pattern = re.compile(r"parents\[[12]\]|REPO_ROOT")
-    hits = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    hits = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in PACKAGE.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert hits == []

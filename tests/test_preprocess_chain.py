@@ -36,13 +36,24 @@ def ct_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = root / f"study{k:02d}" / "slice.dcm"
         path.parent.mkdir()
         shutil.copy(_ct_file(), path)
-        rows.append({
-            "image_id": f"img{k:02d}", "path": str(path), "kind": "image", "files": None,
-            "patient_id": f"pat{k // 2:02d}", "study_id": f"study{k:02d}", "series_id": f"ser{k:02d}",
-            "modality": "CT", "report_indication": "cough.", "report_findings": "There is a nodule. " * (1 + k % 3),
-            "report_impression": "Nodule.", "report_text": "Findings: nodule.",
-            "split": "val" if k >= 12 else "train", "label.nodule": 1.0 if k % 2 else 0.0,
-        })
+        rows.append(
+            {
+                "image_id": f"img{k:02d}",
+                "path": str(path),
+                "kind": "image",
+                "files": None,
+                "patient_id": f"pat{k // 2:02d}",
+                "study_id": f"study{k:02d}",
+                "series_id": f"ser{k:02d}",
+                "modality": "CT",
+                "report_indication": "cough.",
+                "report_findings": "There is a nodule. " * (1 + k % 3),
+                "report_impression": "Nodule.",
+                "report_text": "Findings: nodule.",
+                "split": "val" if k >= 12 else "train",
+                "label.nodule": 1.0 if k % 2 else 0.0,
+            }
+        )
     df = pd.DataFrame(rows)
     df["label.nodule"] = df["label.nodule"].astype("float32")
     return write_manifest(df, root / "manifest.parquet", root=root)
@@ -50,23 +61,30 @@ def ct_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fit_config(source: dict, out: Path, **data) -> dict:
     return {
-        "seed": 3, "output_dir": str(out),
+        "seed": 3,
+        "output_dir": str(out),
         "data": {**source, "batch_size": 4, "num_workers": 0, "text_augmentation": False, **data},
         "model": {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}},
         "loss": {"name": "infonce"},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "log_every_n_steps": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-                    "limit_val_batches": 0},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
+        },
         "checkpoint": {"every_n_steps": None, "save_last": False},
     }
 
 
-
-
 @pytest.mark.slow
 def test_a_model_trained_on_a_lung_window_cache_is_evaluated_and_served_on_the_cache_pixels(
-        ct_manifest: Path, tmp_path: Path) -> None:
+    ct_manifest: Path, tmp_path: Path
+) -> None:
     from medclip.data.cache import CacheConfig, build_cache, iter_cache
     from medclip.data.manifest import read_manifest
     from medclip.demo.engine import TriageEngine
@@ -76,8 +94,9 @@ def test_a_model_trained_on_a_lung_window_cache_is_evaluated_and_served_on_the_c
     from medclip.train import fit
 
     cache = tmp_path / "cache"
-    build_cache(ct_manifest, cache, config=CacheConfig(image_size=32, window="lung", shard_size=8), workers=1,
-                progress=False)
+    build_cache(
+        ct_manifest, cache, config=CacheConfig(image_size=32, window="lung", shard_size=8), workers=1, progress=False
+    )
     model_dir = fit(_fit_config({"cache_dir": str(cache)}, tmp_path / "run", max_text_tokens=48))
 
     saved = json.loads((model_dir / "config.json").read_text())["preprocess"]
@@ -104,8 +123,11 @@ def test_a_model_trained_on_a_lung_window_cache_is_evaluated_and_served_on_the_c
 def test_a_manifest_run_records_the_data_configs_window_and_size(ct_manifest: Path, tmp_path: Path) -> None:
     from medclip.train import fit
 
-    model_dir = fit(_fit_config({"manifest": str(ct_manifest)}, tmp_path / "run", image_size=32,
-                                dataset_kwargs={"window": "-600,1500"}))
+    model_dir = fit(
+        _fit_config(
+            {"manifest": str(ct_manifest)}, tmp_path / "run", image_size=32, dataset_kwargs={"window": "-600,1500"}
+        )
+    )
     saved = json.loads((model_dir / "config.json").read_text())["preprocess"]
     assert saved["window"] == "-600,1500" and saved["image_size"] == 32 and saved["context_length"] == 128
 
@@ -119,8 +141,9 @@ def test_fit_refuses_more_text_tokens_than_the_model_takes(ct_manifest: Path, tm
     assert not (tmp_path / "run").exists()
 
 
-def test_the_gallery_embeds_the_pixels_the_model_was_trained_on(ct_manifest: Path, tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_the_gallery_embeds_the_pixels_the_model_was_trained_on(
+    ct_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from safetensors.torch import load_file
 
     from medclip.data.cache import CacheConfig, build_cache, preprocess_row
@@ -134,8 +157,12 @@ def test_the_gallery_embeds_the_pixels_the_model_was_trained_on(ct_manifest: Pat
     out = build_gallery(model, ct_manifest, tmp_path / "gallery", split="val")
     ids = pd.read_parquet(out / GALLERY_TABLE)["image_id"].tolist()
     rows = read_manifest(ct_manifest).set_index("image_id")
-    pixels = np.stack([preprocess_row({**rows.loc[i].to_dict(), "image_id": i}, PreprocessConfig(image_size=32, window="lung"))
-                       for i in ids])
+    pixels = np.stack(
+        [
+            preprocess_row({**rows.loc[i].to_dict(), "image_id": i}, PreprocessConfig(image_size=32, window="lung"))
+            for i in ids
+        ]
+    )
     with torch.no_grad():
         expected = model.encode_image(torch.from_numpy(pixels).float().div(255.0)[:, None], normalize=True)
     torch.testing.assert_close(load_file(str(out / GALLERY_EMBEDDINGS))["image"], expected)

@@ -44,8 +44,11 @@ def test_paired_bootstrap_of_seed_averaged_statistic(q):
 
 def test_val_score_is_the_mean_gain_over_chance(q):
     g = np.array(["a", "b"])
-    stats = {"x": q.Stat(0.75, g, lambda i: 0.75, 0.5), "y": q.Stat(0.3, g, lambda i: 0.3, 0.1),
-             "z": q.Stat(math.nan, g, lambda i: math.nan, 0.5)}
+    stats = {
+        "x": q.Stat(0.75, g, lambda i: 0.75, 0.5),
+        "y": q.Stat(0.3, g, lambda i: 0.3, 0.1),
+        "z": q.Stat(math.nan, g, lambda i: math.nan, 0.5),
+    }
     assert q.val_score(stats, ["x", "y", "z"]) == pytest.approx((0.5 + 0.2 / 0.9) / 2)
 
 
@@ -58,20 +61,31 @@ def test_cap_keeps_whole_patients_of_one_split(q):
 
 
 def test_plain_clip_captions_label_only_rows(q):
-    frame = pd.DataFrame({"report_findings": ["Heart is normal.", "", ""], "report_impression": ["", "", ""],
-                          "report_text": ["", "", ""], "label.pneumonia": [np.nan, 1.0, 0.0]})
+    frame = pd.DataFrame(
+        {
+            "report_findings": ["Heart is normal.", "", ""],
+            "report_impression": ["", "", ""],
+            "report_text": ["", "", ""],
+            "label.pneumonia": [np.nan, 1.0, 0.0],
+        }
+    )
     assert q.plain_texts(frame) == ["Heart is normal.", "chest x-ray: pneumonia.", "chest x-ray: normal."]
 
 
 def test_every_ablation_is_a_valid_training_config(q, tmp_path):
     from medclip.train.config import validate_config
 
-    args = argparse.Namespace(batch_size=8, image_size=96, max_tokens=32, lr=1e-4, weight_decay=0.05, warmup=1,
-                              steps=2, loss=None)
+    args = argparse.Namespace(
+        batch_size=8, image_size=96, max_tokens=32, lr=1e-4, weight_decay=0.05, warmup=1, steps=2, loss=None
+    )
     for name in ("covid", "kermany", "medpix"):
-        pd.DataFrame({"image_id": ["x"], "path": ["x.png"], "split": ["train"]}).to_parquet(tmp_path / f"{name}.parquet")
-    sets = {n: q.DataSet(n, tmp_path / f"{n}.parquet", tmp_path / f"{n}.parquet", "labels" if n == "kermany" else "report")
-            for n in ("covid", "kermany", "medpix")}
+        pd.DataFrame({"image_id": ["x"], "path": ["x.png"], "split": ["train"]}).to_parquet(
+            tmp_path / f"{name}.parquet"
+        )
+    sets = {
+        n: q.DataSet(n, tmp_path / f"{n}.parquet", tmp_path / f"{n}.parquet", "labels" if n == "kermany" else "report")
+        for n in ("covid", "kermany", "medpix")
+    }
     from medclip.train.config import DEFAULTS, deep_merge
 
     for name, (_, overrides) in q.ABLATIONS.items():

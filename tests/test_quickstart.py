@@ -22,8 +22,14 @@ SAMPLE_EXPORT = SAMPLE_EXPORT_DIR
 def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-m", "medclip.cli", "-q", "quickstart", "-o", str(out), "--max-steps", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "medclip.cli", "-q", "quickstart", "-o", str(out), "--max-steps", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     model = out / "model"
     for name in ("config.json", "model.safetensors", "thresholds.json", "gallery/gallery.json", "drafter"):
@@ -35,8 +41,11 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert metrics["zeroshot"]["per_finding"]["pneumonia"]["auroc"]["value"] is not None
     held = re.search(r"test split: (\d+) images of (\d+) patients, (\d+) with pneumonia", done.stdout)
     assert held and int(held[2]) >= 60 and 0 < int(held[3]) < int(held[1])
-    line = re.search(r"pneumonia vs normal, zero-shot AUROC: (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]; "
-                     r"chance 0\.500: ([+-]\d\.\d{3})", done.stdout)
+    line = re.search(
+        r"pneumonia vs normal, zero-shot AUROC: (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]; "
+        r"chance 0\.500: ([+-]\d\.\d{3})",
+        done.stdout,
+    )
     assert line, done.stdout[-3000:]
     value, low, high, above = (float(x) for x in line.groups())
     assert low <= value <= high and above == pytest.approx(value - 0.5, abs=1e-3)

@@ -54,8 +54,13 @@ def test_iu_recipe_on_real_reports(shared_dir, tmp_path):
     root.mkdir()
     reports.to_csv(root / "indiana_reports.csv", index=False)
     uids = reports["uid"].head(30)
-    proj = pd.DataFrame({"uid": list(uids) * 2, "filename": [f"{u}_IM-0001-{k}.dcm.png" for k in (1, 2) for u in uids],
-                         "projection": ["Frontal"] * 30 + ["Lateral"] * 30})
+    proj = pd.DataFrame(
+        {
+            "uid": list(uids) * 2,
+            "filename": [f"{u}_IM-0001-{k}.dcm.png" for k in (1, 2) for u in uids],
+            "projection": ["Frontal"] * 30 + ["Lateral"] * 30,
+        }
+    )
     proj.to_csv(root / "indiana_projections.csv", index=False)
     for f in proj["filename"].head(50):
         _png(root / "images" / "images_normalized" / f)
@@ -72,19 +77,31 @@ def test_iu_recipe_on_real_reports(shared_dir, tmp_path):
 
 def test_mimic_recipe_on_published_layout(tmp_path):
     root = tmp_path / "mimic"
-    rows = [("d1", 10000032, 50414267, "PA", "train"), ("d2", 10000032, 50414267, "LATERAL", "train"),
-            ("d3", 10000764, 57375967, "AP", "validate"), ("d4", 10000898, 50771383, "PA", "test")]
+    rows = [
+        ("d1", 10000032, 50414267, "PA", "train"),
+        ("d2", 10000032, 50414267, "LATERAL", "train"),
+        ("d3", 10000764, 57375967, "AP", "validate"),
+        ("d4", 10000898, 50771383, "PA", "test"),
+    ]
     pd.DataFrame([r[:4] for r in rows], columns=["dicom_id", "subject_id", "study_id", "ViewPosition"]).to_csv(
-        root.mkdir() or root / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
-    pd.DataFrame([(r[0], r[2], r[1], r[4]) for r in rows], columns=["dicom_id", "study_id", "subject_id", "split"]).to_csv(
-        root / "mimic-cxr-2.0.0-split.csv.gz", index=False)
-    pd.DataFrame({"subject_id": [10000032, 10000764, 10000898], "study_id": [50414267, 57375967, 50771383],
-                  "Cardiomegaly": [1.0, np.nan, -1.0], "Pleural Effusion": [0.0, 1.0, np.nan]}).to_csv(
-        root / "mimic-cxr-2.0.0-chexpert.csv.gz", index=False)
+        root.mkdir() or root / "mimic-cxr-2.0.0-metadata.csv.gz", index=False
+    )
+    pd.DataFrame(
+        [(r[0], r[2], r[1], r[4]) for r in rows], columns=["dicom_id", "study_id", "subject_id", "split"]
+    ).to_csv(root / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    pd.DataFrame(
+        {
+            "subject_id": [10000032, 10000764, 10000898],
+            "study_id": [50414267, 57375967, 50771383],
+            "Cardiomegaly": [1.0, np.nan, -1.0],
+            "Pleural Effusion": [0.0, 1.0, np.nan],
+        }
+    ).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", index=False)
     for d, s, st, *_ in rows:
         _png(root / f"files/p{str(s)[:2]}/p{s}/s{st}/{d}.jpg")
     (root / "files/p10/p10000032/s50414267.txt").write_text(
-        "FINAL REPORT\n INDICATION: ___ with cough.\n FINDINGS: Enlarged heart. No effusion.\n IMPRESSION: Cardiomegaly.")
+        "FINAL REPORT\n INDICATION: ___ with cough.\n FINDINGS: Enlarged heart. No effusion.\n IMPRESSION: Cardiomegaly."
+    )
     out = tmp_path / "m.parquet"
     recipe("mimic_cxr").main([str(root), "-o", str(out)])
     df = read_manifest(out).set_index(read_manifest(out)["path"].map(lambda p: Path(p).stem))
@@ -102,8 +119,18 @@ def test_chexpert_recipe_on_published_layout(tmp_path):
     for split, pid in (("train", "patient00001"), ("train", "patient00002"), ("valid", "patient64541")):
         rel = f"CheXpert-v1.0-small/{split}/{pid}/study1/view1_frontal.jpg"
         _png(tmp_path / rel)
-        rows.append({"Path": rel, "Sex": "Female", "Age": 68, "Frontal/Lateral": "Frontal", "AP/PA": "AP",
-                     "No Finding": 1.0 if pid.endswith("1") else np.nan, "Edema": -1.0, "_split": split})
+        rows.append(
+            {
+                "Path": rel,
+                "Sex": "Female",
+                "Age": 68,
+                "Frontal/Lateral": "Frontal",
+                "AP/PA": "AP",
+                "No Finding": 1.0 if pid.endswith("1") else np.nan,
+                "Edema": -1.0,
+                "_split": split,
+            }
+        )
     df = pd.DataFrame(rows)
     df[df["_split"] == "train"].drop(columns="_split").to_csv(root / "train.csv", index=False)
     df[df["_split"] == "valid"].drop(columns="_split").to_csv(root / "valid.csv", index=False)
@@ -121,10 +148,17 @@ def test_nih_recipe_on_published_layout(tmp_path):
     names = ["00000001_000.png", "00000001_001.png", "00000002_000.png"]
     for i, n in enumerate(names):
         _png(root / f"images_00{i % 2 + 1}" / "images" / n)
-    pd.DataFrame({"Image Index": names, "Finding Labels": ["Cardiomegaly|Effusion", "No Finding", "Infiltration"],
-                  "Follow-up #": [0, 1, 0], "Patient ID": [1, 1, 2], "Patient Age": [58, 58, 81],
-                  "Patient Gender": ["M", "M", "F"], "View Position": ["PA", "PA", "AP"]}).to_csv(
-        root / "Data_Entry_2017.csv", index=False)
+    pd.DataFrame(
+        {
+            "Image Index": names,
+            "Finding Labels": ["Cardiomegaly|Effusion", "No Finding", "Infiltration"],
+            "Follow-up #": [0, 1, 0],
+            "Patient ID": [1, 1, 2],
+            "Patient Age": [58, 58, 81],
+            "Patient Gender": ["M", "M", "F"],
+            "View Position": ["PA", "PA", "AP"],
+        }
+    ).to_csv(root / "Data_Entry_2017.csv", index=False)
     (root / "test_list.txt").write_text("00000002_000.png\n")
     (root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n")
     out = tmp_path / "m.parquet"
@@ -163,9 +197,11 @@ def test_kermany_recipe_on_real_files(shared_dir, tmp_path):
 
 def test_kermany_recipe_on_published_layout(tmp_path):
     root = tmp_path / "chest_xray"
-    names = {("train", "NORMAL"): ["IM-0115-0001.jpeg", "NORMAL2-IM-0383-0001.jpeg"],
-             ("train", "PNEUMONIA"): ["person1000_virus_1681.jpeg", "person1000_bacteria_2931.jpeg"],
-             ("test", "PNEUMONIA"): ["person1_bacteria_1.jpeg"]}
+    names = {
+        ("train", "NORMAL"): ["IM-0115-0001.jpeg", "NORMAL2-IM-0383-0001.jpeg"],
+        ("train", "PNEUMONIA"): ["person1000_virus_1681.jpeg", "person1000_bacteria_2931.jpeg"],
+        ("test", "PNEUMONIA"): ["person1_bacteria_1.jpeg"],
+    }
     for (split, label), files in names.items():
         for f in files:
             _png(root / split / label / f)
@@ -208,7 +244,9 @@ def test_medpix_recipe_on_real_files(shared_dir, tmp_path):
 
 
 def test_medpix_recipe_names_a_table_without_captions(tmp_path):
-    pd.DataFrame({"image": ["images/a.jpg"], "case_id": ["MPX1"], "type": ["CT"]}).to_csv(tmp_path / "metadata.csv", index=False)
+    pd.DataFrame({"image": ["images/a.jpg"], "case_id": ["MPX1"], "type": ["CT"]}).to_csv(
+        tmp_path / "metadata.csv", index=False
+    )
     with pytest.raises(ValueError, match=r"metadata.csv: missing columns \['caption'\]"):
         recipe("medpix").records(tmp_path)
 
@@ -232,7 +270,9 @@ def test_bundled_kermany_subset_is_attributed_and_splits_by_patient(tmp_path):
 
     write_manifest(df.head(3).assign(image_id=["a", "b", "c"]), other, root=SAMPLE_KERMANY)
     both = combine_manifests([tmp_path / "k.parquet", other], tmp_path / "both.parquet")
-    assert len(both) == 363 and all(Path(p).is_absolute() and Path(p).exists() for p in read_manifest(tmp_path / "both.parquet")["path"])
+    assert len(both) == 363 and all(
+        Path(p).is_absolute() and Path(p).exists() for p in read_manifest(tmp_path / "both.parquet")["path"]
+    )
     with pytest.raises(ValueError, match="share image ids"):
         combine_manifests([tmp_path / "k.parquet", tmp_path / "k.parquet"], tmp_path / "dup.parquet")
 
@@ -262,8 +302,21 @@ def test_old_recipe_scripts_are_thin_and_write_the_same_manifest(tmp_path):
         assert f"from medclip.recipes.{name} import main" in text and "def " not in text, name
     new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
     assert main(["recipe", "kermany_pneumonia", str(SAMPLE_KERMANY), "-o", str(new), "--salt", "s", "-q"]) == 0
-    done = subprocess.run([sys.executable, str(REPO / "datasets" / "kermany_pneumonia" / "recipe.py"), str(SAMPLE_KERMANY),
-                           "-o", str(old), "--salt", "s"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "datasets" / "kermany_pneumonia" / "recipe.py"),
+            str(SAMPLE_KERMANY),
+            "-o",
+            str(old),
+            "--salt",
+            "s",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     columns = ["image_id", "patient_id", "split", "label.pneumonia", "subtype"]
     pd.testing.assert_frame_equal(read_manifest(new)[columns], read_manifest(old)[columns])

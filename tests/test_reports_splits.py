@@ -11,8 +11,10 @@ from medclip.deid import coarse_age, hash_identifier
 
 
 def test_parse_sections_headers():
-    s = parse_sections("EXAMINATION: CHEST PA AND LAT\nINDICATION: Cough, fever.\n"
-                       "FINDINGS: No effusion. Heart size normal.\nIMPRESSION: No acute disease.")
+    s = parse_sections(
+        "EXAMINATION: CHEST PA AND LAT\nINDICATION: Cough, fever.\n"
+        "FINDINGS: No effusion. Heart size normal.\nIMPRESSION: No acute disease."
+    )
     assert s.indication == "Cough, fever."
     assert s.findings == "No effusion. Heart size normal."
     assert s.impression == "No acute disease."
@@ -26,7 +28,9 @@ def test_parse_sections_without_headers_is_findings():
 
 
 def test_parse_sections_inline_headers_and_synonyms():
-    s = parse_sections("History: prior pneumonia. Comparison: none. Findings: new right effusion. Conclusion: effusion.")
+    s = parse_sections(
+        "History: prior pneumonia. Comparison: none. Findings: new right effusion. Conclusion: effusion."
+    )
     assert s.indication == "prior pneumonia."
     assert s.comparison == "none."
     assert s.findings == "new right effusion."
@@ -41,7 +45,11 @@ def test_sections_from_fields_builds_text():
 
 def test_split_sentences():
     assert split_sentences("No pneumothorax. Dr. Smith reviewed. 1. Small effusion. 2. Edema") == [
-        "No pneumothorax.", "Dr. Smith reviewed.", "Small effusion.", "Edema"]
+        "No pneumothorax.",
+        "Dr. Smith reviewed.",
+        "Small effusion.",
+        "Edema",
+    ]
     assert split_sentences("") == []
 
 
@@ -53,8 +61,10 @@ def test_scrub_identifiers():
     assert out.startswith("Seen by XXXX XXXX on XXXX")
     # clinical words and short numbers survive
     assert scrub_identifiers("3 cm nodule at T10, 2 views.") == "3 cm nodule at T10, 2 views."
-    assert scrub_identifiers("Findings consistent with COVID-19 or H1N1 pneumonia, T10-T12.") == \
-        "Findings consistent with COVID-19 or H1N1 pneumonia, T10-T12."
+    assert (
+        scrub_identifiers("Findings consistent with COVID-19 or H1N1 pneumonia, T10-T12.")
+        == "Findings consistent with COVID-19 or H1N1 pneumonia, T10-T12."
+    )
     assert scrub_identifiers("Accession ACC0000123, MRN 00123456-7.") == "Accession XXXX, MRN XXXX."
 
 
@@ -64,8 +74,14 @@ def test_scrub_titled_names():
     assert scrub_identifiers("Discussed with Dr John A. Smith at 3 pm.") == "Discussed with Dr XXXX XXXX. XXXX at 3 pm."
     assert scrub_identifiers("DISCUSSED WITH DR. JONES. NO EFFUSION.") == "DISCUSSED WITH DR. XXXX. NO EFFUSION."
     assert scrub_identifiers("Mrs. O'Brien was informed.") == "Mrs. XXXX was informed."
-    for kept in ("Dr. notified of findings.", "PA and lateral DR. Findings: clear lungs.", "Prior MR. No change.",
-                 "Known MS. Brain MRI unchanged.", "Dr. XXXX XXXX I discussed the findings.", "Dr. XXXX- XXXX was called."):
+    for kept in (
+        "Dr. notified of findings.",
+        "PA and lateral DR. Findings: clear lungs.",
+        "Prior MR. No change.",
+        "Known MS. Brain MRI unchanged.",
+        "Dr. XXXX XXXX I discussed the findings.",
+        "Dr. XXXX- XXXX was called.",
+    ):
         assert scrub_identifiers(kept) == kept
 
 
@@ -90,8 +106,11 @@ def test_splits_are_stable_and_by_patient():
     # adding patients never moves existing ones
     more = assign_splits(pd.concat([patients, pd.Series(["new1", "new2"])]), (0.7, 0.15, 0.15), seed=1)
     assert (more.iloc[:2000].values == splits.values).all()
-    assert assign_split("p1", seed=1) != assign_split("p1", seed=2) or assign_split("p2", seed=1) != assign_split("p2", seed=2) \
+    assert (
+        assign_split("p1", seed=1) != assign_split("p1", seed=2)
+        or assign_split("p2", seed=1) != assign_split("p2", seed=2)
         or assign_split("p3", seed=1) != assign_split("p3", seed=2)
+    )
     with pytest.raises(ValueError):
         assign_split("p", (0.5, 0.5, 0.5))
 

@@ -35,20 +35,29 @@ def mixed_export(shared_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export")
     mod.make_pacs_export(shared_dir / "data" / "covid_cxr", out, licences=None, max_images=40, max_size=128)
     for series in ("mr_0003", "mr_0004"):  # 3 + 151 slices: a series is split across array tasks
-        shutil.copytree(shared_dir / "data" / "dicom_series_nih" / "In" / "20180918Si" / series, out / "mr" / f"s{series}")
+        shutil.copytree(
+            shared_dir / "data" / "dicom_series_nih" / "In" / "20180918Si" / series, out / "mr" / f"s{series}"
+        )
     return out
 
 
 def test_sharded_index_equals_single_process(mixed_export, tmp_path):
-    single = index_export(mixed_export, tmp_path / "one" / "m.parquet", reports=mixed_export / "reports.csv",
-                          salt=SALT, workers=1, progress=False)
+    single = index_export(
+        mixed_export,
+        tmp_path / "one" / "m.parquet",
+        reports=mixed_export / "reports.csv",
+        salt=SALT,
+        workers=1,
+        progress=False,
+    )
     out = tmp_path / "many" / "m.parquet"
     for i in range(3):
         part = index_export(mixed_export, out, salt=SALT, workers=1, progress=False, shard=Shard(i, 3))
         assert part.part_path is not None and part.part_path.exists() and not out.exists()
     assert len(part_paths(out)) == 3
-    merged = index_export(mixed_export, out, reports=mixed_export / "reports.csv", salt=SALT, progress=False,
-                          merge=True)
+    merged = index_export(
+        mixed_export, out, reports=mixed_export / "reports.csv", salt=SALT, progress=False, merge=True
+    )
     assert part_paths(out) == []  # merged into the manifest's own state
     a, b = _sorted(pd.read_parquet(tmp_path / "one" / "m.parquet")), _sorted(pd.read_parquet(out))
     assert list(a.columns) == list(b.columns)
@@ -101,11 +110,15 @@ def test_sharded_cache_equals_single_process(sample_manifest, tmp_path):
     cfg = CacheConfig(image_size=32, shard_size=8)
     build_cache(sample_manifest, tmp_path / "one", config=cfg, workers=1, progress=False)
     many = tmp_path / "many"
-    results = [build_cache(sample_manifest, many, config=cfg, workers=1, progress=False, shard=Shard(i, 3))
-               for i in (2, 0, 1)]
+    results = [
+        build_cache(sample_manifest, many, config=cfg, workers=1, progress=False, shard=Shard(i, 3)) for i in (2, 0, 1)
+    ]
     assert [r.merged for r in results] == [False, False, True]  # the last part to land merges
     assert cache_part_paths(many) == []
-    one, merged = json.loads((tmp_path / "one" / "cache.json").read_text()), json.loads((many / "cache.json").read_text())
+    one, merged = (
+        json.loads((tmp_path / "one" / "cache.json").read_text()),
+        json.loads((many / "cache.json").read_text()),
+    )
     assert merged == one  # config, shard list with counts and ids hashes, skipped, labels
     assert _samples(many) == _samples(tmp_path / "one")
     name = sorted(one["shards"])[0]
@@ -123,20 +136,36 @@ def test_cache_merge_by_hand_names_missing_parts(sample_manifest, tmp_path):
     with pytest.raises(CacheError, match=r"missing shard index \[1\]"):
         merge_cache_parts(tmp_path)
     with pytest.raises(CacheError, match="other settings"):
-        build_cache(sample_manifest, tmp_path, config=CacheConfig(image_size=48, shard_size=16), workers=1,
-                    progress=False, shard=Shard(0, 2))
+        build_cache(
+            sample_manifest,
+            tmp_path,
+            config=CacheConfig(image_size=48, shard_size=16),
+            workers=1,
+            progress=False,
+            shard=Shard(0, 2),
+        )
 
 
 def test_shard_defaults_from_a_slurm_array():
-    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1",
-           "SLURM_ARRAY_TASK_MAX": "8"}
+    env = {
+        "SLURM_ARRAY_TASK_ID": "5",
+        "SLURM_ARRAY_TASK_COUNT": "8",
+        "SLURM_ARRAY_TASK_MIN": "1",
+        "SLURM_ARRAY_TASK_MAX": "8",
+    }
     assert resolve_shard(env=env) == Shard(4, 8)  # --array=1-8: task 5 is part 4
     assert resolve_shard(env={"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == Shard(0, 2)
     assert resolve_shard(2, 1, env=env) == Shard(1, 2)  # explicit flags win
     assert resolve_shard(env={}) == Shard(0, 1)
     with pytest.raises(ValueError, match="consecutive"):
-        resolve_shard(env={"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "5", "SLURM_ARRAY_TASK_MIN": "0",
-                           "SLURM_ARRAY_TASK_MAX": "8"})
+        resolve_shard(
+            env={
+                "SLURM_ARRAY_TASK_ID": "4",
+                "SLURM_ARRAY_TASK_COUNT": "5",
+                "SLURM_ARRAY_TASK_MIN": "0",
+                "SLURM_ARRAY_TASK_MAX": "8",
+            }
+        )
     with pytest.raises(ValueError, match="0..2"):
         resolve_shard(3, 3, env={})
     with pytest.raises(ValueError, match="both"):
@@ -154,14 +183,45 @@ def test_cli_array_tasks_then_merge(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
         assert main(["index", str(SAMPLE), "-o", str(out), "--salt", SALT, "--workers", "1", "-q"]) == 0
         assert f"index part {task} of 2" in capsys.readouterr().out
-    assert main(["index", str(SAMPLE), "-o", str(out), "--salt", SALT, "--reports", str(SAMPLE / "reports.csv"),
-                 "--merge", "-q"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(SAMPLE),
+                "-o",
+                str(out),
+                "--salt",
+                SALT,
+                "--reports",
+                str(SAMPLE / "reports.csv"),
+                "--merge",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert len(pd.read_parquet(out)) == 67
     cache = tmp_path / "cache"
     for task in ("1", "2"):
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
-        assert main(["cache", str(out), "-o", str(cache), "--image-size", "32", "--shard-size", "16", "--workers", "1",
-                     "-q"]) == 0
+        assert (
+            main(
+                [
+                    "cache",
+                    str(out),
+                    "-o",
+                    str(cache),
+                    "--image-size",
+                    "32",
+                    "--shard-size",
+                    "16",
+                    "--workers",
+                    "1",
+                    "-q",
+                ]
+            )
+            == 0
+        )
     assert sum(v["count"] for v in json.loads((cache / "cache.json").read_text())["shards"].values()) == 67
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     assert main(["cache", str(out), "-o", str(tmp_path / "empty"), "--merge"]) == 2

@@ -13,8 +13,15 @@ from medclip.train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "datasets" / "mimic_cxr" / "slurm"
-ENV = {"MIMIC": "/data/mimic", "WORK": "/scratch/u/mimic", "EXPORT": "/data/export", "SLURM_CPUS_PER_TASK": "8",
-       "SLURM_SUBMIT_DIR": str(REPO), "USER": "u", "HOME": "/home/u"}
+ENV = {
+    "MIMIC": "/data/mimic",
+    "WORK": "/scratch/u/mimic",
+    "EXPORT": "/data/export",
+    "SLURM_CPUS_PER_TASK": "8",
+    "SLURM_SUBMIT_DIR": str(REPO),
+    "USER": "u",
+    "HOME": "/home/u",
+}
 
 
 def _commands(script: Path) -> list[list[str]]:

@@ -61,8 +61,11 @@ def test_negative_image_size_leaves_no_partial_run_folder(tmp_path: Path) -> Non
     manifest = tmp_path / "m.parquet"
     manifest.write_bytes(b"not read: the config is refused first")
     out = tmp_path / "run"
-    config = {"output_dir": str(out), "data": {"manifest": str(manifest), "image_size": -1},
-              "model": {"name": "tiny-test"}}
+    config = {
+        "output_dir": str(out),
+        "data": {"manifest": str(manifest), "image_size": -1},
+        "model": {"name": "tiny-test"},
+    }
     with pytest.raises(ConfigError, match=r"data\.image_size must be an integer in \[8, 8192\] or null, got -1"):
         fit(config)
     assert not out.exists()
@@ -71,9 +74,18 @@ def test_negative_image_size_leaves_no_partial_run_folder(tmp_path: Path) -> Non
 def test_valid_values_and_nulls_still_load(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("data:\n  manifest: m.parquet\n")
-    cfg = load_config(path, ["data.image_size=null", "data.val_batch_size=null", "trainer.max_steps=-1",
-                             "trainer.limit_train_batches=0.5", "trainer.limit_val_batches=3", "optim.lr=1",
-                             "trainer.gradient_clip_val=null"])
+    cfg = load_config(
+        path,
+        [
+            "data.image_size=null",
+            "data.val_batch_size=null",
+            "trainer.max_steps=-1",
+            "trainer.limit_train_batches=0.5",
+            "trainer.limit_val_batches=3",
+            "optim.lr=1",
+            "trainer.gradient_clip_val=null",
+        ],
+    )
     assert cfg["data"]["image_size"] is None and cfg["trainer"]["limit_val_batches"] == 3
 
 

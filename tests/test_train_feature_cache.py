@@ -33,8 +33,14 @@ def backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_backbone_runs_once_per_image_over_three_epochs(manifest: Path, tmp_path: Path, backbone_calls) -> None:  # noqa: F811
-    cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=-1, max_epochs=3, val_check_interval=None,
-                  check_val_every_n_epoch=1)
+    cfg = _config(
+        {"manifest": str(manifest)},
+        tmp_path / "run",
+        max_steps=-1,
+        max_epochs=3,
+        val_check_interval=None,
+        check_val_every_n_epoch=1,
+    )
     cfg["model"] = dict(MODEL)
     fit(copy.deepcopy(cfg))
     # 24 train + 6 val images, encoded once each in setup; 3 epochs of training and validation reuse them
@@ -63,8 +69,9 @@ def test_backbone_runs_once_per_image_over_three_epochs(manifest: Path, tmp_path
 
 def test_cached_features_give_the_uncached_loss_and_gradients() -> None:
     torch.manual_seed(0)
-    module = DualEncoderModule({**MODEL, "overrides": {"vision": {"image_size": 32}}}, {"name": "infonce"},
-                               DEFAULTS["optim"])
+    module = DualEncoderModule(
+        {**MODEL, "overrides": {"vision": {"image_size": 32}}}, {"name": "infonce"}, DEFAULTS["optim"]
+    )
     module.train()
     texts = ["left pleural effusion", "clear lungs", "cardiomegaly is present", "no pneumothorax"]
     enc = module.model.tokenize(texts)
@@ -93,8 +100,13 @@ def test_changed_preprocessing_or_model_recomputes(manifest: Path, tmp_path: Pat
     data = {**DEFAULTS["data"], "manifest": str(manifest), "image_size": 32, "batch_size": 4, "num_workers": 0}
 
     def setup(data_cfg, model=module.model):
-        dm = MedClipDataModule(data_cfg, model.tokenize, text_transform=None,
-                               feature_extractor=BackboneFeatures(model), feature_dir=tmp_path / "fc")
+        dm = MedClipDataModule(
+            data_cfg,
+            model.tokenize,
+            text_transform=None,
+            feature_extractor=BackboneFeatures(model),
+            feature_dir=tmp_path / "fc",
+        )
         dm.setup("fit")
         return dm
 
@@ -116,8 +128,9 @@ def test_feature_cache_only_for_a_fixed_backbone(manifest: Path, tmp_path: Path)
     from medclip.train.fit import use_feature_cache
 
     locked = DualEncoderModule(MODEL, {"name": "infonce"}, DEFAULTS["optim"]).model
-    partial = DualEncoderModule({**MODEL, "lock_image_unlocked_groups": 1}, {"name": "infonce"},
-                                DEFAULTS["optim"]).model
+    partial = DualEncoderModule(
+        {**MODEL, "lock_image_unlocked_groups": 1}, {"name": "infonce"}, DEFAULTS["optim"]
+    ).model
     cfg = {"data": {"feature_cache": "auto", "image_augmentation": {"enabled": False}}}
     assert use_feature_cache(cfg, locked) and not use_feature_cache(cfg, partial)
     augmented = {"data": {"feature_cache": "auto", "image_augmentation": {"enabled": True}}}
@@ -150,8 +163,14 @@ def test_cache_stream_with_feature_cache(manifest: Path, tmp_path: Path, backbon
 
     cache = tmp_path / "cache"
     build_cache(manifest, cache, config=CacheConfig(image_size=32, shard_size=8), workers=1, progress=False)
-    cfg = _config({"cache_dir": str(cache)}, tmp_path / "run", max_steps=-1, max_epochs=2, val_check_interval=None,
-                  check_val_every_n_epoch=1)
+    cfg = _config(
+        {"cache_dir": str(cache)},
+        tmp_path / "run",
+        max_steps=-1,
+        max_epochs=2,
+        val_check_interval=None,
+        check_val_every_n_epoch=1,
+    )
     cfg["model"] = dict(MODEL)
     cfg["data"]["num_workers"] = 1
     fit(cfg)
@@ -164,8 +183,9 @@ def test_locked_run_with_feature_cache_resumes_exactly_and_records_its_options(m
 
     from test_train_fit import CRASH_AFTER, _weights
 
-    base = _config({"manifest": str(manifest)}, tmp_path / "full", max_steps=7, val_check_interval=None,
-                   check_val_every_n_epoch=1)
+    base = _config(
+        {"manifest": str(manifest)}, tmp_path / "full", max_steps=7, val_check_interval=None, check_val_every_n_epoch=1
+    )
     base["model"] = dict(MODEL)
     base["checkpoint"]["every_n_steps"] = 2
     full = fit(copy.deepcopy(base))

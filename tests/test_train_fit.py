@@ -49,15 +49,24 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = root / f"study{k // 2:02d}" / f"img{k:02d}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(pixels).save(path)
-        rows.append({
-            "image_id": f"img{k:02d}", "path": str(path), "kind": "image", "files": None,
-            "patient_id": f"pat{k // 4:02d}", "study_id": f"study{k // 2:02d}", "series_id": f"ser{k // 2:02d}",
-            "modality": "CR", "report_indication": "cough.",
-            "report_findings": f"There is {finding}. " + "Lungs otherwise clear. " * (k % 5),
-            "report_impression": f"{finding.capitalize()}.", "report_text": f"Findings: {finding}.",
-            "split": "val" if k >= 24 else "train",
-            f"label.{finding.replace(' ', '_')}": 1.0,
-        })
+        rows.append(
+            {
+                "image_id": f"img{k:02d}",
+                "path": str(path),
+                "kind": "image",
+                "files": None,
+                "patient_id": f"pat{k // 4:02d}",
+                "study_id": f"study{k // 2:02d}",
+                "series_id": f"ser{k // 2:02d}",
+                "modality": "CR",
+                "report_indication": "cough.",
+                "report_findings": f"There is {finding}. " + "Lungs otherwise clear. " * (k % 5),
+                "report_impression": f"{finding.capitalize()}.",
+                "report_text": f"Findings: {finding}.",
+                "split": "val" if k >= 24 else "train",
+                f"label.{finding.replace(' ', '_')}": 1.0,
+            }
+        )
     df = pd.DataFrame(rows)
     for finding in FINDINGS:
         column = f"label.{finding.replace(' ', '_')}"
@@ -69,15 +78,30 @@ def _config(source: dict[str, Any], out: Path, **trainer: Any) -> dict[str, Any]
     return {
         "seed": 11,
         "output_dir": str(out),
-        "data": {**source, "batch_size": 4, "num_workers": 0, "image_size": 32, "text_augmentation": False,
-                 "max_text_tokens": 48},
+        "data": {
+            **source,
+            "batch_size": 4,
+            "num_workers": 0,
+            "image_size": 32,
+            "text_augmentation": False,
+            "max_text_tokens": 48,
+        },
         # the image tower trains (the default locks it, LiT): these tests are about the full training mechanics
         "model": {"name": "tiny-test", "overrides": {"vision": {"image_size": 32}}, "lock_image": False},
         "loss": {"name": "infonce"},
         "optim": {"lr": 3e-3, "warmup_steps": 2, "weight_decay": 0.01},
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 9, "log_every_n_steps": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-                    "val_check_interval": 3, "check_val_every_n_epoch": None, **trainer},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 9,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "val_check_interval": 3,
+            "check_val_every_n_epoch": None,
+            **trainer,
+        },
         "checkpoint": {"every_n_steps": 4},
     }
 
@@ -153,17 +177,33 @@ def test_two_process_ddp_fit_on_cpu(manifest: Path, tmp_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "medclip.train", "--config", str(config_path), "trainer.max_steps=4",
-         "checkpoint.every_n_steps=2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "medclip.train",
+            "--config",
+            str(config_path),
+            "trainer.max_steps=4",
+            "checkpoint.every_n_steps=2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "ddp" / "model")
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "step-00000004.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
     # 24 train images dealt to 2 ranks in batches of 3: step 4 ends epoch 0 having used every image once
-    assert ckpt["MedClipDataModule"] == {"epoch": 0, "batches_done": 4, "batch_size": 3, "world_size": 2,
-                                         "samples_consumed": 24}
+    assert ckpt["MedClipDataModule"] == {
+        "epoch": 0,
+        "batches_done": 4,
+        "batch_size": 3,
+        "world_size": 2,
+        "samples_consumed": 24,
+    }
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
 
 

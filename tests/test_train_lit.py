@@ -20,8 +20,12 @@ def _batch(module: DualEncoderModule, n: int = 6, seed: int = 0) -> dict[str, to
     g = torch.Generator().manual_seed(seed)
     texts = [f"finding number {i} with effusion" if i % 2 else f"clear lungs {i}" for i in range(n)]
     enc = module.model.tokenize(texts)
-    return {"images": torch.rand(n, 1, 32, 32, generator=g), "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"], "labels": torch.zeros(n, 0)}
+    return {
+        "images": torch.rand(n, 1, 32, 32, generator=g),
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": torch.zeros(n, 0),
+    }
 
 
 def _train_steps(module: DualEncoderModule, steps: int = 3) -> torch.optim.Optimizer:
@@ -41,9 +45,18 @@ def _state(module: DualEncoderModule) -> dict[str, torch.Tensor]:
 
 def test_partial_image_and_text_lock_trains_only_the_unlocked_parts() -> None:
     torch.manual_seed(0)
-    module = DualEncoderModule({**MODEL, "lock_image": True, "lock_image_unlocked_groups": 1,
-                                "lock_image_norms_trainable": True, "lock_text": True, "lock_text_unlocked_layers": 1},
-                               {"name": "infonce"}, DEFAULTS["optim"])
+    module = DualEncoderModule(
+        {
+            **MODEL,
+            "lock_image": True,
+            "lock_image_unlocked_groups": 1,
+            "lock_image_norms_trainable": True,
+            "lock_text": True,
+            "lock_text_unlocked_layers": 1,
+        },
+        {"name": "infonce"},
+        DEFAULTS["optim"],
+    )
     blocks = module.model.image_blocks()
     last_modules = {f"visual.backbone.{n}".rsplit(".", 1)[0] for n in blocks[-1]}
     assert len(blocks) >= 3 and all(n.startswith("model.layer4") for n in blocks[-1])
@@ -86,8 +99,9 @@ def test_full_lock_keeps_the_backbone_in_eval_mode_and_its_output_fixed() -> Non
     module.eval()
     module.train()  # Lightning switches modes around validation: the lock survives it
     assert not module.model.visual.backbone.training
-    unlocked_bn = DualEncoderModule({**MODEL, "lock_image": True, "lock_image_freeze_bn_stats": False},
-                                    {"name": "infonce"}, DEFAULTS["optim"])
+    unlocked_bn = DualEncoderModule(
+        {**MODEL, "lock_image": True, "lock_image_freeze_bn_stats": False}, {"name": "infonce"}, DEFAULTS["optim"]
+    )
     unlocked_bn.train()
     assert not unlocked_bn.model.image_backbone_frozen and unlocked_bn.model.visual.backbone.training
 

@@ -27,14 +27,15 @@ def test_fit_off_a_terminal_prints_a_plain_line_every_n_steps(manifest, tmp_path
     bars = []
     monkeypatch.setattr(train_progress, "plain_progress_bars", lambda: bars.append(True))  # process-wide: not here
 
-    cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=3, log_every_n_steps=1,
-                  val_check_interval=3)
+    cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=3, log_every_n_steps=1, val_check_interval=3)
     cfg["trainer"].pop("enable_progress_bar")  # the default: decided by the output
     fit(cfg)
     out = capsys.readouterr().out  # pytest's capture is not a terminal, as a SLURM .out file is not
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     assert len(lines) == 3, out
-    pattern = re.compile(r"^step (\d)/3 \| epoch 0 \| loss \d+\.\d{4} \| \d+\.\d images/s \| lr [\d.e-]+ \| ETA \d\d:\d\d$")
+    pattern = re.compile(
+        r"^step (\d)/3 \| epoch 0 \| loss \d+\.\d{4} \| \d+\.\d images/s \| lr [\d.e-]+ \| ETA \d\d:\d\d$"
+    )
     assert [int(pattern.match(line).group(1)) for line in lines] == [1, 2, 3]
     assert re.search(r"^validation at step 3: val/acc_i2t [\d.]+ \| val/acc_t2i [\d.]+ \| val/loss [\d.]+$", out, re.M)
     assert "training: step 0/3" in out and re.search(r"^training done: step 3 in \d\d:\d\d$", out, re.M)

@@ -16,8 +16,14 @@ from medclip.train import fit
 def test_killed_run_resumes_to_the_same_weights(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
     """Gradient accumulation 2, 6 batches (3 steps) an epoch, validation at each epoch end: killed at
     step 4 (in epoch 1), resumed from the step-2 checkpoint (mid-epoch 0)."""
-    base = _config({"manifest": str(manifest)}, tmp_path / "full", accumulate_grad_batches=2, max_steps=5,
-                   val_check_interval=None, check_val_every_n_epoch=1)
+    base = _config(
+        {"manifest": str(manifest)},
+        tmp_path / "full",
+        accumulate_grad_batches=2,
+        max_steps=5,
+        val_check_interval=None,
+        check_val_every_n_epoch=1,
+    )
     base["checkpoint"]["every_n_steps"] = 2
     # the tiny BERT keeps its default dropout (0.1): the RNG state must be restored too
     full = fit(copy.deepcopy(base))
@@ -67,8 +73,13 @@ def test_fit_from_cache_and_resume(manifest: Path, tmp_path: Path) -> None:  # n
     ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 9  # saved after the final step although every_n_steps is 4
     # 24 train images / 4 = 6 batches an epoch
-    assert ckpt["MedClipDataModule"] == {"epoch": 1, "batches_done": 3, "batch_size": 4, "world_size": 1,
-                                         "samples_consumed": 12}
+    assert ckpt["MedClipDataModule"] == {
+        "epoch": 1,
+        "batches_done": 3,
+        "batch_size": 4,
+        "world_size": 1,
+        "samples_consumed": 12,
+    }
 
     # killed at step 5, resumed mid-epoch from step 4: the same weights
     killed = copy.deepcopy(full)

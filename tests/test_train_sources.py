@@ -32,10 +32,20 @@ def make_manifest(root: Path, name: str, rows: list[tuple[str | None, str | None
     for k, (finding, report) in enumerate(rows):
         path = folder / f"img{k:03d}.png"
         Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(path)
-        record = {"image_id": f"{name}-{k:03d}", "path": str(path), "kind": "image", "files": None,
-                  "patient_id": f"{name}-p{k:03d}", "study_id": f"{name}-s{k:03d}", "series_id": f"{name}-s{k:03d}",
-                  "modality": "CR", "report_findings": report, "report_impression": None, "report_text": report,
-                  "split": "val" if k % split_every == split_every - 1 else "train"}
+        record = {
+            "image_id": f"{name}-{k:03d}",
+            "path": str(path),
+            "kind": "image",
+            "files": None,
+            "patient_id": f"{name}-p{k:03d}",
+            "study_id": f"{name}-s{k:03d}",
+            "series_id": f"{name}-s{k:03d}",
+            "modality": "CR",
+            "report_findings": report,
+            "report_impression": None,
+            "report_text": report,
+            "split": "val" if k % split_every == split_every - 1 else "train",
+        }
         for f in FINDINGS:
             record[f"label.{f}"] = 1.0 if f == finding else 0.0
         records.append(record)
@@ -48,8 +58,9 @@ def make_manifest(root: Path, name: str, rows: list[tuple[str | None, str | None
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sources")
-    reports = make_manifest(root, "rep", [(FINDINGS[k % 4], f"There is {FINDINGS[k % 4].replace('_', ' ')}.")
-                                          for k in range(20)])
+    reports = make_manifest(
+        root, "rep", [(FINDINGS[k % 4], f"There is {FINDINGS[k % 4].replace('_', ' ')}.") for k in range(20)]
+    )
     # label-only: a normal-heavy table without any report text
     labels = make_manifest(root, "lab", [(None if k % 3 else "pneumothorax", None) for k in range(30)])
     return reports, labels
@@ -59,8 +70,14 @@ def _module(data: dict, seed: int = 0) -> MedClipDataModule:
     from medclip.model import create_model
 
     model = create_model("tiny-test", vision={"image_size": 16})
-    cfg = {**copy.deepcopy(DEFAULTS["data"]), "image_size": 16, "batch_size": 4, "num_workers": 0,
-           "text_augmentation": False, **data}
+    cfg = {
+        **copy.deepcopy(DEFAULTS["data"]),
+        "image_size": 16,
+        "batch_size": 4,
+        "num_workers": 0,
+        "text_augmentation": False,
+        **data,
+    }
     dm = MedClipDataModule(cfg, model.tokenize, seed=seed)
     dm.setup("fit")
     return dm
@@ -68,8 +85,14 @@ def _module(data: dict, seed: int = 0) -> MedClipDataModule:
 
 def test_sampled_proportions_follow_source_weights(two_sources) -> None:
     reports, labels = two_sources
-    dm = _module({"sources": [{"manifest": str(reports), "weight": 3, "name": "rep"},
-                              {"manifest": str(labels), "weight": 1, "name": "lab", "text": "labels"}]})
+    dm = _module(
+        {
+            "sources": [
+                {"manifest": str(reports), "weight": 3, "name": "rep"},
+                {"manifest": str(labels), "weight": 1, "name": "lab", "text": "labels"},
+            ]
+        }
+    )
     loader = dm.train_dataloader()
     sampler = loader.sampler
     assert isinstance(sampler, WeightedResumableSampler) and len(sampler) == 16 + 24
@@ -185,7 +208,7 @@ def test_weighted_sampler_resumes_the_same_draws() -> None:
         f.set_epoch(4)
         s.resume_from(epoch=4, consumed=2 * 3 * 2)
         s.set_epoch(4)
-        assert [i for i, _ in s] == [i for i, _ in f][2 * 3:]
+        assert [i for i, _ in s] == [i for i, _ in f][2 * 3 :]
     with pytest.raises(ValueError, match="weights"):
         WeightedResumableSampler([0.0, 0.0])
 
@@ -198,10 +221,14 @@ def test_mixed_sources_with_augmentation_resume_to_the_same_weights(two_sources,
     base = _config({}, tmp_path / "full", max_steps=6, val_check_interval=None, check_val_every_n_epoch=1)
     base["data"].pop("manifest", None)
     base["data"].update(
-        image_size=16, text_augmentation=True,
-        sources=[{"manifest": str(reports), "weight": 2, "name": "rep"},
-                 {"manifest": str(labels), "weight": 1, "name": "lab", "text": "mixed", "mix_prob": 0.5}],
-        image_augmentation={"enabled": True}, concept_balance={"enabled": True, "max_share": 0.4},
+        image_size=16,
+        text_augmentation=True,
+        sources=[
+            {"manifest": str(reports), "weight": 2, "name": "rep"},
+            {"manifest": str(labels), "weight": 1, "name": "lab", "text": "mixed", "mix_prob": 0.5},
+        ],
+        image_augmentation={"enabled": True},
+        concept_balance={"enabled": True, "max_share": 0.4},
         label_text={"enabled": True, "mix_prob": 0.2},
     )
     base["model"]["overrides"] = {"vision": {"image_size": 16}}
@@ -236,8 +263,14 @@ def test_a_cache_can_be_a_source(two_sources, tmp_path: Path) -> None:
         assert torch.equal(item["image"], ref["image"]) and item["text"] == ref["text"]
         torch.testing.assert_close(item["labels"], ref["labels"], equal_nan=True)
     assert "image" not in CacheMapDataset(cache, "train", with_images=False)[3]
-    dm = _module({"sources": [{"cache_dir": str(cache), "weight": 1, "name": "rep"},
-                              {"manifest": str(labels), "weight": 1, "name": "lab"}]})
+    dm = _module(
+        {
+            "sources": [
+                {"cache_dir": str(cache), "weight": 1, "name": "rep"},
+                {"manifest": str(labels), "weight": 1, "name": "lab"},
+            ]
+        }
+    )
     assert len(dm._train_source) == 16 + 24
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 1, 16, 16)

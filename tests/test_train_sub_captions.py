@@ -30,8 +30,17 @@ def tiny():
 
 
 def _batch(tiny, max_captions: int = 4) -> tuple[dict, list[dict]]:
-    items = [{"image": torch.rand(1, 16, 16), "text": t, "labels": torch.zeros(2), "image_id": f"i{k}",
-              "study_id": f"s{k}", "patient_id": f"p{k}"} for k, t in enumerate(REPORTS)]
+    items = [
+        {
+            "image": torch.rand(1, 16, 16),
+            "text": t,
+            "labels": torch.zeros(2),
+            "image_id": f"i{k}",
+            "study_id": f"s{k}",
+            "patient_id": f"p{k}",
+        }
+        for k, t in enumerate(REPORTS)
+    ]
     data = AugmentedDataset(items, None, seed=0, max_captions=max_captions)
     drawn = [data[(k, 0)] for k in range(len(items))]
     return ReportCollator(tiny.tokenize)(drawn), drawn
@@ -55,8 +64,11 @@ def test_every_sentence_is_a_positive_of_exactly_its_own_image(tiny) -> None:
 
 def test_sub_caption_loss_through_the_module(tiny) -> None:
     torch.manual_seed(0)
-    module = DualEncoderModule({"name": "tiny-test", "overrides": {"vision": {"image_size": 16}}},
-                               {"name": "multi_positive"}, DEFAULTS["optim"])
+    module = DualEncoderModule(
+        {"name": "tiny-test", "overrides": {"vision": {"image_size": 16}}},
+        {"name": "multi_positive"},
+        DEFAULTS["optim"],
+    )
     batch, _ = _batch(module.model)
     loss, stats = module._loss(batch)
     assert torch.isfinite(loss) and 0 <= float(stats["acc_i2t"]) <= 1

@@ -15,11 +15,18 @@ from medclip.train import fit
 from medclip.train.pretrain import corpus_texts, labelled_reports, pair_loss, text_pretrain
 
 REPORTS = [
-    "There is a small left pleural effusion.", "The heart is enlarged. Cardiomegaly.", "Right pneumothorax.",
-    "No pneumothorax. No pleural effusion.", "Patchy consolidation in the right lower lobe.",
-    "Pulmonary edema with cardiomegaly.", "Large pleural effusion on the right.", "Mild cardiomegaly is present.",
-    "Small apical pneumothorax on the left.", "Consolidation compatible with pneumonia.",
-    "The lungs are clear. No effusion or pneumothorax.", "Interstitial edema.",
+    "There is a small left pleural effusion.",
+    "The heart is enlarged. Cardiomegaly.",
+    "Right pneumothorax.",
+    "No pneumothorax. No pleural effusion.",
+    "Patchy consolidation in the right lower lobe.",
+    "Pulmonary edema with cardiomegaly.",
+    "Large pleural effusion on the right.",
+    "Mild cardiomegaly is present.",
+    "Small apical pneumothorax on the left.",
+    "Consolidation compatible with pneumonia.",
+    "The lungs are clear. No effusion or pneumothorax.",
+    "Interstitial edema.",
 ]
 
 
@@ -55,8 +62,9 @@ def test_pre_stage_lowers_its_loss_and_changes_only_the_text_tower(corpus_csv: P
     augmenter = ReportAugmenter(Graph.load())
     import random
 
-    fixed = [(r, augmenter.labels_to_text(labels, random.Random(k), unknown="name"))
-             for k, (r, labels) in enumerate(corpus)]
+    fixed = [
+        (r, augmenter.labels_to_text(labels, random.Random(k), unknown="name")) for k, (r, labels) in enumerate(corpus)
+    ]
 
     def eval_loss() -> float:
         model.eval()
@@ -74,7 +82,9 @@ def test_pre_stage_lowers_its_loss_and_changes_only_the_text_tower(corpus_csv: P
         if name.startswith("text."):
             continue
         assert not changed, f"{name} is outside the text tower and changed"
-    assert any(not torch.equal(v, before_state[k]) for k, v in model.state_dict().items() if k.startswith("text.encoder"))
+    assert any(
+        not torch.equal(v, before_state[k]) for k, v in model.state_dict().items() if k.startswith("text.encoder")
+    )
     assert any(not torch.equal(v, before_state[k]) for k, v in model.state_dict().items() if k.startswith("text.proj"))
 
 

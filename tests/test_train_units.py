@@ -27,8 +27,17 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_load_config_merges_defaults_file_and_overrides(tmp_path: Path) -> None:
     path = _write(tmp_path, "data:\n  manifest: m.parquet\n  batch_size: 8\ntrainer:\n  max_steps: 50\n")
-    cfg = load_config(path, ["trainer.max_steps=10", "trainer.precision=bf16-mixed", "optim.lr=3e-4",
-                             "trainer.devices=[0,1]", "model.overrides.vision.image_size=32", "resume=last"])
+    cfg = load_config(
+        path,
+        [
+            "trainer.max_steps=10",
+            "trainer.precision=bf16-mixed",
+            "optim.lr=3e-4",
+            "trainer.devices=[0,1]",
+            "model.overrides.vision.image_size=32",
+            "resume=last",
+        ],
+    )
     assert cfg["data"]["batch_size"] == 8
     assert cfg["data"]["num_workers"] == DEFAULTS["data"]["num_workers"]
     assert cfg["trainer"]["max_steps"] == 10
@@ -43,8 +52,16 @@ def test_load_config_merges_defaults_file_and_overrides(tmp_path: Path) -> None:
 
 def test_any_trainer_option_is_reachable(tmp_path: Path) -> None:
     path = _write(tmp_path, "data: {manifest: m.parquet}\n")
-    cfg = load_config(path, ["trainer.strategy=fsdp", "trainer.num_nodes=4", "trainer.accumulate_grad_batches=8",
-                             "trainer.val_check_interval=0.5", "trainer.deterministic=true"])
+    cfg = load_config(
+        path,
+        [
+            "trainer.strategy=fsdp",
+            "trainer.num_nodes=4",
+            "trainer.accumulate_grad_batches=8",
+            "trainer.val_check_interval=0.5",
+            "trainer.deterministic=true",
+        ],
+    )
     assert cfg["trainer"]["strategy"] == "fsdp"
     assert cfg["trainer"]["num_nodes"] == 4
     assert cfg["trainer"]["accumulate_grad_batches"] == 8
@@ -181,12 +198,30 @@ def tiny_model():
 def test_collate_pads_to_longest_truncates_and_masks(tiny_model) -> None:
     long = " ".join(["effusion"] * 300)
     items = [
-        {"image": torch.rand(1, 32, 32), "text": "no acute findings.", "labels": torch.tensor([1.0, float("nan")]),
-         "image_id": "a", "study_id": "s1", "patient_id": "p"},
-        {"image": torch.rand(1, 32, 32), "text": "small left effusion. heart size normal.",
-         "labels": torch.tensor([0.0, 1.0]), "image_id": "b", "study_id": "s1", "patient_id": "p"},
-        {"image": torch.rand(1, 32, 32), "text": long, "labels": torch.tensor([-1.0, 0.0]),
-         "image_id": "c", "study_id": "", "patient_id": "p"},
+        {
+            "image": torch.rand(1, 32, 32),
+            "text": "no acute findings.",
+            "labels": torch.tensor([1.0, float("nan")]),
+            "image_id": "a",
+            "study_id": "s1",
+            "patient_id": "p",
+        },
+        {
+            "image": torch.rand(1, 32, 32),
+            "text": "small left effusion. heart size normal.",
+            "labels": torch.tensor([0.0, 1.0]),
+            "image_id": "b",
+            "study_id": "s1",
+            "patient_id": "p",
+        },
+        {
+            "image": torch.rand(1, 32, 32),
+            "text": long,
+            "labels": torch.tensor([-1.0, 0.0]),
+            "image_id": "c",
+            "study_id": "",
+            "patient_id": "p",
+        },
     ]
     short = ReportCollator(tiny_model.tokenize, max_text_tokens=16)(items[:2])
     lengths = short["attention_mask"].sum(dim=1)
@@ -208,8 +243,10 @@ def test_collate_pads_to_longest_truncates_and_masks(tiny_model) -> None:
 
 
 def test_collate_rejects_mixed_image_sizes(tiny_model) -> None:
-    items = [{"image": torch.rand(1, 32, 32), "text": "a", "labels": torch.zeros(0), "image_id": "a", "study_id": "s"},
-             {"image": torch.rand(1, 16, 16), "text": "b", "labels": torch.zeros(0), "image_id": "b", "study_id": "t"}]
+    items = [
+        {"image": torch.rand(1, 32, 32), "text": "a", "labels": torch.zeros(0), "image_id": "a", "study_id": "s"},
+        {"image": torch.rand(1, 16, 16), "text": "b", "labels": torch.zeros(0), "image_id": "b", "study_id": "t"},
+    ]
     with pytest.raises(ValueError, match="different shapes"):
         ReportCollator(tiny_model.tokenize)(items)
     assert math.isfinite(float(ReportCollator(tiny_model.tokenize)(items[:1])["images"].sum()))

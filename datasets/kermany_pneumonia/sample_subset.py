@@ -20,8 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import records  # noqa: E402  (this folder's recipe: one reader of both layouts)
 
 COUNTS = {"normal": 150, "bacterial": 105, "viral": 105}
-SOURCE = {"license": "CC BY 4.0", "doi": "10.17632/rscbjbr9sj.2", "url": "https://data.mendeley.com/datasets/rscbjbr9sj/2",
-          "citation": "Kermany DS et al., Cell 2018;172(5):1122-1131"}
+SOURCE = {
+    "license": "CC BY 4.0",
+    "doi": "10.17632/rscbjbr9sj.2",
+    "url": "https://data.mendeley.com/datasets/rscbjbr9sj/2",
+    "citation": "Kermany DS et al., Cell 2018;172(5):1122-1131",
+}
 
 
 def build(root: Path, out: Path, size: int = 160, seed: int = 0, counts: dict[str, int] = COUNTS) -> pd.DataFrame:
@@ -38,8 +42,14 @@ def build(root: Path, out: Path, size: int = 160, seed: int = 0, counts: dict[st
             im.convert("L").resize((size, size), Image.BICUBIC).save(out / "images" / name, "JPEG", quality=85)
         label = "NORMAL" if r.subtype == "normal" else "PNEUMONIA"
         rows.append({"image": f"images/{name}", "label": label, "subtype": r.subtype, "patient_key": r.patient_key})
-        attribution.append({"file": f"images/{name}", "source_filename": Path(r.path).as_posix(), **SOURCE,
-                            "changes": f"grayscale, resized to {size}x{size} px, JPEG quality 85"})
+        attribution.append(
+            {
+                "file": f"images/{name}",
+                "source_filename": Path(r.path).as_posix(),
+                **SOURCE,
+                "changes": f"grayscale, resized to {size}x{size} px, JPEG quality 85",
+            }
+        )
     labels = pd.DataFrame(rows)
     labels.to_csv(out / "labels.csv", index=False)
     pd.DataFrame(attribution).to_csv(out / "ATTRIBUTION.csv", index=False)
@@ -54,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     labels = build(args.root, args.out, args.size, args.seed)
-    print(f"{len(labels)} images -> {args.out}: " + ", ".join(f"{k} {v}" for k, v in labels["subtype"].value_counts().items()))
+    print(
+        f"{len(labels)} images -> {args.out}: "
+        + ", ".join(f"{k} {v}" for k, v in labels["subtype"].value_counts().items())
+    )
     return 0
 
 

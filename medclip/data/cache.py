@@ -55,9 +55,23 @@ from medclip.model.preprocess import PreprocessConfig, preprocess
 
 CACHE_VERSION = 1
 #: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers).
-META_COLUMNS = ("image_id", "kind", "patient_id", "study_id", "series_id", "modality", "view_position",
-                "body_part", "sex", "age_group", "report_indication", "report_findings", "report_impression",
-                "report_text", "split")
+META_COLUMNS = (
+    "image_id",
+    "kind",
+    "patient_id",
+    "study_id",
+    "series_id",
+    "modality",
+    "view_position",
+    "body_part",
+    "sex",
+    "age_group",
+    "report_indication",
+    "report_findings",
+    "report_impression",
+    "report_text",
+    "split",
+)
 
 
 class CacheError(ValueError):
@@ -217,13 +231,18 @@ def reduced_decode_image(path: str | Path, window: Any, size: int) -> Any:
     metadata.update(used)
     metadata["decoded_at"] = f"1/{factor}"
     spacing = dcm._pixel_spacing(ds, 0) or [1.0, 1.0]
-    return MedicalImage(array=array, spacing=(spacing[0] * factor, spacing[1] * factor), affine=None,
-                        metadata=metadata, source=str(path))
+    return MedicalImage(
+        array=array,
+        spacing=(spacing[0] * factor, spacing[1] * factor),
+        affine=None,
+        metadata=metadata,
+        source=str(path),
+    )
 
 
 def _sample_meta(row: dict, labels: list[str]) -> dict:
     meta = {k: (row.get(k) if not _isnan(row.get(k)) else None) for k in META_COLUMNS if k in row}
-    meta["labels"] = {c[len(LABEL_PREFIX):]: (None if _isnan(row.get(c)) else float(row[c])) for c in labels}
+    meta["labels"] = {c[len(LABEL_PREFIX) :]: (None if _isnan(row.get(c)) else float(row[c])) for c in labels}
     return meta
 
 
@@ -245,9 +264,15 @@ def _work(args: tuple[dict, CacheConfig]) -> list[tuple[str, bytes | None, str, 
         if config.all_volumes and row.get("kind") == "volume":
             volumes = preprocess_volumes(row, config)
             if volumes[0][0] is not None:  # 4D: one sample per volume
-                return [(f"{row['image_id']}_v{k:03d}", _encode_npy(arr), "",
-                         {"volume_index": k, "volumes": len(volumes), "source_image_id": row["image_id"]})
-                        for k, arr in volumes]
+                return [
+                    (
+                        f"{row['image_id']}_v{k:03d}",
+                        _encode_npy(arr),
+                        "",
+                        {"volume_index": k, "volumes": len(volumes), "source_image_id": row["image_id"]},
+                    )
+                    for k, arr in volumes
+                ]
             return [(row["image_id"], _encode_npy(volumes[0][1]), "", {})]
         return [(row["image_id"], _encode_npy(preprocess_row(row, config)), "", {})]
     except Exception as exc:  # counted and listed, never fatal
@@ -286,9 +311,16 @@ class CacheResult:
         return s + f" ({self.seconds:.1f}s)"
 
 
-def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, config: CacheConfig | None = None,
-                workers: int | None = None, progress: bool = True, overwrite: bool = False,
-                shard: Shard | None = None) -> CacheResult:
+def build_cache(
+    manifest: str | Path | pd.DataFrame,
+    cache_dir: str | Path,
+    *,
+    config: CacheConfig | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    shard: Shard | None = None,
+) -> CacheResult:
     """Decode every manifest row once into WebDataset shards under ``cache_dir``; resumes an interrupted run.
 
     With ``shard`` (task i of N) only the tar shards k with k % N == i are written, with a part index;
@@ -307,12 +339,14 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
         if storage.exists(path) and not overwrite:
             old = json.loads(storage.read_text(path))
             if old.get("config") != config.to_json() or old.get("version") != CACHE_VERSION:
-                raise CacheError(f"{cache_dir}: cache was built with other settings {old.get('config')}; "
-                                 "use another folder or overwrite=True (--overwrite)")
+                raise CacheError(
+                    f"{cache_dir}: cache was built with other settings {old.get('config')}; "
+                    "use another folder or overwrite=True (--overwrite)"
+                )
             index["shards"].update(old.get("shards", {}))
             index["skipped"].update(old.get("skipped", {}))
     labels = label_columns(df)
-    index["labels"] = [c[len(LABEL_PREFIX):] for c in labels]
+    index["labels"] = [c[len(LABEL_PREFIX) :] for c in labels]
     result = CacheResult(cache_dir=cache_dir)
 
     jobs: list[tuple[str, str, list[dict]]] = []
@@ -320,7 +354,7 @@ def build_cache(manifest: str | Path | pd.DataFrame, cache_dir: str | Path, *, c
         records = part.to_dict("records")
         for i in range(0, len(records), config.shard_size):
             name = f"{split}/shard-{i // config.shard_size:06d}.tar"
-            jobs.append((split, name, records[i:i + config.shard_size]))
+            jobs.append((split, name, records[i : i + config.shard_size]))
     all_names = [name for _, name, _ in jobs]
     if not shard.is_whole:  # this task's tar shards only, dealt round-robin
         jobs = [job for k, job in enumerate(jobs) if shard.owns(k)]
@@ -413,8 +447,11 @@ def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -
     unfinished = sorted(s.index for s, part in parts if s is not None and not part.get("complete"))
     if not parts or missing or unfinished:
         if require_complete:
-            what = "no parts found" if not parts else (
-                f"missing shard index {missing[:20]}" if missing else f"unfinished shard index {unfinished[:20]}")
+            what = (
+                "no parts found"
+                if not parts
+                else (f"missing shard index {missing[:20]}" if missing else f"unfinished shard index {unfinished[:20]}")
+            )
             raise CacheError(f"{cache_dir}: cannot merge the cache parts ({what}); run those array tasks first")
         return False
     first = parts[0][1]
@@ -422,8 +459,13 @@ def merge_cache_parts(cache_dir: str | Path, *, require_complete: bool = True) -
         if part.get("config") != first.get("config") or part.get("version") != first.get("version"):
             raise CacheError(f"{cache_dir}: part {s.index if s else '?'} of {count} was built with other settings")
     all_names = first.get("all_shards", [])
-    merged = {"version": first["version"], "config": first["config"], "shards": {}, "skipped": {},
-              "labels": first.get("labels", [])}
+    merged = {
+        "version": first["version"],
+        "config": first["config"],
+        "shards": {},
+        "skipped": {},
+        "labels": first.get("labels", []),
+    }
     for _, part in parts:
         merged["shards"].update({n: v for n, v in part["shards"].items() if n in all_names})
         merged["skipped"].update(part.get("skipped", {}))
@@ -505,8 +547,15 @@ def _iter_tar(handle: Any) -> Iterator[dict]:
         yield current
 
 
-def iter_cache(cache_dir: str | Path, split: str | None = None, *, shuffle_shards: bool = False,
-               seed: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+def iter_cache(
+    cache_dir: str | Path,
+    split: str | None = None,
+    *,
+    shuffle_shards: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[dict]:
     """All samples of a split, shard by shard; shards are dealt round-robin to ranks."""
     shards = cache_shards(cache_dir, split)
     if shuffle_shards:

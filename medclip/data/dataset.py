@@ -53,8 +53,9 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 def _labels(meta_labels: dict, names: Sequence[str]) -> torch.Tensor:
-    return torch.tensor([float("nan") if meta_labels.get(n) is None else float(meta_labels[n]) for n in names],
-                        dtype=torch.float32)
+    return torch.tensor(
+        [float("nan") if meta_labels.get(n) is None else float(meta_labels[n]) for n in names], dtype=torch.float32
+    )
 
 
 class ManifestDataset(Dataset):
@@ -66,11 +67,21 @@ class ManifestDataset(Dataset):
     :class:`~medclip.model.preprocess.PreprocessConfig`, or a cache's config); default: ``image_size``
     and ``window`` with the other defaults."""
 
-    def __init__(self, manifest: str | Path | pd.DataFrame, split: str | None = None, *, image_size: int = 224,
-                 window: str = "auto", text_field: str = "body", label_names: Sequence[str] | None = None,
-                 text_transform: TextFn | None = None, image_transform: ImageFn | None = None,
-                 require_text: bool | str = False, config: CacheConfig | PreprocessConfig | None = None,
-                 with_images: bool = True) -> None:
+    def __init__(
+        self,
+        manifest: str | Path | pd.DataFrame,
+        split: str | None = None,
+        *,
+        image_size: int = 224,
+        window: str = "auto",
+        text_field: str = "body",
+        label_names: Sequence[str] | None = None,
+        text_transform: TextFn | None = None,
+        image_transform: ImageFn | None = None,
+        require_text: bool | str = False,
+        config: CacheConfig | PreprocessConfig | None = None,
+        with_images: bool = True,
+    ) -> None:
         df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
         if split is not None:
             df = df[df["split"] == split]
@@ -81,8 +92,11 @@ class ManifestDataset(Dataset):
             df = df[[bool(report_text(r, text_field)) for r in df.to_dict("records")]]
         self.frame = df.reset_index(drop=True)
         self.records = self.frame.to_dict("records")
-        self.label_names = list(label_names) if label_names is not None else \
-            [c[len(LABEL_PREFIX):] for c in label_columns(self.frame)]
+        self.label_names = (
+            list(label_names)
+            if label_names is not None
+            else [c[len(LABEL_PREFIX) :] for c in label_columns(self.frame)]
+        )
         self.text_field = text_field
         self.text_transform = text_transform
         self.image_transform = image_transform
@@ -101,9 +115,16 @@ class ManifestDataset(Dataset):
         text = report_text(row, self.text_field)
         if self.text_transform is not None:
             text = self.text_transform(text)
-        labels = {n: (None if pd.isna(row.get(LABEL_PREFIX + n)) else row.get(LABEL_PREFIX + n)) for n in self.label_names}
-        item = {"text": text, "labels": _labels(labels, self.label_names),
-                "image_id": row["image_id"], "study_id": row["study_id"], "patient_id": row["patient_id"]}
+        labels = {
+            n: (None if pd.isna(row.get(LABEL_PREFIX + n)) else row.get(LABEL_PREFIX + n)) for n in self.label_names
+        }
+        item = {
+            "text": text,
+            "labels": _labels(labels, self.label_names),
+            "image_id": row["image_id"],
+            "study_id": row["study_id"],
+            "patient_id": row["patient_id"],
+        }
         if self.with_images:
             image = _to_tensor(preprocess_row(row, self.config))
             item["image"] = self.image_transform(image) if self.image_transform is not None else image
@@ -117,10 +138,22 @@ class CacheDataset(IterableDataset):
     one by one. ``set_epoch`` reshuffles; ``skip_batches`` resumes mid-epoch.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str | None = "train", *, shuffle: bool = True, seed: int = 0,
-                 buffer_size: int = 256, text_field: str = "body", label_names: Sequence[str] | None = None,
-                 text_transform: TextFn | None = None, image_transform: ImageFn | None = None,
-                 rank: int | None = None, world_size: int | None = None, with_images: bool = True) -> None:
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        split: str | None = "train",
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_size: int = 256,
+        text_field: str = "body",
+        label_names: Sequence[str] | None = None,
+        text_transform: TextFn | None = None,
+        image_transform: ImageFn | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        with_images: bool = True,
+    ) -> None:
         self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
         self.with_images = with_images  # False: items carry no "image" (features come from elsewhere)
         index = read_cache_index(self.cache_dir)
@@ -173,15 +206,18 @@ class CacheDataset(IterableDataset):
             # shard-level: the rank's shards, shuffled per epoch, dealt to its workers
             if self.shuffle:
                 rng.shuffle(owned)
-            counts = [sum(self.shards[j][1] for k, j in enumerate(owned) if k % n_workers == w) for w in range(n_workers)]
+            counts = [
+                sum(self.shards[j][1] for k, j in enumerate(owned) if k % n_workers == w) for w in range(n_workers)
+            ]
             excess = sum(counts) - per_rank
             for w in range(n_workers - 1, -1, -1):  # trim so that every rank yields per_rank samples
                 cut = min(excess, counts[w])
                 counts[w] -= cut
                 excess -= cut
             limit = counts[worker]
-            stream: Iterator[dict] = (s for k, j in enumerate(owned) if k % n_workers == worker
-                                      for s in iter_shard(self.shards[j][0]))
+            stream: Iterator[dict] = (
+                s for k, j in enumerate(owned) if k % n_workers == worker for s in iter_shard(self.shards[j][0])
+            )
         else:
             # sample-level: every reader scans all shards and keeps its own samples
             order = list(range(len(self.shards)))
@@ -195,6 +231,7 @@ class CacheDataset(IterableDataset):
                         if g % world == rank and (g // world) % n_workers == worker:
                             yield s
                         g += 1
+
             stream = stream_all()
             limit = self._worker_share(per_rank, worker, n_workers)
         count = 0
@@ -239,8 +276,13 @@ class CacheDataset(IterableDataset):
         text = report_text(meta, self.text_field)
         if self.text_transform is not None:
             text = self.text_transform(text)
-        item = {"text": text, "labels": _labels(meta.get("labels", {}), self.label_names),
-                "image_id": meta["image_id"], "study_id": meta["study_id"], "patient_id": meta["patient_id"]}
+        item = {
+            "text": text,
+            "labels": _labels(meta.get("labels", {}), self.label_names),
+            "image_id": meta["image_id"],
+            "study_id": meta["study_id"],
+            "patient_id": meta["patient_id"],
+        }
         if self.with_images:
             image = _to_tensor(sample["image"])
             item["image"] = self.image_transform(image) if self.image_transform is not None else image
@@ -254,8 +296,16 @@ class CacheMapDataset(Dataset):
     order costs the same as streaming. Items are those of :class:`CacheDataset`.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str | None = "train", *, text_field: str = "body",
-                 label_names: Sequence[str] | None = None, with_images: bool = True, **_ignored: object) -> None:
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        split: str | None = "train",
+        *,
+        text_field: str = "body",
+        label_names: Sequence[str] | None = None,
+        with_images: bool = True,
+        **_ignored: object,
+    ) -> None:
         import tarfile
 
         self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
@@ -308,12 +358,18 @@ class CacheMapDataset(Dataset):
         import io
 
         meta = self.meta(index)
-        item = {"text": report_text(meta, self.text_field), "labels": _labels(meta.get("labels", {}), self.label_names),
-                "image_id": meta["image_id"], "study_id": meta["study_id"], "patient_id": meta["patient_id"]}
+        item = {
+            "text": report_text(meta, self.text_field),
+            "labels": _labels(meta.get("labels", {}), self.label_names),
+            "image_id": meta["image_id"],
+            "study_id": meta["study_id"],
+            "patient_id": meta["patient_id"],
+        }
         if self.with_images:
             s, members = self.entries[index]
             if "image.npy" not in members:
                 raise ValueError(f"{self.shards[s]}: sample without image.npy")
-            item["image"] = _to_tensor(np.load(io.BytesIO(self._read(self.shards[s], members["image.npy"])),
-                                               allow_pickle=False))
+            item["image"] = _to_tensor(
+                np.load(io.BytesIO(self._read(self.shards[s], members["image.npy"])), allow_pickle=False)
+            )
         return item

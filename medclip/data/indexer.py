@@ -49,8 +49,25 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 #: Files that are never images: ignored silently (not counted as unreadable).
 IGNORED_NAMES = {"dicomdir", "thumbs.db", ".ds_store"}
-IGNORED_SUFFIXES = (".txt", ".csv", ".json", ".md", ".xml", ".html", ".pdf", ".parquet", ".yaml", ".yml",
-                    ".log", ".py", ".zip", ".tar", ".gz", ".bval", ".bvec")
+IGNORED_SUFFIXES = (
+    ".txt",
+    ".csv",
+    ".json",
+    ".md",
+    ".xml",
+    ".html",
+    ".pdf",
+    ".parquet",
+    ".yaml",
+    ".yml",
+    ".log",
+    ".py",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".bval",
+    ".bvec",
+)
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
 SR_MODALITIES = {"SR", "DOC"}
 STATE_VERSION = 3  # 2: staff names among the scrubbing hashes; 3: inferred series of blank-UID slices
@@ -85,20 +102,29 @@ class IndexResult:
         if len(df):
             counts = df.groupby("split")["patient_id"].nunique().to_dict()
             rows = df["split"].value_counts().to_dict()
-            lines.append("splits: " + ", ".join(f"{s} {rows.get(s, 0)} rows / {counts.get(s, 0)} patients" for s in SPLITS))
+            lines.append(
+                "splits: " + ", ".join(f"{s} {rows.get(s, 0)} rows / {counts.get(s, 0)} patients" for s in SPLITS)
+            )
             lines.append(f"modalities: { {k: int(v) for k, v in df['modality'].value_counts().items()} }")
             with_report = int((df["report_text"].str.len() > 0).sum())
-            lines.append(f"reports: {with_report}/{len(df)} rows have a report; "
-                         f"{self.reports_linked} report rows linked, {self.reports_unlinked} unlinked")
+            lines.append(
+                f"reports: {with_report}/{len(df)} rows have a report; "
+                f"{self.reports_linked} report rows linked, {self.reports_unlinked} unlinked"
+            )
         if self.skipped:
-            lines.append(f"skipped {sum(self.skipped.values())} files: "
-                         + ", ".join(f"{k}: {v}" for k, v in self.skipped.most_common()))
-        lines.append("patients in several splits: " + (", ".join(self.leaked_patients) if self.leaked_patients else "none"))
+            lines.append(
+                f"skipped {sum(self.skipped.values())} files: "
+                + ", ".join(f"{k}: {v}" for k, v in self.skipped.most_common())
+            )
+        lines.append(
+            "patients in several splits: " + (", ".join(self.leaked_patients) if self.leaked_patients else "none")
+        )
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------- walking
+
 
 def classify_file(path: Path) -> str | None:
     """'dicom', 'nifti', 'raster', or None (not an image: ignored) for one file."""
@@ -129,6 +155,7 @@ def walk_export(root: Path) -> Iterator[Path]:
 
 
 # ------------------------------------------------------------------------------------------- per file
+
 
 def _sr_text(ds) -> tuple[str, dict[str, str]]:
     """Text of a DICOM Structured Report, and any sections found by concept name."""
@@ -225,9 +252,16 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
     birth = str(ds.get("PatientBirthDate", "") or "")
     # the patient's own names and IDs, and every person name in the header (referring, performing and
     # reading physicians, operators, observers): all are scrubbed from the study's report text
-    phi = identifier_tokens([name, raw_ids["PatientID"], raw_ids["AccessionNumber"], birth,
-                             str(ds.get("OtherPatientNames", "") or ""),
-                             str(ds.get("OtherPatientIDs", "") or "")]) | staff_name_tokens(person_names(ds))
+    phi = identifier_tokens(
+        [
+            name,
+            raw_ids["PatientID"],
+            raw_ids["AccessionNumber"],
+            birth,
+            str(ds.get("OtherPatientNames", "") or ""),
+            str(ds.get("OtherPatientIDs", "") or ""),
+        ]
+    ) | staff_name_tokens(person_names(ds))
     rec["phi_hashes"] = sorted(hash_identifier(t, salt) for t in phi)
     rec["patient_key"] = hash_identifier(raw_ids["PatientID"] or (name + birth), salt)
     rec["study_key"] = hash_identifier(raw_ids["StudyInstanceUID"], salt)
@@ -334,7 +368,9 @@ def _find_col(columns: Iterable[str], names: Iterable[str]) -> str | None:
     return None
 
 
-def load_reports(path: Path, key_column: str | None = None, link_on: str | None = None) -> tuple[pd.DataFrame, str, str]:
+def load_reports(
+    path: Path, key_column: str | None = None, link_on: str | None = None
+) -> tuple[pd.DataFrame, str, str]:
     """Read a reports CSV/Parquet; return it, its key column and what the key matches ('accession'|'study_uid'|'path')."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: reports file not found")
@@ -350,15 +386,19 @@ def load_reports(path: Path, key_column: str | None = None, link_on: str | None 
         if link_on is None:
             link_on = next((role for role, names in REPORT_KEY_COLUMNS.items() if key_column.lower() in names), None)
             if link_on is None:
-                raise ValueError(f"{path}: say what column {key_column!r} holds with --link-on accession|study_uid|path")
+                raise ValueError(
+                    f"{path}: say what column {key_column!r} holds with --link-on accession|study_uid|path"
+                )
         return df, key_column, link_on
     roles = [link_on] if link_on else list(REPORT_KEY_COLUMNS)
     for role in roles:
         col = _find_col(df.columns, REPORT_KEY_COLUMNS[role])
         if col is not None:
             return df, col, role
-    raise ValueError(f"{path}: no column to link reports to images; expected one of "
-                     f"{sorted(n for v in REPORT_KEY_COLUMNS.values() for n in v)} or name it with --report-key")
+    raise ValueError(
+        f"{path}: no column to link reports to images; expected one of "
+        f"{sorted(n for v in REPORT_KEY_COLUMNS.values() for n in v)} or name it with --report-key"
+    )
 
 
 def report_sections_from_row(row: pd.Series | dict) -> ReportSections:
@@ -376,11 +416,17 @@ def _sections_of(row: pd.Series | dict, cols: dict[str, str | None]) -> ReportSe
         if s.indication and s.text and s.indication not in s.text:
             s.text = f"INDICATION: {s.indication}\n{s.text}"
         return s
-    return sections_from_fields(findings=get("findings"), impression=get("impression"),
-                                indication=get("indication"), comparison=get("comparison"), text=get("text"))
+    return sections_from_fields(
+        findings=get("findings"),
+        impression=get("impression"),
+        indication=get("indication"),
+        comparison=get("comparison"),
+        text=get("text"),
+    )
 
 
 # ------------------------------------------------------------------------------------------- indexing
+
 
 def _state_path(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + ".files.parquet")
@@ -421,7 +467,11 @@ def _load_state_file(p: Path, salt_check: str, root: Path) -> dict[str, dict]:
 
         table = pq.read_table(p)
         meta = json.loads((table.schema.metadata or {}).get(b"medclip", b"{}"))
-        if meta.get("salt_check") != salt_check or meta.get("version") != STATE_VERSION or meta.get("root") != str(root):
+        if (
+            meta.get("salt_check") != salt_check
+            or meta.get("version") != STATE_VERSION
+            or meta.get("root") != str(root)
+        ):
             log.warning("previous index state was made with another salt, root or version: re-reading everything")
             return {}
         df = table.to_pandas()
@@ -452,8 +502,13 @@ def _save_state_file(p: Path, records: Iterable[dict], salt_check: str, root: Pa
     if "sr_text" in df:  # report text lives in the manifest, scrubbed; the state keeps only structure
         df = df.drop(columns=[c for c in ("sr_text", "sr_sections") if c in df])
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({b"medclip": json.dumps(
-        {"salt_check": salt_check, "version": STATE_VERSION, "root": str(root), **(extra or {})}).encode()})
+    table = table.replace_schema_metadata(
+        {
+            b"medclip": json.dumps(
+                {"salt_check": salt_check, "version": STATE_VERSION, "root": str(root), **(extra or {})}
+            ).encode()
+        }
+    )
     with atomic_write(p) as tmp:
         pq.write_table(table, tmp)
 
@@ -508,19 +563,36 @@ def index_export(
         if not shard.is_whole and incremental:  # an interrupted task resumes from its own part
             state.update(_load_state_file(state_file, salt_check, root))
         records, files_seen, files_read, reused = _read_records(
-            root, state, shard, salt, verify_pixels, workers, progress, state_file, salt_check, checkpoint_every)
+            root, state, shard, salt, verify_pixels, workers, progress, state_file, salt_check, checkpoint_every
+        )
         if not shard.is_whole:
-            _save_state_file(state_file, records, salt_check, root, extra={
-                "shard": shard.index, "num_shards": shard.count, "files_seen": files_seen, "files_read": files_read,
-                "files_reused": reused})
-            res = IndexResult(manifest=pd.DataFrame(columns=list(MANIFEST_COLUMNS)), manifest_path=output,
-                              files_seen=files_seen, files_read=files_read, files_reused=reused,
-                              skipped=Counter(r["status"] for r in records if r.get("status") != "ok"))
+            _save_state_file(
+                state_file,
+                records,
+                salt_check,
+                root,
+                extra={
+                    "shard": shard.index,
+                    "num_shards": shard.count,
+                    "files_seen": files_seen,
+                    "files_read": files_read,
+                    "files_reused": reused,
+                },
+            )
+            res = IndexResult(
+                manifest=pd.DataFrame(columns=list(MANIFEST_COLUMNS)),
+                manifest_path=output,
+                files_seen=files_seen,
+                files_read=files_read,
+                files_reused=reused,
+                skipped=Counter(r["status"] for r in records if r.get("status") != "ok"),
+            )
             res.part_path = state_file
             return res
 
-    result = IndexResult(manifest=pd.DataFrame(), manifest_path=output, files_seen=files_seen,
-                         files_read=files_read, files_reused=reused)
+    result = IndexResult(
+        manifest=pd.DataFrame(), manifest_path=output, files_seen=files_seen, files_read=files_read, files_reused=reused
+    )
     ok = [r for r in records if r.get("status") == "ok"]
     bad = [r for r in records if r.get("status") != "ok"]
     result.skipped = Counter(r["status"] for r in bad)
@@ -558,9 +630,17 @@ def index_export(
     df["mtime"] = pd.to_numeric(df["mtime"], errors="coerce").astype("float64")
 
     _warn_phi_in_paths(df, phi_by_study, salt, result)
-    write_manifest(df, output, root=root, extra={
-        "salt_check": salt_check, "fractions": list(fractions), "seed": seed, "created_by": "medclip index",
-    })
+    write_manifest(
+        df,
+        output,
+        root=root,
+        extra={
+            "salt_check": salt_check,
+            "fractions": list(fractions),
+            "seed": seed,
+            "created_by": "medclip index",
+        },
+    )
     df = df.copy()
     df["path"] = [str(root / p) if not Path(p).is_absolute() else p for p in df["path"]]
     _save_state(output, records, salt_check, root)
@@ -572,9 +652,18 @@ def index_export(
     return result
 
 
-def _read_records(root: Path, state: dict[str, dict], shard: Shard, salt: str, verify_pixels: bool,
-                  workers: int | None, progress: bool, state_file: Path, salt_check: str,
-                  checkpoint_every: int) -> tuple[list[dict], int, int, int]:
+def _read_records(
+    root: Path,
+    state: dict[str, dict],
+    shard: Shard,
+    salt: str,
+    verify_pixels: bool,
+    workers: int | None,
+    progress: bool,
+    state_file: Path,
+    salt_check: str,
+    checkpoint_every: int,
+) -> tuple[list[dict], int, int, int]:
     """Per-file records of this shard's files: unchanged ones from ``state``, the rest read in workers.
 
     Every ``checkpoint_every`` files read, the records so far (with the older state) are written to
@@ -596,8 +685,12 @@ def _read_records(root: Path, state: dict[str, dict], shard: Shard, salt: str, v
             continue
         st = p.stat()
         old = state.get(rel)
-        if old is not None and old.get("file_size") == st.st_size and old.get("mtime") == float(st.st_mtime) \
-                and old.get("kind_hint") != "sr":
+        if (
+            old is not None
+            and old.get("file_size") == st.st_size
+            and old.get("mtime") == float(st.st_mtime)
+            and old.get("kind_hint") != "sr"
+        ):
             records.append(old)
             reused += 1
         else:
@@ -640,8 +733,9 @@ def _read_records(root: Path, state: dict[str, dict], shard: Shard, salt: str, v
     return records, len(files), len(todo), reused
 
 
-def _merge_parts(output: Path, salt_check: str, root: Path, salt: str,
-                 verify_pixels: bool) -> tuple[list[dict], int, int, int, list[Path]]:
+def _merge_parts(
+    output: Path, salt_check: str, root: Path, salt: str, verify_pixels: bool
+) -> tuple[list[dict], int, int, int, list[Path]]:
     """All array tasks' records, checked complete and made with this salt and export root.
 
     Structured reports are read again here (their text is never stored in a part).
@@ -651,18 +745,25 @@ def _merge_parts(output: Path, salt_check: str, root: Path, salt: str,
 
     parts = part_paths(output)
     if not parts:
-        raise FileNotFoundError(f"{output}: no index parts to merge (run `medclip index --num-shards N "
-                                "--shard-index i` for every i first)")
+        raise FileNotFoundError(
+            f"{output}: no index parts to merge (run `medclip index --num-shards N --shard-index i` for every i first)"
+        )
     shards = [parse_part_tag(p.name) for p in parts]
     count, missing = missing_parts([s for s in shards if s is not None])
     if missing:
-        raise ValueError(f"{output}: {len(missing)} of {count} index parts are missing (shard index "
-                         f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}): run them, then merge")
+        raise ValueError(
+            f"{output}: {len(missing)} of {count} index parts are missing (shard index "
+            f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}): run them, then merge"
+        )
     records: list[dict] = []
     seen = read = reused = 0
     for p in parts:
         meta = _state_meta(p)
-        if meta.get("salt_check") != salt_check or meta.get("root") != str(root) or meta.get("version") != STATE_VERSION:
+        if (
+            meta.get("salt_check") != salt_check
+            or meta.get("root") != str(root)
+            or meta.get("version") != STATE_VERSION
+        ):
             raise ValueError(f"{p.name}: made with another salt, export folder or medclip version than this merge")
         seen += int(meta.get("files_seen", 0))
         read += int(meta.get("files_read", 0))
@@ -675,8 +776,15 @@ def _merge_parts(output: Path, salt_check: str, root: Path, salt: str,
     return records, seen, read, reused, parts
 
 
-def _link_reports(df: pd.DataFrame, table: pd.DataFrame, key_col: str, role: str,
-                  phi_by_study: dict[str, set[str]], salt: str, progress: bool) -> int:
+def _link_reports(
+    df: pd.DataFrame,
+    table: pd.DataFrame,
+    key_col: str,
+    role: str,
+    phi_by_study: dict[str, set[str]],
+    salt: str,
+    progress: bool,
+) -> int:
     """Attach each reports-table row to the rows it names (column-wise: no per-row pandas indexing).
 
     Rows are matched as :func:`_lookup` says; each report's sections are scrubbed of the identifiers of
@@ -704,8 +812,12 @@ def _link_reports(df: pd.DataFrame, table: pd.DataFrame, key_col: str, role: str
         linked += 1
         phi = set().union(*(phi_by_study.get(study_ids[i], set()) for i in set(match)))
         s = _sections_of(row, text_cols)
-        for column, text in (("report_indication", s.indication), ("report_findings", s.findings),
-                             ("report_impression", s.impression), ("report_text", s.text)):
+        for column, text in (
+            ("report_indication", s.indication),
+            ("report_findings", s.findings),
+            ("report_impression", s.impression),
+            ("report_text", s.text),
+        ):
             clean = scrub_identifiers(scrub_with_hashes(text or "", phi, salt))
             for i in match:
                 out[column][i] = clean
@@ -737,13 +849,19 @@ def _unusable_path(p: Path, rel: str) -> dict | None:
     try:
         rel.encode("utf-8")
     except UnicodeEncodeError:
-        return {"path": printable_path(rel), "kind_hint": classify_file(p) or "dicom",
-                "status": "file name is not valid UTF-8: rename the file (e.g. with convmv) to index it"}
+        return {
+            "path": printable_path(rel),
+            "kind_hint": classify_file(p) or "dicom",
+            "status": "file name is not valid UTF-8: rename the file (e.g. with convmv) to index it",
+        }
     try:
         p.stat()
     except OSError as exc:
-        return {"path": rel, "kind_hint": classify_file(p) or "dicom",
-                "status": f"cannot open ({exc.strerror or type(exc).__name__})"}
+        return {
+            "path": rel,
+            "kind_hint": classify_file(p) or "dicom",
+            "status": f"cannot open ({exc.strerror or type(exc).__name__})",
+        }
     return None
 
 
@@ -756,8 +874,12 @@ def _build_rows(ok: list[dict], root: Path, salt: str) -> tuple[list[dict], dict
         hint = r.get("kind_hint")
         if hint == "sr":
             sections = json.loads(r.get("sr_sections") or "{}")
-            s = sections_from_fields(findings=sections.get("findings", ""), impression=sections.get("impression", ""),
-                                     indication=sections.get("indication", ""), text=r.get("sr_text", ""))
+            s = sections_from_fields(
+                findings=sections.get("findings", ""),
+                impression=sections.get("impression", ""),
+                indication=sections.get("indication", ""),
+                text=r.get("sr_text", ""),
+            )
             if r.get("study_key"):
                 sr_reports[r["study_key"]] = s
             continue
@@ -801,7 +923,12 @@ def _image_row(r: dict, root: Path, salt: str, kind: str | None = None) -> dict:
     rel = r["path"]
     hint = r.get("kind_hint")
     if hint == "dicom":
-        patient, study, series, image = r.get("patient_key"), r.get("study_key"), r.get("series_key"), r.get("image_key")
+        patient, study, series, image = (
+            r.get("patient_key"),
+            r.get("study_key"),
+            r.get("series_key"),
+            r.get("image_key"),
+        )
         if kind is None:
             kind = "volume" if r.get("frames", 1) > 1 and r.get("modality") in VOLUME_MODALITIES else "image"
     else:
@@ -817,13 +944,24 @@ def _image_row(r: dict, root: Path, salt: str, kind: str | None = None) -> dict:
     if not patient:
         patient = study or image
     return {
-        "image_id": image, "path": rel, "kind": kind, "files": None,
-        "patient_id": patient, "study_id": study or image, "series_id": series or study or image,
+        "image_id": image,
+        "path": rel,
+        "kind": kind,
+        "files": None,
+        "patient_id": patient,
+        "study_id": study or image,
+        "series_id": series or study or image,
         "modality": r.get("modality", "") or ("MR/CT" if hint == "nifti" else ""),
-        "view_position": r.get("view_position", "") or "", "body_part": r.get("body_part", "") or "",
-        "photometric": r.get("photometric", "") or "", "rows": r.get("rows", 0), "columns": r.get("columns", 0),
-        "frames": r.get("frames", 1), "sex": r.get("sex", "") or "", "age_group": r.get("age_group", "") or "",
-        "file_size": r.get("file_size", 0), "mtime": r.get("mtime", 0.0),
+        "view_position": r.get("view_position", "") or "",
+        "body_part": r.get("body_part", "") or "",
+        "photometric": r.get("photometric", "") or "",
+        "rows": r.get("rows", 0),
+        "columns": r.get("columns", 0),
+        "frames": r.get("frames", 1),
+        "sex": r.get("sex", "") or "",
+        "age_group": r.get("age_group", "") or "",
+        "file_size": r.get("file_size", 0),
+        "mtime": r.get("mtime", 0.0),
         "_accession": r.get("accession_key", ""),
     }
 
@@ -863,8 +1001,12 @@ def _attach_report(df: pd.DataFrame, rows: list[int], s: ReportSections, phi: se
     """Write a report's sections into the given rows, scrubbed of the patient's own and pattern-like identifiers."""
     if not rows:
         return
-    for column, text in (("report_indication", s.indication), ("report_findings", s.findings),
-                         ("report_impression", s.impression), ("report_text", s.text)):
+    for column, text in (
+        ("report_indication", s.indication),
+        ("report_findings", s.findings),
+        ("report_impression", s.impression),
+        ("report_text", s.text),
+    ):
         df.loc[rows, column] = scrub_identifiers(scrub_with_hashes(text or "", phi, salt))
 
 
@@ -883,7 +1025,8 @@ def _warn_phi_in_paths(df: pd.DataFrame, phi_by_study: dict[str, set[str]], salt
     if n:
         result.warnings.append(
             f"{n} file paths contain a patient name or ID: the manifest's 'path' column is then not de-identified; "
-            "share the cache (which holds no paths), not the manifest")
+            "share the cache (which holds no paths), not the manifest"
+        )
 
 
 def _write_skipped(manifest_path: Path, bad: list[dict]) -> None:

@@ -24,6 +24,7 @@ REPORT_COLUMNS = ("report_indication", "report_findings", "report_impression", "
 
 def report_sections(row: Mapping[str, object]) -> dict[str, str]:
     """The sections of one manifest row: split sections when present, else the full text."""
+
     def text(col: str) -> str:
         v = row.get(col)
         return v if isinstance(v, str) else ""
@@ -33,9 +34,13 @@ def report_sections(row: Mapping[str, object]) -> dict[str, str]:
     return {"text": text("report_text")} if text("report_text").strip() else {}
 
 
-def label_manifest(manifest_path: str | Path, output_path: str | Path | None = None,
-                   findings: str | Iterable[str] | None = None, progress: bool = True,
-                   labeler: Labeler | None = None) -> pd.DataFrame:
+def label_manifest(
+    manifest_path: str | Path,
+    output_path: str | Path | None = None,
+    findings: str | Iterable[str] | None = None,
+    progress: bool = True,
+    labeler: Labeler | None = None,
+) -> pd.DataFrame:
     """Add ``label.<concept_id>`` (float32) and ``label_evidence`` (JSON) columns to a manifest.
 
     Reads the Parquet, labels every row's report, and writes atomically to ``output_path`` (or
@@ -59,9 +64,13 @@ def label_manifest(manifest_path: str | Path, output_path: str | Path | None = N
         raise ValueError(f"{manifest_path}: no report columns (expected one of {', '.join(REPORT_COLUMNS)})")
     if labeler is None:
         labeler = ReportLabeler(findings=findings)
-    wanted = labeler.findings if findings is None else [f for f in labeler.findings
-                                                        if f in set(labeler.graph.resolve(findings))] \
-        if hasattr(labeler, "graph") else labeler.findings
+    wanted = (
+        labeler.findings
+        if findings is None
+        else [f for f in labeler.findings if f in set(labeler.graph.resolve(findings))]
+        if hasattr(labeler, "graph")
+        else labeler.findings
+    )
     df = table.to_pandas()
     df = df.drop(columns=[c for c in df.columns if c.startswith(LABEL_PREFIX) or c == "label_evidence"])
     values = np.full((len(df), len(wanted)), np.nan, dtype=np.float32)
@@ -70,14 +79,19 @@ def label_manifest(manifest_path: str | Path, output_path: str | Path | None = N
     for i, row in enumerate(tqdm(rows, desc="labelling reports", unit="report", disable=not progress)):
         result = labeler.label(report_sections(row))
         values[i] = [result[cid].value for cid in wanted]
-        evidence.append(json.dumps({cid: result[cid].to_json() for cid in wanted
-                                    if result[cid].status != NOT_MENTIONED}, ensure_ascii=False))
+        evidence.append(
+            json.dumps(
+                {cid: result[cid].to_json() for cid in wanted if result[cid].status != NOT_MENTIONED},
+                ensure_ascii=False,
+            )
+        )
     labels = pd.DataFrame(values, columns=[f"{LABEL_PREFIX}{cid}" for cid in wanted], index=df.index)
     df = pd.concat([df, labels], axis=1)
     df["label_evidence"] = evidence
     # paths stay as stored (relative to the export root named in the metadata, which is kept)
-    write_manifest(df, Path(output_path) if output_path is not None else manifest_path,
-                   extra=manifest_metadata(manifest_path))
+    write_manifest(
+        df, Path(output_path) if output_path is not None else manifest_path, extra=manifest_metadata(manifest_path)
+    )
     return df
 
 

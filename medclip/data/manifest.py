@@ -12,10 +12,29 @@ import pyarrow.parquet as pq
 
 #: Columns every manifest has, in order. Labels (``label.<concept>``) are added by ``medclip label``.
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "image_id", "path", "kind", "files", "patient_id", "study_id", "series_id",
-    "modality", "view_position", "body_part", "photometric", "rows", "columns", "frames",
-    "sex", "age_group", "report_indication", "report_findings", "report_impression", "report_text",
-    "split", "file_size", "mtime",
+    "image_id",
+    "path",
+    "kind",
+    "files",
+    "patient_id",
+    "study_id",
+    "series_id",
+    "modality",
+    "view_position",
+    "body_part",
+    "photometric",
+    "rows",
+    "columns",
+    "frames",
+    "sex",
+    "age_group",
+    "report_indication",
+    "report_findings",
+    "report_impression",
+    "report_text",
+    "split",
+    "file_size",
+    "mtime",
 )
 LABEL_PREFIX = "label."
 _META_KEY = b"medclip"
@@ -30,8 +49,9 @@ def label_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(LABEL_PREFIX)]
 
 
-def write_manifest(df: pd.DataFrame, path: str | Path, root: str | Path | None = None,
-                   extra: dict | None = None) -> str | Path:
+def write_manifest(
+    df: pd.DataFrame, path: str | Path, root: str | Path | None = None, extra: dict | None = None
+) -> str | Path:
     """Write atomically as Parquet; ``path`` values are stored relative to ``root`` (kept in the file metadata).
 
     ``path`` may be an fsspec URL (``s3://bucket/manifest.parquet``): the file is uploaded once written.
@@ -105,9 +125,13 @@ def read_manifest(path: str | Path, *, resolve_paths: bool = True, root: str | P
     missing = [c for c in ("image_id", "path", "split") if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: not a medclip manifest, missing columns {missing}")
-    base = storage.as_location(str(root)) if root is not None else (
-        Path(meta["root"]) if meta.get("root") else storage.parent(path))
+    base = (
+        storage.as_location(str(root))
+        if root is not None
+        else (Path(meta["root"]) if meta.get("root") else storage.parent(path))
+    )
     if resolve_paths:
+
         def absolute(p: str) -> str:
             return str(p) if Path(p).is_absolute() or storage.is_url(p) else str(storage.join(base, p))
 
@@ -118,9 +142,15 @@ def read_manifest(path: str | Path, *, resolve_paths: bool = True, root: str | P
     return df
 
 
-def manifest_from_records(records: pd.DataFrame, root: str | Path, *, salt: str | None = None,
-                          fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
-                          require_files: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+def manifest_from_records(
+    records: pd.DataFrame,
+    root: str | Path,
+    *,
+    salt: str | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    require_files: bool = True,
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """A manifest from a published dataset's table (used by the recipes in ``datasets/``).
 
     ``records`` has at least ``path`` (relative to ``root``) and ``patient`` (the dataset's raw patient
@@ -144,13 +174,15 @@ def manifest_from_records(records: pd.DataFrame, root: str | Path, *, salt: str 
         exists = [(root / str(p)).is_file() for p in df["path"]]
         counts["missing_files"] = int(len(df) - sum(exists))
         df = df[exists].reset_index(drop=True)
-    out = pd.DataFrame({
-        "image_id": [hash_identifier(p, salt) for p in df["path"].astype(str)],
-        "path": df["path"].astype(str),
-        "kind": df.get("kind", pd.Series(["image"] * len(df))),
-        "files": [None] * len(df),
-        "patient_id": [hash_identifier(p, salt) for p in df["patient"].astype(str)],
-    })
+    out = pd.DataFrame(
+        {
+            "image_id": [hash_identifier(p, salt) for p in df["path"].astype(str)],
+            "path": df["path"].astype(str),
+            "kind": df.get("kind", pd.Series(["image"] * len(df))),
+            "files": [None] * len(df),
+            "patient_id": [hash_identifier(p, salt) for p in df["patient"].astype(str)],
+        }
+    )
     study = df["study"].astype(str) if "study" in df else df["path"].map(lambda p: str(Path(str(p)).parent))
     out["study_id"] = [hash_identifier(f"{p}/{s}", salt) for p, s in zip(df["patient"].astype(str), study)]
     out["series_id"] = out["study_id"]
@@ -167,7 +199,9 @@ def manifest_from_records(records: pd.DataFrame, root: str | Path, *, salt: str 
         out.at[i, "report_findings"], out.at[i, "report_impression"] = s.findings, s.impression
         out.at[i, "report_indication"] = out.at[i, "report_indication"] or s.indication
     if "split" in df and df["split"].notna().all():
-        out["split"] = df["split"].astype(str).str.lower().replace({"validate": "val", "valid": "val", "validation": "val"})
+        out["split"] = (
+            df["split"].astype(str).str.lower().replace({"validate": "val", "valid": "val", "validation": "val"})
+        )
     else:
         out["split"] = assign_splits(out["patient_id"], fractions, seed)
     out["file_size"] = [int((root / p).stat().st_size) if (root / p).is_file() else 0 for p in out["path"]]

@@ -15,20 +15,39 @@ REDACTED = "XXXX"
 #: Canonical section names and the headers that introduce them (case-insensitive).
 SECTION_HEADERS: dict[str, tuple[str, ...]] = {
     "indication": (
-        "indication", "indications", "clinical indication", "clinical history", "history",
-        "clinical information", "clinical notes", "reason for exam", "reason for study",
-        "reason for examination", "clinical data", "clinical details",
+        "indication",
+        "indications",
+        "clinical indication",
+        "clinical history",
+        "history",
+        "clinical information",
+        "clinical notes",
+        "reason for exam",
+        "reason for study",
+        "reason for examination",
+        "clinical data",
+        "clinical details",
     ),
     "comparison": ("comparison", "comparisons", "prior", "priors", "prior studies"),
     "technique": ("technique", "examination", "exam", "procedure", "views"),
     "findings": ("findings", "finding", "report", "description", "body"),
-    "impression": ("impression", "impressions", "conclusion", "conclusions", "summary", "opinion",
-                   "diagnosis", "interpretation", "assessment"),
+    "impression": (
+        "impression",
+        "impressions",
+        "conclusion",
+        "conclusions",
+        "summary",
+        "opinion",
+        "diagnosis",
+        "interpretation",
+        "assessment",
+    ),
 }
 
 _HEADER_TO_SECTION = {h: s for s, hs in SECTION_HEADERS.items() for h in hs}
 _HEADER_RE = re.compile(
-    r"(?im)(?:^|(?<=[\n.;]))[ \t]*(" + "|".join(sorted((re.escape(h) for h in _HEADER_TO_SECTION), key=len, reverse=True))
+    r"(?im)(?:^|(?<=[\n.;]))[ \t]*("
+    + "|".join(sorted((re.escape(h) for h in _HEADER_TO_SECTION), key=len, reverse=True))
     + r")[ \t]*:[ \t]*"
 )
 
@@ -75,7 +94,7 @@ def parse_sections(text: object) -> ReportSections:
         sections.other.append(lead)
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(clean)
-        body = clean[m.end(): end].strip()
+        body = clean[m.end() : end].strip()
         name = _HEADER_TO_SECTION[m.group(1).lower()]
         prev = getattr(sections, name)
         setattr(sections, name, f"{prev} {body}".strip() if prev else body)
@@ -84,11 +103,16 @@ def parse_sections(text: object) -> ReportSections:
     return sections
 
 
-def sections_from_fields(findings: object = "", impression: object = "", indication: object = "",
-                         comparison: object = "", text: object = "") -> ReportSections:
+def sections_from_fields(
+    findings: object = "", impression: object = "", indication: object = "", comparison: object = "", text: object = ""
+) -> ReportSections:
     """Sections from already-separated fields (e.g. a reports CSV with one column per section)."""
-    s = ReportSections(indication=_clean(indication), comparison=_clean(comparison),
-                       findings=_clean(findings), impression=_clean(impression))
+    s = ReportSections(
+        indication=_clean(indication),
+        comparison=_clean(comparison),
+        findings=_clean(findings),
+        impression=_clean(impression),
+    )
     if not (s.findings or s.impression) and _clean(text):
         parsed = parse_sections(text)
         parsed.indication = parsed.indication or s.indication
@@ -113,10 +137,14 @@ def split_sentences(text: str) -> list[str]:
 _DATE_RES = (
     re.compile(r"\b\d{1,4}([/.-])\d{1,2}\1\d{1,4}\b"),  # one separator throughout: "1-1/2 weeks" is no date
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
-    re.compile(r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+(?:19|20)\d{2}\b",
-               re.IGNORECASE),
-    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?,?\s+(?:19|20)\d{2}\b",
-               re.IGNORECASE),
+    re.compile(
+        r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+(?:19|20)\d{2}\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?,?\s+(?:19|20)\d{2}\b",
+        re.IGNORECASE,
+    ),
 )
 #: ID-like tokens: 7+ characters of capitals, digits and dashes holding at least 5 digits (MRNs, accession
 #: numbers), but not clinical names such as COVID-19, H1N1 or T10-T12.
@@ -133,12 +161,81 @@ _TITLED_NAME = re.compile(_TITLE + r"[ \t]+(" + _NAME_TOKEN + r"(?:[ \t]+" + _NA
 #: Capitalised words that may follow a title-like abbreviation ("... lateral DR. Findings ...") but are no names.
 _NOT_NAMES = frozenset(
     {h for hs in SECTION_HEADERS.values() for h in hs for h in h.split()}
-    | {"no", "the", "there", "this", "these", "a", "an", "and", "or", "at", "on", "by", "via", "was", "were", "is",
-       "are", "has", "had", "heart", "lung", "lungs", "chest", "normal", "stable", "unchanged", "cardiac",
-       "mediastinal", "bony", "osseous", "left", "right", "bilateral", "mild", "moderate", "severe", "small",
-       "large", "interval", "again", "otherwise", "clear", "please", "called", "notified", "pa", "ap", "lateral",
-       "frontal", "portable", "xray", "x-ray", "ct", "mri", "mr", "dr", "cxr", "view", "views", "image", "images",
-       "study", "status", "post", "new", "old", "prior", "previous", "today", "patient", "pt", "which", "who"}
+    | {
+        "no",
+        "the",
+        "there",
+        "this",
+        "these",
+        "a",
+        "an",
+        "and",
+        "or",
+        "at",
+        "on",
+        "by",
+        "via",
+        "was",
+        "were",
+        "is",
+        "are",
+        "has",
+        "had",
+        "heart",
+        "lung",
+        "lungs",
+        "chest",
+        "normal",
+        "stable",
+        "unchanged",
+        "cardiac",
+        "mediastinal",
+        "bony",
+        "osseous",
+        "left",
+        "right",
+        "bilateral",
+        "mild",
+        "moderate",
+        "severe",
+        "small",
+        "large",
+        "interval",
+        "again",
+        "otherwise",
+        "clear",
+        "please",
+        "called",
+        "notified",
+        "pa",
+        "ap",
+        "lateral",
+        "frontal",
+        "portable",
+        "xray",
+        "x-ray",
+        "ct",
+        "mri",
+        "mr",
+        "dr",
+        "cxr",
+        "view",
+        "views",
+        "image",
+        "images",
+        "study",
+        "status",
+        "post",
+        "new",
+        "old",
+        "prior",
+        "previous",
+        "today",
+        "patient",
+        "pt",
+        "which",
+        "who",
+    }
 )
 
 
@@ -161,8 +258,8 @@ def _scrub_titled_names(text: str) -> str:
         for word in kept:  # redact word by word, keeping the spacing and anything after the last name
             i = names.index(word)
             core = word.rstrip("-'\u2019.")  # trailing punctuation ("J.", "XXXX-") stays as it was
-            head += names[:i] + REDACTED + word[len(core):]
-            names = names[i + len(word):]
+            head += names[:i] + REDACTED + word[len(core) :]
+            names = names[i + len(word) :]
         return head + names
 
     return _TITLED_NAME.sub(repl, text)
@@ -215,9 +312,40 @@ def identifier_tokens(values: Iterable[object]) -> set[str]:
 
 
 #: Words staff-name fields often hold that are roles or modalities, not names ("CT^TECH", "RADIOLOGY").
-_ROLE_WORDS = frozenset({"tech", "techs", "technologist", "radiographer", "radiologist", "radiology", "rad", "md",
-                         "do", "rn", "rt", "phd", "mba", "resident", "fellow", "attending", "staff", "physician",
-                         "doctor", "cr", "dx", "us", "nm", "pt", "xa", "mg", "department", "dept", "er", "ed"})
+_ROLE_WORDS = frozenset(
+    {
+        "tech",
+        "techs",
+        "technologist",
+        "radiographer",
+        "radiologist",
+        "radiology",
+        "rad",
+        "md",
+        "do",
+        "rn",
+        "rt",
+        "phd",
+        "mba",
+        "resident",
+        "fellow",
+        "attending",
+        "staff",
+        "physician",
+        "doctor",
+        "cr",
+        "dx",
+        "us",
+        "nm",
+        "pt",
+        "xa",
+        "mg",
+        "department",
+        "dept",
+        "er",
+        "ed",
+    }
+)
 
 
 def staff_name_tokens(values: Iterable[object]) -> set[str]:

@@ -36,15 +36,16 @@ class Shard:
     def block(self, items: Sequence[T]) -> list[T]:
         """This task's contiguous block of ``items`` (blocks keep a folder's files together)."""
         n = len(items)
-        return list(items[self.index * n // self.count:(self.index + 1) * n // self.count])
+        return list(items[self.index * n // self.count : (self.index + 1) * n // self.count])
 
     def owns(self, k: int) -> bool:
         """Round-robin ownership of item number ``k``."""
         return k % self.count == self.index
 
 
-def resolve_shard(num_shards: int | None = None, shard_index: int | None = None,
-                  env: Mapping[str, str] | None = None) -> Shard:
+def resolve_shard(
+    num_shards: int | None = None, shard_index: int | None = None, env: Mapping[str, str] | None = None
+) -> Shard:
     """The shard of this task: the arguments, else a SLURM array job's variables, else the whole (0 of 1).
 
     Inside an array job the task number is ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` (arrays may start
@@ -58,8 +59,10 @@ def resolve_shard(num_shards: int | None = None, shard_index: int | None = None,
         low = int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
         high = int(env.get("SLURM_ARRAY_TASK_MAX") or low + count - 1)
         if high - low + 1 != count:
-            raise ValueError(f"SLURM array ids {low}..{high} are not {count} consecutive numbers (a step or gaps in "
-                             "--array): use --array=0-N-1, or pass --num-shards and --shard-index")
+            raise ValueError(
+                f"SLURM array ids {low}..{high} are not {count} consecutive numbers (a step or gaps in "
+                "--array): use --array=0-N-1, or pass --num-shards and --shard-index"
+            )
         num_shards, shard_index = count, task - low
     if num_shards is None and shard_index is None:
         return Shard()
@@ -67,7 +70,9 @@ def resolve_shard(num_shards: int | None = None, shard_index: int | None = None,
         raise ValueError("give both --num-shards and --shard-index (or neither)")
     num_shards, shard_index = int(num_shards), int(shard_index)
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}")
+        raise ValueError(
+            f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, got {shard_index}"
+        )
     return Shard(shard_index, num_shards)
 
 

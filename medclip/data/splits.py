@@ -28,14 +28,17 @@ def assign_split(patient_id: str, fractions: tuple[float, float, float] = (0.8, 
     return "test"
 
 
-def assign_splits(patient_ids: pd.Series, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                  seed: int = 0) -> pd.Series:
+def assign_splits(
+    patient_ids: pd.Series, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> pd.Series:
     """Split label per row, constant within each patient."""
     unique = {p: assign_split(str(p), fractions, seed) for p in pd.unique(patient_ids)}
     return patient_ids.map(unique)
 
 
-def patients_in_several_splits(df: pd.DataFrame, patient_col: str = "patient_id", split_col: str = "split") -> list[str]:
+def patients_in_several_splits(
+    df: pd.DataFrame, patient_col: str = "patient_id", split_col: str = "split"
+) -> list[str]:
     """Patients (hashed ids) whose rows fall in more than one split: leakage."""
     if df.empty or split_col not in df or patient_col not in df:
         return []

@@ -29,7 +29,7 @@ def is_url(location: Location | Any) -> bool:
 def as_location(location: Location | os.PathLike[str]) -> Location:
     """A URL stays a string (``Path`` would fold ``s3://`` into ``s3:/``); anything else becomes a ``Path``."""
     if isinstance(location, str) and location.startswith("file://"):
-        return Path(location[len("file://"):])
+        return Path(location[len("file://") :])
     return str(location) if is_url(location) else Path(location)
 
 

@@ -84,36 +84,53 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
     """The triage page on a loaded engine (``limits``: the upload limits, default ``UploadLimits()``)."""
     limits = limits if limits is not None else UploadLimits()
     examples = bundled_examples()
-    with gr.Blocks(title="medclip triage demo (research use only)", analytics_enabled=False,
-                   delete_cache=(300, 900)) as demo:
-        gr.HTML(f"<div id='research-notice' role='note' style='background:#fef3f2;border:2px solid #b42318;"
-                f"padding:10px;font-weight:bold;color:#b42318'>&#9888; {NOTICE}</div>")
+    with gr.Blocks(
+        title="medclip triage demo (research use only)", analytics_enabled=False, delete_cache=(300, 900)
+    ) as demo:
+        gr.HTML(
+            f"<div id='research-notice' role='note' style='background:#fef3f2;border:2px solid #b42318;"
+            f"padding:10px;font-weight:bold;color:#b42318'>&#9888; {NOTICE}</div>"
+        )
         if engine.gallery_note:
             gr.Markdown(engine.gallery_note)
         study_state = gr.State(None, time_to_live=1800)
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Upload DICOM, zipped DICOM series, NIfTI, PNG or JPEG", type="filepath",
-                                 elem_id="upload")
+                upload = gr.File(
+                    label="Upload DICOM, zipped DICOM series, NIfTI, PNG or JPEG", type="filepath", elem_id="upload"
+                )
                 with gr.Row():
-                    example = gr.Dropdown(list(examples), label="or pick a bundled example", value=None,
-                                          elem_id="example")
+                    example = gr.Dropdown(
+                        list(examples), label="or pick a bundled example", value=None, elem_id="example"
+                    )
                 with gr.Group(visible=False) as window_group:
-                    window = gr.Dropdown(WINDOW_CHOICES, value=AUTO_WINDOW, label="Window / level preset",
-                                         elem_id="window")
+                    window = gr.Dropdown(
+                        WINDOW_CHOICES, value=AUTO_WINDOW, label="Window / level preset", elem_id="window"
+                    )
                     with gr.Row():
                         center = gr.Number(label="center (Enter applies)", value=40.0)
                         width = gr.Number(label="width (Enter applies)", value=400.0)
                     slice_index = gr.Slider(0, 1, value=0, step=1, label="slice", visible=False, elem_id="slice")
-                preview = gr.Image(label="What the model sees", type="numpy", image_mode="L", interactive=False,
-                                   height=320, elem_id="preview")
+                preview = gr.Image(
+                    label="What the model sees",
+                    type="numpy",
+                    image_mode="L",
+                    interactive=False,
+                    height=320,
+                    elem_id="preview",
+                )
                 header = gr.HTML(elem_id="header-box")
             with gr.Column(scale=2):
                 status = gr.HTML(elem_id="status")
                 priority = gr.HTML(elem_id="priority-box")
                 findings = gr.HTML(elem_id="findings-box")
-                report = gr.Textbox(label="Drafted report (edit, then copy)", lines=6, buttons=["copy"],
-                                    interactive=True, elem_id="drafted-report")
+                report = gr.Textbox(
+                    label="Drafted report (edit, then copy)",
+                    lines=6,
+                    buttons=["copy"],
+                    interactive=True,
+                    elem_id="drafted-report",
+                )
                 similar = gr.HTML(elem_id="similar-box")
 
         outputs = [preview, status, priority, findings, report, similar]
@@ -131,8 +148,14 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
                 return [None, render_error(f"{study.name}: prediction failed ({type(exc).__name__})"), "", "", "", ""]
             took = sum(result.timings.values())
             note = f"<span id='timing' style='font-size:0.85em'>{study.name}: prediction in {took * 1000:.0f} ms</span>"
-            return [_enlarge(view), note, render_priority(result.priority), render_findings(result.findings),
-                    result.report_text, render_similar(result.similar, engine.gallery_note)]
+            return [
+                _enlarge(view),
+                note,
+                render_priority(result.priority),
+                render_findings(result.findings),
+                result.report_text,
+                render_similar(result.similar, engine.gallery_note),
+            ]
 
         def load(path: str | None, name: str | None = None):
             hidden = [gr.update(visible=False), gr.update(visible=False, maximum=1, value=0)]
@@ -145,23 +168,39 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
             except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure must not take the page down
                 # the message may hold the file name (possible PHI): log only where it failed
                 frame = traceback.extract_tb(exc.__traceback__)[-1]
-                print(f"upload failed: {type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}",
-                      file=sys.stderr)
-                return [None, *hidden, "", None,
-                        render_error(f"{name or Path(path).name}: could not be read ({type(exc).__name__})"),
-                        "", "", "", ""]
+                print(
+                    f"upload failed: {type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}",
+                    file=sys.stderr,
+                )
+                return [
+                    None,
+                    *hidden,
+                    "",
+                    None,
+                    render_error(f"{name or Path(path).name}: could not be read ({type(exc).__name__})"),
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
             finally:
                 if name is None:
                     _forget_upload(path)
             n = study.n_slices
-            controls = [gr.update(visible=study.windowable),
-                        gr.update(visible=n > 1, maximum=max(n - 1, 1), value=n // 2)]
+            controls = [
+                gr.update(visible=study.windowable),
+                gr.update(visible=n > 1, maximum=max(n - 1, 1), value=n // 2),
+            ]
             first = predict(study, AUTO_WINDOW, None, None, n // 2)
             return [study, *controls, render_header(study.header), *first]
 
         load_outputs = [study_state, window_group, slice_index, header, *outputs]
-        upload.upload(lambda p: [*load(p), gr.update(value=AUTO_WINDOW)], inputs=upload,
-                      outputs=[*load_outputs, window], api_name="load_upload")
+        upload.upload(
+            lambda p: [*load(p), gr.update(value=AUTO_WINDOW)],
+            inputs=upload,
+            outputs=[*load_outputs, window],
+            api_name="load_upload",
+        )
 
         def load_example(label: str | None):
             loaded = load(str(examples[label]), label) if label in examples else load(None)
@@ -180,14 +219,24 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
 
         window.input(choose_window, inputs=controls, outputs=[*outputs, center, width], api_name="predict")
         for event in (center.submit, width.submit):
-            event(custom_window, inputs=[study_state, center, width, slice_index], outputs=[*outputs, window],
-                  api_visibility="private")
+            event(
+                custom_window,
+                inputs=[study_state, center, width, slice_index],
+                outputs=[*outputs, window],
+                api_visibility="private",
+            )
         slice_index.release(predict, inputs=controls, outputs=outputs, api_visibility="private")
     return demo
 
 
-def serve(engine: TriageEngine, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
-          limits: UploadLimits | None = None) -> int:
+def serve(
+    engine: TriageEngine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    limits: UploadLimits | None = None,
+) -> int:
     """Build the page and serve it until interrupted."""
     limits = limits if limits is not None else UploadLimits()
     # SIGTERM should clean up like Ctrl-C does (atexit removes the temporary folder).

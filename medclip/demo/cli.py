@@ -48,23 +48,49 @@ Any checkpoint folder written by `medclip fit` (config.json + model.safetensors)
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (shared by ``medclip demo`` and ``python app.py``)."""
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"model folder (default: {QUICKSTART_MODEL} in the working directory)")
-    parser.add_argument("--gallery", type=Path, default=None,
-                        help="reference gallery folder (default: CHECKPOINT/gallery, built from the quick start's cache "
-                             "when that exists)")
-    parser.add_argument("--build-gallery", type=Path, default=None, metavar="MANIFEST_OR_CACHE",
-                        help="(re)build the gallery from a manifest (.parquet) or cache folder before serving")
-    parser.add_argument("--gallery-split", default="train", help="split the gallery studies come from ('all' for every split)")
-    parser.add_argument("--findings", default=None, help="task name or comma-separated concept ids (default: chexpert14)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"model folder (default: {QUICKSTART_MODEL} in the working directory)",
+    )
+    parser.add_argument(
+        "--gallery",
+        type=Path,
+        default=None,
+        help="reference gallery folder (default: CHECKPOINT/gallery, built from the quick start's cache "
+        "when that exists)",
+    )
+    parser.add_argument(
+        "--build-gallery",
+        type=Path,
+        default=None,
+        metavar="MANIFEST_OR_CACHE",
+        help="(re)build the gallery from a manifest (.parquet) or cache folder before serving",
+    )
+    parser.add_argument(
+        "--gallery-split", default="train", help="split the gallery studies come from ('all' for every split)"
+    )
+    parser.add_argument(
+        "--findings", default=None, help="task name or comma-separated concept ids (default: chexpert14)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860, help="port (0: the first free one from 7860)")
-    parser.add_argument("--auth", default=None, metavar="USER:PASS",
-                        help=f"require basic auth (or set ${AUTH_ENV}=user:pass)")
-    parser.add_argument("--max-upload-mb", type=float, default=UploadLimits.max_upload_bytes / 1024**2,
-                        help="largest accepted upload in MiB")
-    parser.add_argument("--max-megapixels", type=float, default=UploadLimits.max_pixels / 1e6,
-                        help="largest accepted 2D image in megapixels")
+    parser.add_argument(
+        "--auth", default=None, metavar="USER:PASS", help=f"require basic auth (or set ${AUTH_ENV}=user:pass)"
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=UploadLimits.max_upload_bytes / 1024**2,
+        help="largest accepted upload in MiB",
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=UploadLimits.max_pixels / 1e6,
+        help="largest accepted 2D image in megapixels",
+    )
     return parser
 
 
@@ -77,10 +103,13 @@ def build_demo_parser(prog: str = "app.py") -> argparse.ArgumentParser:
 
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand on the ``medclip`` command line."""
-    parser = subparsers.add_parser("demo", help="serve the Gradio triage demo on a checkpoint (offline, localhost)",
-                                   description="Triage demo: upload DICOM / zipped series / NIfTI / PNG / JPEG, get "
-                                               "ranked findings, priority, knowledge cards, similar studies and a "
-                                               "drafted report. Research use only.")
+    parser = subparsers.add_parser(
+        "demo",
+        help="serve the Gradio triage demo on a checkpoint (offline, localhost)",
+        description="Triage demo: upload DICOM / zipped series / NIfTI / PNG / JPEG, get "
+        "ranked findings, priority, knowledge cards, similar studies and a "
+        "drafted report. Research use only.",
+    )
     add_demo_arguments(parser)
     parser.set_defaults(func=run_demo)
     return parser
@@ -123,8 +152,12 @@ def load_engine(args: argparse.Namespace):  # -> TriageEngine (imported lazily: 
     gallery_dir = Path(args.gallery) if args.gallery is not None else default_gallery_dir(checkpoint)
     source = args.build_gallery
     quickstart_cache = checkpoint.parent / "cache"
-    if source is None and args.gallery is None and not (gallery_dir / GALLERY_INFO).is_file() \
-            and (quickstart_cache / "cache.json").is_file():
+    if (
+        source is None
+        and args.gallery is None
+        and not (gallery_dir / GALLERY_INFO).is_file()
+        and (quickstart_cache / "cache.json").is_file()
+    ):
         source = quickstart_cache
     if source is not None:
         split = None if args.gallery_split == "all" else args.gallery_split
@@ -138,8 +171,9 @@ def load_engine(args: argparse.Namespace):  # -> TriageEngine (imported lazily: 
 FORM_OVERHEAD_BYTES = 1024**2
 
 
-def launch_page(demo, *, host: str, port: int, auth: tuple[str, str] | None, limits: UploadLimits,
-                block: bool = True) -> str:
+def launch_page(
+    demo, *, host: str, port: int, auth: tuple[str, str] | None, limits: UploadLimits, block: bool = True
+) -> str:
     """Serve a built Gradio page on ``host:port`` and print its local URL; block until stopped unless ``block=False``.
 
     Uploads over ``limits.max_upload_bytes`` are refused with a 413 before their body is read
@@ -151,12 +185,23 @@ def launch_page(demo, *, host: str, port: int, auth: tuple[str, str] | None, lim
 
     from .uploads import UploadSizeLimit
 
-    demo.launch(server_name=host, server_port=port or None, auth=auth, max_file_size=limits.max_upload_bytes,
-                ssr_mode=False, share=False, inbrowser=False, footer_links=[], show_error=False,
-                auth_message="medclip triage demo - research use only" if auth else None,
-                quiet=True, prevent_thread_lock=True,
-                app_kwargs={"middleware": [Middleware(UploadSizeLimit,
-                                                      max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)]})
+    demo.launch(
+        server_name=host,
+        server_port=port or None,
+        auth=auth,
+        max_file_size=limits.max_upload_bytes,
+        ssr_mode=False,
+        share=False,
+        inbrowser=False,
+        footer_links=[],
+        show_error=False,
+        auth_message="medclip triage demo - research use only" if auth else None,
+        quiet=True,
+        prevent_thread_lock=True,
+        app_kwargs={
+            "middleware": [Middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)]
+        },
+    )
     url = str(demo.local_url)
     print(f"* Running on local URL:  {url}", flush=True)
     if block:
@@ -184,8 +229,10 @@ def run_demo(args: argparse.Namespace, serve: Callable[..., int] | None = None) 
         return 1
     args.checkpoint = checkpoint
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
-        print(f"warning: serving on {args.host} without --auth: anyone who can reach this address can use the demo",
-              file=sys.stderr)
+        print(
+            f"warning: serving on {args.host} without --auth: anyone who can reach this address can use the demo",
+            file=sys.stderr,
+        )
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 1024**2), max_pixels=int(args.max_megapixels * 1e6))
     try:
         engine = load_engine(args)

@@ -89,12 +89,14 @@ class TriageEngine:
         self.is_volume = bool(getattr(getattr(getattr(model, "config", None), "vision", None), "is_volume", False))
         self.model = model.eval()
         self.graph = graph or Graph.load()
-        self.classifier = ZeroShotClassifier.from_model(self.model, DEFAULT_FINDINGS if findings is None else findings,
-                                                        graph=self.graph)
+        self.classifier = ZeroShotClassifier.from_model(
+            self.model, DEFAULT_FINDINGS if findings is None else findings, graph=self.graph
+        )
         self.thresholds = dict(thresholds or {})
         self.uncertain_margin = float(uncertain_margin)
-        self.cards: dict[str, ConceptCard] = {cid: concept_card(self.graph, cid) for cid in self.classifier.findings
-                                              if cid in self.graph}
+        self.cards: dict[str, ConceptCard] = {
+            cid: concept_card(self.graph, cid) for cid in self.classifier.findings if cid in self.graph
+        }
         self.gallery = gallery
         self.drafter = drafter
         self.checkpoint_dir = checkpoint_dir
@@ -137,34 +139,50 @@ class TriageEngine:
         else:
             note = (note + " " if note else "") + (
                 f"No report drafter in the checkpoint: the drafted report is off. `medclip eval --checkpoint "
-                f"{checkpoint_dir} --manifest MANIFEST --task report --save-to-checkpoint` writes the one it scores.")
+                f"{checkpoint_dir} --manifest MANIFEST --task report --save-to-checkpoint` writes the one it scores."
+            )
         directory = Path(gallery_dir) if gallery_dir is not None else checkpoint.gallery
         if gallery_dir is not None or (directory / GALLERY_INFO).is_file():
             gallery = Gallery.load(directory, model, checkpoint=checkpoint_dir)
         else:
             note = (note + " " if note else "") + (
                 f"No reference gallery at {directory}: similar studies are off. Build one with "
-                f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`.")
-        engine = cls(model, findings=findings, thresholds=points.points if points else None,
-                     uncertain_margin=points.uncertain_margin if points else DEFAULT_UNCERTAIN_MARGIN, gallery=gallery,
-                     drafter=drafter, checkpoint_dir=checkpoint_dir, gallery_note=note)
+                f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`."
+            )
+        engine = cls(
+            model,
+            findings=findings,
+            thresholds=points.points if points else None,
+            uncertain_margin=points.uncertain_margin if points else DEFAULT_UNCERTAIN_MARGIN,
+            gallery=gallery,
+            drafter=drafter,
+            checkpoint_dir=checkpoint_dir,
+            gallery_note=note,
+        )
         shown = engine.classifier.findings
         if points is None:
-            calibration = ("No operating points (thresholds.json) in the checkpoint: every finding is shown as not "
-                           "calibrated (no call is made at a default 0.5) and none sets the triage priority. Choose them "
-                           "with "
-                           f"`{recalibrate_command(checkpoint_dir)}`.")
+            calibration = (
+                "No operating points (thresholds.json) in the checkpoint: every finding is shown as not "
+                "calibrated (no call is made at a default 0.5) and none sets the triage priority. Choose them "
+                "with "
+                f"`{recalibrate_command(checkpoint_dir)}`."
+            )
         else:
             missing = [cid for cid in shown if cid not in points.points or not points.points[cid].calibrated]
-            calibration = (f"{len(missing)} of {len(shown)} findings are not calibrated (their validation split lacked "
-                           "positives or negatives, or they were not evaluated): they are shown as such and never set "
-                           "the triage priority." if missing else "")
+            calibration = (
+                f"{len(missing)} of {len(shown)} findings are not calibrated (their validation split lacked "
+                "positives or negatives, or they were not evaluated): they are shown as such and never set "
+                "the triage priority."
+                if missing
+                else ""
+            )
         engine.gallery_note = " ".join(part for part in (note, calibration) if part)
         return engine
 
     # ----------------------------------------------------------------- what the model sees
-    def model_view(self, study: LoadedStudy | MedicalImage, window: WindowSpec = None,
-                   slice_index: int | None = None) -> np.ndarray:
+    def model_view(
+        self, study: LoadedStudy | MedicalImage, window: WindowSpec = None, slice_index: int | None = None
+    ) -> np.ndarray:
         """The uint8 (S, S) image the model sees (:func:`medclip.model.preprocess` with the checkpoint's
         preprocessing): one slice of a volume (default: the checkpoint's frame policy, the middle one),
         windowed (None: the window the model was trained with; ``"auto"``, a preset name or
@@ -184,15 +202,25 @@ class TriageEngine:
 
         image = study.image if isinstance(study, LoadedStudy) else study
         if not image.is_volume:
-            raise ValueError("this checkpoint reads CT/MR volumes: upload a series (a zip of its DICOM files) or a "
-                             "NIfTI file, not a 2D image")
+            raise ValueError(
+                "this checkpoint reads CT/MR volumes: upload a series (a zip of its DICOM files) or a "
+                "NIfTI file, not a 2D image"
+            )
         if image.metadata.get("window") is None:  # modality values (HU for CT): window as trained, or as asked
             meta = image.metadata
             file_window = None
             if meta.get("file_window_center") is not None and meta.get("file_window_width") is not None:
-                file_window = (meta["file_window_center"], meta["file_window_width"], meta.get("voi_lut_function") or "LINEAR")
-            array, used = window_image(image.array, self.preprocess.window_spec if window is None else window,
-                                       file_window=file_window, monochrome1=meta.get("photometric") == "MONOCHROME1")
+                file_window = (
+                    meta["file_window_center"],
+                    meta["file_window_width"],
+                    meta.get("voi_lut_function") or "LINEAR",
+                )
+            array, used = window_image(
+                image.array,
+                self.preprocess.window_spec if window is None else window,
+                file_window=file_window,
+                monochrome1=meta.get("photometric") == "MONOCHROME1",
+            )
             image = replace(image, array=array, metadata={**meta, **used})
         return preprocess(image, self.preprocess, kind="volume")
 
@@ -226,8 +254,14 @@ class TriageEngine:
         features = self.encode(pixels)
         t1 = time.perf_counter()
         probabilities = self.classifier.predict_proba(features)[0]
-        findings = rank_findings(probabilities, self.classifier.findings, self.graph, self.thresholds,
-                                 self.uncertain_margin, cards=self.cards)
+        findings = rank_findings(
+            probabilities,
+            self.classifier.findings,
+            self.graph,
+            self.thresholds,
+            self.uncertain_margin,
+            cards=self.cards,
+        )
         priority = triage_priority(findings)
         t2 = time.perf_counter()
         similar = self.gallery.search(features, self.k_similar) if self.gallery is not None else []
@@ -237,8 +271,9 @@ class TriageEngine:
         timings.update(encode=t1 - t0, classify=t2 - t1, similar=t3 - t2, draft=t4 - t3)
         return TriageResult(findings=findings, priority=priority, similar=similar, draft=draft, timings=timings)
 
-    def triage(self, study: LoadedStudy | MedicalImage, window: WindowSpec = None,
-               slice_index: int | None = None) -> tuple[np.ndarray, TriageResult]:
+    def triage(
+        self, study: LoadedStudy | MedicalImage, window: WindowSpec = None, slice_index: int | None = None
+    ) -> tuple[np.ndarray, TriageResult]:
         """:meth:`model_view` then :meth:`predict`; returns the view and the result. A 3D model predicts on
         the whole volume (:meth:`model_volume`); the view is the chosen slice of it."""
         t0 = time.perf_counter()
@@ -252,4 +287,3 @@ class TriageEngine:
         result = self.predict(volume)
         result.timings = {"view": t1 - t0, **result.timings}
         return pixels, result
-

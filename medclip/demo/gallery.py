@@ -51,8 +51,16 @@ GALLERY_TABLE = "gallery.parquet"
 THUMBNAILS = "thumbnails"
 THUMBNAIL_SIZE = 160
 #: Columns kept from the manifest: salted-hash ids, acquisition facts and the scrubbed report.
-TABLE_COLUMNS = ("image_id", "study_id", "split", "modality", "view_position", "report_findings",
-                 "report_impression", "report_text")
+TABLE_COLUMNS = (
+    "image_id",
+    "study_id",
+    "split",
+    "modality",
+    "view_position",
+    "report_findings",
+    "report_impression",
+    "report_text",
+)
 
 
 class GalleryError(ValueError):
@@ -139,11 +147,16 @@ def build_gallery(
     pre = _preprocess(model)
     size = pre.image_size
     if isinstance(source, (str, Path)) and Path(source).is_dir():
-        built = PreprocessConfig.from_dict(read_cache_index(source).get("config", {}), strict=False)  # CacheError: not a cache
+        built = PreprocessConfig.from_dict(
+            read_cache_index(source).get("config", {}), strict=False
+        )  # CacheError: not a cache
         if built.window != pre.window:
-            log.warning("gallery: the cache's images were windowed with %r, the model was trained with %r: "
-                        "build the gallery from the manifest to embed the model's own pixels",
-                        built.window, pre.window)
+            log.warning(
+                "gallery: the cache's images were windowed with %r, the model was trained with %r: "
+                "build the gallery from the manifest to embed the model's own pixels",
+                built.window,
+                pre.window,
+            )
         total = sum(count for _, count in cache_shards(source, split))  # 2D or not: an upper bound
         rows = _rows_from_cache(Path(source), split, size)
         origin = f"cache {Path(source).name}"
@@ -171,8 +184,16 @@ def build_gallery(
             embeddings.append(model.encode_image(x, normalize=True).float().cpu())
             batch.clear()
 
-    bar = tqdm(rows, total=total, desc="gallery: embedding images", unit="img", disable=not progress,
-               file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    bar = tqdm(
+        rows,
+        total=total,
+        desc="gallery: embedding images",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
     try:
         for meta, pixels in bar:
             text = report_text(meta, "body")
@@ -189,7 +210,9 @@ def build_gallery(
         bar.close()
         model.train(was_training)
     if not records:
-        raise GalleryError(f"{origin}: no 2D images with a report{f' in split {split!r}' if split else ''} to build a gallery from")
+        raise GalleryError(
+            f"{origin}: no 2D images with a report{f' in split {split!r}' if split else ''} to build a gallery from"
+        )
     from safetensors.torch import save_file
 
     # Each file all or nothing, gallery.json last: a rebuild that fails half-way leaves the old gallery readable.
@@ -199,9 +222,16 @@ def build_gallery(
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     with atomic_write(out / GALLERY_TABLE) as tmp:
         table.to_parquet(tmp, index=False)
-    info = {"format": GALLERY_FORMAT, "model_fingerprint": model_fingerprint(model), "size": len(records),
-            "embed_dim": int(matrix.shape[1]), "image_size": size, "split": split, "source": origin,
-            "source_path": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None}
+    info = {
+        "format": GALLERY_FORMAT,
+        "model_fingerprint": model_fingerprint(model),
+        "size": len(records),
+        "embed_dim": int(matrix.shape[1]),
+        "image_size": size,
+        "split": split,
+        "source": origin,
+        "source_path": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None,
+    }
     with atomic_write(out / GALLERY_INFO) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
     return out
@@ -223,16 +253,19 @@ class Gallery:
         return len(self.table)
 
     @classmethod
-    def load(cls, directory: str | Path, model: EmbeddingModel | None = None, *,
-             checkpoint: str | Path | None = None) -> Gallery:
+    def load(
+        cls, directory: str | Path, model: EmbeddingModel | None = None, *, checkpoint: str | Path | None = None
+    ) -> Gallery:
         """Read a gallery folder; with ``model`` (or ``checkpoint``, whose cached fingerprint is used),
         check that it was built with that model: another model's gallery is refused with the command
         that rebuilds it."""
         directory = Path(directory)
         info_path = directory / GALLERY_INFO
         if not info_path.is_file():
-            raise GalleryError(f"{directory}: not a gallery folder ({GALLERY_INFO} missing); "
-                               "build one with medclip.demo.build_gallery or `medclip demo --build-gallery`")
+            raise GalleryError(
+                f"{directory}: not a gallery folder ({GALLERY_INFO} missing); "
+                "build one with medclip.demo.build_gallery or `medclip demo --build-gallery`"
+            )
         try:
             info = json.loads(info_path.read_text())
             from safetensors.torch import load_file
@@ -243,19 +276,32 @@ class Gallery:
             raise GalleryError(f"{directory}: cannot read the gallery ({type(exc).__name__}: {exc})") from exc
         if info.get("format") != GALLERY_FORMAT:
             raise GalleryError(f"{info_path}: not a medclip gallery (format != {GALLERY_FORMAT!r})")
-        expected = (CheckpointDir(checkpoint).fingerprint() if checkpoint is not None
-                    else model_fingerprint(model) if model is not None else None)
+        expected = (
+            CheckpointDir(checkpoint).fingerprint()
+            if checkpoint is not None
+            else model_fingerprint(model)
+            if model is not None
+            else None
+        )
         if expected is not None and info.get("model_fingerprint") != expected:
             source = info.get("source_path")
-            parts = ["medclip", "demo", "--checkpoint", str(checkpoint) if checkpoint is not None else "CHECKPOINT",
-                     "--build-gallery", str(source) if source else "MANIFEST_OR_CACHE"]
+            parts = [
+                "medclip",
+                "demo",
+                "--checkpoint",
+                str(checkpoint) if checkpoint is not None else "CHECKPOINT",
+                "--build-gallery",
+                str(source) if source else "MANIFEST_OR_CACHE",
+            ]
             if checkpoint is None or CheckpointDir(checkpoint).gallery.resolve() != directory.resolve():
                 parts += ["--gallery", str(directory)]
             if info.get("split", "train") != "train":
                 parts += ["--gallery-split", str(info.get("split") or "all")]
             command = " ".join(p if p in ("CHECKPOINT", "MANIFEST_OR_CACHE") else shlex.quote(p) for p in parts)
-            raise GalleryError(f"{directory}: built with another model (fingerprint {info.get('model_fingerprint')}, "
-                               f"this model's is {expected}); rebuild it for this checkpoint with: {command}")
+            raise GalleryError(
+                f"{directory}: built with another model (fingerprint {info.get('model_fingerprint')}, "
+                f"this model's is {expected}); rebuild it for this checkpoint with: {command}"
+            )
         return cls(directory, embeddings, table, info)
 
     @property
@@ -275,10 +321,17 @@ class Gallery:
                 continue
             seen.add(study)
             thumb = self.directory / THUMBNAILS / f"{row['image_id']}.png"
-            out.append(GalleryMatch(rank=len(out) + 1, score=float(score), image_id=str(row["image_id"]),
-                                    study_id=str(row["study_id"]), view_position=str(row.get("view_position", "")),
-                                    report=report_text(row.to_dict(), "body"),
-                                    thumbnail=thumb if thumb.is_file() else None))
+            out.append(
+                GalleryMatch(
+                    rank=len(out) + 1,
+                    score=float(score),
+                    image_id=str(row["image_id"]),
+                    study_id=str(row["study_id"]),
+                    view_position=str(row.get("view_position", "")),
+                    report=report_text(row.to_dict(), "body"),
+                    thumbnail=thumb if thumb.is_file() else None,
+                )
+            )
             if len(out) == k:
                 break
         return out

@@ -18,8 +18,10 @@ from .triage import FindingResult, TriagePriority
 __all__ = ["NOTICE", "render_error", "render_findings", "render_header", "render_priority", "render_similar"]
 
 #: Shown on every page: the demo is a research tool.
-NOTICE = ("RESEARCH USE ONLY - NOT FOR DIAGNOSIS. Outputs come from a research model and have not been "
-          "validated for clinical use; a qualified clinician must read every study.")
+NOTICE = (
+    "RESEARCH USE ONLY - NOT FOR DIAGNOSIS. Outputs come from a research model and have not been "
+    "validated for clinical use; a qualified clinician must read every study."
+)
 
 _STATUS_STYLE = {"positive": "#b42318", "uncertain": "#b54708", "negative": "#475467", "not calibrated": "#98a2b3"}
 _PRIORITY_STYLE = {"urgent": "#b42318", "priority": "#b54708", "routine": "#027a48", "not calibrated": "#98a2b3"}
@@ -32,9 +34,11 @@ def _e(text: object) -> str:
 def render_priority(priority: TriagePriority) -> str:
     """A coloured banner: URGENT / PRIORITY / ROUTINE with the findings that set it."""
     colour = _PRIORITY_STYLE.get(priority.level, "#475467")
-    parts = [f"<div id='triage-priority' data-level='{_e(priority.level)}' style='border-left:6px solid {colour};"
-             f"padding:8px 12px;margin:4px 0'><b style='color:{colour};font-size:1.2em'>"
-             f"Triage priority: {_e(priority.level.upper())}</b>"]
+    parts = [
+        f"<div id='triage-priority' data-level='{_e(priority.level)}' style='border-left:6px solid {colour};"
+        f"padding:8px 12px;margin:4px 0'><b style='color:{colour};font-size:1.2em'>"
+        f"Triage priority: {_e(priority.level.upper())}</b>"
+    ]
     if priority.reasons:
         parts.append(f"<br>because of: {_e(', '.join(priority.reasons))}")
     if priority.review:
@@ -42,8 +46,10 @@ def render_priority(priority: TriagePriority) -> str:
     if priority.level == "not calibrated":
         parts.append("<br>no finding has a calibrated operating point, so none can set the priority")
     elif priority.not_calibrated:
-        parts.append(f"<br><span class='not-calibrated'>not calibrated, cannot set the priority: "
-                     f"{_e(', '.join(priority.not_calibrated))}</span>")
+        parts.append(
+            f"<br><span class='not-calibrated'>not calibrated, cannot set the priority: "
+            f"{_e(', '.join(priority.not_calibrated))}</span>"
+        )
     parts.append("</div>")
     return "".join(parts)
 
@@ -85,7 +91,9 @@ def _validation(result: FindingResult) -> str:
     parts = []
     if point.auroc is not None:
         auroc = point.auroc
-        parts.append(f"AUROC {_number(auroc.get('value'))} ({_number(auroc.get('low'))}&ndash;{_number(auroc.get('high'))})")
+        parts.append(
+            f"AUROC {_number(auroc.get('value'))} ({_number(auroc.get('low'))}&ndash;{_number(auroc.get('high'))})"
+        )
     if point.n is not None:
         parts.append(f"<small>n {point.n}, {point.positives} pos</small>")
     return "<br>".join(parts)
@@ -94,26 +102,31 @@ def _validation(result: FindingResult) -> str:
 def render_findings(results: Sequence[FindingResult]) -> str:
     """The ranked findings table: probability bar, operating point (or "not calibrated"), validation
     AUROC, status, urgency flag and card."""
-    head = ("<table id='ranked-findings' style='width:100%;border-collapse:collapse'><thead><tr>"
-            "<th style='text-align:left'>#</th><th style='text-align:left'>Finding</th>"
-            "<th style='text-align:left'>Probability</th><th style='text-align:left'>Operating point</th>"
-            "<th style='text-align:left'>Validation AUROC (95% CI)</th>"
-            "<th style='text-align:left'>Status</th></tr></thead><tbody>")
+    head = (
+        "<table id='ranked-findings' style='width:100%;border-collapse:collapse'><thead><tr>"
+        "<th style='text-align:left'>#</th><th style='text-align:left'>Finding</th>"
+        "<th style='text-align:left'>Probability</th><th style='text-align:left'>Operating point</th>"
+        "<th style='text-align:left'>Validation AUROC (95% CI)</th>"
+        "<th style='text-align:left'>Status</th></tr></thead><tbody>"
+    )
     rows = []
     for i, r in enumerate(results, 1):
         colour = _STATUS_STYLE.get(r.status, "#475467")
         if r.concept_id == "no_finding" and r.status == "positive":
             colour = "#027a48"  # a normal study is good news
         flag = " <span title='urgent finding' style='color:#b42318'>&#9888; urgent</span>" if r.flagged else ""
-        bar = (f"<div style='background:#eaecf0;width:120px;height:8px;display:inline-block;margin-right:6px'>"
-               f"<div style='background:{colour};width:{max(0.0, min(1.0, r.probability)) * 120:.0f}px;height:8px'></div></div>")
+        bar = (
+            f"<div style='background:#eaecf0;width:120px;height:8px;display:inline-block;margin-right:6px'>"
+            f"<div style='background:{colour};width:{max(0.0, min(1.0, r.probability)) * 120:.0f}px;height:8px'></div></div>"
+        )
         rows.append(
             f"<tr class='finding' data-concept='{_e(r.concept_id)}' data-status='{_e(r.status)}' "
             f"style='border-top:1px solid #eaecf0'><td>{i}</td><td><b>{_e(r.name)}</b>{flag}{_card(r)}</td>"
             f"<td>{bar}{r.probability:.2f}</td>"
             f"<td class='operating-point'>{_operating_point(r)}</td>"
             f"<td class='validation'>{_validation(r)}</td>"
-            f"<td class='status' style='color:{colour};font-weight:bold'>{_e(r.status)}</td></tr>")
+            f"<td class='status' style='color:{colour};font-weight:bold'>{_e(r.status)}</td></tr>"
+        )
     return head + "".join(rows) + "</tbody></table>"
 
 
@@ -133,7 +146,8 @@ def render_similar(matches: Sequence[GalleryMatch], note: str = "") -> str:
         rows.append(
             f"<div class='similar-study' style='display:flex;gap:10px;margin:6px 0;border-top:1px solid #eaecf0;"
             f"padding-top:6px'>{_thumbnail_tag(m.thumbnail)}<div><b>#{m.rank}</b> similarity {m.score:.2f}"
-            f" &middot; study {_e(m.study_id[:8])} {_e(m.view_position)}<br><span>{_e(m.report)}</span></div></div>")
+            f" &middot; study {_e(m.study_id[:8])} {_e(m.view_position)}<br><span>{_e(m.report)}</span></div></div>"
+        )
     return "<div id='similar-studies'>" + "".join(rows) + "</div>"
 
 
@@ -142,9 +156,11 @@ def render_header(header: Mapping[str, Any]) -> str:
     if not header:
         return "<p id='dicom-header'><i>no header</i></p>"
     rows = "".join(f"<tr><td style='padding-right:12px'>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in header.items())
-    return ("<table id='dicom-header' style='font-size:0.9em'>" + rows + "</table>"
-            "<p style='font-size:0.8em'>De-identified: names, birth dates, IDs, accession numbers, dates and "
-            "institutions are never read; identifiers are salted hashes.</p>")
+    return (
+        "<table id='dicom-header' style='font-size:0.9em'>" + rows + "</table>"
+        "<p style='font-size:0.8em'>De-identified: names, birth dates, IDs, accession numbers, dates and "
+        "institutions are never read; identifiers are salted hashes.</p>"
+    )
 
 
 def render_error(message: str) -> str:

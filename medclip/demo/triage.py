@@ -171,21 +171,29 @@ def rank_findings(
     results = []
     for cid, p in zip(findings, probs):
         given = thresholds.get(cid)
-        point = given if isinstance(given, OperatingPoint) else (
-            OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, reason="no operating point") if given is None
-            else OperatingPoint(float(given)))
+        point = (
+            given
+            if isinstance(given, OperatingPoint)
+            else (
+                OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, reason="no operating point")
+                if given is None
+                else OperatingPoint(float(given))
+            )
+        )
         card = cards.get(cid) if cards is not None else (concept_card(graph, cid) if cid in graph else None)
-        results.append(FindingResult(
-            concept_id=cid,
-            name=graph[cid].name if cid in graph else cid,
-            probability=float(p),
-            threshold=point.threshold,
-            margin=float(margin),
-            status=decide(float(p), point.threshold, margin) if point.calibrated else NOT_CALIBRATED,
-            urgency=int(urgency.get(cid, ROUTINE)),
-            card=card,
-            point=point,
-        ))
+        results.append(
+            FindingResult(
+                concept_id=cid,
+                name=graph[cid].name if cid in graph else cid,
+                probability=float(p),
+                threshold=point.threshold,
+                margin=float(margin),
+                status=decide(float(p), point.threshold, margin) if point.calibrated else NOT_CALIBRATED,
+                urgency=int(urgency.get(cid, ROUTINE)),
+                card=card,
+                point=point,
+            )
+        )
     return sorted(results, key=lambda r: (not r.flagged, -r.probability))
 
 
@@ -199,8 +207,12 @@ class TriagePriority:
     not_calibrated: tuple[str, ...] = field(default_factory=tuple)  # urgent/significant findings that cannot count
 
     def to_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "reasons": list(self.reasons), "review": list(self.review),
-                "not_calibrated": list(self.not_calibrated)}
+        return {
+            "level": self.level,
+            "reasons": list(self.reasons),
+            "review": list(self.review),
+            "not_calibrated": list(self.not_calibrated),
+        }
 
 
 def triage_priority(results: Sequence[FindingResult]) -> TriagePriority:

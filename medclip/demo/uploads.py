@@ -52,9 +52,25 @@ PathLike = str | os.PathLike[str]
 #: Non-PHI header fields the demo shows, in display order (all come from
 #: :func:`medclip.io.safe_metadata`, the indexer's de-identification: ids are salted hashes).
 HEADER_FIELDS: tuple[str, ...] = (
-    "format", "modality", "view_position", "body_part", "photometric", "rows", "columns", "frames",
-    "volumes", "bits_stored", "pixel_spacing", "slice_thickness", "manufacturer", "transfer_syntax", "sex", "age_group",
-    "study_id", "series_id", "image_id",
+    "format",
+    "modality",
+    "view_position",
+    "body_part",
+    "photometric",
+    "rows",
+    "columns",
+    "frames",
+    "volumes",
+    "bits_stored",
+    "pixel_spacing",
+    "slice_thickness",
+    "manufacturer",
+    "transfer_syntax",
+    "sex",
+    "age_group",
+    "study_id",
+    "series_id",
+    "image_id",
 )
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # local file header, empty archive
@@ -118,14 +134,24 @@ class UploadSizeLimit:
         self.max_bytes = int(max_bytes)
 
     def _message(self) -> bytes:
-        return (f"upload refused: over the limit of {self.max_bytes / 1024**2:.0f} MiB per request "
-                "(medclip demo --max-upload-mb)").encode()
+        return (
+            f"upload refused: over the limit of {self.max_bytes / 1024**2:.0f} MiB per request "
+            "(medclip demo --max-upload-mb)"
+        ).encode()
 
     async def _refuse(self, send: Any) -> None:
         body = self._message()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -181,7 +207,9 @@ def upload_workspace(root: PathLike | None = None) -> Iterator[Path]:
     Default ``root``: this process's folder under medclip's temporary root
     (:func:`medclip.fsutil.process_temp_dir`), which the next start removes if this process is killed.
     """
-    path = Path(tempfile.mkdtemp(prefix="medclip-upload-", dir=root if root is not None else process_temp_dir("uploads")))
+    path = Path(
+        tempfile.mkdtemp(prefix="medclip-upload-", dir=root if root is not None else process_temp_dir("uploads"))
+    )
     try:
         yield path
     finally:
@@ -218,7 +246,9 @@ def _mib(n: int) -> str:
     return f"{n / 1024**2:.1f} MiB" if n < 10 * 1024**2 else f"{n / 1024**2:.0f} MiB"
 
 
-def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLimits(), name: str | None = None) -> list[Path]:
+def extract_zip(
+    path: PathLike, dest: PathLike, limits: UploadLimits = UploadLimits(), name: str | None = None
+) -> list[Path]:
     """Extract the files of a zip into ``dest`` safely; returns the extracted files.
 
     Refuses path traversal, links, encrypted entries, too many entries and decompression bombs.
@@ -239,19 +269,27 @@ def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLim
         if not infos:
             raise UploadError(name, "the zip archive is empty: it holds no files")
         if len(infos) > limits.max_zip_members:
-            raise UploadError(name, f"the zip holds {len(infos)} files, more than the limit of {limits.max_zip_members}")
+            raise UploadError(
+                name, f"the zip holds {len(infos)} files, more than the limit of {limits.max_zip_members}"
+            )
         targets = [_member_target(dest, info, name) for info in infos]  # check every name before writing any
         archive_bytes = os.path.getsize(path)
         budget = expansion_budget(archive_bytes, limits)
         declared = sum(i.file_size for i in infos)
         if declared > limits.max_unzipped_bytes:
-            raise UploadError(name, f"the zip would expand to {declared / 1024**2:.0f} MiB, over the limit of "
-                                    f"{limits.max_unzipped_bytes / 1024**2:.0f} MiB (decompression bomb?)")
+            raise UploadError(
+                name,
+                f"the zip would expand to {declared / 1024**2:.0f} MiB, over the limit of "
+                f"{limits.max_unzipped_bytes / 1024**2:.0f} MiB (decompression bomb?)",
+            )
         if declared > budget:
-            raise UploadError(name, f"the zip's {len(infos)} files would expand {_mib(archive_bytes)} into "
-                                    f"{_mib(declared)} ({declared / max(archive_bytes, 1):.0f}x; the limit is "
-                                    f"{limits.max_compression_ratio:.0f}x): refused as a decompression bomb, "
-                                    "nothing was extracted")
+            raise UploadError(
+                name,
+                f"the zip's {len(infos)} files would expand {_mib(archive_bytes)} into "
+                f"{_mib(declared)} ({declared / max(archive_bytes, 1):.0f}x; the limit is "
+                f"{limits.max_compression_ratio:.0f}x): refused as a decompression bomb, "
+                "nothing was extracted",
+            )
         written = 0
         out: list[Path] = []
         for info, target in zip(infos, targets):
@@ -265,14 +303,20 @@ def extract_zip(path: PathLike, dest: PathLike, limits: UploadLimits = UploadLim
                         member_bytes += len(chunk)
                         written += len(chunk)
                         if written > budget:  # more than the headers declared: count what really inflates
-                            raise UploadError(name, f"the zip expands beyond {_mib(budget)} while extracting (the limit "
-                                                    f"for a {_mib(archive_bytes)} archive: at most "
-                                                    f"{limits.max_compression_ratio:.0f}x and "
-                                                    f"{_mib(limits.max_unzipped_bytes)}): refused as a decompression bomb")
+                            raise UploadError(
+                                name,
+                                f"the zip expands beyond {_mib(budget)} while extracting (the limit "
+                                f"for a {_mib(archive_bytes)} archive: at most "
+                                f"{limits.max_compression_ratio:.0f}x and "
+                                f"{_mib(limits.max_unzipped_bytes)}): refused as a decompression bomb",
+                            )
                         ratio = member_bytes / max(info.compress_size, 1)
                         if member_bytes > limits.min_ratio_check_bytes and ratio > limits.max_compression_ratio:
-                            raise UploadError(name, f"zip entry {info.filename!r} expands more than "
-                                                    f"{limits.max_compression_ratio:.0f}x (decompression bomb); refused")
+                            raise UploadError(
+                                name,
+                                f"zip entry {info.filename!r} expands more than "
+                                f"{limits.max_compression_ratio:.0f}x (decompression bomb); refused",
+                            )
                         dst.write(chunk)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
                 raise UploadError(name, f"zip entry {info.filename!r} cannot be extracted ({exc})") from exc
@@ -309,11 +353,14 @@ def _check_pixels(path: Path, kind: str, name: str, limits: UploadLimits) -> Non
     count = int(np.prod(shape, dtype=np.int64)) if shape else 0
     plane = int(np.prod(shape[-2:], dtype=np.int64)) if len(shape) >= 2 else 0
     if plane > limits.max_pixels:
-        raise UploadError(name, f"image of {shape[-2]} x {shape[-1]} pixels exceeds the limit of "
-                                f"{limits.max_pixels / 1e6:.0f} megapixels")
+        raise UploadError(
+            name,
+            f"image of {shape[-2]} x {shape[-1]} pixels exceeds the limit of {limits.max_pixels / 1e6:.0f} megapixels",
+        )
     if count > limits.max_voxels:
-        raise UploadError(name, f"volume {shape} has {count / 1e6:.0f} M voxels, over the limit of "
-                                f"{limits.max_voxels / 1e6:.0f} M")
+        raise UploadError(
+            name, f"volume {shape} has {count / 1e6:.0f} M voxels, over the limit of {limits.max_voxels / 1e6:.0f} M"
+        )
 
 
 def _read_image(path: Path, kind: str, name: str) -> MedicalImage:
@@ -338,8 +385,12 @@ def _first_volume(image: MedicalImage, exc: MultiVolumeError) -> MedicalImage:
 
 
 def _reason_for(exc: ImageReadError, kind: str) -> str:
-    what = {"dicom": "broken or unsupported DICOM file", "dicom_series": "DICOM series cannot be assembled",
-            "nifti": "broken NIfTI file", "raster": "broken image file"}.get(kind, "unreadable file")
+    what = {
+        "dicom": "broken or unsupported DICOM file",
+        "dicom_series": "DICOM series cannot be assembled",
+        "nifti": "broken NIfTI file",
+        "raster": "broken image file",
+    }.get(kind, "unreadable file")
     return f"{what}: {exc.reason}"
 
 
@@ -352,8 +403,11 @@ def _read_zip(path: Path, name: str, workdir: Path, limits: UploadLimits) -> tup
             kind = str(_detect(images[0]))  # "nifti" or "raster", as just filtered
             _check_pixels(images[0], kind, name, limits)
             return _read_image(images[0], kind, name), kind
-        raise UploadError(name, f"the zip holds {len(files)} file(s) but no DICOM series "
-                                f"({len(images)} other images; upload those one at a time)")
+        raise UploadError(
+            name,
+            f"the zip holds {len(files)} file(s) but no DICOM series "
+            f"({len(images)} other images; upload those one at a time)",
+        )
     _check_series_pixels(dicoms, name, limits)
     series = find_dicom_series(dicoms)
     if not series:
@@ -387,11 +441,16 @@ def _check_series_pixels(files: list[Path], name: str, limits: UploadLimits) -> 
         except Exception:  # noqa: BLE001 - unreadable headers are reported by the series reader
             continue
         if rows * cols > limits.max_pixels:
-            raise UploadError(name, f"{file.name}: image of {rows} x {cols} pixels exceeds the limit of "
-                                    f"{limits.max_pixels / 1e6:.0f} megapixels")
+            raise UploadError(
+                name,
+                f"{file.name}: image of {rows} x {cols} pixels exceeds the limit of "
+                f"{limits.max_pixels / 1e6:.0f} megapixels",
+            )
         total += rows * cols * frames
         if total > limits.max_voxels:
-            raise UploadError(name, f"the series holds more than {limits.max_voxels / 1e6:.0f} M voxels, over the limit")
+            raise UploadError(
+                name, f"the series holds more than {limits.max_voxels / 1e6:.0f} M voxels, over the limit"
+            )
 
 
 def _detect(path: Path) -> str | None:
@@ -424,8 +483,11 @@ def read_upload(
     if size == 0:
         raise UploadError(name, "the file is empty")
     if size > limits.max_upload_bytes:
-        raise UploadError(name, f"the file is {size / 1024**2:.0f} MiB, over the upload limit of "
-                                f"{limits.max_upload_bytes / 1024**2:.0f} MiB")
+        raise UploadError(
+            name,
+            f"the file is {size / 1024**2:.0f} MiB, over the upload limit of "
+            f"{limits.max_upload_bytes / 1024**2:.0f} MiB",
+        )
     if _is_zip(path):
         with upload_workspace(workdir) as tmp:
             image, kind = _read_zip(path, name, tmp, limits)
@@ -433,8 +495,9 @@ def read_upload(
         try:
             kind = detect_format(path)
         except ImageReadError as exc:
-            raise UploadError(name, "not an image this demo reads (DICOM, a zipped DICOM series, NIfTI, PNG or "
-                                    f"JPEG): {exc.reason}") from exc
+            raise UploadError(
+                name, f"not an image this demo reads (DICOM, a zipped DICOM series, NIfTI, PNG or JPEG): {exc.reason}"
+            ) from exc
         _check_pixels(path, kind, name, limits)
         image = _read_image(path, kind, name)
     image.source = name  # never keep the temporary path (or a folder name) around

@@ -49,13 +49,22 @@ class AttributeSpec:
 
 
 ATTRIBUTES: dict[str, AttributeSpec] = {
-    "modality": AttributeSpec("modality", "modality", "imaging_modality",
-                              {"CT": "computed_tomography", "MR": "magnetic_resonance_imaging"}),
-    "plane": AttributeSpec("plane", "plane", "imaging_plane",
-                           {"axial": "plane_axial", "coronal": "plane_coronal", "sagittal": "plane_sagittal"}),
+    "modality": AttributeSpec(
+        "modality", "modality", "imaging_modality", {"CT": "computed_tomography", "MR": "magnetic_resonance_imaging"}
+    ),
+    "plane": AttributeSpec(
+        "plane",
+        "plane",
+        "imaging_plane",
+        {"axial": "plane_axial", "coronal": "plane_coronal", "sagittal": "plane_sagittal"},
+    ),
     "body_region": AttributeSpec("body_region", "body_region", "body_region"),
-    "pneumonia_subtype": AttributeSpec("pneumonia_subtype", "subtype", "pneumonia_subtype",
-                                       {"bacterial": "bacterial_pneumonia", "viral": "viral_pneumonia"}),
+    "pneumonia_subtype": AttributeSpec(
+        "pneumonia_subtype",
+        "subtype",
+        "pneumonia_subtype",
+        {"bacterial": "bacterial_pneumonia", "viral": "viral_pneumonia"},
+    ),
 }
 
 
@@ -67,8 +76,13 @@ def attribute_graph(extensions: Iterable[str | Path] = ()) -> Graph:
 class AttributeClassifier:
     """Mean prompt embedding per class, computed once; ``predict_proba`` gives (N, K) class probabilities."""
 
-    def __init__(self, classes: list[str], class_features: torch.Tensor, logit_scale: float,
-                 prompts: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        classes: list[str],
+        class_features: torch.Tensor,
+        logit_scale: float,
+        prompts: dict[str, list[str]] | None = None,
+    ) -> None:
         if class_features.shape[0] != len(classes):
             raise ValueError(f"{len(classes)} classes but {class_features.shape[0]} class embeddings")
         self.classes = list(classes)
@@ -77,15 +91,18 @@ class AttributeClassifier:
         self.prompts = prompts or {}
 
     @classmethod
-    def from_model(cls, model: EmbeddingModel, task: str, graph: Graph | None = None,
-                   batch_size: int = 64) -> AttributeClassifier:
+    def from_model(
+        cls, model: EmbeddingModel, task: str, graph: Graph | None = None, batch_size: int = 64
+    ) -> AttributeClassifier:
         """Embed each class's prompts (``attribute_prompts``) with the model's text tower."""
         graph = graph or attribute_graph()
         prompts = attribute_prompts(graph, task)
         was_training = model.training
         model.eval()
         try:
-            feats = torch.stack([F.normalize(embed_texts(model, p, batch_size).mean(0), dim=-1) for p in prompts.values()])
+            feats = torch.stack(
+                [F.normalize(embed_texts(model, p, batch_size).mean(0), dim=-1) for p in prompts.values()]
+            )
         finally:
             model.train(was_training)
         return cls(list(prompts), feats, logit_scale_of(model), prompts)
@@ -103,8 +120,9 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(recalls)) if recalls else math.nan
 
 
-def score_attribute(prob: np.ndarray, truth: np.ndarray, classes: list[str], groups: np.ndarray,
-                    n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def score_attribute(
+    prob: np.ndarray, truth: np.ndarray, classes: list[str], groups: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Metrics of class probabilities ``prob`` (N, K) against true concept ids (rows not in ``classes`` dropped)."""
     index = {c: k for k, c in enumerate(classes)}
     keep = np.array([t in index for t in truth])
@@ -117,7 +135,7 @@ def score_attribute(prob: np.ndarray, truth: np.ndarray, classes: list[str], gro
     pred = prob.argmax(1)
     rows = np.arange(n, dtype=float)
     boot: dict[str, Any] = dict(groups=groups, n_boot=n_boot, seed=seed)
-    pick = lambda f: (lambda _y, idx: f(idx.astype(int)))  # noqa: E731 (bootstrap over row indices)
+    pick = lambda f: lambda _y, idx: f(idx.astype(int))  # noqa: E731 (bootstrap over row indices)
     accuracy = M.bootstrap_ci(pick(lambda i: float((pred[i] == y[i]).mean())), rows, rows, **boot)
     balanced = M.bootstrap_ci(pick(lambda i: _balanced_accuracy(y[i], pred[i])), rows, rows, **boot)
     per_class = {}
@@ -132,19 +150,29 @@ def score_attribute(prob: np.ndarray, truth: np.ndarray, classes: list[str], gro
 
     counts = np.bincount(y, minlength=len(classes))
     return {
-        "n": n, "n_patients": int(len(np.unique(groups))), "classes": classes,
+        "n": n,
+        "n_patients": int(len(np.unique(groups))),
+        "classes": classes,
         "support": {classes[k]: int(counts[k]) for k in present},
-        "accuracy": accuracy.to_dict(), "balanced_accuracy": balanced.to_dict(),
-        "chance_accuracy": float(counts.max() / n), "chance_balanced_accuracy": 1.0 / len(present),
+        "accuracy": accuracy.to_dict(),
+        "balanced_accuracy": balanced.to_dict(),
+        "chance_accuracy": float(counts.max() / n),
+        "chance_balanced_accuracy": 1.0 / len(present),
         "macro_auroc": M.bootstrap_ci(pick(macro_auroc), rows, rows, **boot).to_dict(),
         "per_class": per_class,
         "confusion": {classes[a]: {classes[b]: int(((y == a) & (pred == b)).sum()) for b in present} for a in present},
     }
 
 
-def evaluate_attributes(model: EmbeddingModel, frame: pd.DataFrame, image_features: torch.Tensor | np.ndarray,
-                        attributes: Iterable[str] | None = None, graph: Graph | None = None,
-                        n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def evaluate_attributes(
+    model: EmbeddingModel,
+    frame: pd.DataFrame,
+    image_features: torch.Tensor | np.ndarray,
+    attributes: Iterable[str] | None = None,
+    graph: Graph | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Categorical zero-shot for each attribute whose column the manifest rows have with two or more classes.
 
     ``frame`` and ``image_features`` are aligned rows (a split of an evaluation); ``attributes`` names keys
@@ -167,31 +195,48 @@ def evaluate_attributes(model: EmbeddingModel, frame: pd.DataFrame, image_featur
             continue
         clf = AttributeClassifier.from_model(model, spec.task, graph)
         prob = clf.predict_proba(image_features)
-        out[name] = {"column": spec.column, "task": spec.task, **score_attribute(prob, truth, clf.classes, groups, n_boot, seed)}
+        out[name] = {
+            "column": spec.column,
+            "task": spec.task,
+            **score_attribute(prob, truth, clf.classes, groups, n_boot, seed),
+        }
     return out
 
 
 def format_attributes(results: Mapping[str, Any]) -> str:
     """One table row per attribute: accuracy and balanced accuracy against chance, macro AUROC."""
+
     def fmt(d: Mapping[str, Any]) -> str:
         fields: list[Any] = [math.nan if d[k] is None else d[k] for k in ("value", "low", "high", "n", "n_groups")]
         e = M.Estimate(*fields)
         return str(e)
 
     header = ["attribute", "n", "classes", "accuracy [95% CI]", "chance", "balanced acc.", "chance", "macro AUROC"]
-    rows = [[name, str(r["n"]), str(len(r["support"])), fmt(r["accuracy"]), f"{r['chance_accuracy']:.3f}",
-             fmt(r["balanced_accuracy"]), f"{r['chance_balanced_accuracy']:.3f}", fmt(r["macro_auroc"])]
-            for name, r in results.items() if r.get("n")]
+    rows = [
+        [
+            name,
+            str(r["n"]),
+            str(len(r["support"])),
+            fmt(r["accuracy"]),
+            f"{r['chance_accuracy']:.3f}",
+            fmt(r["balanced_accuracy"]),
+            f"{r['chance_balanced_accuracy']:.3f}",
+            fmt(r["macro_auroc"]),
+        ]
+        for name, r in results.items()
+        if r.get("n")
+    ]
     if not rows:
         return "Attributes: no manifest column with two or more known classes"
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return ("Zero-shot attributes (patient-bootstrap 95% CIs; chance = majority share / 1 over classes)\n"
-            + "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)]))
+    return "Zero-shot attributes (patient-bootstrap 95% CIs; chance = majority share / 1 over classes)\n" + "\n".join(
+        [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    )
 
 
 def vs_chance(estimate: Mapping[str, Any], chance: float) -> str:
-    """"0.930 [0.880, 0.970]; chance 0.500: +0.430, the CI excludes chance" (or says that it does not)."""
+    """ "0.930 [0.880, 0.970]; chance 0.500: +0.430, the CI excludes chance" (or says that it does not)."""
     value, low, high = (estimate.get(k) for k in ("value", "low", "high"))
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"n/a (chance {chance:.3f})"

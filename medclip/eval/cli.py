@@ -19,9 +19,11 @@ def _task_list(text: str) -> list[str]:
 
 
 EVAL_HELP = "zero-shot diagnosis, retrieval, report drafting and few-shot metrics with CIs and plots"
-EVAL_DESCRIPTION = ("Evaluate a medclip checkpoint folder (or an open_clip model: 'open_clip:hf-hub:ORG/NAME', "
-                    "'open_clip:ARCH@weights.pt' or a folder with open_clip_config.json) on a manifest. Writes "
-                    "metrics.json and PNG plots to --output and prints tables.")
+EVAL_DESCRIPTION = (
+    "Evaluate a medclip checkpoint folder (or an open_clip model: 'open_clip:hf-hub:ORG/NAME', "
+    "'open_clip:ARCH@weights.pt' or a folder with open_clip_config.json) on a manifest. Writes "
+    "metrics.json and PNG plots to --output and prints tables."
+)
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,29 +39,57 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = EvalOptions()
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, hf-hub id, or open_clip model (see above)")
     p.add_argument("--manifest", type=Path, required=True, help="labelled manifest (.parquet)")
-    p.add_argument("--task", action="append", metavar="TASK", type=_task_list,
-                   help=f"one of {', '.join(TASKS)}; repeat or comma-separate for several (default: all)")
-    p.add_argument("-o", "--output", type=Path, default=None, help="folder for metrics.json and plots "
-                                                                    "(default: <checkpoint>/eval or ./eval)")
+    p.add_argument(
+        "--task",
+        action="append",
+        metavar="TASK",
+        type=_task_list,
+        help=f"one of {', '.join(TASKS)}; repeat or comma-separate for several (default: all)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for metrics.json and plots (default: <checkpoint>/eval or ./eval)",
+    )
     p.add_argument("--split", default=d.split, help="split evaluated (default: %(default)s)")
     p.add_argument("--val-split", default=d.val_split, help="split thresholds are chosen on ('none' to skip)")
     p.add_argument("--train-split", default=d.train_split, help="split for the drafting corpus and few-shot examples")
     p.add_argument("--findings", help="comma-separated concept ids or a graph task name (default: every label column)")
-    p.add_argument("--text-field", default=d.text_field, choices=["body", "text", "findings", "impression"],
-                   help="report text used for retrieval and drafting (default: findings + impression)")
+    p.add_argument(
+        "--text-field",
+        default=d.text_field,
+        choices=["body", "text", "findings", "impression"],
+        help="report text used for retrieval and drafting (default: findings + impression)",
+    )
     p.add_argument("--prompt-style", default=d.style, help="zero-shot prompt style (default: %(default)s)")
-    p.add_argument("--criterion", default=d.criterion, choices=["youden", "f1"],
-                   help="how thresholds are chosen on the validation split (default: %(default)s)")
-    p.add_argument("--unmentioned-as-negative", action="store_true",
-                   help="treat findings a report does not mention (NaN labels) as negative instead of unknown")
+    p.add_argument(
+        "--criterion",
+        default=d.criterion,
+        choices=["youden", "f1"],
+        help="how thresholds are chosen on the validation split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--unmentioned-as-negative",
+        action="store_true",
+        help="treat findings a report does not mention (NaN labels) as negative instead of unknown",
+    )
     p.add_argument("--bootstrap", type=int, default=d.n_boot, help="bootstrap resamples for the CIs (0: none)")
     p.add_argument("--shots", default=",".join(map(str, d.shots)), help="few-shot k values (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--workers", type=int, default=d.num_workers, help="image decoding workers")
-    p.add_argument("--max-images", type=int, default=None, help="cap images per split (whole patients) for a quick look")
-    p.add_argument("--faiss", choices=["auto", "yes", "no"], default="auto", help="approximate index for large galleries")
-    p.add_argument("--save-to-checkpoint", action="store_true",
-                   help="write thresholds.json and the report drafter into the checkpoint folder (for the demo)")
+    p.add_argument(
+        "--max-images", type=int, default=None, help="cap images per split (whole patients) for a quick look"
+    )
+    p.add_argument(
+        "--faiss", choices=["auto", "yes", "no"], default="auto", help="approximate index for large galleries"
+    )
+    p.add_argument(
+        "--save-to-checkpoint",
+        action="store_true",
+        help="write thresholds.json and the report drafter into the checkpoint folder (for the demo)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
     return p
@@ -88,13 +118,28 @@ def run_eval_command(args: argparse.Namespace) -> int:
         ckpt = CheckpointDir(args.checkpoint)
         output = ckpt.eval_dir if ckpt.path.is_dir() and not is_open_clip(args.checkpoint) else Path("eval")
     results = evaluate(
-        args.checkpoint, args.manifest, tasks, output_dir=output, save_to_checkpoint=args.save_to_checkpoint,
-        device=args.device, split=args.split, val_split=None if str(args.val_split).lower() == "none" else args.val_split,
-        train_split=args.train_split, findings=args.findings.split(",") if args.findings and "," in args.findings
-        else args.findings, text_field=args.text_field, style=args.prompt_style,
-        unmentioned_as_negative=args.unmentioned_as_negative, criterion=args.criterion, n_boot=args.bootstrap, seed=args.seed,
-        batch_size=args.batch_size, num_workers=args.workers, use_faiss={"auto": "auto", "yes": True, "no": False}[args.faiss],
-        shots=shots, max_images=args.max_images)
+        args.checkpoint,
+        args.manifest,
+        tasks,
+        output_dir=output,
+        save_to_checkpoint=args.save_to_checkpoint,
+        device=args.device,
+        split=args.split,
+        val_split=None if str(args.val_split).lower() == "none" else args.val_split,
+        train_split=args.train_split,
+        findings=args.findings.split(",") if args.findings and "," in args.findings else args.findings,
+        text_field=args.text_field,
+        style=args.prompt_style,
+        unmentioned_as_negative=args.unmentioned_as_negative,
+        criterion=args.criterion,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        use_faiss={"auto": "auto", "yes": True, "no": False}[args.faiss],
+        shots=shots,
+        max_images=args.max_images,
+    )
     print(format_results(results))
     print(f"\nmetrics: {output / 'metrics.json'}")
     for plot in results.get("plots", []):

@@ -27,8 +27,9 @@ def positive_findings(labeler, text: str) -> set[str]:
     return {cid for cid, mention in labeler.label(text).items() if mention.status == "positive"}
 
 
-def clinical_correctness(drafts: Sequence[str], references: Sequence[str], labeler=None,
-                         findings: Sequence[str] | None = None) -> dict:
+def clinical_correctness(
+    drafts: Sequence[str], references: Sequence[str], labeler=None, findings: Sequence[str] | None = None
+) -> dict:
     """Per-finding F1 of labeler-extracted positive findings (draft vs truth), their macro mean over
     findings present in the truth, and micro F1 over all (report, finding) pairs."""
     from medclip.knowledge import ReportLabeler
@@ -49,8 +50,12 @@ def clinical_correctness(drafts: Sequence[str], references: Sequence[str], label
         per_finding[cid] = {"f1": f1_score(y, p), "support": int(y.sum()), "predicted": int(p.sum())}
     supported = [v["f1"] for v in per_finding.values() if v["support"] > 0]
     micro = 0.0 if tp_all == 0 else 2 * tp_all / (2 * tp_all + fp_all + fn_all)
-    return {"macro_f1": float(np.mean(supported)) if supported else math.nan, "micro_f1": float(micro),
-            "per_finding": per_finding, "n_reports": len(drafts)}
+    return {
+        "macro_f1": float(np.mean(supported)) if supported else math.nan,
+        "micro_f1": float(micro),
+        "per_finding": per_finding,
+        "n_reports": len(drafts),
+    }
 
 
 def score_drafts(drafts: Sequence[str], references: Sequence[str], labeler=None) -> dict:

@@ -44,7 +44,9 @@ def gda_fit(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float
     return w, float(b)
 
 
-def linear_probe_fit(features: np.ndarray, labels: np.ndarray, c: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
+def linear_probe_fit(
+    features: np.ndarray, labels: np.ndarray, c: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, float]:
     """(w, b) of an L2 logistic regression on the features (balanced classes)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -56,7 +58,9 @@ def linear_probe_fit(features: np.ndarray, labels: np.ndarray, c: float = 1.0, s
     return clf.coef_[0].copy(), float(clf.intercept_[0])
 
 
-def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator, groups: Sequence[object] | np.ndarray | None = None) -> np.ndarray | None:
+def sample_shots(
+    labels: np.ndarray, k: int, rng: np.random.Generator, groups: Sequence[object] | np.ndarray | None = None
+) -> np.ndarray | None:
     """Indices of ``k`` positives and ``k`` negatives (at most one image per patient when ``groups`` is
     given, so shots are independent); None when either class has fewer than ``k``."""
     y = np.asarray(labels, dtype=np.float64)
@@ -73,11 +77,20 @@ def sample_shots(labels: np.ndarray, k: int, rng: np.random.Generator, groups: S
     return np.concatenate(picked)
 
 
-def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                     test_labels: np.ndarray, findings: list[str], zeroshot_logits: np.ndarray | None = None,
-                     shots: Sequence[int] = (1, 4, 16), trials: int = 5, alpha: float = 1.0, seed: int = 0,
-                     train_groups: Sequence[object] | np.ndarray | None = None,
-                     train_zeroshot_logits: np.ndarray | None = None) -> dict:
+def evaluate_fewshot(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    findings: list[str],
+    zeroshot_logits: np.ndarray | None = None,
+    shots: Sequence[int] = (1, 4, 16),
+    trials: int = 5,
+    alpha: float = 1.0,
+    seed: int = 0,
+    train_groups: Sequence[object] | np.ndarray | None = None,
+    train_zeroshot_logits: np.ndarray | None = None,
+) -> dict:
     """Test AUROC per finding for each method and k, mean over ``trials`` random draws of the shots.
 
     ``*_labels`` are (N, F) with 1 / 0 known and NaN / -1 unknown (ignored). ``zeroshot_logits``
@@ -87,7 +100,9 @@ def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_
     """
     xtr, xte = np.asarray(train_features, np.float64), np.asarray(test_features, np.float64)
     ytr, yte = np.asarray(train_labels, np.float64), np.asarray(test_labels, np.float64)
-    methods = list(FEWSHOT_METHODS) + ([f"{m}+zeroshot" for m in FEWSHOT_METHODS] if zeroshot_logits is not None else [])
+    methods = list(FEWSHOT_METHODS) + (
+        [f"{m}+zeroshot" for m in FEWSHOT_METHODS] if zeroshot_logits is not None else []
+    )
     out: dict = {"shots": {}, "trials": trials, "alpha": alpha}
     if zeroshot_logits is not None:
         zs = {}
@@ -106,10 +121,15 @@ def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_
                 idx = sample_shots(ytr[:, j], k, rng, train_groups)
                 if idx is None:
                     break
-                fits = {"linear_probe": linear_probe_fit(xtr[idx], ytr[idx, j], seed=seed),
-                        "gda": gda_fit(xtr[idx], ytr[idx, j])}
-                zs_scale = _scale(np.asarray(train_zeroshot_logits, np.float64)[idx, j]) \
-                    if train_zeroshot_logits is not None else 1.0
+                fits = {
+                    "linear_probe": linear_probe_fit(xtr[idx], ytr[idx, j], seed=seed),
+                    "gda": gda_fit(xtr[idx], ytr[idx, j]),
+                }
+                zs_scale = (
+                    _scale(np.asarray(train_zeroshot_logits, np.float64)[idx, j])
+                    if train_zeroshot_logits is not None
+                    else 1.0
+                )
                 for name, (w, b) in fits.items():
                     logit = xte[known_te] @ w + b
                     per_method[name][cid].append(auroc(yte[known_te, j], logit))
@@ -118,8 +138,10 @@ def evaluate_fewshot(train_features: np.ndarray, train_labels: np.ndarray, test_
                         ens = logit / _scale(xtr[idx] @ w + b) + alpha * zs / zs_scale
                         per_method[f"{name}+zeroshot"][cid].append(auroc(yte[known_te, j], ens))
         out["shots"][int(k)] = {
-            m: {"per_finding": {cid: (_nanmean(v) if v else math.nan) for cid, v in res.items()},
-                "mean": _nanmean(_nanmean(v) for v in res.values() if v)}
+            m: {
+                "per_finding": {cid: (_nanmean(v) if v else math.nan) for cid, v in res.items()},
+                "mean": _nanmean(_nanmean(v) for v in res.values() if v),
+            }
             for m, res in per_method.items()
         }
     return out

@@ -24,7 +24,9 @@ MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 
 # ------------------------------------------------------------------ classification
-def _binary(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _binary(
+    y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.float64).ravel()
     s = np.asarray(y_score, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -82,8 +84,9 @@ def accuracy_at(threshold: float) -> MetricFn:
     return lambda y, s: accuracy(y, (np.asarray(s) >= threshold).astype(float))
 
 
-def expected_calibration_error(y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray,
-                               n_bins: int = 10) -> float:
+def expected_calibration_error(
+    y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray, n_bins: int = 10
+) -> float:
     """ECE: the sample-weighted mean |observed positive rate - mean predicted probability| over equal-width bins."""
     table = reliability_table(y_true, y_prob, n_bins)
     n = table["count"].sum()
@@ -94,8 +97,9 @@ def expected_calibration_error(y_true: Sequence[float] | np.ndarray, y_prob: Seq
     return float((gaps * table["count"][filled]).sum() / n)
 
 
-def reliability_table(y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray,
-                      n_bins: int = 10) -> dict[str, np.ndarray]:
+def reliability_table(
+    y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray, n_bins: int = 10
+) -> dict[str, np.ndarray]:
     """Per equal-width probability bin: ``count``, ``mean_predicted`` and ``fraction_positive`` (NaN if empty)."""
     y, p = _binary(y_true, y_prob)
     if p.size and (p.min() < 0 or p.max() > 1):
@@ -105,8 +109,12 @@ def reliability_table(y_true: Sequence[float] | np.ndarray, y_prob: Sequence[flo
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_pred = np.bincount(bins, weights=p, minlength=n_bins) / count
         frac_pos = np.bincount(bins, weights=y, minlength=n_bins) / count
-    return {"count": count, "mean_predicted": mean_pred, "fraction_positive": frac_pos,
-            "edges": np.linspace(0.0, 1.0, n_bins + 1)}
+    return {
+        "count": count,
+        "mean_predicted": mean_pred,
+        "fraction_positive": frac_pos,
+        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+    }
 
 
 # ------------------------------------------------------------------ bootstrap
@@ -131,9 +139,15 @@ class Estimate:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def bootstrap_ci(metric: MetricFn, y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray,
-                 groups: Sequence[object] | np.ndarray | None = None, n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> Estimate:
+def bootstrap_ci(
+    metric: MetricFn,
+    y_true: Sequence[float] | np.ndarray,
+    y_score: Sequence[float] | np.ndarray,
+    groups: Sequence[object] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
     """``metric(y_true, y_score)`` with a percentile bootstrap CI, resampling whole ``groups`` (patients).
 
     Resampling by patient keeps a patient's images together, so correlated images do not make
@@ -172,7 +186,9 @@ def bootstrap_ci(metric: MetricFn, y_true: Sequence[float] | np.ndarray, y_score
 
 
 # ------------------------------------------------------------------ retrieval
-def ranks_of_matches(similarity: np.ndarray, query_groups: Sequence[object], gallery_groups: Sequence[object]) -> np.ndarray:
+def ranks_of_matches(
+    similarity: np.ndarray, query_groups: Sequence[object], gallery_groups: Sequence[object]
+) -> np.ndarray:
     """1-based rank of the best-ranked gallery item sharing each query's group (study); 0 if none exists.
 
     Several images or reports of one study all count as correct matches for each other.
@@ -191,7 +207,9 @@ def ranks_of_matches(similarity: np.ndarray, query_groups: Sequence[object], gal
     return ranks
 
 
-def ranks_from_neighbours(neighbours: np.ndarray, query_groups: Sequence[object], gallery_groups: Sequence[object]) -> np.ndarray:
+def ranks_from_neighbours(
+    neighbours: np.ndarray, query_groups: Sequence[object], gallery_groups: Sequence[object]
+) -> np.ndarray:
     """Like :func:`ranks_of_matches` from top-k neighbour lists (approximate search): 1-based position of
     the first neighbour in the query's group; ``k + 1`` when none of the k neighbours is."""
     nb = np.asarray(neighbours)

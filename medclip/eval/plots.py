@@ -27,7 +27,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = "Zero-shot ROC") -> Path:
+def plot_roc_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = "Zero-shot ROC"
+) -> Path:
     """One ROC curve per finding: {finding: (fpr, tpr, auroc)}."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -47,7 +49,9 @@ def plot_reliability(table: Mapping[str, np.ndarray], ece: float, path: str | Pa
     centres = (edges[:-1] + edges[1:]) / 2
     filled = np.asarray(table["count"]) > 0
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect calibration")
-    ax.plot(np.asarray(table["mean_predicted"])[filled], np.asarray(table["fraction_positive"])[filled], "o-", label="model")
+    ax.plot(
+        np.asarray(table["mean_predicted"])[filled], np.asarray(table["fraction_positive"])[filled], "o-", label="model"
+    )
     ax.set(ylabel="observed positive rate", title=f"{title} (ECE {ece:.3f})", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
     axc.bar(centres, table["count"], width=np.diff(edges) * 0.9, color="tab:grey")

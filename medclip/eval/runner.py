@@ -101,8 +101,14 @@ class EmbeddedSplit:
 class Evaluator:
     """Holds a model, a manifest and the embedded splits; each ``run_<task>`` returns a JSON-able dict."""
 
-    def __init__(self, model: EmbeddingModel, manifest: str | Path | pd.DataFrame, options: EvalOptions | None = None,
-                 output_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        manifest: str | Path | pd.DataFrame,
+        options: EvalOptions | None = None,
+        output_dir: str | Path | None = None,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
         self.model = model.eval()
         self.options = options or EvalOptions()
         self.manifest_path = None if isinstance(manifest, pd.DataFrame) else Path(manifest)
@@ -124,8 +130,9 @@ class Evaluator:
         """The images of ``frame`` as the model sees them: the checkpoint's saved preprocessing (window,
         size, slice; :func:`medclip.inference.model_preprocess`), so a model trained on a lung-window cache
         is evaluated on lung-window pixels."""
-        return ManifestDataset(frame, config=model_preprocess(self.model), text_field=self.options.text_field,
-                               label_names=[])
+        return ManifestDataset(
+            frame, config=model_preprocess(self.model), text_field=self.options.text_field, label_names=[]
+        )
 
     def split(self, name: str) -> EmbeddedSplit:
         """The embedded split ``name`` (computed once)."""
@@ -157,7 +164,7 @@ class Evaluator:
         from medclip.knowledge import Graph
 
         graph = Graph.load()
-        present = [c[len(LABEL_PREFIX):] for c in label_columns(self.frame)]
+        present = [c[len(LABEL_PREFIX) :] for c in label_columns(self.frame)]
         if self.options.findings:
             wanted = graph.resolve(self.options.findings)
             missing = [f for f in wanted if f not in present]
@@ -165,15 +172,20 @@ class Evaluator:
                 raise ValueError(f"{self._where()}: no label column for {missing} (have {present})")
             return wanted
         if not self.options.unmentioned_as_negative:  # a column with no 0/1 value cannot be scored
-            present = [f for f in present
-                       if pd.to_numeric(self.frame[LABEL_PREFIX + f], errors="coerce").isin((0.0, 1.0)).any()]
+            present = [
+                f
+                for f in present
+                if pd.to_numeric(self.frame[LABEL_PREFIX + f], errors="coerce").isin((0.0, 1.0)).any()
+            ]
         usable = [f for f in present if f in graph]
         skipped = [f for f in present if f not in graph]
         if skipped:
             log.warning("label columns without knowledge-graph prompts are skipped: %s", skipped)
         if not usable:
-            raise ValueError(f"{self._where()}: no label.<finding> column with known (0/1) labels that the "
-                             f"knowledge graph has prompts for (run `medclip label` first)")
+            raise ValueError(
+                f"{self._where()}: no label.<finding> column with known (0/1) labels that the "
+                f"knowledge graph has prompts for (run `medclip label` first)"
+            )
         return usable
 
     def zeroshot_classifier(self, style: str | None = None) -> ZeroShotClassifier:
@@ -189,9 +201,14 @@ class Evaluator:
     def _validation_record(self) -> dict[str, Any]:
         """Where operating points are chosen (kept in thresholds.json for the recalibration command)."""
         opt = self.options
-        return {"manifest": str(self.manifest_path.resolve()) if self.manifest_path else None, "split": opt.val_split,
-                "test_split": opt.split, "findings": opt.findings, "criterion": opt.criterion,
-                "unmentioned_as_negative": opt.unmentioned_as_negative}
+        return {
+            "manifest": str(self.manifest_path.resolve()) if self.manifest_path else None,
+            "split": opt.val_split,
+            "test_split": opt.split,
+            "findings": opt.findings,
+            "criterion": opt.criterion,
+            "unmentioned_as_negative": opt.unmentioned_as_negative,
+        }
 
     def _plot(self, fn, *args, name: str) -> None:
         if self.output_dir is None:
@@ -226,13 +243,22 @@ class Evaluator:
             val_auroc = {}
             for j, cid in enumerate(findings):
                 known = ~np.isnan(y_val[:, j])
-                val_auroc[cid] = M.bootstrap_ci(M.auroc, y_val[known, j], p_val[known, j], groups=val.patients[known],
-                                                n_boot=opt.n_boot, seed=opt.seed).to_dict()
+                val_auroc[cid] = M.bootstrap_ci(
+                    M.auroc,
+                    y_val[known, j],
+                    p_val[known, j],
+                    groups=val.patients[known],
+                    n_boot=opt.n_boot,
+                    seed=opt.seed,
+                ).to_dict()
             points = calibrate(y_val, p_val, findings, opt.criterion, split=opt.val_split, auroc=val_auroc)
             threshold_source = f"{opt.criterion} on split {opt.val_split!r}"
             if self.checkpoint is not None:
-                saved_to = str(save_thresholds(self.checkpoint.path, points, criterion=opt.criterion,
-                                               validation=self._validation_record()))
+                saved_to = str(
+                    save_thresholds(
+                        self.checkpoint.path, points, criterion=opt.criterion, validation=self._validation_record()
+                    )
+                )
         thresholds = {cid: p.threshold for cid, p in points.items()}
 
         per_finding: dict[str, dict] = {}
@@ -244,8 +270,11 @@ class Evaluator:
             t = thresholds[cid]
             boot = dict(groups=groups, n_boot=opt.n_boot, seed=opt.seed)
             entry: dict[str, Any] = {
-                "n": int(known.sum()), "positives": int(yj.sum()), "threshold": t,
-                "threshold_calibrated": points[cid].calibrated, "threshold_method": points[cid].method,
+                "n": int(known.sum()),
+                "positives": int(yj.sum()),
+                "threshold": t,
+                "threshold_calibrated": points[cid].calibrated,
+                "threshold_method": points[cid].method,
                 "auroc": M.bootstrap_ci(M.auroc, yj, pj, **boot).to_dict(),
                 "auprc": M.bootstrap_ci(M.auprc, yj, pj, **boot).to_dict(),
                 "f1": M.bootstrap_ci(M.f1_at(t), yj, pj, **boot).to_dict(),
@@ -279,15 +308,22 @@ class Evaluator:
         self._plot(plot_reliability, table, ece, name="zeroshot_calibration.png")
         self._plot(plot_prompt_sensitivity, sweep, name="zeroshot_prompt_sensitivity.png")
         return {
-            "split": opt.split, "style": opt.style, "findings": findings, "threshold_source": threshold_source,
+            "split": opt.split,
+            "style": opt.style,
+            "findings": findings,
+            "threshold_source": threshold_source,
             "thresholds_saved_to": saved_to,
             "per_finding": per_finding,
             "mean_auroc": _nanmean(e["auroc"]["value"] for e in per_finding.values()),
             "mean_auroc_multiclass_softmax": _nanmean(e["auroc_multiclass_softmax"] for e in per_finding.values()),
             "ece": ece,
             "reliability": {k: v.tolist() for k, v in table.items()},
-            "prompt_sensitivity": {"auroc": sweep, "spread": spread, "mean_auroc": mean_by_style,
-                                   "mean_spread": _spread(list(mean_by_style.values()))},
+            "prompt_sensitivity": {
+                "auroc": sweep,
+                "spread": spread,
+                "mean_auroc": mean_by_style,
+                "mean_spread": _spread(list(mean_by_style.values())),
+            },
         }
 
     # ------------------------------------------------------------------ retrieval
@@ -295,8 +331,10 @@ class Evaluator:
         """Unique (study, report) pairs of a split, and which image rows have text."""
         has_text = np.array([bool(t) for t in split.texts])
         if not has_text.any():
-            raise ValueError(f"{self._where()}: split {split.frame['split'].iloc[0]!r} has no report text "
-                             f"in field {self.options.text_field!r}")
+            raise ValueError(
+                f"{self._where()}: split {split.frame['split'].iloc[0]!r} has no report text "
+                f"in field {self.options.text_field!r}"
+            )
         pairs = dict.fromkeys((s, t) for s, t, h in zip(split.studies, split.texts, has_text) if h)
         return [t for _, t in pairs], [s for s, _ in pairs], has_text
 
@@ -308,8 +346,13 @@ class Evaluator:
         test = self.split(self.options.split)
         texts, text_studies, has_text = self._reports(test)
         text_features = embed_texts(self.model, texts, self.options.batch_size)
-        result: dict[str, Any] = evaluate_retrieval(test.image_features[torch.from_numpy(has_text)], text_features,
-                                    test.studies[has_text], text_studies, use_faiss=self.options.use_faiss)
+        result: dict[str, Any] = evaluate_retrieval(
+            test.image_features[torch.from_numpy(has_text)],
+            text_features,
+            test.studies[has_text],
+            text_studies,
+            use_faiss=self.options.use_faiss,
+        )
         ranks = result.pop("ranks")
         n_studies = result["n_studies"]
         result["chance_R@10"] = min(1.0, 10 / max(len(texts), 1))
@@ -340,8 +383,10 @@ class Evaluator:
         _, _, has_text = self._reports(test)
         drafter = self.build_drafter()
         if self.checkpoint is not None:
-            source = {"manifest": str(self.manifest_path.resolve()) if self.manifest_path else None,
-                      "split": self.options.train_split}
+            source = {
+                "manifest": str(self.manifest_path.resolve()) if self.manifest_path else None,
+                "split": self.options.train_split,
+            }
             fingerprint = self.checkpoint.fingerprint() if self.checkpoint.is_model() else None  # open_clip: none
             drafter.save(self.checkpoint.drafter, model_fingerprint=fingerprint, source=source)
         rows = np.flatnonzero(has_text)
@@ -353,8 +398,12 @@ class Evaluator:
         nearest = [drafter.corpus_report(d.neighbours[0]).text for d in drafts]
         rng = np.random.default_rng(self.options.seed)
         random_reports = [drafter.corpus_report(int(i)).text for i in rng.integers(0, len(drafter), len(rows))]
-        scores["nearest_report"] = {k: v for k, v in score_drafts(nearest, references, labeler).items() if k != "per_finding"}
-        scores["random_report"] = {k: v for k, v in score_drafts(random_reports, references, labeler).items() if k != "per_finding"}
+        scores["nearest_report"] = {
+            k: v for k, v in score_drafts(nearest, references, labeler).items() if k != "per_finding"
+        }
+        scores["random_report"] = {
+            k: v for k, v in score_drafts(random_reports, references, labeler).items() if k != "per_finding"
+        }
         scores["corpus_reports"] = len(drafter)
         scores["split"] = self.options.split
         scores["examples"] = [{"draft": d.text, "truth": r} for d, r in list(zip(drafts, references))[:examples]]
@@ -372,11 +421,19 @@ class Evaluator:
         train, test = self.split(opt.train_split), self.split(opt.split)
         clf = self.zeroshot_classifier()
         findings = clf.findings
-        result = evaluate_fewshot(train.image_features.numpy(), train.labels(findings, opt.unmentioned_as_negative),
-                                  test.image_features.numpy(), test.labels(findings, opt.unmentioned_as_negative),
-                                  findings, zeroshot_logits=clf.logits(test.image_features).numpy(), shots=opt.shots,
-                                  trials=opt.fewshot_trials, seed=opt.seed, train_groups=train.patients,
-                                  train_zeroshot_logits=clf.logits(train.image_features).numpy())
+        result = evaluate_fewshot(
+            train.image_features.numpy(),
+            train.labels(findings, opt.unmentioned_as_negative),
+            test.image_features.numpy(),
+            test.labels(findings, opt.unmentioned_as_negative),
+            findings,
+            zeroshot_logits=clf.logits(test.image_features).numpy(),
+            shots=opt.shots,
+            trials=opt.fewshot_trials,
+            seed=opt.seed,
+            train_groups=train.patients,
+            train_zeroshot_logits=clf.logits(train.image_features).numpy(),
+        )
         result["split"] = opt.split
         self._plot(plot_fewshot, result, name="fewshot_auroc.png")
         return result
@@ -386,8 +443,9 @@ class Evaluator:
         from .attributes import evaluate_attributes
 
         test = self.split(self.options.split)
-        return evaluate_attributes(self.model, test.frame, test.image_features, n_boot=self.options.n_boot,
-                                   seed=self.options.seed)
+        return evaluate_attributes(
+            self.model, test.frame, test.image_features, n_boot=self.options.n_boot, seed=self.options.seed
+        )
 
     def run(self, tasks: Iterable[str]) -> dict[str, Any]:
         """Run the tasks in order; returns {task: result} plus model and data descriptions."""
@@ -395,14 +453,22 @@ class Evaluator:
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}")
-        out: dict[str, Any] = {"model": describe_model(self.model),
-                               "manifest": self.manifest_path.name if self.manifest_path else None,
-                               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.options).items()}}
+        out: dict[str, Any] = {
+            "model": describe_model(self.model),
+            "manifest": self.manifest_path.name if self.manifest_path else None,
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.options).items()},
+        }
         for task in tasks:
             log.info("task %s", task)
             out[task] = getattr(self, f"run_{task}")()
-        out["data"] = {name: {"images": len(s.frame), "patients": int(s.frame["patient_id"].nunique()),
-                              "studies": int(s.frame["study_id"].nunique())} for name, s in self._splits.items()}
+        out["data"] = {
+            name: {
+                "images": len(s.frame),
+                "patients": int(s.frame["patient_id"].nunique()),
+                "studies": int(s.frame["study_id"].nunique()),
+            }
+            for name, s in self._splits.items()
+        }
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             out["plots"] = list(self.plots)
@@ -410,9 +476,15 @@ class Evaluator:
         return out
 
 
-def evaluate(checkpoint: str | Path | EmbeddingModel, manifest: str | Path | pd.DataFrame, tasks: Sequence[str] = TASKS,
-             output_dir: str | Path | None = None, save_to_checkpoint: bool = False, device: str = "cpu",
-             **options: Any) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path | EmbeddingModel,
+    manifest: str | Path | pd.DataFrame,
+    tasks: Sequence[str] = TASKS,
+    output_dir: str | Path | None = None,
+    save_to_checkpoint: bool = False,
+    device: str = "cpu",
+    **options: Any,
+) -> dict[str, Any]:
     """Evaluate a checkpoint folder (medclip or open_clip, see :func:`load_model`) or a loaded model on a
     manifest. ``options`` are :class:`EvalOptions` fields. With ``save_to_checkpoint`` the chosen
     thresholds (``thresholds.json``) and the report drafter (``drafter/``) are written into the
@@ -448,33 +520,82 @@ def format_results(results: dict[str, Any]) -> str:
     parts = []
     if "zeroshot" in results:
         z = results["zeroshot"]
-        rows = [[cid, e["n"], e["positives"], _fmt(e["auroc"]), _fmt(e["auprc"]), _fmt(e["f1"]), _fmt(e["accuracy"]),
-                 _fmt(e["threshold"], 2) + ("" if e.get("threshold_calibrated", True) else "*"), _fmt(e["ece"]),
-                 _fmt(e["auroc_multiclass_softmax"]), _fmt(z["prompt_sensitivity"]["spread"].get(cid))]
-                for cid, e in z["per_finding"].items()]
+        rows = [
+            [
+                cid,
+                e["n"],
+                e["positives"],
+                _fmt(e["auroc"]),
+                _fmt(e["auprc"]),
+                _fmt(e["f1"]),
+                _fmt(e["accuracy"]),
+                _fmt(e["threshold"], 2) + ("" if e.get("threshold_calibrated", True) else "*"),
+                _fmt(e["ece"]),
+                _fmt(e["auroc_multiclass_softmax"]),
+                _fmt(z["prompt_sensitivity"]["spread"].get(cid)),
+            ]
+            for cid, e in z["per_finding"].items()
+        ]
         uncalibrated = [cid for cid, e in z["per_finding"].items() if not e.get("threshold_calibrated", True)]
-        parts.append(f"Zero-shot diagnosis (split {z['split']}, prompts {z['style']}, thresholds: {z['threshold_source']}; "
-                     "95% CIs by patient bootstrap"
-                     + (f"; * not calibrated (0.5 fallback): {len(uncalibrated)} of {len(z['per_finding'])}" if uncalibrated else "")
-                     + ")\n" + _table(
-                         ["finding", "n", "pos", "AUROC", "AUPRC", "F1", "accuracy", "thr", "ECE", "AUROC(multi)", "prompt spread"], rows))
+        parts.append(
+            f"Zero-shot diagnosis (split {z['split']}, prompts {z['style']}, thresholds: {z['threshold_source']}; "
+            "95% CIs by patient bootstrap"
+            + (
+                f"; * not calibrated (0.5 fallback): {len(uncalibrated)} of {len(z['per_finding'])}"
+                if uncalibrated
+                else ""
+            )
+            + ")\n"
+            + _table(
+                [
+                    "finding",
+                    "n",
+                    "pos",
+                    "AUROC",
+                    "AUPRC",
+                    "F1",
+                    "accuracy",
+                    "thr",
+                    "ECE",
+                    "AUROC(multi)",
+                    "prompt spread",
+                ],
+                rows,
+            )
+        )
         ps = z["prompt_sensitivity"]["mean_auroc"]
-        parts.append(f"mean AUROC {_fmt(z['mean_auroc'])}; pooled ECE {_fmt(z['ece'])}; mean AUROC by prompt style: "
-                     + ", ".join(f"{s} {_fmt(v)}" for s, v in ps.items()))
+        parts.append(
+            f"mean AUROC {_fmt(z['mean_auroc'])}; pooled ECE {_fmt(z['ece'])}; mean AUROC by prompt style: "
+            + ", ".join(f"{s} {_fmt(v)}" for s, v in ps.items())
+        )
     if "retrieval" in results:
         r = results["retrieval"]
-        rows = [[d.replace("_", " "), _fmt(r[d]["R@1"]), _fmt(r[d]["R@5"]), _fmt(r[d]["R@10"]), _fmt(r[d]["median_rank"], 1),
-                 r[d]["n_queries"], r[d]["gallery_size"]] for d in ("image_to_report", "report_to_image")]
-        parts.append(f"Retrieval (split {r['split']}, study level, {r['n_studies']} studies)\n"
-                     + _table(["direction", "R@1", "R@5", "R@10", "median rank", "queries", "gallery"], rows))
+        rows = [
+            [
+                d.replace("_", " "),
+                _fmt(r[d]["R@1"]),
+                _fmt(r[d]["R@5"]),
+                _fmt(r[d]["R@10"]),
+                _fmt(r[d]["median_rank"], 1),
+                r[d]["n_queries"],
+                r[d]["gallery_size"],
+            ]
+            for d in ("image_to_report", "report_to_image")
+        ]
+        parts.append(
+            f"Retrieval (split {r['split']}, study level, {r['n_studies']} studies)\n"
+            + _table(["direction", "R@1", "R@5", "R@10", "median rank", "queries", "gallery"], rows)
+        )
     if "report" in results:
         d = results["report"]
         rows = [["retrieval draft", _fmt(d["macro_f1"]), _fmt(d["micro_f1"]), _fmt(d["bleu4"]), _fmt(d["rouge_l"])]]
         for key, label in (("nearest_report", "nearest report"), ("random_report", "random report")):
             s = d[key]
             rows.append([label, _fmt(s["macro_f1"]), _fmt(s["micro_f1"]), _fmt(s["bleu4"]), _fmt(s["rouge_l"])])
-        parts.append(f"Report drafting ({d['n_reports']} reports, corpus {d['corpus_reports']} training reports)\n"
-                     + _table(["method", "macro F1", "micro F1", "BLEU-4", "ROUGE-L"], rows))
+        parts.append(
+            f"Report drafting ({d['n_reports']} reports, corpus {d['corpus_reports']} training reports)\n"
+            + _table(["method", "macro F1", "micro F1", "BLEU-4", "ROUGE-L"], rows)
+        )
     if "fewshot" in results:
         f = results["fewshot"]
         by_k = {int(k): v for k, v in f["shots"].items()}  # int keys in memory, str keys after JSON
@@ -483,8 +604,10 @@ def format_results(results: dict[str, Any]) -> str:
         rows = [[m, *(_fmt(by_k[k][m]["mean"]) for k in shots)] for m in methods]
         if "zeroshot" in f:
             rows.append(["zeroshot", *([_fmt(f["zeroshot"]["mean"])] * len(shots))])
-        parts.append(f"Few-shot mean AUROC (mean of {f['trials']} draws of the shots)\n"
-                     + _table(["method", *(f"k={k}" for k in shots)], rows))
+        parts.append(
+            f"Few-shot mean AUROC (mean of {f['trials']} draws of the shots)\n"
+            + _table(["method", *(f"k={k}" for k in shots)], rows)
+        )
     if "attributes" in results:
         from .attributes import format_attributes
 

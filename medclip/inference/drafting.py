@@ -56,6 +56,7 @@ def drafting_text(record: Mapping[str, object]) -> str:
     to scrubbing) and never belongs in a drafted report. Without the indexer's sections, the sections
     of ``report_text`` are used (unsectioned text counts as findings).
     """
+
     def clean(text: object) -> str:
         return " ".join(s for s in split_sentences(str(text or "")) if REDACTED not in s)
 
@@ -87,10 +88,21 @@ def _report_sentences(text: str) -> list[tuple[str, str]]:
 class ReportDrafter:
     """Drafts reports from the nearest reports and sentences of a corpus (see the module docstring)."""
 
-    def __init__(self, texts: list[str], report_embeddings: torch.Tensor, sentences: list[str], sections: list[str],
-                 sentence_reports: list[list[int]], sentence_embeddings: torch.Tensor, *, k: int = 5,
-                 max_findings: int = 4, max_impression: int = 2, duplicate_similarity: float = 0.95,
-                 min_vote: float = 0.1) -> None:
+    def __init__(
+        self,
+        texts: list[str],
+        report_embeddings: torch.Tensor,
+        sentences: list[str],
+        sections: list[str],
+        sentence_reports: list[list[int]],
+        sentence_embeddings: torch.Tensor,
+        *,
+        k: int = 5,
+        max_findings: int = 4,
+        max_impression: int = 2,
+        duplicate_similarity: float = 0.95,
+        min_vote: float = 0.1,
+    ) -> None:
         if report_embeddings.shape[0] != len(texts) or sentence_embeddings.shape[0] != len(sentences):
             raise ValueError("embeddings and texts disagree in length")
         if not (len(sentences) == len(sections) == len(sentence_reports)):
@@ -135,7 +147,9 @@ class ReportDrafter:
         model.eval()
         try:
             report_emb = embed_texts(model, texts, batch_size)
-            sentence_emb = embed_texts(model, sentences, batch_size) if sentences else torch.zeros(0, report_emb.shape[1])
+            sentence_emb = (
+                embed_texts(model, sentences, batch_size) if sentences else torch.zeros(0, report_emb.shape[1])
+            )
         finally:
             model.train(was_training)
         return cls(texts, report_emb, sentences, sections, reports, sentence_emb, **options)
@@ -177,19 +191,27 @@ class ReportDrafter:
             if len(section) >= limits[self.sections[s]]:
                 continue
             # a near-duplicate of a sentence already in the same section adds nothing
-            if section and float((self.sentence_embeddings[section] @ self.sentence_embeddings[s]).max()) >= self.duplicate_similarity:
+            if (
+                section
+                and float((self.sentence_embeddings[section] @ self.sentence_embeddings[s]).max())
+                >= self.duplicate_similarity
+            ):
                 continue
             section.append(s)
-        return DraftedReport(" ".join(self.sentences[s] for s in chosen["findings"]),
-                             " ".join(self.sentences[s] for s in chosen["impression"]), neighbours)
+        return DraftedReport(
+            " ".join(self.sentences[s] for s in chosen["findings"]),
+            " ".join(self.sentences[s] for s in chosen["impression"]),
+            neighbours,
+        )
 
     def draft_many(self, image_features: torch.Tensor) -> list[DraftedReport]:
         """One draft per row of (N, E) image embeddings."""
         return [self.draft(row) for row in torch.as_tensor(image_features)]
 
     # ------------------------------------------------------------------ save / load
-    def save(self, directory: str | Path, *, model_fingerprint: str | None = None,
-             source: Mapping[str, object] | None = None) -> Path:
+    def save(
+        self, directory: str | Path, *, model_fingerprint: str | None = None, source: Mapping[str, object] | None = None
+    ) -> Path:
         """Write ``drafter.safetensors`` (embeddings) and ``drafter.json`` (texts, options) to ``directory``.
 
         ``model_fingerprint``: the model whose text tower embedded the corpus (checked by :meth:`load`);
@@ -202,13 +224,29 @@ class ReportDrafter:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_write(directory / _WEIGHTS_FILE) as tmp:
-            save_file({"report_embeddings": self.report_embeddings.contiguous(),
-                       "sentence_embeddings": self.sentence_embeddings.contiguous()}, str(tmp))
-        meta = {"format": DRAFTER_FORMAT, "texts": self.texts, "sentences": self.sentences, "sections": self.sections,
-                "sentence_reports": self.sentence_reports,
-                "options": {"k": self.k, "max_findings": self.max_findings, "max_impression": self.max_impression,
-                            "duplicate_similarity": self.duplicate_similarity, "min_vote": self.min_vote},
-                "model_fingerprint": model_fingerprint, "source": dict(source or {})}
+            save_file(
+                {
+                    "report_embeddings": self.report_embeddings.contiguous(),
+                    "sentence_embeddings": self.sentence_embeddings.contiguous(),
+                },
+                str(tmp),
+            )
+        meta = {
+            "format": DRAFTER_FORMAT,
+            "texts": self.texts,
+            "sentences": self.sentences,
+            "sections": self.sections,
+            "sentence_reports": self.sentence_reports,
+            "options": {
+                "k": self.k,
+                "max_findings": self.max_findings,
+                "max_impression": self.max_impression,
+                "duplicate_similarity": self.duplicate_similarity,
+                "min_vote": self.min_vote,
+            },
+            "model_fingerprint": model_fingerprint,
+            "source": dict(source or {}),
+        }
         with atomic_write(directory / _META_FILE) as tmp:  # written last: a folder with it is complete
             tmp.write_text(json.dumps(meta, ensure_ascii=False) + "\n")
         return directory
@@ -236,19 +274,32 @@ class ReportDrafter:
             from medclip.checkpoint import StaleFileError
 
             source: dict = meta["source"] if isinstance(meta.get("source"), dict) else {}
-            what = f"embedded by another model (fingerprint {recorded})" if recorded else "not tied to a model (older medclip)"
+            what = (
+                f"embedded by another model (fingerprint {recorded})"
+                if recorded
+                else "not tied to a model (older medclip)"
+            )
             command = " ".join(shlex.quote(p) for p in ("medclip", "eval", "--checkpoint", str(directory.parent)))
             command += f" --manifest {shlex.quote(str(source['manifest'])) if source.get('manifest') else 'MANIFEST'}"
             if source.get("split") not in (None, "train"):
                 command += f" --train-split {shlex.quote(str(source['split']))}"
-            raise StaleFileError(f"{directory}: report drafter {what}, not by this checkpoint's model (fingerprint "
-                                 f"{model_fingerprint}); rebuild it with: {command} --task report --save-to-checkpoint")
+            raise StaleFileError(
+                f"{directory}: report drafter {what}, not by this checkpoint's model (fingerprint "
+                f"{model_fingerprint}); rebuild it with: {command} --task report --save-to-checkpoint"
+            )
         try:
             tensors = load_file(str(weights_path))
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(f"{weights_path}: cannot read embeddings ({exc})") from exc
-        return cls(meta["texts"], tensors["report_embeddings"], meta["sentences"], meta["sections"],
-                   meta["sentence_reports"], tensors["sentence_embeddings"], **meta.get("options", {}))
+        return cls(
+            meta["texts"],
+            tensors["report_embeddings"],
+            meta["sentences"],
+            meta["sections"],
+            meta["sentence_reports"],
+            tensors["sentence_embeddings"],
+            **meta.get("options", {}),
+        )
 
 
 def drafted_to_dict(report: DraftedReport) -> dict:

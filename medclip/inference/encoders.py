@@ -76,7 +76,7 @@ def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int = 6
     # sort by length so each batch pads little; restore the order afterwards
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(texts), batch_size):
-        chunk = [texts[i] for i in order[start:start + batch_size]]
+        chunk = [texts[i] for i in order[start : start + batch_size]]
         tok = model.tokenize(chunk)
         feats = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device), normalize=True)
         out.append(feats.float().cpu())
@@ -87,8 +87,12 @@ def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int = 6
 
 
 @torch.no_grad()
-def embed_images(model: EmbeddingModel, images: Iterable[torch.Tensor] | torch.utils.data.Dataset, batch_size: int = 32,
-                 num_workers: int = 0) -> torch.Tensor:
+def embed_images(
+    model: EmbeddingModel,
+    images: Iterable[torch.Tensor] | torch.utils.data.Dataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> torch.Tensor:
     """L2-normalised image embeddings (N, E) on the CPU from a tensor (N, 1, H, W) or a dataset of items
     with an ``"image"`` entry (e.g. :class:`medclip.data.ManifestDataset`)."""
     device = model_device(model)
@@ -96,8 +100,13 @@ def embed_images(model: EmbeddingModel, images: Iterable[torch.Tensor] | torch.u
         batches: Iterable[torch.Tensor] = images.split(batch_size)
     else:
         # any indexable collection of items works as a map-style dataset
-        loader = torch.utils.data.DataLoader(cast(torch.utils.data.Dataset, images), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                             collate_fn=lambda items: torch.stack([it["image"] for it in items]))
+        loader = torch.utils.data.DataLoader(
+            cast(torch.utils.data.Dataset, images),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=lambda items: torch.stack([it["image"] for it in items]),
+        )
         batches = loader
     out = [model.encode_image(b.to(device), normalize=True).float().cpu() for b in batches]
     if not out:
@@ -110,5 +119,12 @@ def describe_model(model: EmbeddingModel) -> dict[str, Any]:
     if isinstance(model, OpenClipAdapter):
         return {"kind": "open_clip", "name": model.name, "image_size": list(model.image_size)}
     cfg = model.config
-    return {"kind": "medclip", "name": cfg.name, "vision": cfg.vision.name, "text": cfg.text.name or (cfg.text.hf_config or {}).get("model_type"),
-            "embed_dim": cfg.embed_dim, "image_size": cfg.vision.image_size, "preprocess": cfg.preprocess_config().to_dict()}
+    return {
+        "kind": "medclip",
+        "name": cfg.name,
+        "vision": cfg.vision.name,
+        "text": cfg.text.name or (cfg.text.hf_config or {}).get("model_type"),
+        "embed_dim": cfg.embed_dim,
+        "image_size": cfg.vision.image_size,
+        "preprocess": cfg.preprocess_config().to_dict(),
+    }

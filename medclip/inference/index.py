@@ -41,8 +41,12 @@ class EmbeddingIndex:
     ``True`` (require FAISS) or ``False`` (exact search).
     """
 
-    def __init__(self, embeddings: torch.Tensor | np.ndarray, use_faiss: bool | str = "auto", hnsw_neighbours: int = 32) -> None:
-        emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32) if isinstance(embeddings, np.ndarray) else embeddings)
+    def __init__(
+        self, embeddings: torch.Tensor | np.ndarray, use_faiss: bool | str = "auto", hnsw_neighbours: int = 32
+    ) -> None:
+        emb = torch.as_tensor(
+            np.asarray(embeddings, dtype=np.float32) if isinstance(embeddings, np.ndarray) else embeddings
+        )
         emb = emb.detach().float().cpu()
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ValueError(f"gallery embeddings must be a non-empty (N, E) array, got shape {tuple(emb.shape)}")
@@ -52,7 +56,9 @@ class EmbeddingIndex:
         have = faiss_available()
         if use_faiss is True and not have:
             _faiss()  # raises MissingExtraError: one line naming the extra to install
-        self.uses_faiss = bool(have and (use_faiss is True or (use_faiss == "auto" and emb.shape[0] >= FAISS_MIN_GALLERY)))
+        self.uses_faiss = bool(
+            have and (use_faiss is True or (use_faiss == "auto" and emb.shape[0] >= FAISS_MIN_GALLERY))
+        )
         self._faiss = None
         if self.uses_faiss:
             faiss = _faiss()
@@ -68,7 +74,12 @@ class EmbeddingIndex:
     def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best gallery items per query: (scores (Q, k) float32, indices (Q, k) int64), best first.
         ``k`` larger than the gallery is cut to its size."""
-        q = torch.as_tensor(np.asarray(queries, dtype=np.float32) if isinstance(queries, np.ndarray) else queries).detach().float().cpu()
+        q = (
+            torch.as_tensor(np.asarray(queries, dtype=np.float32) if isinstance(queries, np.ndarray) else queries)
+            .detach()
+            .float()
+            .cpu()
+        )
         if q.ndim == 1:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.embeddings.shape[1]:

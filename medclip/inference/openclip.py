@@ -49,8 +49,15 @@ class OpenClipAdapter(nn.Module):
     mean: torch.Tensor  # registered buffers
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module, tokenizer: Any, image_size: int | Sequence[int] | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str = "open_clip") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        image_size: int | Sequence[int] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        name: str = "open_clip",
+    ) -> None:
         super().__init__()
         open_clip = _open_clip()
 
@@ -84,7 +91,9 @@ class OpenClipAdapter(nn.Module):
             else:
                 if Path(name).is_dir():
                     if not (Path(name) / OPEN_CLIP_CONFIG).is_file():
-                        raise FileNotFoundError(f"{name}: no {OPEN_CLIP_CONFIG} in this folder (not an open_clip model)")
+                        raise FileNotFoundError(
+                            f"{name}: no {OPEN_CLIP_CONFIG} in this folder (not an open_clip model)"
+                        )
                     name = f"local-dir:{Path(name).resolve()}"
                 model, _ = open_clip.create_model_from_pretrained(name, device=device)
                 tokenizer = open_clip.get_tokenizer(name)
@@ -119,7 +128,9 @@ class OpenClipAdapter(nn.Module):
         x = (x - self.mean) / self.std
         return self.model.encode_image(x, normalize=normalize)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         """Token ids (B, L) -> (B, E); the mask is implied by the padding id."""
         return self.model.encode_text(input_ids, normalize=normalize)
 

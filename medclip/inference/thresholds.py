@@ -53,10 +53,28 @@ POSITIVE, UNCERTAIN, NEGATIVE = "positive", "uncertain", "negative"
 NOT_CALIBRATED = "not calibrated"
 
 __all__ = [
-    "CRITERIA", "DEFAULT_THRESHOLD", "DEFAULT_UNCERTAIN_MARGIN", "FALLBACK", "MANUAL", "NEGATIVE", "NOT_CALIBRATED",
-    "POSITIVE", "THRESHOLDS_FILE", "UNCERTAIN", "OperatingPoint", "OperatingPoints", "StaleFileError",
-    "calibrate", "choose_threshold", "choose_thresholds", "decide", "load_operating_points", "load_thresholds",
-    "load_uncertain_margin", "recalibrate_command", "save_thresholds",
+    "CRITERIA",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_UNCERTAIN_MARGIN",
+    "FALLBACK",
+    "MANUAL",
+    "NEGATIVE",
+    "NOT_CALIBRATED",
+    "POSITIVE",
+    "THRESHOLDS_FILE",
+    "UNCERTAIN",
+    "OperatingPoint",
+    "OperatingPoints",
+    "StaleFileError",
+    "calibrate",
+    "choose_threshold",
+    "choose_thresholds",
+    "decide",
+    "load_operating_points",
+    "load_thresholds",
+    "load_uncertain_margin",
+    "recalibrate_command",
+    "save_thresholds",
 ]
 
 
@@ -90,10 +108,14 @@ class OperatingPoint:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
         auroc = data.get("auroc")
-        return cls(threshold=_threshold(data.get("threshold"), "?"), method=str(data.get("method", MANUAL)),
-                   n=None if data.get("n") is None else int(data["n"]),
-                   positives=None if data.get("positives") is None else int(data["positives"]),
-                   auroc=dict(auroc) if isinstance(auroc, Mapping) else None, reason=str(data.get("reason", "")))
+        return cls(
+            threshold=_threshold(data.get("threshold"), "?"),
+            method=str(data.get("method", MANUAL)),
+            n=None if data.get("n") is None else int(data["n"]),
+            positives=None if data.get("positives") is None else int(data["positives"]),
+            auroc=dict(auroc) if isinstance(auroc, Mapping) else None,
+            reason=str(data.get("reason", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,8 +152,16 @@ def _threshold(value: object, cid: str) -> float:
 def recalibrate_command(checkpoint_dir: str | Path, validation: Mapping[str, Any] | None = None) -> str:
     """The ``medclip eval`` command that chooses (and saves) the operating points for a checkpoint again."""
     validation = validation or {}
-    parts = ["medclip", "eval", "--checkpoint", str(checkpoint_dir), "--manifest", str(validation.get("manifest") or "MANIFEST"),
-             "--task", "zeroshot"]
+    parts = [
+        "medclip",
+        "eval",
+        "--checkpoint",
+        str(checkpoint_dir),
+        "--manifest",
+        str(validation.get("manifest") or "MANIFEST"),
+        "--task",
+        "zeroshot",
+    ]
     if validation.get("test_split") not in (None, "test"):
         parts += ["--split", str(validation["test_split"])]
     if validation.get("split") not in (None, "val"):
@@ -147,9 +177,15 @@ def recalibrate_command(checkpoint_dir: str | Path, validation: Mapping[str, Any
     return " ".join(part if part == "MANIFEST" else shlex.quote(part) for part in parts)
 
 
-def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float | OperatingPoint], *,
-                    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN, criterion: str | None = None,
-                    model_fingerprint: str | None = None, validation: Mapping[str, Any] | None = None) -> Path:
+def save_thresholds(
+    checkpoint_dir: str | Path,
+    thresholds: Mapping[str, float | OperatingPoint],
+    *,
+    uncertain_margin: float = DEFAULT_UNCERTAIN_MARGIN,
+    criterion: str | None = None,
+    model_fingerprint: str | None = None,
+    validation: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``thresholds.json`` into the checkpoint folder (atomically); returns its path.
 
     ``thresholds``: per finding an :class:`OperatingPoint` or a bare number (recorded as set by
@@ -158,19 +194,26 @@ def save_thresholds(checkpoint_dir: str | Path, thresholds: Mapping[str, float |
     the recalibration command.
     """
     ckpt = CheckpointDir(checkpoint_dir).require()
-    points = {str(cid): value if isinstance(value, OperatingPoint) else OperatingPoint(_threshold(value, str(cid)))
-              for cid, value in thresholds.items()}
+    points = {
+        str(cid): value if isinstance(value, OperatingPoint) else OperatingPoint(_threshold(value, str(cid)))
+        for cid, value in thresholds.items()
+    }
     for cid, point in points.items():
         _threshold(point.threshold, cid)
     if not 0.0 <= uncertain_margin < 0.5:
         raise ValueError(f"uncertain_margin must lie in [0, 0.5), got {uncertain_margin}")
     if model_fingerprint is None and ckpt.is_model():
         model_fingerprint = ckpt.fingerprint()
-    payload = {"format": THRESHOLDS_FORMAT, "version": THRESHOLDS_VERSION, "model_fingerprint": model_fingerprint,
-               "criterion": criterion, "uncertain_margin": float(uncertain_margin),
-               "validation": dict(validation or {}),
-               "thresholds": {cid: p.threshold for cid, p in points.items()},
-               "findings": {cid: p.to_dict() for cid, p in points.items()}}
+    payload = {
+        "format": THRESHOLDS_FORMAT,
+        "version": THRESHOLDS_VERSION,
+        "model_fingerprint": model_fingerprint,
+        "criterion": criterion,
+        "uncertain_margin": float(uncertain_margin),
+        "validation": dict(validation or {}),
+        "thresholds": {cid: p.threshold for cid, p in points.items()},
+        "findings": {cid: p.to_dict() for cid, p in points.items()},
+    }
     write_json(ckpt.thresholds, payload)
     return ckpt.thresholds
 
@@ -183,7 +226,11 @@ def _read(checkpoint_dir: str | Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read thresholds ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != THRESHOLDS_FORMAT or not isinstance(data.get("thresholds"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != THRESHOLDS_FORMAT
+        or not isinstance(data.get("thresholds"), dict)
+    ):
         raise ValueError(f"{path}: not a medclip thresholds file (format != {THRESHOLDS_FORMAT!r})")
     return data
 
@@ -203,15 +250,24 @@ def load_operating_points(checkpoint_dir: str | Path, model_fingerprint: str | N
     validation: dict[str, Any] = data["validation"] if isinstance(data.get("validation"), dict) else {}
     recorded = data.get("model_fingerprint")
     if model_fingerprint is not None and recorded != model_fingerprint:
-        what = f"chosen for another model (fingerprint {recorded})" if recorded else "not tied to a model (written by an older medclip)"
-        raise StaleFileError(f"{ckpt.thresholds}: operating points {what}, not for this checkpoint's model "
-                             f"(fingerprint {model_fingerprint}); recalibrate with: {recalibrate_command(ckpt.path, validation)}")
+        what = (
+            f"chosen for another model (fingerprint {recorded})"
+            if recorded
+            else "not tied to a model (written by an older medclip)"
+        )
+        raise StaleFileError(
+            f"{ckpt.thresholds}: operating points {what}, not for this checkpoint's model "
+            f"(fingerprint {model_fingerprint}); recalibrate with: {recalibrate_command(ckpt.path, validation)}"
+        )
     records: dict[str, Any] = data["findings"] if isinstance(data.get("findings"), dict) else {}
     points: dict[str, OperatingPoint] = {}
     for cid, value in data["thresholds"].items():
         record = records.get(cid)
-        points[str(cid)] = (OperatingPoint.from_dict(record) if isinstance(record, Mapping)
-                            else OperatingPoint(_threshold(value, str(cid))))
+        points[str(cid)] = (
+            OperatingPoint.from_dict(record)
+            if isinstance(record, Mapping)
+            else OperatingPoint(_threshold(value, str(cid)))
+        )
     margin = float(data.get("uncertain_margin", DEFAULT_UNCERTAIN_MARGIN))
     return OperatingPoints(points, margin, data.get("criterion"), recorded, dict(validation))
 
@@ -260,13 +316,16 @@ def choose_threshold(y_true: np.ndarray, y_prob: np.ndarray, criterion: str = "y
     return float(np.clip(cuts[int(np.argmax(score))], 0.0, 1.0))
 
 
-def choose_thresholds(labels: np.ndarray, probabilities: np.ndarray, findings: list[str],
-                      criterion: str = "youden") -> dict[str, float]:
+def choose_thresholds(
+    labels: np.ndarray, probabilities: np.ndarray, findings: list[str], criterion: str = "youden"
+) -> dict[str, float]:
     """One threshold per finding (columns of ``labels``/``probabilities``); unknown labels (NaN, -1) are ignored."""
     labels = np.asarray(labels, dtype=np.float64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.shape != probabilities.shape or labels.shape[1] != len(findings):
-        raise ValueError(f"labels {labels.shape}, probabilities {probabilities.shape} and {len(findings)} findings disagree")
+        raise ValueError(
+            f"labels {labels.shape}, probabilities {probabilities.shape} and {len(findings)} findings disagree"
+        )
     out = {}
     for j, cid in enumerate(findings):
         known = np.isin(labels[:, j], (0.0, 1.0))
@@ -274,8 +333,15 @@ def choose_thresholds(labels: np.ndarray, probabilities: np.ndarray, findings: l
     return out
 
 
-def calibrate(labels: np.ndarray, probabilities: np.ndarray, findings: list[str], criterion: str = "youden", *,
-              split: str = "val", auroc: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, OperatingPoint]:
+def calibrate(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    findings: list[str],
+    criterion: str = "youden",
+    *,
+    split: str = "val",
+    auroc: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, OperatingPoint]:
     """Per finding, the operating point chosen on validation data and how: ``criterion`` where both
     classes are present, else the 0.5 fallback with the reason. ``auroc``: per finding the validation
     AUROC with its CI (computed by the caller, e.g. with :func:`medclip.eval.metrics.bootstrap_ci`)."""

@@ -39,7 +39,9 @@ NO_FINDING = "no_finding"
 DEFAULT_FINDINGS = "chexpert14"
 
 
-def prompts_for_style(graph: Graph, findings: str | Iterable[str] | None, style: str = "ensemble") -> dict[str, dict[str, list[str]]]:
+def prompts_for_style(
+    graph: Graph, findings: str | Iterable[str] | None, style: str = "ensemble"
+) -> dict[str, dict[str, list[str]]]:
     """{concept_id: {"positive": [...], "negative": [...]}} in one prompt style (see the module docstring)."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
@@ -50,8 +52,10 @@ def prompts_for_style(graph: Graph, findings: str | Iterable[str] | None, style:
     for cid in full:
         if cid == NO_FINDING:
             single = style in ("name", "sentence")
-            out[cid] = {"positive": list(NO_FINDING_POSITIVE[:1] if single else NO_FINDING_POSITIVE),
-                        "negative": list(NO_FINDING_NEGATIVE[:1] if single else NO_FINDING_NEGATIVE)}
+            out[cid] = {
+                "positive": list(NO_FINDING_POSITIVE[:1] if single else NO_FINDING_POSITIVE),
+                "negative": list(NO_FINDING_NEGATIVE[:1] if single else NO_FINDING_NEGATIVE),
+            }
             continue
         names = prompt_names(graph, cid) or [graph[cid].name.lower()]
         if style == "templates":
@@ -75,10 +79,19 @@ def _mean_embedding(model: EmbeddingModel, texts: Sequence[str], batch_size: int
 class ZeroShotClassifier:
     """Per-finding positive / negative prompt-ensemble embeddings, computed once, and the two scorings."""
 
-    def __init__(self, findings: list[str], positive: torch.Tensor, negative: torch.Tensor, logit_scale: float,
-                 prompts: dict[str, dict[str, list[str]]] | None = None, style: str = "ensemble") -> None:
+    def __init__(
+        self,
+        findings: list[str],
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        logit_scale: float,
+        prompts: dict[str, dict[str, list[str]]] | None = None,
+        style: str = "ensemble",
+    ) -> None:
         if positive.shape != negative.shape or positive.shape[0] != len(findings):
-            raise ValueError(f"{len(findings)} findings but prompt embeddings {tuple(positive.shape)} / {tuple(negative.shape)}")
+            raise ValueError(
+                f"{len(findings)} findings but prompt embeddings {tuple(positive.shape)} / {tuple(negative.shape)}"
+            )
         self.findings = list(findings)
         self.positive = F.normalize(positive.float(), dim=-1)
         self.negative = F.normalize(negative.float(), dim=-1)
@@ -87,8 +100,14 @@ class ZeroShotClassifier:
         self.style = style
 
     @classmethod
-    def from_model(cls, model: EmbeddingModel, findings: str | Iterable[str] | None = None, graph: Graph | None = None,
-                   style: str = "ensemble", batch_size: int = 64) -> ZeroShotClassifier:
+    def from_model(
+        cls,
+        model: EmbeddingModel,
+        findings: str | Iterable[str] | None = None,
+        graph: Graph | None = None,
+        style: str = "ensemble",
+        batch_size: int = 64,
+    ) -> ZeroShotClassifier:
         """Embed every finding's prompt ensembles with ``model``'s text tower (once).
 
         ``findings``: concept ids / names or a graph task name (default: CheXpert's 14 observations).

@@ -43,8 +43,18 @@ PathLike = str | os.PathLike[str]
 
 #: Exceptions that pydicom, its decoders and numpy raise on malformed input; turned into ImageReadError.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, TypeError, KeyError, AttributeError, IndexError, OSError, EOFError, RuntimeError,
-    NotImplementedError, struct.error, zlib.error, InvalidDicomError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    struct.error,
+    zlib.error,
+    InvalidDicomError,
 )
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -106,8 +116,10 @@ def dicom_source(path: PathLike) -> PathLike | io.BytesIO:
             while chunk := fh.read(1 << 20):
                 out += chunk
                 if len(out) > MAX_GZIP_DICOM_BYTES:
-                    raise ImageReadError(path, f"gzip-compressed DICOM inflates to more than "
-                                               f"{MAX_GZIP_DICOM_BYTES / 2**20:.0f} MiB: refused")
+                    raise ImageReadError(
+                        path,
+                        f"gzip-compressed DICOM inflates to more than {MAX_GZIP_DICOM_BYTES / 2**20:.0f} MiB: refused",
+                    )
     except (OSError, EOFError, zlib.error) as exc:
         raise ImageReadError(path, f"corrupt gzip file ({type(exc).__name__}: {exc})") from exc
     return io.BytesIO(bytes(out))
@@ -142,7 +154,9 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
     if implicit:
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     else:
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = (
+            pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+        )
 
 
 def _read_dataset(path: PathLike, *, stop_before_pixels: bool = False) -> Dataset:
@@ -350,11 +364,27 @@ MAX_DECODED_SAMPLES = 2**30
 MAX_FRAME_PIXELS = 2**28
 
 # Transfer syntaxes whose frames are JPEG (SOF marker) / JPEG-LS (SOF55) / JPEG 2000 (SIZ) streams.
-_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                            "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
-_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
-                           "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-                           "1.2.840.10008.1.2.4.203"})
+_JPEG_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+    }
+)
+_J2K_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.92",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless, arithmetic) and JPEG-LS SOF55.
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
@@ -377,12 +407,12 @@ def _jpeg_frame_size(data: bytes) -> tuple[int, int, int] | None:
             continue
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             return None
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if marker in _SOF_MARKERS:
             if i + 10 > n or length < 8:
                 return None
-            rows = int.from_bytes(data[i + 5:i + 7], "big")
-            columns = int.from_bytes(data[i + 7:i + 9], "big")
+            rows = int.from_bytes(data[i + 5 : i + 7], "big")
+            columns = int.from_bytes(data[i + 7 : i + 9], "big")
             return rows, columns, data[i + 9]
         i += 2 + length
     return None
@@ -395,10 +425,10 @@ def _j2k_frame_size(data: bytes) -> tuple[int, int, int] | None:
         start = data.find(b"\xff\x4f\xff\x51", 0, 1 << 20)
         if start < 0:
             return None
-    if data[start:start + 4] != b"\xff\x4f\xff\x51" or len(data) < start + 42:
+    if data[start : start + 4] != b"\xff\x4f\xff\x51" or len(data) < start + 42:
         return None
-    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[start + 8:start + 24])
-    (components,) = struct.unpack(">H", data[start + 40:start + 42])
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[start + 8 : start + 24])
+    (components,) = struct.unpack(">H", data[start + 40 : start + 42])
     return max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), components
 
 
@@ -415,11 +445,17 @@ def _check_decoded_size(ds: Dataset, path: PathLike) -> None:
     frames = _frame_count(ds)
     samples = _int(ds, "SamplesPerPixel") or 1
     if rows * columns > MAX_FRAME_PIXELS:
-        raise ImageReadError(path, f"header says {rows} x {columns} pixels per frame, over the limit of "
-                                   f"{MAX_FRAME_PIXELS / 1e6:.0f} megapixels")
+        raise ImageReadError(
+            path,
+            f"header says {rows} x {columns} pixels per frame, over the limit of "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} megapixels",
+        )
     if rows * columns * frames * samples > MAX_DECODED_SAMPLES:
-        raise ImageReadError(path, f"header says {frames} frame(s) of {rows} x {columns} x {samples} samples, over "
-                                   f"the limit of {MAX_DECODED_SAMPLES / 1e6:.0f} M samples per file")
+        raise ImageReadError(
+            path,
+            f"header says {frames} frame(s) of {rows} x {columns} x {samples} samples, over "
+            f"the limit of {MAX_DECODED_SAMPLES / 1e6:.0f} M samples per file",
+        )
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
     if syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES:
@@ -439,8 +475,11 @@ def _check_decoded_size(ds: Dataset, path: PathLike) -> None:
                 raise ImageReadError(path, f"frame {index} is not a {codec} stream with a readable frame header")
             frame_rows, frame_columns, _ = size
             if (frame_rows, frame_columns) != (rows, columns):
-                raise ImageReadError(path, f"encapsulated {codec} frame {index} is {frame_rows} x {frame_columns} "
-                                           f"pixels but the header says {rows} x {columns}: refused before decoding")
+                raise ImageReadError(
+                    path,
+                    f"encapsulated {codec} frame {index} is {frame_rows} x {frame_columns} "
+                    f"pixels but the header says {rows} x {columns}: refused before decoding",
+                )
     except ImageReadError:
         raise
     except _DECODE_ERRORS as exc:
@@ -464,16 +503,24 @@ def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
             reason = f"pixel data truncated or wrong length ({message})"
         elif "plugin" in lowered or "decoder" in lowered or "no pixel data handler" in lowered:
             syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")
-            reason = (
-                f"no installed decoder could decode this {syntax} pixel data (python-gdcm may; {message})"
-            )
+            reason = f"no installed decoder could decode this {syntax} pixel data (python-gdcm may; {message})"
         else:
             reason = f"pixel data could not be decoded ({message})"
         raise ImageReadError(path, reason) from exc
 
 
-_GDCM_SCALARS = {"UINT8": "u1", "INT8": "i1", "UINT12": "<u2", "INT12": "<i2", "UINT16": "<u2", "INT16": "<i2",
-                 "UINT32": "<u4", "INT32": "<i4", "FLOAT32": "<f4", "FLOAT64": "<f8"}
+_GDCM_SCALARS = {
+    "UINT8": "u1",
+    "INT8": "i1",
+    "UINT12": "<u2",
+    "INT12": "<i2",
+    "UINT16": "<u2",
+    "INT16": "<i2",
+    "UINT32": "<u4",
+    "INT32": "<i4",
+    "FLOAT32": "<f4",
+    "FLOAT64": "<f8",
+}
 
 
 def _gdcm_decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray | None:
@@ -715,7 +762,9 @@ def _plan_stack(slices: list[_Slice], volume_index: int | None, where: PathLike)
         if item.shape != first.shape:
             raise ImageReadError(where, f"slices differ in size: {first.shape} vs {item.shape}")
         if not np.allclose(item.pixel_spacing, first.pixel_spacing, rtol=1e-3, atol=1e-4):
-            raise ImageReadError(where, f"slices differ in pixel spacing: {first.pixel_spacing} vs {item.pixel_spacing}")
+            raise ImageReadError(
+                where, f"slices differ in pixel spacing: {first.pixel_spacing} vs {item.pixel_spacing}"
+            )
         if (
             np.abs(item.row_cosine - first.row_cosine).max() > _ORIENTATION_TOL
             or np.abs(item.column_cosine - first.column_cosine).max() > _ORIENTATION_TOL
@@ -733,7 +782,8 @@ def _plan_stack(slices: list[_Slice], volume_index: int | None, where: PathLike)
     counts = {len(group) for group in groups}
     if len(counts) != 1:
         raise ImageReadError(
-            where, f"positions repeat unevenly ({min(counts)}..{max(counts)} slices per position): incomplete 4D series?"
+            where,
+            f"positions repeat unevenly ({min(counts)}..{max(counts)} slices per position): incomplete 4D series?",
         )
     n_volumes = counts.pop()
     if volume_index is None:
@@ -786,7 +836,9 @@ def _frame_slices(ds: Dataset, n_frames: int) -> list[_Slice] | None:
     slices: list[_Slice] = []
     for frame in range(n_frames):
         plane = _functional_item(ds, "PlaneOrientationSequence", frame)
-        orientation = _orientation(_value(plane, "ImageOrientationPatient") if plane else _value(ds, "ImageOrientationPatient"))
+        orientation = _orientation(
+            _value(plane, "ImageOrientationPatient") if plane else _value(ds, "ImageOrientationPatient")
+        )
         spacing = _pixel_spacing(ds, frame)
         position_item = _functional_item(ds, "PlanePositionSequence", frame)
         position = _floats(_value(position_item, "ImagePositionPatient"), 3) if position_item else None
@@ -973,7 +1025,9 @@ def _read_dataset_pixels(
     else:
         # Frames without patient geometry (cine, secondary capture): keep file order.
         pixel = _pixel_spacing(ds) or [1.0, 1.0]
-        between = (_floats(_value(ds, "SpacingBetweenSlices"), 1) or _floats(_value(ds, "SliceThickness"), 1) or [1.0])[0]
+        between = (_floats(_value(ds, "SpacingBetweenSlices"), 1) or _floats(_value(ds, "SliceThickness"), 1) or [1.0])[
+            0
+        ]
         array, affine, spacing = values, None, (abs(between) or 1.0, pixel[0], pixel[1])
     metadata.update(used)
     return MedicalImage(array=array, spacing=spacing, affine=affine, metadata=metadata, source=str(path))
@@ -997,8 +1051,10 @@ def _collect_files(paths: PathLike | Iterable[PathLike]) -> tuple[list[Path], st
 
 
 #: What metadata says about a series assembled without a Series Instance UID (anonymised exports).
-INFERRED_GROUPING = ("inferred: blank Series Instance UID; slices grouped by frame of reference, series number, "
-                     "orientation, pixel spacing, size and position continuity")
+INFERRED_GROUPING = (
+    "inferred: blank Series Instance UID; slices grouped by frame of reference, series number, "
+    "orientation, pixel spacing, size and position continuity"
+)
 
 
 def slice_position(ds: Dataset) -> float | None:
@@ -1023,9 +1079,17 @@ def inferred_series_key(ds: Dataset, file: PathLike, salt: str | None = None) ->
     if orientation is None or spacing is None or _floats(_value(ds, "ImagePositionPatient"), 3) is None:
         return None
     cosines = ",".join(f"{round(float(v), 3) + 0.0:.3f}" for v in np.concatenate(orientation))
-    parts = ["inferred-series", str(_value(ds, "FrameOfReferenceUID", "")), str(_value(ds, "StudyInstanceUID", "")),
-             _text(ds, "SeriesNumber"), _text(ds, "Modality"), cosines, ",".join(f"{v:.4f}" for v in spacing),
-             f"{_int(ds, 'Rows')}x{_int(ds, 'Columns')}", str(Path(file).resolve().parent)]
+    parts = [
+        "inferred-series",
+        str(_value(ds, "FrameOfReferenceUID", "")),
+        str(_value(ds, "StudyInstanceUID", "")),
+        _text(ds, "SeriesNumber"),
+        _text(ds, "Modality"),
+        cosines,
+        ",".join(f"{v:.4f}" for v in spacing),
+        f"{_int(ds, 'Rows')}x{_int(ds, 'Columns')}",
+        str(Path(file).resolve().parent),
+    ]
     return hash_identifier("|".join(parts), salt)
 
 
@@ -1151,7 +1215,9 @@ def read_dicom_series(
             raise ImageReadError(where, f"series_id {series_id!r} not found among {len(by_series)} series")
         chosen = series_id
     elif len(by_series) > 1:
-        raise ImageReadError(where, f"{len(by_series)} series found ({sorted(by_series)}); pass series_id to choose one")
+        raise ImageReadError(
+            where, f"{len(by_series)} series found ({sorted(by_series)}); pass series_id to choose one"
+        )
     else:
         chosen = next(iter(by_series))
     members = by_series[chosen]
@@ -1221,10 +1287,17 @@ def read_dicom_series(
         }
     )
     if chosen in inferred:  # no Series Instance UID to hash: the inferred group's own id
-        metadata.update({"series_id": chosen, "image_id": hash_identifier(f"{chosen}#volume{volume_index or 0}", salt),
-                         "series_grouping": INFERRED_GROUPING})
+        metadata.update(
+            {
+                "series_id": chosen,
+                "image_id": hash_identifier(f"{chosen}#volume{volume_index or 0}", salt),
+                "series_grouping": INFERRED_GROUPING,
+            }
+        )
     if not shared_window:
-        metadata.update({"file_window_center": None, "file_window_width": None, "voi_lut_function": None, "has_voi_lut": False})
+        metadata.update(
+            {"file_window_center": None, "file_window_width": None, "voi_lut_function": None, "has_voi_lut": False}
+        )
     return MedicalImage(array=array, spacing=spacing, affine=affine, metadata=metadata, source=where)
 
 
@@ -1241,7 +1314,9 @@ def _read_mosaic_series(
     n_volumes = len(ordered)
     if volume_index is None:
         raise MultiVolumeError(
-            where, f"4D data: {n_volumes} mosaic volumes; choose one with volume_index/frame 0..{n_volumes - 1}", n_volumes
+            where,
+            f"4D data: {n_volumes} mosaic volumes; choose one with volume_index/frame 0..{n_volumes - 1}",
+            n_volumes,
         )
     if not 0 <= volume_index < n_volumes:
         raise ImageReadError(where, f"volume_index {volume_index} out of range: {n_volumes} volume(s)")

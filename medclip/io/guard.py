@@ -72,8 +72,14 @@ _depth = 0
 _capture: warnings.catch_warnings | None = None
 
 
-def _showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: Any = None, line: str | None = None) -> None:
+def _showwarning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     log.debug("reader %s: %s (file name and values withheld)", category.__name__, sanitize_reader_message(message))
 
 

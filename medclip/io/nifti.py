@@ -20,7 +20,13 @@ __all__ = ["read_nifti"]
 PathLike = str | os.PathLike[str]
 
 _ERRORS: tuple[type[BaseException], ...] = (
-    nib.filebasedimages.ImageFileError, ValueError, TypeError, OSError, EOFError, IndexError, MemoryError,
+    nib.filebasedimages.ImageFileError,
+    ValueError,
+    TypeError,
+    OSError,
+    EOFError,
+    IndexError,
+    MemoryError,
 )
 
 
@@ -59,7 +65,9 @@ def read_nifti(
             n_volumes = shape[3]
             if volume_index is None:
                 raise MultiVolumeError(
-                    path, f"4D NIfTI with {n_volumes} volumes; choose one with volume_index/frame 0..{n_volumes - 1}", n_volumes
+                    path,
+                    f"4D NIfTI with {n_volumes} volumes; choose one with volume_index/frame 0..{n_volumes - 1}",
+                    n_volumes,
                 )
             if not 0 <= volume_index < n_volumes:
                 raise ImageReadError(path, f"volume_index {volume_index} out of range: {n_volumes} volume(s)")

@@ -53,6 +53,7 @@ def canonical_volume(data_ijk: np.ndarray, affine_ijk: np.ndarray) -> tuple[np.n
 def _crop_or_pad(array: torch.Tensor, shape: Sequence[int], fill: float) -> tuple[torch.Tensor, list[int]]:
     """Center-crop or pad each axis to ``shape``; returns the tensor and the index offset per axis."""
     import torch
+
     offsets: list[int] = []
     out = array
     for axis, target in enumerate(shape):
@@ -81,6 +82,7 @@ def _gaussian_blur(volume: torch.Tensor, sigmas: Sequence[float]) -> torch.Tenso
     an order of magnitude faster on CPU than conv1d/conv3d over millions of short lines.
     """
     import torch
+
     out = volume
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
@@ -90,9 +92,7 @@ def _gaussian_blur(volume: torch.Tensor, sigmas: Sequence[float]) -> torch.Tenso
         taps /= taps.sum()
         n = out.shape[axis]
         first, last = out.narrow(axis, 0, 1), out.narrow(axis, n - 1, 1)
-        padded = torch.cat(
-            [first.repeat_interleave(radius, axis), out, last.repeat_interleave(radius, axis)], dim=axis
-        )
+        padded = torch.cat([first.repeat_interleave(radius, axis), out, last.repeat_interleave(radius, axis)], dim=axis)
         blurred = padded.narrow(axis, 0, n) * float(taps[0])
         for k in range(1, len(taps)):
             blurred.add_(padded.narrow(axis, k, n), alpha=float(taps[k]))
@@ -118,6 +118,7 @@ def resample_volume(
     """
     import torch
     import torch.nn.functional as F
+
     if not image.is_volume:
         raise ValueError(f"resample_volume takes a (D, H, W) volume, got shape {image.shape} from {image.source}")
     target_spacing = tuple(float(s) for s in spacing)

@@ -62,9 +62,7 @@ def resolve_preset(name: str) -> tuple[float, float]:
     return WINDOW_PRESETS[key]
 
 
-def apply_window(
-    array: np.ndarray, center: float, width: float, *, function: str = "LINEAR"
-) -> np.ndarray:
+def apply_window(array: np.ndarray, center: float, width: float, *, function: str = "LINEAR") -> np.ndarray:
     """Map values through a window to float32 in [0, 1] (DICOM PS3.3 C.11.2.1.2 / C.11.2.1.3).
 
     ``function`` is the DICOM VOI LUT Function: ``LINEAR`` (default, the standard's
@@ -240,7 +238,11 @@ def to_model_input(image: MedicalImage, size: int = 224, *, window: WindowSpec =
         meta = image.metadata
         file_window = None
         if meta.get("file_window_center") is not None and meta.get("file_window_width") is not None:
-            file_window = (meta["file_window_center"], meta["file_window_width"], meta.get("voi_lut_function") or "LINEAR")
+            file_window = (
+                meta["file_window_center"],
+                meta["file_window_width"],
+                meta.get("voi_lut_function") or "LINEAR",
+            )
         display_range = meta.get("display_range")
         display, _ = window_image(
             display,

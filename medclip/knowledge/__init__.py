@@ -12,6 +12,14 @@ from .labeler import Labeler, Mention, ReportLabeler
 from .prompts import zeroshot_prompts
 
 __all__ = [
-    "Concept", "Fact", "Graph", "GraphError", "Labeler", "Mention", "ReportLabeler",
-    "ReportAugmenter", "normalize_name", "zeroshot_prompts",
+    "Concept",
+    "Fact",
+    "Graph",
+    "GraphError",
+    "Labeler",
+    "Mention",
+    "ReportLabeler",
+    "ReportAugmenter",
+    "normalize_name",
+    "zeroshot_prompts",
 ]

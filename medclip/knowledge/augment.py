@@ -21,15 +21,35 @@ from .matching import PhraseMatcher, sentence_spans, tokenize
 
 _WORDLIKE = re.compile(r"^[A-Za-z][A-Za-z -]*$")
 
-POSITIVE_TEMPLATES = ("There is {name}.", "{Name} is present.", "Findings consistent with {name}.",
-                      "{Name}.", "The radiograph shows {name}.", "Evidence of {name}.", "{Name} is seen.",
-                      "Findings compatible with {name}.")
-UNCERTAIN_TEMPLATES = ("Possible {name}.", "{Name} cannot be excluded.", "Findings may represent {name}.",
-                       "Questionable {name}.")
-NEGATIVE_TEMPLATES = ("No {name}.", "No evidence of {name}.", "There is no {name}.", "{Name} is not seen.",
-                      "No radiographic evidence of {name}.", "Negative for {name}.")
-NORMAL_TEMPLATES = ("No acute cardiopulmonary abnormality.", "Normal chest radiograph.",
-                    "The lungs are clear. No acute cardiopulmonary process.")
+POSITIVE_TEMPLATES = (
+    "There is {name}.",
+    "{Name} is present.",
+    "Findings consistent with {name}.",
+    "{Name}.",
+    "The radiograph shows {name}.",
+    "Evidence of {name}.",
+    "{Name} is seen.",
+    "Findings compatible with {name}.",
+)
+UNCERTAIN_TEMPLATES = (
+    "Possible {name}.",
+    "{Name} cannot be excluded.",
+    "Findings may represent {name}.",
+    "Questionable {name}.",
+)
+NEGATIVE_TEMPLATES = (
+    "No {name}.",
+    "No evidence of {name}.",
+    "There is no {name}.",
+    "{Name} is not seen.",
+    "No radiographic evidence of {name}.",
+    "Negative for {name}.",
+)
+NORMAL_TEMPLATES = (
+    "No acute cardiopulmonary abnormality.",
+    "Normal chest radiograph.",
+    "The lungs are clear. No acute cardiopulmonary process.",
+)
 
 
 def _cap(text: str) -> str:
@@ -39,8 +59,16 @@ def _cap(text: str) -> str:
 class ReportAugmenter:
     """Augment report text with graph knowledge; the same seed gives the same outputs."""
 
-    def __init__(self, graph: Graph | None = None, seed: int = 0, *, p_synonym: float = 0.3,
-                 p_keep_sentence: float = 0.7, p_description: float = 0.1, p_negatives: float = 0.5):
+    def __init__(
+        self,
+        graph: Graph | None = None,
+        seed: int = 0,
+        *,
+        p_synonym: float = 0.3,
+        p_keep_sentence: float = 0.7,
+        p_description: float = 0.1,
+        p_negatives: float = 0.5,
+    ):
         self.graph = graph or Graph.load()
         self.rng = random.Random(seed)
         self.p_synonym, self.p_keep_sentence = p_synonym, p_keep_sentence
@@ -85,8 +113,14 @@ class ReportAugmenter:
             text = f"{text} {d if d.endswith('.') else d + '.'}"
         return text
 
-    def labels_to_text(self, labels: Mapping[str, float | None], rng: random.Random | None = None, *,
-                       p_negatives: float | None = None, unknown: str = "raise") -> str:
+    def labels_to_text(
+        self,
+        labels: Mapping[str, float | None],
+        rng: random.Random | None = None,
+        *,
+        p_negatives: float | None = None,
+        unknown: str = "raise",
+    ) -> str:
         """A short report from labels {concept_id: 1 / 0 / -1 / NaN} (manifest encoding).
 
         Each positive / uncertain finding gets a sentence from varied templates under one of its graph
@@ -109,6 +143,7 @@ class ReportAugmenter:
             if bucket is None:
                 raise ValueError(f"label {cid}={value!r}: expected 1, 0, -1 or NaN")
             bucket.append(cid)
+
         def label_name(cid: str) -> str:
             return self.graph[cid].name if cid in self.graph else cid.replace("_", " ").strip()
 

@@ -122,16 +122,22 @@ class Concept:
 
     def to_dict(self) -> dict[str, Any]:
         def facts(items: list[Fact], key: str = "text") -> list[dict]:
-            return [{key: f.text, "source": f.source, **({"anatomic": True} if f.anatomic else {})}
-                    for f in items]
+            return [{key: f.text, "source": f.source, **({"anatomic": True} if f.anatomic else {})} for f in items]
 
         return {
-            "id": self.id, "name": self.name, "tasks": self.tasks,
-            "definition": facts(self.definition), "synonyms": facts(self.synonym_facts),
-            "parents": facts(self.parent_facts, "id"), "related": facts(self.related_facts, "id"),
-            "location": facts(self.location), "appearance": facts(self.appearance),
-            "mentions": facts(self.mention_facts), "modifiers": facts(self.modifier_facts),
-            "exclusions": facts(self.exclusion_facts), "xrefs": self.xrefs,
+            "id": self.id,
+            "name": self.name,
+            "tasks": self.tasks,
+            "definition": facts(self.definition),
+            "synonyms": facts(self.synonym_facts),
+            "parents": facts(self.parent_facts, "id"),
+            "related": facts(self.related_facts, "id"),
+            "location": facts(self.location),
+            "appearance": facts(self.appearance),
+            "mentions": facts(self.mention_facts),
+            "modifiers": facts(self.modifier_facts),
+            "exclusions": facts(self.exclusion_facts),
+            "xrefs": self.xrefs,
         }
 
 
@@ -153,13 +159,21 @@ def _concept_from_dict(d: dict[str, Any], source: str) -> Concept:
     xrefs = []
     for x in d.get("xrefs") or []:
         if isinstance(x, dict) and "db" in x and "id" in x:
-            xrefs.append({**{k: str(v) for k, v in x.items()}, "db": str(x["db"]).upper(),
-                          "source": str(x.get("source", source))})
+            xrefs.append(
+                {
+                    **{k: str(v) for k, v in x.items()},
+                    "db": str(x["db"]).upper(),
+                    "source": str(x.get("source", source)),
+                }
+            )
         else:
             raise GraphError(f"concept {d['id']}: xref must be a mapping with 'db' and 'id', got {x!r}")
     return Concept(
-        id=str(d["id"]), name=str(d.get("name", "")), tasks=list(d.get("tasks") or []),
-        definition=_facts(d.get("definition"), source) if not isinstance(d.get("definition"), str)
+        id=str(d["id"]),
+        name=str(d.get("name", "")),
+        tasks=list(d.get("tasks") or []),
+        definition=_facts(d.get("definition"), source)
+        if not isinstance(d.get("definition"), str)
         else [Fact(d["definition"], source)],
         synonym_facts=_facts(d.get("synonyms"), source),
         parent_facts=_facts(d.get("parents"), source, "id"),
@@ -247,8 +261,17 @@ class Graph:
 
     @staticmethod
     def _merge(into: Concept, new: Concept) -> None:
-        for attr in ("definition", "synonym_facts", "parent_facts", "related_facts", "location",
-                     "appearance", "mention_facts", "modifier_facts", "exclusion_facts"):
+        for attr in (
+            "definition",
+            "synonym_facts",
+            "parent_facts",
+            "related_facts",
+            "location",
+            "appearance",
+            "mention_facts",
+            "modifier_facts",
+            "exclusion_facts",
+        ):
             have = {f.text.lower() for f in getattr(into, attr)}
             getattr(into, attr).extend(f for f in getattr(new, attr) if f.text.lower() not in have)
         into.xrefs.extend(x for x in new.xrefs if x not in into.xrefs)
@@ -352,7 +375,9 @@ class Graph:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "medclip-knowledge-graph/1", "version": self.version, "sources": self.sources,
+            "format": "medclip-knowledge-graph/1",
+            "version": self.version,
+            "sources": self.sources,
             "tasks": self.tasks,
             "cues": {k: [{"text": f.text, "source": f.source} for f in v] for k, v in self.cues.items()},
             "concepts": [c.to_dict() for c in self.concepts.values()],

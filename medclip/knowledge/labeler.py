@@ -104,8 +104,13 @@ class _Cue:
 class ReportLabeler:
     """Label reports with the graph's findings; fast, deterministic, rule-based."""
 
-    def __init__(self, graph: Graph | None = None, findings: str | Iterable[str] | None = None,
-                 propagate: bool = True, versus_policy: str = "uncertain"):
+    def __init__(
+        self,
+        graph: Graph | None = None,
+        findings: str | Iterable[str] | None = None,
+        propagate: bool = True,
+        versus_policy: str = "uncertain",
+    ):
         if versus_policy not in VERSUS_POLICIES:
             raise ValueError(f"versus_policy must be one of {', '.join(VERSUS_POLICIES)}, got {versus_policy!r}")
         self.graph = graph or Graph.load()
@@ -119,20 +124,38 @@ class ReportLabeler:
             for f in c.exclusion_facts:
                 phrases.append((f.text, (c.id, "exclude")))
         self._mentions = PhraseMatcher(phrases)
-        cue_kinds = ("negation_before", "negation_after", "uncertainty_before", "uncertainty_after",
-                     "uncertainty_first", "alternative", "pseudo", "terminators", "scope_closers", "history")
+        cue_kinds = (
+            "negation_before",
+            "negation_after",
+            "uncertainty_before",
+            "uncertainty_after",
+            "uncertainty_first",
+            "alternative",
+            "pseudo",
+            "terminators",
+            "scope_closers",
+            "history",
+        )
         self._cues = PhraseMatcher((text, kind) for kind in cue_kinds for text in self.graph.cue_phrases(kind))
         self._adjectives = {" ".join(phrase_tokens(t)[0]) for t in self.graph.cue_phrases("negation_adjective")}
         self._modifiers = {c.id: [" " + normalize_name(m) + " " for m in c.modifiers] for c in self.graph}
         self._history_sections = {normalize_name(t) for t in self.graph.cue_phrases("history_sections")}
         titles = sorted({t for t in self.graph.cue_phrases("section_titles")}, key=len, reverse=True)
-        self._section_re = re.compile(
-            r"(?:^|(?<=[\s.]))(" + "|".join(re.escape(t).replace(r"\ ", r"\s+") for t in titles) + r")\s*:",
-            re.IGNORECASE,
-        ) if titles else None
+        self._section_re = (
+            re.compile(
+                r"(?:^|(?<=[\s.]))(" + "|".join(re.escape(t).replace(r"\ ", r"\s+") for t in titles) + r")\s*:",
+                re.IGNORECASE,
+            )
+            if titles
+            else None
+        )
         self._ancestors = {cid: self.graph.ancestors(cid) for cid in self.graph.concepts}
         self._lineage = {cid: {cid, *anc} for cid, anc in self._ancestors.items()}
-        devices = {"support_devices", *self.graph.descendants("support_devices")} if "support_devices" in self.graph else set()
+        devices = (
+            {"support_devices", *self.graph.descendants("support_devices")}
+            if "support_devices" in self.graph
+            else set()
+        )
         self._not_abnormal = (NOT_ABNORMAL | devices) & set(self.graph.concepts)
 
     # ------------------------------------------------------------------ sections
@@ -143,7 +166,7 @@ class ReportLabeler:
         out: dict[str, str] = {}
         last_title, last_end = "text", 0
         for m in self._section_re.finditer(text):
-            chunk = text[last_end:m.start()]
+            chunk = text[last_end : m.start()]
             if chunk.strip():
                 out[last_title] = (out.get(last_title, "") + " " + chunk).strip() if last_title in out else chunk
             last_title, last_end = " ".join(m.group(1).lower().split()), m.end()
@@ -188,8 +211,15 @@ class ReportLabeler:
                     for anc in self._ancestors[cid]:
                         current = found.get(anc)
                         if current is None or _RANK[mention.status] > _RANK[current.status]:
-                            found[anc] = Mention(mention.status, mention.evidence_span, mention.section,
-                                                 mention.phrase, mention.sentence, mention.cue, inferred_from=cid)
+                            found[anc] = Mention(
+                                mention.status,
+                                mention.evidence_span,
+                                mention.section,
+                                mention.phrase,
+                                mention.sentence,
+                                mention.cue,
+                                inferred_from=cid,
+                            )
         if NO_FINDING in self.graph and has_text:
             found[NO_FINDING] = self._no_finding(found)
         return {cid: found.get(cid, _NOT_MENTIONED) for cid in self.findings}
@@ -213,7 +243,7 @@ class ReportLabeler:
         # De-identified text replaces words with "XXXX"; the redacted word is unknown, so it is
         # skipped: "Aortic XXXX calcification" still names aortic calcification, "no XXXX of a
         # pleural effusion" still negates it. Offsets into the original text are kept.
-        tokens = [t for t in tokenize(text) if not _REDACTED_TOKEN.fullmatch(text[t.start:t.end])]
+        tokens = [t for t in tokenize(text) if not _REDACTED_TOKEN.fullmatch(text[t.start : t.end])]
         if not tokens:
             return
         bounds = sorted([end for _, end in sentence_spans(text)] + [m.start() for m in _CLAUSE_END.finditer(text)])
@@ -226,16 +256,24 @@ class ReportLabeler:
 
     def _label_sentence(self, section: str, text: str, toks: list[Token]):
         norms = [t.norm for t in toks]
-        cues = [_Cue(m.start, m.end, frozenset(m.payloads), text[toks[m.start].start:toks[m.end - 1].end],
-                     " ".join(m.phrase)) for m in self._cues.find(norms)]
+        cues = [
+            _Cue(
+                m.start,
+                m.end,
+                frozenset(m.payloads),
+                text[toks[m.start].start : toks[m.end - 1].end],
+                " ".join(m.phrase),
+            )
+            for m in self._cues.find(norms)
+        ]
         terminators = [c for c in cues if "terminators" in c.kinds]
         closers = terminators + [c for c in cues if "scope_closers" in c.kinds]
-        sentence = text[toks[0].start:toks[-1].end]
+        sentence = text[toks[0].start : toks[-1].end]
         matches = [m for m in self._mentions.find(norms) if _names_a_finding(m.payloads)]
         roles = self._alternatives(matches, cues, text, toks) if any("alternative" in c.kinds for c in cues) else {}
 
         def comma_between(a: int, b: int) -> bool:  # a comma between token a-1 and token b
-            return "," in text[toks[a - 1].end:toks[b].start]
+            return "," in text[toks[a - 1].end : toks[b].start]
 
         owners: list[set[str]] | None = None
         for index, match in enumerate(matches):
@@ -243,22 +281,33 @@ class ReportLabeler:
             for cid, kind in match.payloads:
                 if kind == "exclude" or cid in excluded:
                     continue
-                status, cue = self._status(match.start, match.end, cues, terminators, kind == "anatomic",
-                                           roles.get(index), comma_between, closers)
+                status, cue = self._status(
+                    match.start,
+                    match.end,
+                    cues,
+                    terminators,
+                    kind == "anatomic",
+                    roles.get(index),
+                    comma_between,
+                    closers,
+                )
                 if status is None:  # a history statement, not a finding
                     continue
                 if kind == "anatomic":
                     if owners is None:
                         owners = _token_owners(matches, len(norms))
-                    if not self._has_modifier(cid, norms, match.start, match.end, terminators, owners) \
-                            and status != NEGATIVE:
+                    if (
+                        not self._has_modifier(cid, norms, match.start, match.end, terminators, owners)
+                        and status != NEGATIVE
+                    ):
                         continue  # "heart size is stable": names the organ, not a finding
                 span = (toks[match.start].start, toks[match.end - 1].end)
-                yield cid, Mention(status, span, section, text[span[0]:span[1]], sentence, cue)
+                yield cid, Mention(status, span, section, text[span[0] : span[1]], sentence, cue)
 
     @staticmethod
-    def _alternatives(matches: list[Match], cues: list[_Cue], text: str,
-                      toks: list[Token]) -> dict[int, tuple[_Cue, bool]]:
+    def _alternatives(
+        matches: list[Match], cues: list[_Cue], text: str, toks: list[Token]
+    ) -> dict[int, tuple[_Cue, bool]]:
         """Mentions joined by a differential connector: {match index: (connector, is first alternative)}.
 
         A connector governs the nearest mention ending at most ``ALTERNATIVE_GAP_BEFORE`` tokens
@@ -272,17 +321,29 @@ class ReportLabeler:
                 continue
 
             def clear(a: int, b: int, c: _Cue = c) -> bool:  # tokens [a, b): no other cue; no comma, unless "A, or B"
-                return not any(o is not c and o.start < b and o.end > a for o in cues) and \
-                    (a == b or "," not in text[toks[a - 1].end:toks[b].start])
+                return not any(o is not c and o.start < b and o.end > a for o in cues) and (
+                    a == b or "," not in text[toks[a - 1].end : toks[b].start]
+                )
 
-            before = [i for i, m in enumerate(matches)
-                      if m.end <= c.start and c.start - m.end <= ALTERNATIVE_GAP_BEFORE and clear(m.end, c.start)]
-            after = [i for i, m in enumerate(matches)
-                     if m.start >= c.end and m.start - c.end <= ALTERNATIVE_GAP_AFTER and clear(c.end, m.start)]
+            before = [
+                i
+                for i, m in enumerate(matches)
+                if m.end <= c.start and c.start - m.end <= ALTERNATIVE_GAP_BEFORE and clear(m.end, c.start)
+            ]
+            after = [
+                i
+                for i, m in enumerate(matches)
+                if m.start >= c.end and m.start - c.end <= ALTERNATIVE_GAP_AFTER and clear(c.end, m.start)
+            ]
             if before:
                 last = first = before[-1]
-                while first > 0 and matches[first - 1].end == matches[first].start and _LIST_SEPARATOR.fullmatch(
-                        text[toks[matches[first - 1].end - 1].end:toks[matches[first].start].start]):
+                while (
+                    first > 0
+                    and matches[first - 1].end == matches[first].start
+                    and _LIST_SEPARATOR.fullmatch(
+                        text[toks[matches[first - 1].end - 1].end : toks[matches[first].start].start]
+                    )
+                ):
                     first -= 1
                 for i in range(first, last + 1):
                     roles.setdefault(i, (c, i == first))
@@ -294,17 +355,37 @@ class ReportLabeler:
     def _blocked(a: int, b: int, terminators: list[_Cue]) -> bool:
         return any(t.start >= a and t.end <= b for t in terminators)
 
-    def _status(self, s: int, e: int, cues: list[_Cue], terminators: list[_Cue],
-                anatomic: bool = False, alternative: tuple[_Cue, bool] | None = None,
-                comma_between: Callable[[int, int], bool] | None = None,
-                closers: list[_Cue] | None = None) -> tuple[str | None, str | None]:
+    def _status(
+        self,
+        s: int,
+        e: int,
+        cues: list[_Cue],
+        terminators: list[_Cue],
+        anatomic: bool = False,
+        alternative: tuple[_Cue, bool] | None = None,
+        comma_between: Callable[[int, int], bool] | None = None,
+        closers: list[_Cue] | None = None,
+    ) -> tuple[str | None, str | None]:
         # An adjective cue ("normal") reaches only the next word or two of its own noun phrase:
         # "normal thoracic kyphosis", not "top normal limits, aortic calcification".
         closers = terminators if closers is None else closers
-        before = [c for c in cues if c.end <= s and s - c.end <= PRE_WINDOW and not self._blocked(c.end, s, closers)
-                  and (anatomic or c.key not in self._adjectives
-                       or (s - c.end <= 1 and not (comma_between and comma_between(c.end, s))))]
-        after = [c for c in cues if c.start >= e and c.start - e <= POST_WINDOW and not self._blocked(e, c.start, terminators)]
+        before = [
+            c
+            for c in cues
+            if c.end <= s
+            and s - c.end <= PRE_WINDOW
+            and not self._blocked(c.end, s, closers)
+            and (
+                anatomic
+                or c.key not in self._adjectives
+                or (s - c.end <= 1 and not (comma_between and comma_between(c.end, s)))
+            )
+        ]
+        after = [
+            c
+            for c in cues
+            if c.start >= e and c.start - e <= POST_WINDOW and not self._blocked(e, c.start, terminators)
+        ]
         for c in before:
             if "history" in c.kinds:
                 return None, c.text
@@ -313,9 +394,12 @@ class ReportLabeler:
                 return UNCERTAIN, c.text
         # then, in this order: the nearest negation before, one after, the nearest uncertainty before, one after
         nearest_before = before[::-1]
-        for candidates, kind, status in ((nearest_before, "negation_before", NEGATIVE), (after, "negation_after", NEGATIVE),
-                                         (nearest_before, "uncertainty_before", UNCERTAIN),
-                                         (after, "uncertainty_after", UNCERTAIN)):
+        for candidates, kind, status in (
+            (nearest_before, "negation_before", NEGATIVE),
+            (after, "negation_after", NEGATIVE),
+            (nearest_before, "uncertainty_before", UNCERTAIN),
+            (after, "uncertainty_after", UNCERTAIN),
+        ):
             for c in candidates:
                 if kind in c.kinds:
                     return status, c.text
@@ -326,8 +410,9 @@ class ReportLabeler:
             return UNCERTAIN, connector.text
         return POSITIVE, None
 
-    def _has_modifier(self, cid: str, norms: list[str], s: int, e: int, terminators: list[_Cue],
-                      owners: list[set[str]]) -> bool:
+    def _has_modifier(
+        self, cid: str, norms: list[str], s: int, e: int, terminators: list[_Cue], owners: list[set[str]]
+    ) -> bool:
         """Whether a modifier of ``cid`` lies near its organ word. A word in the phrase of a finding
         that is not ``cid`` or one of its ancestors is not free to modify it: "atherosclerotic
         calcification of the aorta" is atherosclerosis, "calcified granuloma near the aortic knob"

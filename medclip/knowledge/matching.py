@@ -101,8 +101,7 @@ class PhraseMatcher(Generic[P]):
                     break
                 items.extend(self._stems.get(token[:k], ()))
             items.sort(key=lambda it: -len(it[0]))  # stable: exact before stem forms of one length
-            found = tuple((phrase, stem, payloads, list(phrase[1:-1]), phrase[-1])
-                          for phrase, stem, payloads in items)
+            found = tuple((phrase, stem, payloads, list(phrase[1:-1]), phrase[-1]) for phrase, stem, payloads in items)
             if len(self._cache) < 200_000:
                 self._cache[token] = found
         return found
@@ -125,8 +124,9 @@ class PhraseMatcher(Generic[P]):
                     continue
                 if m > 1:
                     end = tokens[i + m - 1]
-                    if not (end == last or (stem and end.startswith(last))) or \
-                            (m > 2 and tokens[i + 1:i + m - 1] != inner):
+                    if not (end == last or (stem and end.startswith(last))) or (
+                        m > 2 and tokens[i + 1 : i + m - 1] != inner
+                    ):
                         continue
                 if best is not None and m == len(best[0]):  # same length: exact and stem forms agree
                     best = (best[0], best[1] + tuple(p for p in payloads if p not in best[1]))
@@ -166,9 +166,12 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
             cut += len(m.group()) - len(m.group().lstrip("\"')]"))  # closing quotes stay with the sentence
         if m is not None and "\n" not in m.group():
             head = text[start:cut].rstrip()
-            rest = text[resume:resume + 1]
-            if (_ABBREV.search(head) or (_NUMBER_ABBREV.search(head) and rest.isdigit())
-                    or _LIST_MARKER.fullmatch(head.strip())):
+            rest = text[resume : resume + 1]
+            if (
+                _ABBREV.search(head)
+                or (_NUMBER_ABBREV.search(head) and rest.isdigit())
+                or _LIST_MARKER.fullmatch(head.strip())
+            ):
                 continue  # not a sentence end: keep going
         piece = text[start:cut]
         lead = len(piece) - len(piece.lstrip())

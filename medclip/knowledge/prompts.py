@@ -13,14 +13,25 @@ from collections.abc import Iterable
 
 from .graph import Graph, normalize_name
 
-POSITIVE_TEMPLATES = ("{name}", "{name}.", "chest x-ray showing {name}.", "findings consistent with {name}.",
-                      "there is {name}.")
+POSITIVE_TEMPLATES = (
+    "{name}",
+    "{name}.",
+    "chest x-ray showing {name}.",
+    "findings consistent with {name}.",
+    "there is {name}.",
+)
 NEGATIVE_TEMPLATES = ("no {name}.", "no evidence of {name}.", "there is no {name}.", "{name} is not seen.")
-NO_FINDING_POSITIVE = ("no acute cardiopulmonary abnormality.", "normal chest radiograph.",
-                       "the lungs are clear. heart size is normal. no effusion or pneumothorax.",
-                       "no finding.")
-NO_FINDING_NEGATIVE = ("abnormal chest radiograph.", "acute cardiopulmonary abnormality.",
-                       "chest x-ray with abnormal findings.")
+NO_FINDING_POSITIVE = (
+    "no acute cardiopulmonary abnormality.",
+    "normal chest radiograph.",
+    "the lungs are clear. heart size is normal. no effusion or pneumothorax.",
+    "no finding.",
+)
+NO_FINDING_NEGATIVE = (
+    "abnormal chest radiograph.",
+    "acute cardiopulmonary abnormality.",
+    "chest x-ray with abnormal findings.",
+)
 _PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ,'-]*$")
 
 
@@ -39,8 +50,9 @@ def prompt_names(graph: Graph, concept_id: str, max_names: int = 4) -> list[str]
     return out
 
 
-def zeroshot_prompts(graph: Graph | None = None, findings: str | Iterable[str] | None = None,
-                     max_names: int = 4) -> dict[str, dict[str, list[str]]]:
+def zeroshot_prompts(
+    graph: Graph | None = None, findings: str | Iterable[str] | None = None, max_names: int = 4
+) -> dict[str, dict[str, list[str]]]:
     """{concept_id: {"positive": [...], "negative": [...]}} for the findings (a task name or ids)."""
     graph = graph or Graph.load()
     out: dict[str, dict[str, list[str]]] = {}
@@ -59,17 +71,28 @@ def zeroshot_prompts(graph: Graph | None = None, findings: str | Iterable[str] |
 #: Templates for categorical attributes (a graph task whose concepts are the classes), by task name.
 ATTRIBUTE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "imaging_modality": ("{name}.", "{name} image.", "a {name} scan.", "{name} of the patient.", "{name} images show"),
-    "imaging_plane": ("{name} image.", "{name} view.", "{name} slice.", "{name} section through the body.",
-                      "{name} images show"),
-    "body_region": ("{name}.", "image of the {name}.", "CT or MRI of the {name}.", "{name} imaging.",
-                    "images of the {name} show"),
+    "imaging_plane": (
+        "{name} image.",
+        "{name} view.",
+        "{name} slice.",
+        "{name} section through the body.",
+        "{name} images show",
+    ),
+    "body_region": (
+        "{name}.",
+        "image of the {name}.",
+        "CT or MRI of the {name}.",
+        "{name} imaging.",
+        "images of the {name} show",
+    ),
 }
 #: Templates for a task without its own entry (e.g. disease subtypes): the finding templates.
 DEFAULT_ATTRIBUTE_TEMPLATES = POSITIVE_TEMPLATES
 
 
-def attribute_prompts(graph: Graph, task: str, max_names: int = 4,
-                      templates: Iterable[str] | None = None) -> dict[str, list[str]]:
+def attribute_prompts(
+    graph: Graph, task: str, max_names: int = 4, templates: Iterable[str] | None = None
+) -> dict[str, list[str]]:
     """{concept_id: [prompts]} for each class of a categorical task (names x templates, plus the
     concept's sourced appearance); the classes are the task's concepts in the graph's order."""
     templates = tuple(templates or ATTRIBUTE_TEMPLATES.get(task, DEFAULT_ATTRIBUTE_TEMPLATES))

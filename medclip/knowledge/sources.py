@@ -219,7 +219,7 @@ def expand_template(template: str) -> list[tuple[str, str]]:
         for combo in itertools.islice(itertools.product(*options), _MAX_EXPANSIONS):
             k = combo.index("XXX")
             before = " ".join(combo[:k]).lower()
-            after = " ".join(combo[k + 1:]).lower()
+            after = " ".join(combo[k + 1 :]).lower()
             if before or after:
                 out.append((before, after))
     return out

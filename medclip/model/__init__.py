@@ -36,9 +36,23 @@ if TYPE_CHECKING:
 #: name -> submodule that defines it (imported when first asked for)
 _LAZY = {
     "DualEncoder": "dual_encoder",
-    "create_model": "factory", "get_model_config": "factory", "list_models": "factory",
-    **{name: "losses" for name in ("LOSS_NAMES", "InfoNCELoss", "LabelAwareLoss", "MultiPositiveLoss", "SigLIPLoss",
-                                   "build_loss", "group_ids_from_keys", "label_similarity", "logit_init_for_loss")},
+    "create_model": "factory",
+    "get_model_config": "factory",
+    "list_models": "factory",
+    **{
+        name: "losses"
+        for name in (
+            "LOSS_NAMES",
+            "InfoNCELoss",
+            "LabelAwareLoss",
+            "MultiPositiveLoss",
+            "SigLIPLoss",
+            "build_loss",
+            "group_ids_from_keys",
+            "label_similarity",
+            "logit_init_for_loss",
+        )
+    },
     "ModelLoadError": "resources",
 }
 

@@ -53,7 +53,9 @@ class VisionConfig:
         if self.proj not in PROJECTIONS:
             raise ValueError(f"vision.proj must be one of {PROJECTIONS}, got {self.proj!r}")
         if self.pretrained_key_order not in ("name", "order"):
-            raise ValueError(f"vision.pretrained_key_order must be 'name' or 'order', got {self.pretrained_key_order!r}")
+            raise ValueError(
+                f"vision.pretrained_key_order must be 'name' or 'order', got {self.pretrained_key_order!r}"
+            )
         if len(self.mean) not in (1, self.in_chans) or len(self.std) not in (1, self.in_chans):
             raise ValueError(f"vision.mean/std need 1 or in_chans={self.in_chans} values")
         if any(s <= 0 for s in self.std):
@@ -138,8 +140,10 @@ class DualEncoderConfig:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
         wanted = self.preprocess.context_length if self.preprocess is not None else None
         if wanted is not None and wanted > self.text.context_length:
-            raise ValueError(f"preprocess.context_length {wanted} is more than text.context_length "
-                             f"{self.text.context_length} (the most tokens the text tower takes)")
+            raise ValueError(
+                f"preprocess.context_length {wanted} is more than text.context_length "
+                f"{self.text.context_length} (the most tokens the text tower takes)"
+            )
 
     def preprocess_config(self) -> PreprocessConfig:
         """What the model sees, complete: :attr:`preprocess`, else the defaults at the vision tower's
@@ -201,8 +205,11 @@ class DualEncoderConfig:
             text.setdefault("pretrained", True)
         vision = overrides.get("vision")
         if (
-            isinstance(vision, dict) and "name" in vision and vision["name"] != base["vision"].get("name")
-            and isinstance(base["vision"].get("pretrained"), str) and "pretrained" not in vision
+            isinstance(vision, dict)
+            and "name" in vision
+            and vision["name"] != base["vision"].get("name")
+            and isinstance(base["vision"].get("pretrained"), str)
+            and "pretrained" not in vision
         ):
             raise ValueError(
                 f"vision.name {vision['name']!r} replaces {base['vision'].get('name')!r}, whose weight file "

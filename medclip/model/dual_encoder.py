@@ -54,7 +54,9 @@ class DualEncoder(nn.Module):
         self.visual = VisionTower(config.vision, config.embed_dim, load_pretrained=load_pretrained)
         self.text = TextTower(text_cfg, config.embed_dim, vocab_size=len(tokenizer), load_pretrained=load_pretrained)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.init_logit_bias is not None else None
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.init_logit_bias is not None else None
+        )
         # Hugging Face's from_pretrained leaves the text tower in eval mode; a new module is in train mode
         # throughout, as torch modules are (call .eval() for inference)
         self.train()
@@ -64,8 +66,11 @@ class DualEncoder(nn.Module):
     def context_length(self) -> int:
         """Longest token sequence a text is truncated to: the model's preprocessing text length
         (:meth:`DualEncoderConfig.preprocess_config`, at most ``text.context_length``)."""
-        return min(self.config.preprocess_config().context_length or self.config.text.context_length,
-                   self.config.text.context_length, self.text.max_positions)
+        return min(
+            self.config.preprocess_config().context_length or self.config.text.context_length,
+            self.config.text.context_length,
+            self.text.max_positions,
+        )
 
     def tokenize(self, texts: list[str] | tuple[str, ...], max_length: int | None = None) -> BatchEncoding:
         """Token ids and attention masks (torch), padded to the longest text of the batch and
@@ -74,7 +79,11 @@ class DualEncoder(nn.Module):
             raise TypeError("tokenize takes a list of strings")
         limit = min(max_length or self.context_length, self.text.max_positions)
         enc = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="pt",
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
             return_token_type_ids=False,
         )
         return BatchEncoding({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
@@ -84,12 +93,16 @@ class DualEncoder(nn.Module):
         features = self.visual(images)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True
+    ) -> torch.Tensor:
         """Token ids and attention mask (B, L) -> (B, embed_dim)."""
         features = self.text(input_ids, attention_mask)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor | None]:
         """Normalised features of both towers plus the temperature (and bias)."""
         return {
             "image_features": self.encode_image(images, normalize=True),
@@ -136,8 +149,10 @@ class DualEncoder(nn.Module):
         else:
             trunk = getattr(backbone, "model", backbone)
             prefix = "model." if trunk is not backbone else ""
-            blocks = [[f"{prefix}{child}.{n}" for n, _ in module.named_parameters()]
-                      for child, module in trunk.named_children()]
+            blocks = [
+                [f"{prefix}{child}.{n}" for n, _ in module.named_parameters()]
+                for child, module in trunk.named_children()
+            ]
         blocks = [b for b in blocks if b]
         seen = {n for b in blocks for n in b}
         rest = [n for n, _ in backbone.named_parameters() if n not in seen]  # e.g. the slice attention pool
@@ -157,7 +172,7 @@ class DualEncoder(nn.Module):
         blocks = self.image_blocks()
         if unlocked_groups < 0:
             raise ValueError(f"unlocked_groups must be >= 0, got {unlocked_groups}")
-        unlocked = {n for b in blocks[len(blocks) - unlocked_groups:] for n in b} if unlocked_groups else set()
+        unlocked = {n for b in blocks[len(blocks) - unlocked_groups :] for n in b} if unlocked_groups else set()
         for name, param in backbone.named_parameters():
             param.requires_grad_(name in unlocked)
         locked_modules = []
@@ -186,7 +201,7 @@ class DualEncoder(nn.Module):
             layers = next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers), None)
             if layers is None:
                 raise ValueError(f"text encoder {type(encoder).__name__}: cannot find its {n_layers} layers to unlock")
-            for layer in list(layers)[max(0, len(layers) - unlocked_layers):]:
+            for layer in list(layers)[max(0, len(layers) - unlocked_layers) :]:
                 for param in layer.parameters():
                     param.requires_grad_(True)
         else:
@@ -210,7 +225,13 @@ class DualEncoder(nn.Module):
     # ----------------------------------------------------------------- save / load
     def checkpoint_config(self) -> DualEncoderConfig:
         """The config to rebuild this model with no download: towers un-pretrained, full text config."""
-        text = dict(self.config.text.__dict__, pretrained=False, hf_config=self.text.hf_config_dict(), vocab=None, tokenizer=None)
+        text = dict(
+            self.config.text.__dict__,
+            pretrained=False,
+            hf_config=self.text.hf_config_dict(),
+            vocab=None,
+            tokenizer=None,
+        )
         vision = dict(self.config.vision.__dict__, pretrained=False)
         return DualEncoderConfig.from_dict(dict(self.config.to_dict(), text=text, vision=vision))
 
@@ -257,5 +278,7 @@ class DualEncoder(nn.Module):
             raise ModelLoadError(f"{weights_path}: cannot read weights: {err}") from err
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ModelLoadError(f"{weights_path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ModelLoadError(
+                f"{weights_path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         return model.to(map_location)

@@ -51,7 +51,9 @@ def create_model(name_or_path: str | Path, pretrained: bool = True, **overrides:
     if path.suffix == ".json" and path.is_file():
         config = DualEncoderConfig.from_json(path)
     elif path.is_dir():
-        raise ModelLoadError(f"{path}: folder has no {CONFIG_NAME} (not a medclip checkpoint) and no open_clip_config.json")
+        raise ModelLoadError(
+            f"{path}: folder has no {CONFIG_NAME} (not a medclip checkpoint) and no open_clip_config.json"
+        )
     else:
         config = get_model_config(name)
     if overrides:
@@ -72,7 +74,9 @@ def parameter_counts(config: DualEncoderConfig) -> dict[str, int | None]:
     counts: dict[str, int | None] = {}
     with torch.device("meta"):
         try:
-            counts["vision"] = sum(p.numel() for p in VisionTower(config.vision, config.embed_dim, load_pretrained=False).parameters())
+            counts["vision"] = sum(
+                p.numel() for p in VisionTower(config.vision, config.embed_dim, load_pretrained=False).parameters()
+            )
         except (ModelLoadError, ValueError, RuntimeError, ImportError):
             counts["vision"] = None
         try:
@@ -96,8 +100,13 @@ def describe_models(sizes: bool = True) -> dict[str, dict[str, Any]]:
         vision, text = config.vision, config.text
         out[name] = {
             "vision": f"{vision.kind}:{vision.name}",
-            "vision_weights": (vision.pretrained if isinstance(vision.pretrained, str)
-                               else "timm's own" if vision.pretrained else "random init"),
+            "vision_weights": (
+                vision.pretrained
+                if isinstance(vision.pretrained, str)
+                else "timm's own"
+                if vision.pretrained
+                else "random init"
+            ),
             "text": text.name or f"random {(text.hf_config or {}).get('model_type', 'BERT')} (hf_config)",
             "text_weights": "pretrained" if text.pretrained and text.name else "random init",
             "embed_dim": config.embed_dim,

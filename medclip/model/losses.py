@@ -72,7 +72,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.contiguous()
         dist.all_reduce(grad)  # every rank's loss depends on every block
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None
 
 
 class _RingShift(torch.autograd.Function):
@@ -85,7 +85,9 @@ class _RingShift(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        back = _ring_exchange(grad.contiguous(), to_rank=(ctx.rank - 1) % ctx.world_size, from_rank=(ctx.rank + 1) % ctx.world_size)
+        back = _ring_exchange(
+            grad.contiguous(), to_rank=(ctx.rank - 1) % ctx.world_size, from_rank=(ctx.rank + 1) % ctx.world_size
+        )
         return back, None, None
 
 
@@ -105,6 +107,7 @@ def label_similarity(a: torch.Tensor, b: torch.Tensor, uncertain_weight: float =
     plus a "no finding" component that is 1 when it has labels but no positive finding, so two
     normal studies match. A study with no known label at all matches nothing (similarity 0).
     """
+
     def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.float()
         known = ~torch.isnan(x)
@@ -114,7 +117,9 @@ def label_similarity(a: torch.Tensor, b: torch.Tensor, uncertain_weight: float =
         return F.normalize(torch.cat([positive, normal[:, None]], dim=1), dim=1), has_label
 
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"label vectors must be (N, n_findings) with equal widths, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"label vectors must be (N, n_findings) with equal widths, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     va, ka = encode(a)
     vb, kb = encode(b)
     return (va @ vb.T) * (ka[:, None] & kb[None, :]).float()
@@ -122,7 +127,9 @@ def label_similarity(a: torch.Tensor, b: torch.Tensor, uncertain_weight: float =
 
 def group_ids_from_keys(keys: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
     """Stable int64 ids for string keys (e.g. study ids), equal on every rank and every run."""
-    ids = [int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little") & (2**62 - 1) for k in keys]
+    ids = [
+        int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little") & (2**62 - 1) for k in keys
+    ]
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
@@ -140,7 +147,11 @@ class ContrastiveLoss(nn.Module):
     """Common machinery: distributed gathering and the full-batch normalisation."""
 
     def __init__(
-        self, rank: int | None = None, world_size: int | None = None, gather_with_grad: bool = True, local_loss: bool = True
+        self,
+        rank: int | None = None,
+        world_size: int | None = None,
+        gather_with_grad: bool = True,
+        local_loss: bool = True,
     ) -> None:
         super().__init__()
         self.rank, self.world_size = rank, world_size
@@ -173,7 +184,12 @@ class SoftTargetInfoNCE(ContrastiveLoss):
     """
 
     def targets(
-        self, rows: slice, n_columns: int, labels: torch.Tensor | None, group_ids: torch.Tensor | None, device: torch.device
+        self,
+        rows: slice,
+        n_columns: int,
+        labels: torch.Tensor | None,
+        group_ids: torch.Tensor | None,
+        device: torch.device,
     ) -> torch.Tensor | None:
         """Target weights (len(rows), n_columns), or None for one positive per row (the diagonal)."""
         return None
@@ -211,9 +227,13 @@ class SoftTargetInfoNCE(ContrastiveLoss):
         target = self.targets(rows, n_total, all_labels, all_groups, img.device)
         if target is None:
             index = torch.arange(rows.start, rows.stop, device=img.device)
-            total = F.cross_entropy(logits_img, index, reduction="sum") + F.cross_entropy(logits_txt, index, reduction="sum")
+            total = F.cross_entropy(logits_img, index, reduction="sum") + F.cross_entropy(
+                logits_txt, index, reduction="sum"
+            )
         else:
-            total = -(target * F.log_softmax(logits_img, dim=1)).sum() - (target * F.log_softmax(logits_txt, dim=1)).sum()
+            total = (
+                -(target * F.log_softmax(logits_img, dim=1)).sum() - (target * F.log_softmax(logits_txt, dim=1)).sum()
+            )
         return total / (2 * norm)
 
 
@@ -230,7 +250,9 @@ class LabelAwareLoss(SoftTargetInfoNCE):
     findings this is exactly :class:`InfoNCELoss`.
     """
 
-    def __init__(self, soft_weight: float = 1.0, min_similarity: float = 0.0, uncertain_weight: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, soft_weight: float = 1.0, min_similarity: float = 0.0, uncertain_weight: float = 0.5, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.soft_weight = soft_weight
         self.min_similarity = min_similarity

@@ -35,8 +35,14 @@ OPEN_CLIP_PREFIX = "open_clip:"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 #: Weight file names open_clip looks for in a folder, preferred first.
 OPEN_CLIP_WEIGHTS = (
-    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
 )
 #: open_clip's default image normalisation (OPENAI_DATASET_MEAN / _STD), used when preprocess_cfg has none.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,7 +60,7 @@ def is_open_clip_folder(path: str | Path) -> bool:
 def open_clip_folder(name_or_path: str | Path) -> Path:
     """The local folder of ``open_clip:<folder>``, ``open_clip:hf-hub:org/name`` or a plain folder."""
     name = str(name_or_path)
-    name = name[len(OPEN_CLIP_PREFIX):] if name.startswith(OPEN_CLIP_PREFIX) else name
+    name = name[len(OPEN_CLIP_PREFIX) :] if name.startswith(OPEN_CLIP_PREFIX) else name
     if name.startswith(HF_HUB_PREFIX):
         folder = resolve_hf_hub(name)
     else:
@@ -168,27 +174,43 @@ def open_clip_config(name_or_path: str | Path) -> tuple[DualEncoderConfig, dict[
     from .text import hf_config_to_dict
 
     tokenizer = _tokenizer_source(folder, text_cfg)
-    config = DualEncoderConfig.from_dict({
-        "name": f"{OPEN_CLIP_PREFIX}{folder.name}",
-        "embed_dim": embed_dim,
-        "vision": {
-            "kind": "timm", "name": vision_cfg["timm_model_name"], "pretrained": False,
-            "image_size": list(size) if isinstance(size, (list, tuple)) else int(size), "in_chans": 1,
-            # equal channels: open_clip's normalisation as is; else folded into the first layer (see fold_stem)
-            "mean": [rgb_mean[0]] if equal else [0.0], "std": [rgb_std[0]] if equal else [1.0],
-            "pool": pool or _default_pool(vision_cfg["timm_model_name"]), "proj": "linear",
-            "proj_bias": bool(vision_cfg.get("timm_proj_bias", False)),
-            "drop_path_rate": vision_cfg.get("timm_drop_path"),
-        },
-        "text": {
-            "name": None, "pretrained": False, "hf_config": hf_config_to_dict(hf_config),
-            "tokenizer": tokenizer if Path(tokenizer).is_dir() else None,
-            "pooling": _POOLERS[pooler], "proj": text_proj, "proj_bias": False,
-            "context_length": int(text_cfg.get("context_length", 77)),
-        },
-    })
-    facts = {"folder": folder, "rgb_mean": rgb_mean, "rgb_std": rgb_std, "fold": "sum" if equal else "affine",
-             "tokenizer": tokenizer}
+    config = DualEncoderConfig.from_dict(
+        {
+            "name": f"{OPEN_CLIP_PREFIX}{folder.name}",
+            "embed_dim": embed_dim,
+            "vision": {
+                "kind": "timm",
+                "name": vision_cfg["timm_model_name"],
+                "pretrained": False,
+                "image_size": list(size) if isinstance(size, (list, tuple)) else int(size),
+                "in_chans": 1,
+                # equal channels: open_clip's normalisation as is; else folded into the first layer (see fold_stem)
+                "mean": [rgb_mean[0]] if equal else [0.0],
+                "std": [rgb_std[0]] if equal else [1.0],
+                "pool": pool or _default_pool(vision_cfg["timm_model_name"]),
+                "proj": "linear",
+                "proj_bias": bool(vision_cfg.get("timm_proj_bias", False)),
+                "drop_path_rate": vision_cfg.get("timm_drop_path"),
+            },
+            "text": {
+                "name": None,
+                "pretrained": False,
+                "hf_config": hf_config_to_dict(hf_config),
+                "tokenizer": tokenizer if Path(tokenizer).is_dir() else None,
+                "pooling": _POOLERS[pooler],
+                "proj": text_proj,
+                "proj_bias": False,
+                "context_length": int(text_cfg.get("context_length", 77)),
+            },
+        }
+    )
+    facts = {
+        "folder": folder,
+        "rgb_mean": rgb_mean,
+        "rgb_std": rgb_std,
+        "fold": "sum" if equal else "affine",
+        "tokenizer": tokenizer,
+    }
     return config, facts
 
 
@@ -228,19 +250,23 @@ def fold_stem(
     return folded.to(weight.dtype), (bias.double() - shift).to(bias.dtype)
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], model: DualEncoder, facts: dict[str, Any]) -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    state: dict[str, torch.Tensor], model: DualEncoder, facts: dict[str, Any]
+) -> dict[str, torch.Tensor]:
     """open_clip's ``CustomTextCLIP`` weights renamed (and the stem folded) for ``model`` (a DualEncoder)."""
     state = {re.sub(r"^(module\.|_orig_mod\.)", "", k): v for k, v in state.items()}
     target = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("visual.trunk."):
-            new = "visual.backbone.model." + key[len("visual.trunk."):]
+            new = "visual.backbone.model." + key[len("visual.trunk.") :]
         elif key.startswith("visual.head.proj."):
-            new = "visual.proj." + key[len("visual.head.proj."):]
+            new = "visual.proj." + key[len("visual.head.proj.") :]
         elif key.startswith("text.transformer."):
-            new = "text.encoder." + key[len("text.transformer."):]
-            if ".pooler." in f".{key[len('text.transformer.'):]}" or (new.endswith("position_ids") and new not in target):
+            new = "text.encoder." + key[len("text.transformer.") :]
+            if ".pooler." in f".{key[len('text.transformer.') :]}" or (
+                new.endswith("position_ids") and new not in target
+            ):
                 continue  # BERT's pooler layer is not used by the CLS / mean poolers
         elif key.startswith("text.proj.") or key in ("logit_scale", "logit_bias"):
             new = key
@@ -254,10 +280,16 @@ def convert_state_dict(state: dict[str, torch.Tensor], model: DualEncoder, facts
     conv = backbone.model.get_submodule(stem)
     w_key, b_key = f"visual.backbone.model.{stem}.weight", f"visual.backbone.model.{stem}.bias"
     if w_key not in out:
-        raise ModelLoadError(f"{facts['folder']}: the weights have no {w_key[len('visual.backbone.model.'):]} for the first layer")
+        raise ModelLoadError(
+            f"{facts['folder']}: the weights have no {w_key[len('visual.backbone.model.') :]} for the first layer"
+        )
     if facts["fold"] == "affine":
         padding = getattr(conv, "padding", (0, 0))
-        if padding == "same" or any(int(p) for p in (padding if isinstance(padding, tuple) else (padding,))) or b_key not in out:
+        if (
+            padding == "same"
+            or any(int(p) for p in (padding if isinstance(padding, tuple) else (padding,)))
+            or b_key not in out
+        ):
             raise _unsupported(
                 facts["folder"],
                 "its per-channel image normalisation cannot be folded exactly into a grey first layer "
@@ -290,8 +322,11 @@ def load_open_clip(name_or_path: str | Path, pretrained: bool = True, **override
             config.init_logit_bias = float(state["logit_bias"].float().reshape(-1)[0])
     if overrides:
         config = config.merged(overrides)
-    tokenizer = load_tokenizer(facts["tokenizer"], model_max_length=config.text.context_length,
-                               what=f"{facts['folder'] / OPEN_CLIP_CONFIG} tokenizer")
+    tokenizer = load_tokenizer(
+        facts["tokenizer"],
+        model_max_length=config.text.context_length,
+        what=f"{facts['folder'] / OPEN_CLIP_CONFIG} tokenizer",
+    )
     model = DualEncoder(config, tokenizer=tokenizer, load_pretrained=False)
     if not pretrained:
         return model

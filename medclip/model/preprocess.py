@@ -127,8 +127,10 @@ def text_length(model_context_length: int, requested: int | None, *, what: str =
     if requested is None:
         return int(model_context_length)
     if int(requested) > int(model_context_length):
-        raise ValueError(f"{what} = {requested} is more than the model's text context length "
-                         f"({model_context_length} tokens, model.text.context_length): lower it, or raise the model's")
+        raise ValueError(
+            f"{what} = {requested} is more than the model's text context length "
+            f"({model_context_length} tokens, model.text.context_length): lower it, or raise the model's"
+        )
     return int(requested)
 
 
@@ -136,8 +138,14 @@ def _frame(depth: int, policy: str) -> int:
     return depth // 2 if policy == "middle" else 0
 
 
-def preprocess(image: MedicalImage, cfg: PreprocessConfig, *, kind: str = "image", slice_index: int | None = None,
-               window: WindowSpec | None = None) -> np.ndarray:
+def preprocess(
+    image: MedicalImage,
+    cfg: PreprocessConfig,
+    *,
+    kind: str = "image",
+    slice_index: int | None = None,
+    window: WindowSpec | None = None,
+) -> np.ndarray:
     """The array the model sees for ``image``: uint8 (S, S) for 2D models, float16 (D, H, W) in [0, 1] for volumes.
 
     ``kind="image"``: a 3D array (a multi-frame 2D acquisition, or a volume shown to a 2D model) gives one
@@ -153,8 +161,9 @@ def preprocess(image: MedicalImage, cfg: PreprocessConfig, *, kind: str = "image
         if not image.is_volume:
             raise ValueError(f"{image.source}: expected a volume, got an array of shape {image.shape}")
         if image.metadata.get("window") is None:
-            raise ValueError(f"{image.source}: a volume must be read with the window (window={cfg.window!r}) "
-                             "before it is resampled")
+            raise ValueError(
+                f"{image.source}: a volume must be read with the window (window={cfg.window!r}) before it is resampled"
+            )
         vol = resample_volume(image, spacing=cfg.volume_spacing, shape=cfg.volume_shape)
         return np.clip(vol.array, 0.0, 1.0).astype(np.float16)
     if kind != "image":

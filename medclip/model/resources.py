@@ -37,20 +37,25 @@ def note_hub_access(name: str) -> None:
     _hub_noticed = True
     log.warning(
         "Hugging Face hub downloads are off (medclip sets HF_HUB_OFFLINE=1): %r is read from the local Hugging "
-        "Face cache only. To download it, run with %s=1 (or HF_HUB_OFFLINE=0).", name, ALLOW_DOWNLOADS_ENV
+        "Face cache only. To download it, run with %s=1 (or HF_HUB_OFFLINE=0).",
+        name,
+        ALLOW_DOWNLOADS_ENV,
     )
 
 
 def hf_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for no network."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_package_path(spec: str) -> Path:
     """The path of ``"pypi:<module>/<relative path>"`` inside the installed package ``module``."""
     if not spec.startswith(PYPI_PREFIX):
         raise ValueError(f"not a package resource (expected '{PYPI_PREFIX}<module>/<path>'): {spec!r}")
-    module, _, rel = spec[len(PYPI_PREFIX):].partition("/")
+    module, _, rel = spec[len(PYPI_PREFIX) :].partition("/")
     found = importlib.util.find_spec(module) if module else None
     if found is None or not found.submodule_search_locations:
         raise ModelLoadError(f"{spec}: Python package {module!r} is not installed (pip install it)")
@@ -111,15 +116,17 @@ def resolve_model_source(name: str, what: str) -> str:
 def hub_hint(name: str) -> str:
     """Advice to append to a loading error for ``name``: how to reach the hub when downloads are off."""
     if is_hub_id(name) and hf_offline():
-        return (f"; {name!r} is read as a Hugging Face hub id, and hub downloads are off (HF_HUB_OFFLINE=1), "
-                "so it must be in the local Hugging Face cache: give a local folder instead, or allow "
-                "downloads with MEDCLIP_ALLOW_DOWNLOADS=1")
+        return (
+            f"; {name!r} is read as a Hugging Face hub id, and hub downloads are off (HF_HUB_OFFLINE=1), "
+            "so it must be in the local Hugging Face cache: give a local folder instead, or allow "
+            "downloads with MEDCLIP_ALLOW_DOWNLOADS=1"
+        )
     return ""
 
 
 def resolve_hf_hub(name: str) -> Path:
     """Local folder of ``"hf-hub:org/name"``; uses only the local cache when offline."""
-    repo_id = name[len(HF_HUB_PREFIX):] if name.startswith(HF_HUB_PREFIX) else name
+    repo_id = name[len(HF_HUB_PREFIX) :] if name.startswith(HF_HUB_PREFIX) else name
     note_hub_access(name)
     from huggingface_hub import snapshot_download
 
@@ -127,4 +134,6 @@ def resolve_hf_hub(name: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=hf_offline()))
     except Exception as err:  # huggingface_hub raises several unrelated types here
         where = "the local Hugging Face cache (offline mode)" if hf_offline() else "the Hugging Face hub"
-        raise ModelLoadError(f"{name}: not found in {where}: {' '.join(str(err).split())[:300]}{hub_hint(name)}") from err
+        raise ModelLoadError(
+            f"{name}: not found in {where}: {' '.join(str(err).split())[:300]}{hub_hint(name)}"
+        ) from err

@@ -82,7 +82,14 @@ def _make_config(hf_config: dict[str, Any], vocab_size: int | None) -> Pretraine
 def hf_config_to_dict(config: PretrainedConfig) -> dict[str, Any]:
     """A ``transformers`` config as a ``text.hf_config`` dict (with ``model_type``; no paths or versions)."""
     data = config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype", "_attn_implementation_autoset"):
+    for key in (
+        "_name_or_path",
+        "transformers_version",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "_attn_implementation_autoset",
+    ):
         data.pop(key, None)
     return data
 
@@ -123,11 +130,17 @@ def _from_pretrained(path: str, config: PretrainedConfig | None) -> PreTrainedMo
     except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights of other shapes than the config
         hint = hub_hint(path) or (
             "; a folder needs config.json and model.safetensors (or pytorch_model.bin) as save_pretrained writes "
-            "them, or set text.pretrained=false to train it from random weights" if Path(path).is_dir() else "")
+            "them, or set text.pretrained=false to train it from random weights"
+            if Path(path).is_dir()
+            else ""
+        )
         raise ModelLoadError(f"text model {path!r}: cannot load ({' '.join(str(err).split())[:500]}){hint}") from err
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
     if missing:
-        warnings.warn(f"text model {path!r}: {len(missing)} weights not in the checkpoint (random init), e.g. {missing[:3]}", stacklevel=3)
+        warnings.warn(
+            f"text model {path!r}: {len(missing)} weights not in the checkpoint (random init), e.g. {missing[:3]}",
+            stacklevel=3,
+        )
     return model
 
 
@@ -136,7 +149,9 @@ class TextTower(nn.Module):
 
     encoder: PreTrainedModel
 
-    def __init__(self, cfg: TextConfig, embed_dim: int, vocab_size: int | None = None, load_pretrained: bool = True) -> None:
+    def __init__(
+        self, cfg: TextConfig, embed_dim: int, vocab_size: int | None = None, load_pretrained: bool = True
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         path = resolve_model_source(cfg.name, "text.name") if cfg.name else None
@@ -150,7 +165,9 @@ class TextTower(nn.Module):
                 try:
                     config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=hf_offline())
                 except (OSError, ValueError) as err:
-                    raise ModelLoadError(f"text model {cfg.name!r}: cannot load its config ({err}){hub_hint(path)}") from err
+                    raise ModelLoadError(
+                        f"text model {cfg.name!r}: cannot load its config ({err}){hub_hint(path)}"
+                    ) from err
             self.encoder = _from_config(config)
         if vocab_size is not None and vocab_size > self.encoder.config.vocab_size:
             raise ModelLoadError(
@@ -188,7 +205,8 @@ class TextTower(nn.Module):
         lengths_cpu = lengths.cpu().numpy()
         groups = plan_length_buckets(lengths_cpu, self.cfg.length_buckets, self.cfg.bucket_overhead_tokens)
         return [
-            (torch.as_tensor(group, device=attention_mask.device), max(int(lengths_cpu[group].max()), 1)) for group in groups
+            (torch.as_tensor(group, device=attention_mask.device), max(int(lengths_cpu[group].max()), 1))
+            for group in groups
         ]
 
     def tokens_to_run(self, attention_mask: torch.Tensor) -> int:
@@ -202,7 +220,9 @@ class TextTower(nn.Module):
                 f"input_ids and attention_mask must both be (B, L), got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
             )
         if input_ids.shape[1] > self.max_positions:
-            raise ValueError(f"text of {input_ids.shape[1]} tokens exceeds the encoder's {self.max_positions} positions")
+            raise ValueError(
+                f"text of {input_ids.shape[1]} tokens exceeds the encoder's {self.max_positions} positions"
+            )
         plan = self.plan(attention_mask)
         if plan is None:
             pooled = self._encode(input_ids, attention_mask)

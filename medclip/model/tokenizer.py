@@ -125,8 +125,13 @@ def load_tokenizer(source: str, model_max_length: int = 512, what: str = "tokeni
     except (OSError, ValueError, KeyError) as err:
         hint = hub_hint(local) or (
             "; the folder needs tokenizer files (tokenizer.json or vocab.txt + tokenizer_config.json, as "
-            "save_pretrained writes them), or set text.vocab to a vocab.txt" if Path(local).is_dir() else "")
-        raise ModelLoadError(f"{what} {source!r}: cannot load the tokenizer ({' '.join(str(err).split())[:500]}){hint}") from err
+            "save_pretrained writes them), or set text.vocab to a vocab.txt"
+            if Path(local).is_dir()
+            else ""
+        )
+        raise ModelLoadError(
+            f"{what} {source!r}: cannot load the tokenizer ({' '.join(str(err).split())[:500]}){hint}"
+        ) from err
     if tok.pad_token is None:
         raise ModelLoadError(f"tokenizer {source!r} has no padding token")
     return tok

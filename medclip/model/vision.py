@@ -95,7 +95,7 @@ def load_weights(module: nn.Module, path: str | Path, key_order: str = "name") -
                     f"{path}: tensor {src_key} {tuple(src.shape)} does not fit {tgt_key} {tuple(tgt.shape)} (loading in order)"
                 )
             adapted[tgt_key] = fitted
-        leftover = [k for k, _ in src_items[len(tgt_items):]]
+        leftover = [k for k, _ in src_items[len(tgt_items) :]]
         if len(leftover) > 2:  # a classifier weight and bias are all a headless model may leave
             raise ModelLoadError(f"{path}: {len(leftover)} tensors left after loading in order: {leftover[:5]}")
     else:
@@ -103,7 +103,9 @@ def load_weights(module: nn.Module, path: str | Path, key_order: str = "name") -
             if key in source:
                 fitted = _fits(source[key], tgt)
                 if fitted is None:
-                    raise ModelLoadError(f"{path}: tensor {key} {tuple(source[key].shape)} does not fit {tuple(tgt.shape)}")
+                    raise ModelLoadError(
+                        f"{path}: tensor {key} {tuple(source[key].shape)} does not fit {tuple(tgt.shape)}"
+                    )
                 adapted[key] = fitted
         missing = [k for k in target if k not in adapted and not k.endswith("num_batches_tracked")]
         if missing:
@@ -118,7 +120,9 @@ def timm_model_name(name: str) -> str:
 
     if not name.startswith("local-dir:") and timm.is_model(name):  # a registry name, even if a folder shares it
         return name
-    folder = name[len("local-dir:"):] if name.startswith("local-dir:") else name if looks_like_local_path(name) else None
+    folder = (
+        name[len("local-dir:") :] if name.startswith("local-dir:") else name if looks_like_local_path(name) else None
+    )
     if folder is None:
         return name
     path = Path(folder).expanduser()
@@ -186,7 +190,9 @@ class Monai3DBackbone(nn.Module):
             kwargs.setdefault("patch_size", 16)
             size = cfg.image_size if isinstance(cfg.image_size, (list, tuple)) else [cfg.image_size] * 3
             import_optional("einops", "volumes", "the monai3d 'vit' volume tower")
-            self.model = nets.ViT(in_channels=cfg.in_chans, img_size=tuple(size), spatial_dims=3, classification=False, **kwargs)
+            self.model = nets.ViT(
+                in_channels=cfg.in_chans, img_size=tuple(size), spatial_dims=3, classification=False, **kwargs
+            )
             self.num_features = int(self.model.norm.normalized_shape[0])
             self.arch = "vit"
         else:
@@ -268,7 +274,10 @@ class VisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         backbones: dict[str, type[TimmBackbone | Monai3DBackbone | SliceBackbone]] = {
-            "timm": TimmBackbone, "monai3d": Monai3DBackbone, "slices2d": SliceBackbone}
+            "timm": TimmBackbone,
+            "monai3d": Monai3DBackbone,
+            "slices2d": SliceBackbone,
+        }
         backbone_cls = backbones[cfg.kind]
         self.backbone = backbone_cls(cfg, load_pretrained)
         self.proj = build_projection(cfg.proj, self.backbone.num_features, embed_dim, cfg.proj_bias)

@@ -36,9 +36,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``medclip recipe``: ``--list``, or NAME and the recipe's own arguments."""
     p.add_argument("--list", action="store_true", help="list the recipes and what each reads")
     p.add_argument("name", nargs="?", metavar="NAME", help=f"one of {', '.join(RECIPES)}")
-    p.add_argument("recipe_args", nargs=argparse.REMAINDER, metavar="...",
-                   help="the recipe's arguments: ROOT -o MANIFEST [--salt S] [--seed N] [--keep-missing] "
-                        "(medclip recipe NAME --help shows them)")
+    p.add_argument(
+        "recipe_args",
+        nargs=argparse.REMAINDER,
+        metavar="...",
+        help="the recipe's arguments: ROOT -o MANIFEST [--salt S] [--seed N] [--keep-missing] "
+        "(medclip recipe NAME --help shows them)",
+    )
     return p
 
 

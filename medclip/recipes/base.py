@@ -47,8 +47,13 @@ def recipe_parser(description: str, prog: str | None = None) -> argparse.Argumen
 
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("root", type=Path, help="the dataset folder, as published")
-    ap.add_argument("-o", "--output", type=as_location, required=True,
-                    help="manifest .parquet to write (a path, or a URL such as s3://bucket/manifest.parquet)")
+    ap.add_argument(
+        "-o",
+        "--output",
+        type=as_location,
+        required=True,
+        help="manifest .parquet to write (a path, or a URL such as s3://bucket/manifest.parquet)",
+    )
     ap.add_argument("--salt", help="hashing salt (default: $MEDCLIP_SALT)")
     ap.add_argument("--seed", type=int, default=0, help="split seed when the dataset has no official split")
     ap.add_argument("--keep-missing", action="store_true", help="keep rows whose image file is absent")
@@ -56,14 +61,25 @@ def recipe_parser(description: str, prog: str | None = None) -> argparse.Argumen
     return ap
 
 
-def write_recipe_manifest(records: pd.DataFrame, root: Path, output: Path, *, salt: str | None = None,
-                          seed: int = 0, require_files: bool = True, name: str = "",
-                          fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> pd.DataFrame:
+def write_recipe_manifest(
+    records: pd.DataFrame,
+    root: Path,
+    output: Path,
+    *,
+    salt: str | None = None,
+    seed: int = 0,
+    require_files: bool = True,
+    name: str = "",
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> pd.DataFrame:
     """Hash, split (by patient, ``fractions`` train/val/test unless the records carry a split), write the
     manifest and print a summary; returns it."""
-    df, counts = manifest_from_records(records, root, salt=salt, seed=seed, require_files=require_files,
-                                       fractions=fractions)
-    write_manifest(df, output, extra={"created_by": f"datasets recipe {name}".strip(), "root": str(Path(root).resolve())})
+    df, counts = manifest_from_records(
+        records, root, salt=salt, seed=seed, require_files=require_files, fractions=fractions
+    )
+    write_manifest(
+        df, output, extra={"created_by": f"datasets recipe {name}".strip(), "root": str(Path(root).resolve())}
+    )
     leaks = patients_in_several_splits(df)
     print(f"{name}: {counts['rows']} rows, {df['patient_id'].nunique()} patients -> {output}")
     if counts["missing_files"]:
@@ -74,12 +90,24 @@ def write_recipe_manifest(records: pd.DataFrame, root: Path, output: Path, *, sa
     return df
 
 
-def run_recipe(doc: str, name: str, records: Callable[[Path, int], pd.DataFrame], argv: list[str] | None = None,
-               prog: str | None = None) -> int:
+def run_recipe(
+    doc: str,
+    name: str,
+    records: Callable[[Path, int], pd.DataFrame],
+    argv: list[str] | None = None,
+    prog: str | None = None,
+) -> int:
     """A recipe's ``main``: parse the shared command line, build the records, write the manifest."""
     args = recipe_parser(doc.strip().splitlines()[0], prog=prog).parse_args(argv)
-    write_recipe_manifest(records(args.root, args.seed), args.root, args.output, salt=args.salt, seed=args.seed,
-                          require_files=not args.keep_missing, name=name)
+    write_recipe_manifest(
+        records(args.root, args.seed),
+        args.root,
+        args.output,
+        salt=args.salt,
+        seed=args.seed,
+        require_files=not args.keep_missing,
+        name=name,
+    )
     return 0
 
 
@@ -92,9 +120,15 @@ def sample_kermany_manifest(output: Path, *, salt: str | None = None, seed: int 
     """Manifest of the bundled Kermany subset (label-only pediatric chest X-rays), split by patient 50/20/30."""
     from medclip.recipes.kermany_pneumonia import records
 
-    return write_recipe_manifest(records(SAMPLE_KERMANY), SAMPLE_KERMANY, output,
-                                 salt=salt, seed=seed, name="bundled Kermany subset",
-                                 fractions=SAMPLE_KERMANY_FRACTIONS)
+    return write_recipe_manifest(
+        records(SAMPLE_KERMANY),
+        SAMPLE_KERMANY,
+        output,
+        salt=salt,
+        seed=seed,
+        name="bundled Kermany subset",
+        fractions=SAMPLE_KERMANY_FRACTIONS,
+    )
 
 
 def combine_manifests(paths: list[Path], output: Path) -> pd.DataFrame:

@@ -15,9 +15,22 @@ import pandas as pd
 from medclip.data.splits import assign_split
 from medclip.recipes.base import label_columns_from, run_recipe
 
-CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-                   "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-                   "Fracture", "Support Devices"]
+CHEXPERT_LABELS = [
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
 
 
 def records(root: Path, seed: int = 0) -> pd.DataFrame:
@@ -33,11 +46,22 @@ def records(root: Path, seed: int = 0) -> pd.DataFrame:
     rel = df["Path"].map(lambda p: Path(*Path(p).parts[1:]).as_posix())  # strip the "CheXpert-v1.0*/" prefix
     patient = rel.map(lambda p: Path(p).parts[1])
     study = rel.map(lambda p: "/".join(Path(p).parts[1:3]))
-    splits = [s if isinstance(s, str) else ("val" if assign_split(p, (0.9, 0.1, 0.0), seed) == "val" else "train")
-             for s, p in zip(df["_split"], patient)]
-    out = pd.DataFrame({"path": rel, "patient": patient, "study": study, "split": splits, "sex": df.get("Sex"),
-                        "age": df.get("Age"), "view_position": df.get("AP/PA", pd.Series([""] * len(df))).fillna(""),
-                        "modality": "CR/DX"})
+    splits = [
+        s if isinstance(s, str) else ("val" if assign_split(p, (0.9, 0.1, 0.0), seed) == "val" else "train")
+        for s, p in zip(df["_split"], patient)
+    ]
+    out = pd.DataFrame(
+        {
+            "path": rel,
+            "patient": patient,
+            "study": study,
+            "split": splits,
+            "sex": df.get("Sex"),
+            "age": df.get("Age"),
+            "view_position": df.get("AP/PA", pd.Series([""] * len(df))).fillna(""),
+            "modality": "CR/DX",
+        }
+    )
     for col, new in label_columns_from(df, CHEXPERT_LABELS).items():
         out[new] = df[col]
     return out

@@ -27,13 +27,20 @@ def records(root: Path) -> pd.DataFrame:
     df = proj.merge(reports, on="uid", how="inner")
     where = {p.name: p.relative_to(root).as_posix() for p in root.glob("images/**/*.png")}
     view = df["projection"].map({"Frontal": "PA/AP", "Lateral": "LL"}).fillna("")
-    return pd.DataFrame({
-        "path": [where.get(f, f"images/images_normalized/{f}") for f in df["filename"]],
-        "patient": "iu-" + df["uid"], "study": df["uid"], "view_position": view, "modality": "CR/DX",
-        "report_indication": df["indication"], "report_findings": df["findings"], "report_impression": df["impression"],
-        "report_text": ("FINDINGS: " + df["findings"] + "\nIMPRESSION: " + df["impression"]).str.strip(),
-        "mesh_problems": df["Problems"],
-    })
+    return pd.DataFrame(
+        {
+            "path": [where.get(f, f"images/images_normalized/{f}") for f in df["filename"]],
+            "patient": "iu-" + df["uid"],
+            "study": df["uid"],
+            "view_position": view,
+            "modality": "CR/DX",
+            "report_indication": df["indication"],
+            "report_findings": df["findings"],
+            "report_impression": df["impression"],
+            "report_text": ("FINDINGS: " + df["findings"] + "\nIMPRESSION: " + df["impression"]).str.strip(),
+            "mesh_problems": df["Problems"],
+        }
+    )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

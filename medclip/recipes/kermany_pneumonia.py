@@ -43,8 +43,15 @@ def _published(root: Path) -> pd.DataFrame:
         for label in ("NORMAL", "PNEUMONIA"):
             for f in sorted((base / split / label).glob("*.jp*g")):
                 patient, subtype = parse_name(f.name)
-                rows.append({"image": f.relative_to(root).as_posix(), "label": label, "subtype": subtype,
-                             "patient_key": patient, "split": split})
+                rows.append(
+                    {
+                        "image": f.relative_to(root).as_posix(),
+                        "label": label,
+                        "subtype": subtype,
+                        "patient_key": patient,
+                        "split": split,
+                    }
+                )
     if not rows:
         raise FileNotFoundError(f"{root}: neither labels.csv nor train|test/NORMAL|PNEUMONIA/*.jpeg found")
     return pd.DataFrame(rows)
@@ -67,12 +74,16 @@ def records(root: Path) -> pd.DataFrame:
     unknown = sorted(set(label) - {"NORMAL", "PNEUMONIA"})
     if unknown:
         raise ValueError(f"{root}: unknown label values {unknown} (expected NORMAL / PNEUMONIA)")
-    out = pd.DataFrame({
-        "path": meta["image"].str.strip(),
-        "patient": "kermany-" + meta["patient_key"].str.strip(),
-        "view_position": "AP/PA", "modality": "CR/DX", "body_part": "CHEST",
-        "subtype": meta["subtype"].str.strip().str.lower().map(lambda s: SUBTYPES.get(s, s)),
-    })
+    out = pd.DataFrame(
+        {
+            "path": meta["image"].str.strip(),
+            "patient": "kermany-" + meta["patient_key"].str.strip(),
+            "view_position": "AP/PA",
+            "modality": "CR/DX",
+            "body_part": "CHEST",
+            "subtype": meta["subtype"].str.strip().str.lower().map(lambda s: SUBTYPES.get(s, s)),
+        }
+    )
     pneumonia = (label == "PNEUMONIA").to_numpy(dtype=float)
     out[f"label.{concept_id('Pneumonia')}"] = pneumonia
     out[f"label.{concept_id('No Finding')}"] = 1.0 - pneumonia

@@ -21,15 +21,20 @@ from medclip.recipes.base import run_recipe
 #: MedPix ``location`` -> body-region concept id (knowledge/extensions/imaging.yaml). Locations that
 #: are not a region ("Generalized", "Pathology", "Hematopoietic", blanks) map to "" (no region).
 REGIONS: dict[str, str] = {
-    "Brain and Neuro": "region_brain", "Nerve, central": "region_brain",
-    "Head and Neck": "region_head_neck", "Dental, Oral, or Tooth": "region_head_neck",
-    "Eye and Orbit": "region_eye_orbit", "Ophthalmology": "region_eye_orbit",
+    "Brain and Neuro": "region_brain",
+    "Nerve, central": "region_brain",
+    "Head and Neck": "region_head_neck",
+    "Dental, Oral, or Tooth": "region_head_neck",
+    "Eye and Orbit": "region_eye_orbit",
+    "Ophthalmology": "region_eye_orbit",
     "Spine": "region_spine",
-    "Musculoskeletal": "region_musculoskeletal", "Nerve, peripheral": "region_musculoskeletal",
+    "Musculoskeletal": "region_musculoskeletal",
+    "Nerve, peripheral": "region_musculoskeletal",
     "Chest, Pulmonary": "region_chest",
     "Cardiovascular": "region_heart",
     "Vascular": "region_vessels",
-    "Gastrointestinal": "region_abdomen", "Abdomen": "region_abdomen",
+    "Gastrointestinal": "region_abdomen",
+    "Abdomen": "region_abdomen",
     "Genitourinary": "region_genitourinary",
     "Breast and Mammography": "region_breast",
     "Endocrine": "region_endocrine",
@@ -48,22 +53,25 @@ def records(root: Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{table}: missing columns {sorted(missing)}")
     get = lambda c: meta[c].str.strip() if c in meta else pd.Series([""] * len(meta))  # noqa: E731
-    return pd.DataFrame({
-        "path": get("image"),
-        "patient": "medpix-" + get("case_id"),
-        "study": get("case_id"),
-        "modality": get("type").str.upper().map(MODALITIES).fillna(""),
-        "body_part": get("location_category"),
-        "sex": get("sex"), "age": get("age"),
-        "report_indication": get("history"),
-        "report_findings": get("caption"),
-        "report_text": get("caption"),
-        "plane": get("plane").str.lower().map(PLANES).fillna(""),
-        "body_region": get("location").map(REGIONS).fillna(""),
-        "sequence": get("modality"),
-        "case_findings": get("findings"),
-        "diagnosis": get("diagnosis"),
-    })
+    return pd.DataFrame(
+        {
+            "path": get("image"),
+            "patient": "medpix-" + get("case_id"),
+            "study": get("case_id"),
+            "modality": get("type").str.upper().map(MODALITIES).fillna(""),
+            "body_part": get("location_category"),
+            "sex": get("sex"),
+            "age": get("age"),
+            "report_indication": get("history"),
+            "report_findings": get("caption"),
+            "report_text": get("caption"),
+            "plane": get("plane").str.lower().map(PLANES).fillna(""),
+            "body_region": get("location").map(REGIONS).fillna(""),
+            "sequence": get("modality"),
+            "case_findings": get("findings"),
+            "diagnosis": get("diagnosis"),
+        }
+    )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

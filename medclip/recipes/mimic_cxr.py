@@ -19,9 +19,22 @@ from tqdm.auto import tqdm
 
 from medclip.recipes.base import label_columns_from, recipe_parser, write_recipe_manifest
 
-CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-                   "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-                   "Fracture", "Support Devices"]
+CHEXPERT_LABELS = [
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
 
 
 def _csv(root: Path, stem: str) -> pd.DataFrame:
@@ -44,8 +57,15 @@ def read_reports(root: Path, folders: list[str], workers: int | None = None, pro
     unique = list(dict.fromkeys(folders))
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        texts = list(tqdm(pool.map(_read_report, (root / (f + ".txt") for f in unique), chunksize=64),
-                          total=len(unique), desc="reading reports", unit=" reports", disable=not progress))
+        texts = list(
+            tqdm(
+                pool.map(_read_report, (root / (f + ".txt") for f in unique), chunksize=64),
+                total=len(unique),
+                desc="reading reports",
+                unit=" reports",
+                disable=not progress,
+            )
+        )
     return dict(zip(unique, texts))
 
 
@@ -59,10 +79,17 @@ def records(root: Path, workers: int | None = None, progress: bool = True) -> pd
     folder = "files/p" + subject.str[:2] + "/p" + subject + "/s" + df["study_id"].astype(str)
     texts = read_reports(root, folder.tolist(), workers, progress)
     reports = folder.map(texts)
-    out = pd.DataFrame({"path": folder + "/" + df["dicom_id"] + ".jpg", "patient": df["subject_id"].astype(str),
-                        "study": df["study_id"].astype(str), "split": df["split"],
-                        "view_position": df.get("ViewPosition", pd.Series([""] * len(df))).fillna(""),
-                        "modality": "CR/DX", "report_text": reports})
+    out = pd.DataFrame(
+        {
+            "path": folder + "/" + df["dicom_id"] + ".jpg",
+            "patient": df["subject_id"].astype(str),
+            "study": df["study_id"].astype(str),
+            "split": df["split"],
+            "view_position": df.get("ViewPosition", pd.Series([""] * len(df))).fillna(""),
+            "modality": "CR/DX",
+            "report_text": reports,
+        }
+    )
     for col, new in label_columns_from(df, CHEXPERT_LABELS).items():
         out[new] = df[col]
     return out
@@ -71,13 +98,22 @@ def records(root: Path, workers: int | None = None, progress: bool = True) -> pd
 def build_parser(prog: str | None = None):
     """The recipe's command line (the shared recipe options with -q/-v, report-reading threads)."""
     ap = recipe_parser(__doc__.strip().splitlines()[0], prog=prog)
-    ap.add_argument("--workers", type=int, default=None, help="threads reading report files (default: 4 x CPUs, max 32)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="threads reading report files (default: 4 x CPUs, max 32)"
+    )
     return ap
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command line: ROOT -o MANIFEST [--salt] [--seed] [--keep-missing] [--workers N] [-q]."""
     args = build_parser(prog).parse_args(argv)
-    write_recipe_manifest(records(args.root, args.workers, not args.quiet), args.root, args.output, salt=args.salt,
-                          seed=args.seed, require_files=not args.keep_missing, name="MIMIC-CXR-JPG")
+    write_recipe_manifest(
+        records(args.root, args.workers, not args.quiet),
+        args.root,
+        args.output,
+        salt=args.salt,
+        seed=args.seed,
+        require_files=not args.keep_missing,
+        name="MIMIC-CXR-JPG",
+    )
     return 0

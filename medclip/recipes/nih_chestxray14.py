@@ -16,8 +16,23 @@ import pandas as pd
 from medclip.data.splits import assign_split
 from medclip.recipes.base import concept_id, run_recipe
 
-NIH_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-              "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "No Finding"]
+NIH_LABELS = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+    "No Finding",
+]
 
 
 def records(root: Path, seed: int = 0) -> pd.DataFrame:
@@ -29,15 +44,27 @@ def records(root: Path, seed: int = 0) -> pd.DataFrame:
     where = {p.name: p.relative_to(root).as_posix() for p in root.glob("images*/**/*.png")}
     test = set((root / "test_list.txt").read_text().split()) if (root / "test_list.txt").exists() else set()
     patient = df["Patient ID"].astype(str)
-    split = ["test" if img in test else ("val" if assign_split(p, (0.9, 0.1, 0.0), seed) == "val" else "train")
-             for img, p in zip(df["Image Index"], patient)]
-    out = pd.DataFrame({"path": [where.get(i, f"images/{i}") for i in df["Image Index"]], "patient": patient,
-                        "study": patient + "/" + df["Follow-up #"].astype(str), "split": split,
-                        "sex": df.get("Patient Gender"), "age": df.get("Patient Age"),
-                        "view_position": df.get("View Position"), "modality": "CR/DX"})
+    split = [
+        "test" if img in test else ("val" if assign_split(p, (0.9, 0.1, 0.0), seed) == "val" else "train")
+        for img, p in zip(df["Image Index"], patient)
+    ]
+    out = pd.DataFrame(
+        {
+            "path": [where.get(i, f"images/{i}") for i in df["Image Index"]],
+            "patient": patient,
+            "study": patient + "/" + df["Follow-up #"].astype(str),
+            "split": split,
+            "sex": df.get("Patient Gender"),
+            "age": df.get("Patient Age"),
+            "view_position": df.get("View Position"),
+            "modality": "CR/DX",
+        }
+    )
     findings = df["Finding Labels"].fillna("").str.split("|")
     for name in NIH_LABELS:
-        out[f"label.{concept_id(name.replace('_', ' '))}"] = np.array([float(name in f) for f in findings], dtype=np.float32)
+        out[f"label.{concept_id(name.replace('_', ' '))}"] = np.array(
+            [float(name in f) for f in findings], dtype=np.float32
+        )
     return out
 
 

@@ -38,7 +38,9 @@ class PlantedPHI:
 def planted_phi(patient: str) -> PlantedPHI:
     """Deterministic fake identifiers for a dataset patient id."""
     n = int("".join(ch for ch in patient if ch.isdigit()) or 0)
-    return PlantedPHI(name=f"Zzplanted{n:04d}^Quinn", patient_id=f"MRN{n:06d}X", birth_date=f"19{40 + n % 50:02d}0{1 + n % 9}1{n % 9}")
+    return PlantedPHI(
+        name=f"Zzplanted{n:04d}^Quinn", patient_id=f"MRN{n:06d}X", birth_date=f"19{40 + n % 50:02d}0{1 + n % 9}1{n % 9}"
+    )
 
 
 def derived_report(row: dict) -> str:
@@ -64,8 +66,14 @@ def _jpeg_gray(path: Path, max_size: int) -> tuple[bytes, int, int]:
         return buf.getvalue(), im.height, im.width
 
 
-def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[str] | None = None,
-                     max_images: int | None = None, max_size: int = 512) -> dict:
+def make_pacs_export(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    licences: set[str] | None = None,
+    max_images: int | None = None,
+    max_size: int = 512,
+) -> dict:
     """Write the export; returns {"n_images", "patients": {dataset_id: PlantedPHI}, "reports": path}."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -88,8 +96,13 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
         skey = (pid, r["offset"].strip() or "0")
         if skey not in studies:
             k = len(studies) + 1
-            studies[skey] = {"folder": f"study_{k:04d}", "uid": generate_uid(entropy_srcs=["medclip-covid", pid, skey[1]]),
-                             "accession": f"ACC{k:07d}", "reports": [], "n": 0}
+            studies[skey] = {
+                "folder": f"study_{k:04d}",
+                "uid": generate_uid(entropy_srcs=["medclip-covid", pid, skey[1]]),
+                "accession": f"ACC{k:07d}",
+                "reports": [],
+                "n": 0,
+            }
         st = studies[skey]
         st["n"] += 1
         jpeg, rows_, cols = _jpeg_gray(source / r["folder"] / r["filename"], max_size)
@@ -124,8 +137,15 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
         text = derived_report(r)
         if text and text not in st["reports"]:
             st["reports"].append(text)
-        attributions.append({"file": f"{st['folder']}/series_1/IM{st['n']:04d}.dcm", "source_filename": r["filename"],
-                             "license": r["license"].strip(), "doi": r.get("doi", ""), "url": r.get("url", "")})
+        attributions.append(
+            {
+                "file": f"{st['folder']}/series_1/IM{st['n']:04d}.dcm",
+                "source_filename": r["filename"],
+                "license": r["license"].strip(),
+                "doi": r.get("doi", ""),
+                "url": r.get("url", ""),
+            }
+        )
     report_path = out_dir / "reports.csv"
     with open(report_path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -133,8 +153,12 @@ def make_pacs_export(source: str | Path, out_dir: str | Path, *, licences: set[s
         for (pid, _), st in studies.items():
             if st["reports"]:
                 first, last = patients[pid].name.split("^")[::-1]
-                w.writerow([st["accession"], f"INDICATION: Chest radiograph of {first} {last}.\n"
-                            f"FINDINGS: {' '.join(st['reports'])}"])
+                w.writerow(
+                    [
+                        st["accession"],
+                        f"INDICATION: Chest radiograph of {first} {last}.\nFINDINGS: {' '.join(st['reports'])}",
+                    ]
+                )
     with open(out_dir / "ATTRIBUTION.csv", "w", newline="", encoding="utf-8") as fh:
         table = csv.DictWriter(fh, fieldnames=["file", "source_filename", "license", "doi", "url"])
         table.writeheader()
@@ -147,13 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medclip.recipes.pacs_export", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="covid-chestxray-dataset folder (metadata.csv + images/)")
     ap.add_argument("out_dir")
-    ap.add_argument("--licence", choices=["cc-by", "all"], default="cc-by",
-                    help="cc-by: only images whose licence allows redistribution of modified copies")
+    ap.add_argument(
+        "--licence",
+        choices=["cc-by", "all"],
+        default="cc-by",
+        help="cc-by: only images whose licence allows redistribution of modified copies",
+    )
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--max-size", type=int, default=512, help="longest side in pixels")
     args = ap.parse_args(argv)
-    res = make_pacs_export(args.source, args.out_dir, licences=CC_BY if args.licence == "cc-by" else None,
-                           max_images=args.max_images, max_size=args.max_size)
+    res = make_pacs_export(
+        args.source,
+        args.out_dir,
+        licences=CC_BY if args.licence == "cc-by" else None,
+        max_images=args.max_images,
+        max_size=args.max_size,
+    )
     print(f"wrote {res['n_images']} DICOM files for {len(res['patients'])} patients to {args.out_dir}")
     return 0
 

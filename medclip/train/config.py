@@ -127,6 +127,7 @@ DEFAULTS: dict[str, Any] = {
     "loggers": ["csv", "tensorboard"],
 }
 
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 floats: ``3e-4`` and ``1e5`` are numbers (PyYAML's YAML 1.1 reads them as strings)."""
 
@@ -181,9 +182,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
             if child is None:
                 child = node[key] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {text!r}: {'.'.join(keys[: depth + 1])} is a value, not a section"
-                )
+                raise ConfigError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
             node = child
         node[keys[-1]] = value
     return result
@@ -267,10 +266,22 @@ _NUMERIC: dict[str, tuple[bool, float | None, float | None, bool]] = {
 }
 
 _BOOLEANS = (
-    "data.pin_memory", "data.persistent_workers", "data.text_augmentation", "data.shuffle", "data.drop_last",
-    "data.image_augmentation.enabled", "data.image_augmentation.hflip", "data.label_text.enabled",
-    "data.concept_balance.enabled", "model.grad_checkpointing", "model.lock_image", "model.lock_image_norms_trainable",
-    "model.lock_image_freeze_bn_stats", "model.lock_text", "loss.sub_captions", "text_pretrain.enabled",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.text_augmentation",
+    "data.shuffle",
+    "data.drop_last",
+    "data.image_augmentation.enabled",
+    "data.image_augmentation.hflip",
+    "data.label_text.enabled",
+    "data.concept_balance.enabled",
+    "model.grad_checkpointing",
+    "model.lock_image",
+    "model.lock_image_norms_trainable",
+    "model.lock_image_freeze_bn_stats",
+    "model.lock_text",
+    "loss.sub_captions",
+    "text_pretrain.enabled",
     "checkpoint.save_last",
 )
 
@@ -285,8 +296,15 @@ SOURCE_TEXT_MODES = ("report", "labels", "mixed")
 
 def _number_error(source: str, key: str, value: Any, integer: bool, low: Any, high: Any, nullable: bool) -> ConfigError:
     kind = "an integer" if integer else "a number"
-    bounds = (f" in [{low}, {high}]" if low is not None and high is not None
-              else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+    bounds = (
+        f" in [{low}, {high}]"
+        if low is not None and high is not None
+        else f" >= {low}"
+        if low is not None
+        else f" <= {high}"
+        if high is not None
+        else ""
+    )
     return ConfigError(f"{source}: {key} must be {kind}{bounds}{' or null' if nullable else ''}, got {value!r}")
 
 
@@ -310,12 +328,18 @@ def _check_values(config: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
     for key, (low, high) in _RANGES.items():
         value = _get(config, key)
-        ok = (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v, False) for v in value)
-              and low <= value[0] <= value[1] <= high)
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(_is_number(v, False) for v in value)
+            and low <= value[0] <= value[1] <= high
+        )
         if not ok:
             raise ConfigError(f"{source}: {key} must be [low, high] with {low} <= low <= high <= {high}, got {value!r}")
     betas = _get(config, "optim.betas")
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b, False) and 0 <= b < 1 for b in betas)):
+    if not (
+        isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b, False) and 0 <= b < 1 for b in betas)
+    ):
         raise ConfigError(f"{source}: optim.betas must be two numbers in [0, 1), got {betas!r}")
     for tower, lr in (_get(config, "optim.tower_lr") or {}).items():
         _check_number(source, f"optim.tower_lr.{tower}", lr, (False, 1e-12, None, False))
@@ -431,9 +455,7 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None
     trainer_params = inspect.signature(lightning.Trainer.__init__).parameters
     for key in config.get("trainer", {}):
         if key in _TRAINER_OWNED:
-            raise ConfigError(
-                f"{source}: trainer.{key} is set by the {_TRAINER_OWNED[key]!r} section of the config"
-            )
+            raise ConfigError(f"{source}: trainer.{key} is set by the {_TRAINER_OWNED[key]!r} section of the config")
         if key not in trainer_params or key == "self":
             raise ConfigError(
                 f"{source}: trainer.{key} is not a lightning.Trainer option{_suggest(str(key), list(trainer_params))}"
@@ -452,13 +474,13 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None
     loss = config.get("loss", {})
     _check_loss(loss, source)
     if loss.get("sub_captions") and loss.get("name") != "multi_positive":
-        raise ConfigError(f"{source}: loss.sub_captions needs loss.name=multi_positive (each sentence is a positive "
-                          f"of its image), got loss.name={loss.get('name')!r}")
+        raise ConfigError(
+            f"{source}: loss.sub_captions needs loss.name=multi_positive (each sentence is a positive "
+            f"of its image), got loss.name={loss.get('name')!r}"
+        )
 
 
-def load_config(
-    path: str | Path | Mapping[str, Any] | None, overrides: Sequence[str] = ()
-) -> dict[str, Any]:
+def load_config(path: str | Path | Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The full training config: defaults <- YAML file (or mapping) <- dotted ``key=value`` overrides."""
     if path is None:
         source, user = "<defaults>", {}

@@ -103,9 +103,17 @@ class _SampleRewriter:
 class AugmentedDataset(_SampleRewriter, Dataset):
     """A map-style dataset whose report texts are rewritten by ``text_transform``, keyed by ``(index, epoch)``."""
 
-    def __init__(self, dataset: Dataset, text_transform: TextTransform | None, seed: int,
-                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None,
-                 text_policy: TextPolicy | None = None, train: bool = True, max_captions: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        text_transform: TextTransform | None,
+        seed: int,
+        features: FeatureStore | None = None,
+        image_transform: ImageTransform | None = None,
+        text_policy: TextPolicy | None = None,
+        train: bool = True,
+        max_captions: int = 0,
+    ) -> None:
         self.dataset = dataset
         self.text_transform = text_transform
         self.seed = seed
@@ -127,9 +135,18 @@ class AugmentedIterable(_SampleRewriter, IterableDataset):
     """Wraps the cache stream: per-epoch reshuffle, mid-epoch resume, texts rewritten with an rng keyed
     by ``(epoch, image_id)``."""
 
-    def __init__(self, dataset: Any, *, text_transform: TextTransform | None, seed: int,
-                 features: FeatureStore | None = None, image_transform: ImageTransform | None = None,
-                 text_policy: TextPolicy | None = None, train: bool = True, max_captions: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        text_transform: TextTransform | None,
+        seed: int,
+        features: FeatureStore | None = None,
+        image_transform: ImageTransform | None = None,
+        text_policy: TextPolicy | None = None,
+        train: bool = True,
+        max_captions: int = 0,
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.text_transform = text_transform
@@ -192,9 +209,11 @@ class ReportCollator:
         else:
             texts = [str(item["text"] or "") for item in items]
         tokens = self.tokenize(texts, max_length=self.max_text_tokens)
-        return {**extra,
-            "image_features" if cached else "images":
-                torch.stack([torch.as_tensor(item[image_key], dtype=torch.float32) for item in items]),
+        return {
+            **extra,
+            "image_features" if cached else "images": torch.stack(
+                [torch.as_tensor(item[image_key], dtype=torch.float32) for item in items]
+            ),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "labels": torch.stack([torch.as_tensor(item["labels"], dtype=torch.float32) for item in items]),
@@ -261,7 +280,7 @@ class SourceDataset(Dataset):
         full = np.full((len(self), len(self.label_names)), np.nan)
         for s, ds in enumerate(self.datasets):
             if self._columns[s]:
-                full[self.offsets[s]:self.offsets[s + 1], self._columns[s]] = label_matrix(ds)
+                full[self.offsets[s] : self.offsets[s + 1], self._columns[s]] = label_matrix(ds)
         return full
 
     def sampling_weights(self, concept_balance: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -275,18 +294,25 @@ class SourceDataset(Dataset):
                 continue
             part = np.ones(len(ds))
             if labels is not None and concept_balance is not None:
-                concepts = sample_concepts(labels[self.offsets[s]:self.offsets[s + 1]], self.label_names)
+                concepts = sample_concepts(labels[self.offsets[s] : self.offsets[s + 1]], self.label_names)
                 cap = float(concept_balance["max_share"])
                 part, shares = concept_balance_weights(concepts, cap)
                 top = sorted(shares.items(), key=lambda kv: -kv[1])[:5]
-                log.info("concept balance, source %s: largest shares %s", spec["name"],
-                         ", ".join(f"{c} {v:.2f}" for c, v in top))
+                log.info(
+                    "concept balance, source %s: largest shares %s",
+                    spec["name"],
+                    ", ".join(f"{c} {v:.2f}" for c, v in top),
+                )
                 over = {c: v for c, v in shares.items() if v > cap + 1e-3}
                 if over:
-                    log.warning("concept balance, source %s: max_share %.2f cannot be met for %s (too few concepts "
-                                "or one in every sample); they are reduced as far as possible", spec["name"], cap,
-                                ", ".join(sorted(over)))
-            weights[self.offsets[s]:self.offsets[s + 1]] = float(spec["weight"]) / total_weight * part / part.sum()
+                    log.warning(
+                        "concept balance, source %s: max_share %.2f cannot be met for %s (too few concepts "
+                        "or one in every sample); they are reduced as far as possible",
+                        spec["name"],
+                        cap,
+                        ", ".join(sorted(over)),
+                    )
+            weights[self.offsets[s] : self.offsets[s + 1]] = float(spec["weight"]) / total_weight * part / part.sum()
         return weights
 
 
@@ -350,12 +376,27 @@ class MedClipDataModule(L.LightningDataModule):
         """The data sources: ``data.sources`` with defaults filled in, or the single manifest / cache."""
         mix = float((self.cfg.get("label_text") or {}).get("mix_prob", 0.0))
         if not self.cfg.get("sources"):
-            return [{"name": "data", "manifest": self.cfg.get("manifest"), "cache_dir": self.cfg.get("cache_dir"),
-                     "weight": 1.0, "text": "mixed", "mix_prob": mix}]
-        return [{"name": str(spec.get("name") or f"source{i}"), "manifest": spec.get("manifest"),
-                 "cache_dir": spec.get("cache_dir"), "weight": float(spec.get("weight", 1.0)),
-                 "text": spec.get("text", "report"), "mix_prob": float(spec.get("mix_prob", mix))}
-                for i, spec in enumerate(self.cfg["sources"])]
+            return [
+                {
+                    "name": "data",
+                    "manifest": self.cfg.get("manifest"),
+                    "cache_dir": self.cfg.get("cache_dir"),
+                    "weight": 1.0,
+                    "text": "mixed",
+                    "mix_prob": mix,
+                }
+            ]
+        return [
+            {
+                "name": str(spec.get("name") or f"source{i}"),
+                "manifest": spec.get("manifest"),
+                "cache_dir": spec.get("cache_dir"),
+                "weight": float(spec.get("weight", 1.0)),
+                "text": spec.get("text", "report"),
+                "mix_prob": float(spec.get("mix_prob", mix)),
+            }
+            for i, spec in enumerate(self.cfg["sources"])
+        ]
 
     @property
     def is_mixture(self) -> bool:
@@ -385,8 +426,9 @@ class MedClipDataModule(L.LightningDataModule):
             datasets, specs = [], []
             for spec in self.source_specs():
                 try:
-                    dataset = self._map_dataset(spec, split, {k: v for k, v in kwargs.items()
-                                                              if k not in ("seed", "shuffle", "buffer_size")})
+                    dataset = self._map_dataset(
+                        spec, split, {k: v for k, v in kwargs.items() if k not in ("seed", "shuffle", "buffer_size")}
+                    )
                 except ValueError as exc:  # a source without this split
                     log.info("source %s: no %s split (%s)", spec["name"], split, exc)
                     continue
@@ -403,8 +445,13 @@ class MedClipDataModule(L.LightningDataModule):
         built = read_cache_index(self.cfg["cache_dir"]).get("config", {}).get("image_size")
         wanted = self.cfg.get("image_size")
         if train and built and wanted and built != wanted:
-            log.warning("%s holds %s px images, data.image_size is %s: the cache's size is used (and saved with "
-                        "the model as what it sees, so eval and the demo use it too)", self.cfg["cache_dir"], built, wanted)
+            log.warning(
+                "%s holds %s px images, data.image_size is %s: the cache's size is used (and saved with "
+                "the model as what it sees, so eval and the demo use it too)",
+                self.cfg["cache_dir"],
+                built,
+                wanted,
+            )
         rank, world = (0, 1) if whole else self._rank_and_world()
         kwargs.setdefault("seed", self.seed)
         kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train and not whole)
@@ -430,11 +477,16 @@ class MedClipDataModule(L.LightningDataModule):
         sources = []
         for spec in self.source_specs():
             if spec.get("cache_dir"):
-                sources.append({"cache": source_identity(spec["cache_dir"]),
-                                "cache_config": read_cache_index(spec["cache_dir"]).get("config", {})})
+                sources.append(
+                    {
+                        "cache": source_identity(spec["cache_dir"]),
+                        "cache_config": read_cache_index(spec["cache_dir"]).get("config", {}),
+                    }
+                )
             else:
-                sources.append({"manifest": source_identity(spec["manifest"]),
-                                "image_size": self.cfg.get("image_size", 224)})
+                sources.append(
+                    {"manifest": source_identity(spec["manifest"]), "image_size": self.cfg.get("image_size", 224)}
+                )
         return {"sources": sources, "window": kwargs.get("window", "auto")}
 
     def _prepare_features(self, splits: list[str]) -> None:
@@ -451,11 +503,19 @@ class MedClipDataModule(L.LightningDataModule):
             except (ValueError, FileNotFoundError, KeyError):
                 continue  # a missing split is reported where it is used
             self.features_computed += fill_store(
-                self.features, whole, self.feature_extractor, batch_size=int(self.cfg["batch_size"]),
-                num_workers=int(self.cfg.get("num_workers", 0)), seed=self.seed,
+                self.features,
+                whole,
+                self.feature_extractor,
+                batch_size=int(self.cfg["batch_size"]),
+                num_workers=int(self.cfg.get("num_workers", 0)),
+                seed=self.seed,
             )
-        log.info("feature cache %s: %d images (%d encoded now)", self.features.path.name, len(self.features),
-                 self.features_computed)
+        log.info(
+            "feature cache %s: %d images (%d encoded now)",
+            self.features.path.name,
+            len(self.features),
+            self.features_computed,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         use_features = self.feature_extractor is not None
@@ -463,8 +523,9 @@ class MedClipDataModule(L.LightningDataModule):
             splits = [s for s in (self.cfg.get("train_split") or "train", self.cfg.get("val_split")) if s]
             self._prepare_features(splits)
         if stage in (None, "fit") and self._train_source is None:
-            self._train_source = self._make_dataset(self.cfg.get("train_split") or "train", train=True,
-                                                    with_images=not use_features)
+            self._train_source = self._make_dataset(
+                self.cfg.get("train_split") or "train", train=True, with_images=not use_features
+            )
             if not self.is_iterable and len(self._train_source) == 0:
                 raise ValueError(f"{self.source}: no rows in split {self.cfg.get('train_split')!r}")
             self.text_policy = self._text_policy(self._train_source)
@@ -487,8 +548,10 @@ class MedClipDataModule(L.LightningDataModule):
         """Report text (augmented) or label text per sample, for the label names of ``dataset``."""
         augmenter = self.text_transform if hasattr(self.text_transform, "labels_to_text") else None
         return TextPolicy(
-            getattr(dataset, "label_names", []), report_transform=self.text_transform,
-            label_text=self.label_text_enabled, mix_prob=float((self.cfg.get("label_text") or {}).get("mix_prob", 0)),
+            getattr(dataset, "label_names", []),
+            report_transform=self.text_transform,
+            label_text=self.label_text_enabled,
+            mix_prob=float((self.cfg.get("label_text") or {}).get("mix_prob", 0)),
             augmenter=augmenter,
         )
 
@@ -518,14 +581,22 @@ class MedClipDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         resume = self._resume or {}
         if self.is_iterable:
-            wrapper = AugmentedIterable(self._train_source, text_transform=self.text_transform, seed=self.seed,
-                                        features=self.features, image_transform=self.image_transform,
-                                        text_policy=self.text_policy, max_captions=self.max_captions)
+            wrapper = AugmentedIterable(
+                self._train_source,
+                text_transform=self.text_transform,
+                seed=self.seed,
+                features=self.features,
+                image_transform=self.image_transform,
+                text_policy=self.text_policy,
+                max_captions=self.max_captions,
+            )
             if resume:
                 wrapper.resume_from(resume["epoch"], resume["batches_done"], batch_size)
             self._train_wrapper = wrapper
             return DataLoader(
-                wrapper, batch_size=batch_size, drop_last=bool(self.cfg.get("drop_last", True)),
+                wrapper,
+                batch_size=batch_size,
+                drop_last=bool(self.cfg.get("drop_last", True)),
                 **self._loader_kwargs(iterable=True),
             )
         if self.is_mixture:
@@ -533,8 +604,11 @@ class MedClipDataModule(L.LightningDataModule):
             sampler: ResumableSampler = WeightedResumableSampler(weights, seed=self.seed, rank=rank, world_size=world)
         else:
             sampler = ResumableSampler(
-                len(self._train_source), shuffle=bool(self.cfg.get("shuffle", True)), seed=self.seed,
-                rank=rank, world_size=world,
+                len(self._train_source),
+                shuffle=bool(self.cfg.get("shuffle", True)),
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
             )
         if resume:
             sampler.resume_from(resume["epoch"], resume["samples_consumed"])
@@ -545,12 +619,21 @@ class MedClipDataModule(L.LightningDataModule):
                 f"samples, fewer than data.batch_size={batch_size} per rank x {world} ranks; "
                 "lower the batch size or set data.drop_last=false"
             )
-        self._train_wrapper = AugmentedDataset(self._train_source, self.text_transform, self.seed, self.features,
-                                               self.image_transform, text_policy=self.text_policy,
-                                               max_captions=self.max_captions)
+        self._train_wrapper = AugmentedDataset(
+            self._train_source,
+            self.text_transform,
+            self.seed,
+            self.features,
+            self.image_transform,
+            text_policy=self.text_policy,
+            max_captions=self.max_captions,
+        )
         return DataLoader(
-            self._train_wrapper, batch_size=batch_size, sampler=sampler,
-            drop_last=bool(self.cfg.get("drop_last", True)), **self._loader_kwargs(iterable=False),
+            self._train_wrapper,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=bool(self.cfg.get("drop_last", True)),
+            **self._loader_kwargs(iterable=False),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -562,14 +645,25 @@ class MedClipDataModule(L.LightningDataModule):
         kwargs = self._loader_kwargs(iterable=self.is_iterable)
         if self.is_iterable:
             val: Any = self._val_source
-            val = AugmentedIterable(val, text_transform=None, seed=self.seed, features=self.features,
-                                    text_policy=self._val_policy(), train=False)
+            val = AugmentedIterable(
+                val,
+                text_transform=None,
+                seed=self.seed,
+                features=self.features,
+                text_policy=self._val_policy(),
+                train=False,
+            )
             return DataLoader(val, batch_size=batch_size, **kwargs)
         rank, world = self._rank_and_world()
         sampler = ResumableSampler(len(self._val_source), shuffle=False, rank=rank, world_size=world)
-        return DataLoader(AugmentedDataset(self._val_source, None, self.seed, self.features,
-                                           text_policy=self._val_policy(), train=False), batch_size=batch_size,
-                          sampler=sampler, **kwargs)
+        return DataLoader(
+            AugmentedDataset(
+                self._val_source, None, self.seed, self.features, text_policy=self._val_policy(), train=False
+            ),
+            batch_size=batch_size,
+            sampler=sampler,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ epochs and resume
     def set_epoch(self, epoch: int) -> None:
@@ -601,7 +695,8 @@ class MedClipDataModule(L.LightningDataModule):
         if self.is_iterable and state_dict.get("world_size", world) != world:
             log.warning(
                 "resuming a cache stream saved on %s ranks on %s ranks: the mid-epoch position is approximate",
-                state_dict.get("world_size"), world,
+                state_dict.get("world_size"),
+                world,
             )
 
 

@@ -162,25 +162,43 @@ class BackboneFeatures:
             backbone.train(was_training)
 
 
-def fill_store(store: FeatureStore, dataset: Any, extractor: BackboneFeatures, *,
-               batch_size: int, num_workers: int = 0, seed: int = 0) -> int:
+def fill_store(
+    store: FeatureStore,
+    dataset: Any,
+    extractor: BackboneFeatures,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> int:
     """Compute the features of every image of ``dataset`` not yet in ``store`` and save it; returns how many
     images were encoded. ``dataset`` must yield items with ``image`` and ``image_id``."""
+
     def collate(items: list[Mapping[str, Any]]) -> tuple[list[str], torch.Tensor]:
         return [str(i["image_id"]) for i in items], torch.stack([torch.as_tensor(i["image"]) for i in items])
 
     todo_ids: list[str] = []
     pending: set[str] = set()
     chunks: list[torch.Tensor] = []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(seed))  # never touches the global RNG
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )  # never touches the global RNG
     if callable(getattr(dataset, "image_ids", None)):
         # map-style: skip images already cached without decoding them
         missing = [k for k, i in enumerate(dataset.image_ids()) if str(i) not in store]
         if not missing:
             return 0
-        loader = DataLoader(torch.utils.data.Subset(dataset, missing), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, missing),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(seed),
+        )
     for ids, images in loader:
         new = [k for k, i in enumerate(ids) if i not in store and i not in pending]
         if not new:

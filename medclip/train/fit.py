@@ -60,7 +60,9 @@ class FinalCheckpoint(L.Callback):
         by_steps = trainer.max_steps is not None and 0 < trainer.max_steps <= step
         max_epochs = trainer.max_epochs
         by_epochs = (
-            max_epochs is not None and max_epochs > 0 and trainer.current_epoch >= max_epochs - 1
+            max_epochs is not None
+            and max_epochs > 0
+            and trainer.current_epoch >= max_epochs - 1
             and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         )
         every = self.every_n_steps or 0
@@ -148,8 +150,10 @@ def _loggers(cfg: Mapping[str, Any], output_dir: Path) -> list[Any]:
 
 def build_trainer(cfg: Mapping[str, Any], output_dir: Path, checkpoint_dir: Path) -> L.Trainer:
     """The ``lightning.Trainer`` for a training config (every ``trainer`` key passed through)."""
-    kwargs = {key: _instantiate(value, f"trainer.{key}") if key in _OBJECT_OPTIONS else value
-              for key, value in cfg["trainer"].items()}
+    kwargs = {
+        key: _instantiate(value, f"trainer.{key}") if key in _OBJECT_OPTIONS else value
+        for key, value in cfg["trainer"].items()
+    }
     if kwargs.get("use_distributed_sampler"):
         log.warning("trainer.use_distributed_sampler is ignored: medclip's resumable sampler splits data by rank")
     kwargs["use_distributed_sampler"] = False
@@ -189,15 +193,16 @@ def _export(trainer: L.Trainer, module: DualEncoderModule, model_dir: Path) -> N
             fresh.config.extra.update(module.model.config.extra)  # the training record
             fresh.config.preprocess = module.model.config.preprocess  # what the model sees
             prefix = "model."
-            fresh.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            fresh.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
             fresh.save_pretrained(model_dir)
     elif trainer.is_global_zero:
         module.model.save_pretrained(model_dir)
     trainer.strategy.barrier("medclip-export")
 
 
-def _text_prestage(cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: DualEncoderModule,
-                   output_dir: Path, seed: int) -> None:
+def _text_prestage(
+    cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: DualEncoderModule, output_dir: Path, seed: int
+) -> None:
     """KAD-style text pre-stage before image-text training; its summary goes to <output_dir>/text_pretrain.json."""
     import json
 
@@ -211,12 +216,19 @@ def _text_prestage(cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], module: 
     accelerator = str(cfg["trainer"].get("accelerator", "auto"))
     device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else None
     try:
-        summary = run_text_pretrain(module.model, pre, seed=seed, default_corpora=defaults,
-                                    max_length=data_cfg.get("max_text_tokens"), device=device)
+        summary = run_text_pretrain(
+            module.model,
+            pre,
+            seed=seed,
+            default_corpora=defaults,
+            max_length=data_cfg.get("max_text_tokens"),
+            device=device,
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"text_pretrain: {exc}") from None
-    log.info("text pre-stage: loss %.4f -> %.4f over %d steps", summary["loss_first"], summary["loss_last"],
-             summary["steps"])
+    log.info(
+        "text pre-stage: loss %.4f -> %.4f over %d steps", summary["loss_first"], summary["loss_last"], summary["steps"]
+    )
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:
@@ -227,12 +239,25 @@ def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The small-data training options a model was trained with (stored in its config.json under
     ``extra.training`` for eval and benchmarks; source names and weights, never paths)."""
     model, data, loss = cfg["model"], cfg["data"], cfg["loss"]
-    sources = [{"name": str(s.get("name") or f"source{i}"), "weight": float(s.get("weight", 1.0)),
-                "text": s.get("text", "report")} for i, s in enumerate(data.get("sources") or [])]
+    sources = [
+        {
+            "name": str(s.get("name") or f"source{i}"),
+            "weight": float(s.get("weight", 1.0)),
+            "text": s.get("text", "report"),
+        }
+        for i, s in enumerate(data.get("sources") or [])
+    ]
     pre = cfg.get("text_pretrain") or {}
     return {
-        "lock_image": {k: model.get(k) for k in ("lock_image", "lock_image_unlocked_groups",
-                                                  "lock_image_norms_trainable", "lock_image_freeze_bn_stats")},
+        "lock_image": {
+            k: model.get(k)
+            for k in (
+                "lock_image",
+                "lock_image_unlocked_groups",
+                "lock_image_norms_trainable",
+                "lock_image_freeze_bn_stats",
+            )
+        },
         "lock_text": {k: model.get(k) for k in ("lock_text", "lock_text_unlocked_layers")},
         "sources": sources or None,
         "image_augmentation": dict(data.get("image_augmentation") or {}),
@@ -240,10 +265,17 @@ def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "label_text": dict(data.get("label_text") or {}),
         "concept_balance": dict(data.get("concept_balance") or {}),
         "text_augmentation": data.get("text_augmentation"),
-        "loss": {"name": loss.get("name"), "sub_captions": loss.get("sub_captions"),
-                 "max_sub_captions": loss.get("max_sub_captions")},
-        "text_pretrain": {"enabled": bool(pre.get("enabled")), "steps": pre.get("steps"), "lr": pre.get("lr"),
-                          "corpora": len(pre.get("corpora") or [])},
+        "loss": {
+            "name": loss.get("name"),
+            "sub_captions": loss.get("sub_captions"),
+            "max_sub_captions": loss.get("max_sub_captions"),
+        },
+        "text_pretrain": {
+            "enabled": bool(pre.get("enabled")),
+            "steps": pre.get("steps"),
+            "lr": pre.get("lr"),
+            "corpora": len(pre.get("corpora") or []),
+        },
         "seed": cfg.get("seed"),
         "max_steps": cfg["trainer"].get("max_steps"),
     }
@@ -256,9 +288,12 @@ def use_feature_cache(cfg: Mapping[str, Any], model: Any) -> bool:
     augment = bool((cfg["data"].get("image_augmentation") or {}).get("enabled"))
     frozen = bool(getattr(model, "image_backbone_frozen", False))
     if wanted is True and (augment or not frozen):
-        why = ("data.image_augmentation.enabled is true" if augment else
-               "the image backbone is not fully locked (set model.lock_image: true with no unlocked groups, "
-               "lock_image_norms_trainable: false and lock_image_freeze_bn_stats: true)")
+        why = (
+            "data.image_augmentation.enabled is true"
+            if augment
+            else "the image backbone is not fully locked (set model.lock_image: true with no unlocked groups, "
+            "lock_image_norms_trainable: false and lock_image_freeze_bn_stats: true)"
+        )
         raise ConfigError(f"data.feature_cache: true needs fixed image features, but {why}")
     return bool(wanted) and frozen and not augment
 
@@ -287,8 +322,10 @@ def training_preprocess(data_cfg: Mapping[str, Any], model_config: Any) -> Prepr
         else:
             found.append(PreprocessConfig(image_size=int(data_cfg.get("image_size") or 224), window=window))
     if len(set(found)) > 1:
-        log.warning("data.sources were preprocessed differently (%s); the model records the first source's",
-                    "; ".join(f"window {p.window}, {p.image_size} px" for p in found))
+        log.warning(
+            "data.sources were preprocessed differently (%s); the model records the first source's",
+            "; ".join(f"window {p.window}, {p.image_size} px" for p in found),
+        )
     return found[0].with_(context_length=tokens)
 
 
@@ -310,7 +347,11 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
             log.warning("data.sources is set: data.manifest / data.cache_dir are not used (list them as a source)")
         sources = []
         for i, spec in enumerate(data_cfg["sources"]):
-            spec = {**spec, "manifest": resolve_path(spec.get("manifest")), "cache_dir": resolve_path(spec.get("cache_dir"))}
+            spec = {
+                **spec,
+                "manifest": resolve_path(spec.get("manifest")),
+                "cache_dir": resolve_path(spec.get("cache_dir")),
+            }
             used = "cache_dir" if spec["cache_dir"] else "manifest"
             if not storage_exists(spec[used]):
                 raise ConfigError(f"data.sources[{i}].{used}: {spec[used]} does not exist")
@@ -335,7 +376,9 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         _text_prestage(cfg, data_cfg, module, output_dir, seed)
     cfg["data"]["feature_cache"] = cached  # the resolved run config records what was used
     datamodule = MedClipDataModule(
-        data_cfg, module.model.tokenize, seed=seed,
+        data_cfg,
+        module.model.tokenize,
+        seed=seed,
         feature_extractor=BackboneFeatures(module.model) if cached else None,
         feature_dir=Path(resolve_path(cfg["data"].get("feature_cache_dir")) or output_dir / "feature_cache"),
         max_captions=int(cfg["loss"].get("max_sub_captions", 4)) if cfg["loss"].get("sub_captions") else 0,

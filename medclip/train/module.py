@@ -137,13 +137,19 @@ class DualEncoderModule(L.LightningModule):
         if self.loss_name == "label_aware" and (labels is None or labels.shape[-1] == 0):
             # no finding labels: the soft targets reduce to the identity, i.e. plain InfoNCE
             if not self._warned_no_labels:
-                rank_zero_warn("the data has no finding labels (label.* columns): the label-aware loss trains as "
-                               "plain InfoNCE; run `medclip label MANIFEST` to use label-aware targets")
+                rank_zero_warn(
+                    "the data has no finding labels (label.* columns): the label-aware loss trains as "
+                    "plain InfoNCE; run `medclip label MANIFEST` to use label-aware targets"
+                )
                 self._warned_no_labels = True
             labels = out["image_features"].new_zeros((out["image_features"].shape[0], 0))
         loss = self.loss_fn(
-            out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias"),
-            labels=labels, group_ids=batch.get("group_ids"),
+            out["image_features"],
+            out["text_features"],
+            out["logit_scale"],
+            out.get("logit_bias"),
+            labels=labels,
+            group_ids=batch.get("group_ids"),
         )
         with torch.no_grad():
             logits = out["image_features"].float() @ out["text_features"].float().t()
@@ -219,8 +225,9 @@ class DualEncoderModule(L.LightningModule):
         min_ratio = float(cfg.get("min_lr_ratio", 0.0))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: lr_lambda(step, warmup_steps=warmup, total_steps=total, schedule=schedule,
-                                   min_lr_ratio=min_ratio),
+            lambda step: lr_lambda(
+                step, warmup_steps=warmup, total_steps=total, schedule=schedule, min_lr_ratio=min_ratio
+            ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

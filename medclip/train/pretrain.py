@@ -49,8 +49,10 @@ def corpus_texts(path: str | Path) -> list[str]:
         df = pd.read_csv(path)
         lower = {c.lower(): c for c in df.columns}
         if "findings" in lower and "impression" in lower:
-            texts = [" ".join(str(v) for v in (f, i) if isinstance(v, str) and v.strip())
-                     for f, i in zip(df[lower["findings"]], df[lower["impression"]])]
+            texts = [
+                " ".join(str(v) for v in (f, i) if isinstance(v, str) and v.strip())
+                for f, i in zip(df[lower["findings"]], df[lower["impression"]])
+            ]
         else:
             column = next((lower[c] for c in CSV_TEXT_COLUMNS if c in lower), None)
             if column is None:
@@ -81,8 +83,9 @@ def _text_params(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.text.parameters() if p.requires_grad]
 
 
-def pair_loss(model: Any, reports: list[str], label_texts: list[str], scale: float,
-              max_length: int | None = None) -> torch.Tensor:
+def pair_loss(
+    model: Any, reports: list[str], label_texts: list[str], scale: float, max_length: int | None = None
+) -> torch.Tensor:
     """Symmetric InfoNCE between reports and their label texts (row i's positive is column i)."""
     a = model.tokenize(reports, max_length=max_length)
     b = model.tokenize(label_texts, max_length=max_length)
@@ -94,9 +97,18 @@ def pair_loss(model: Any, reports: list[str], label_texts: list[str], scale: flo
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def text_pretrain(model: Any, corpus: Sequence[tuple[str, dict[str, float]]], *, steps: int, lr: float,
-                  batch_size: int = 32, seed: int = 0, max_length: int | None = None,
-                  device: torch.device | str | None = None, augmenter: Any = None) -> list[float]:
+def text_pretrain(
+    model: Any,
+    corpus: Sequence[tuple[str, dict[str, float]]],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 32,
+    seed: int = 0,
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+    augmenter: Any = None,
+) -> list[float]:
     """Train ``model``'s text tower for ``steps`` on (report, labels) pairs; returns the loss of each step.
 
     Label texts are rewritten at every step (varied templates and synonyms); batches are a seeded sample.
@@ -140,19 +152,44 @@ def text_pretrain(model: Any, corpus: Sequence[tuple[str, dict[str, float]]], *,
     return losses
 
 
-def run_text_pretrain(model: Any, cfg: dict[str, Any], *, seed: int, default_corpora: Sequence[str],
-                      max_length: int | None = None, device: torch.device | str | None = None) -> dict[str, Any]:
+def run_text_pretrain(
+    model: Any,
+    cfg: dict[str, Any],
+    *,
+    seed: int,
+    default_corpora: Sequence[str],
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """The ``text_pretrain`` config section applied to ``model``; returns a summary for the run folder."""
     paths = [str(p) for p in (cfg.get("corpora") or [])] or [str(p) for p in default_corpora if p]
     texts: list[str] = []
     for path in paths:
         texts += corpus_texts(path)
     corpus = labelled_reports(texts)
-    log.info("text pre-stage: %d of %d reports have findings the labeler knows; %d steps", len(corpus),
-             len(texts), cfg["steps"])
-    losses = text_pretrain(model, corpus, steps=int(cfg["steps"]), lr=float(cfg["lr"]),
-                           batch_size=int(cfg.get("batch_size", 32)), seed=seed, max_length=max_length, device=device)
+    log.info(
+        "text pre-stage: %d of %d reports have findings the labeler knows; %d steps",
+        len(corpus),
+        len(texts),
+        cfg["steps"],
+    )
+    losses = text_pretrain(
+        model,
+        corpus,
+        steps=int(cfg["steps"]),
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg.get("batch_size", 32)),
+        seed=seed,
+        max_length=max_length,
+        device=device,
+    )
     head = losses[: max(1, len(losses) // 10)]
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"corpora": len(paths), "reports": len(texts), "labelled_reports": len(corpus), "steps": len(losses),
-            "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail)}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "corpora": len(paths),
+        "reports": len(texts),
+        "labelled_reports": len(corpus),
+        "steps": len(losses),
+        "loss_first": sum(head) / len(head),
+        "loss_last": sum(tail) / len(tail),
+    }

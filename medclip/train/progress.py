@@ -45,8 +45,10 @@ class PlainProgress(L.Callback):
         self._images = 0
         if trainer.is_global_zero:
             total = self._total(trainer)
-            self._print(f"training: step {trainer.global_step}/{total if total else '?'}, "
-                        f"{trainer.world_size} process(es), a line every {self.every} steps")
+            self._print(
+                f"training: step {trainer.global_step}/{total if total else '?'}, "
+                f"{trainer.world_size} process(es), a line every {self.every} steps"
+            )
 
     @staticmethod
     def _total(trainer: L.Trainer) -> int | None:
@@ -69,8 +71,9 @@ class PlainProgress(L.Callback):
                 return len(text)
         return 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._images += self._batch_size(batch) * trainer.world_size
         step = trainer.global_step
         if step == self._printed_step or step % self.every or not trainer.is_global_zero:
@@ -104,10 +107,14 @@ class PlainProgress(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            self._print(f"training done: step {trainer.global_step} in {format_duration(time.perf_counter() - self._t0)}")
+            self._print(
+                f"training done: step {trainer.global_step} in {format_duration(time.perf_counter() - self._t0)}"
+            )
 
 
-def progress_setup(trainer_cfg: Mapping[str, Any], stream: TextIO | None = None) -> tuple[dict[str, Any], list[L.Callback]]:
+def progress_setup(
+    trainer_cfg: Mapping[str, Any], stream: TextIO | None = None
+) -> tuple[dict[str, Any], list[L.Callback]]:
     """Trainer keyword overrides and callbacks for the output at hand.
 
     Off a terminal (unless ``trainer.enable_progress_bar`` is set true): Lightning's bar is turned off,

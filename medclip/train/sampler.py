@@ -97,8 +97,15 @@ class WeightedResumableSampler(ResumableSampler):
     exactly like the permutation of the unweighted sampler.
     """
 
-    def __init__(self, weights: Sequence[float] | torch.Tensor, *, num_draws: int | None = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        weights: Sequence[float] | torch.Tensor,
+        *,
+        num_draws: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         w = torch.as_tensor(weights, dtype=torch.float64)
         if w.ndim != 1 or len(w) < 1 or not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
             raise ValueError("weights must be a non-empty vector of finite, non-negative numbers with a positive sum")
@@ -137,8 +144,9 @@ def concept_shares(weights: np.ndarray, concepts: Sequence[Sequence[str]]) -> di
     return shares
 
 
-def concept_balance_weights(concepts: Sequence[Sequence[str]], max_share: float, *, iterations: int = 500,
-                            tol: float = 1e-4) -> tuple[np.ndarray, dict[str, float]]:
+def concept_balance_weights(
+    concepts: Sequence[Sequence[str]], max_share: float, *, iterations: int = 500, tol: float = 1e-4
+) -> tuple[np.ndarray, dict[str, float]]:
     """Sampling weights under which no concept (``no_finding`` included) exceeds ``max_share`` of the pairs.
 
     MetaCLIP's curation (Xu et al., 2024) caps each metadata entry's count; here the metadata are the

@@ -37,9 +37,16 @@ def labels_mapping(labels: torch.Tensor | Sequence[float], names: Sequence[str])
 class TextPolicy:
     """``policy(item, rng, train) -> text`` for one sample (see the module docstring)."""
 
-    def __init__(self, label_names: Sequence[str], *, report_transform: TextTransform | None = None,
-                 label_text: bool = True, mix_prob: float = 0.0, augmenter: Any = None,
-                 p_negatives: float = 1.0) -> None:
+    def __init__(
+        self,
+        label_names: Sequence[str],
+        *,
+        report_transform: TextTransform | None = None,
+        label_text: bool = True,
+        mix_prob: float = 0.0,
+        augmenter: Any = None,
+        p_negatives: float = 1.0,
+    ) -> None:
         self.label_names = list(label_names)
         self.report_transform = report_transform
         self.label_text = bool(label_text)
