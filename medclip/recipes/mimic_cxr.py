@@ -18,23 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medclip.recipes.base import label_columns_from, recipe_parser, write_recipe_manifest
-
-CHEXPERT_LABELS = [
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-]
+from medclip.recipes.chexpert import CHEXPERT_LABELS  # MIMIC-CXR-JPG ships the CheXpert labeler's 14 labels
 
 
 def _csv(root: Path, stem: str) -> pd.DataFrame:
