@@ -85,6 +85,24 @@ class _SampleRewriter:
     train: bool
     max_captions: int
 
+    def _configure(
+        self,
+        text_transform: TextTransform | None,
+        seed: int,
+        features: FeatureStore | None,
+        image_transform: ImageTransform | None,
+        text_policy: TextPolicy | None,
+        train: bool,
+        max_captions: int,
+    ) -> None:
+        self.text_transform = text_transform
+        self.seed = seed
+        self.features = features
+        self.image_transform = image_transform
+        self.text_policy = text_policy  # when set, it chooses the text (report or label text) and augments it
+        self.train = train
+        self.max_captions = max_captions  # > 0: sub-caption training, each sentence its own positive
+
     def _rewrite(self, item: dict[str, Any], epoch: int, key: int | str) -> dict[str, Any]:
         rng = random.Random(sample_seed(self.seed, epoch, key))
         if self.text_policy is not None:
@@ -115,13 +133,7 @@ class AugmentedDataset(_SampleRewriter, Dataset):
         max_captions: int = 0,
     ) -> None:
         self.dataset = dataset
-        self.text_transform = text_transform
-        self.seed = seed
-        self.features = features
-        self.image_transform = image_transform
-        self.text_policy = text_policy  # when set, it chooses the text (report or label text) and augments it
-        self.train = train
-        self.max_captions = max_captions  # > 0: sub-caption training, each sentence its own positive
+        self._configure(text_transform, seed, features, image_transform, text_policy, train, max_captions)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -149,13 +161,7 @@ class AugmentedIterable(_SampleRewriter, IterableDataset):
     ) -> None:
         super().__init__()
         self.dataset = dataset
-        self.text_transform = text_transform
-        self.seed = seed
-        self.features = features
-        self.image_transform = image_transform
-        self.text_policy = text_policy
-        self.train = train
-        self.max_captions = max_captions
+        self._configure(text_transform, seed, features, image_transform, text_policy, train, max_captions)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
