@@ -565,8 +565,9 @@ def measure(
     probes: bool = True,
 ) -> dict[str, Stat]:
     """Every measure of one model on one split ("val" or "test"). Texts are cut at ``--max-tokens`` as in training."""
-    from medclip.eval.attributes import ATTRIBUTES, AttributeClassifier, attribute_graph
+    from medclip.eval.attributes import AttributeClassifier
     from medclip.inference.zeroshot import ZeroShotClassifier
+    from medclip.knowledge.attributes import ATTRIBUTES, attribute_graph
 
     model.eval()
     model.config.text.context_length = args.max_tokens

@@ -12,14 +12,12 @@ import torch
 import yaml
 
 from medclip.eval.attributes import (
-    ATTRIBUTES,
-    IMAGING_EXTENSION,
     AttributeClassifier,
-    attribute_graph,
     evaluate_attributes,
     format_attributes,
     score_attribute,
 )
+from medclip.knowledge.attributes import ATTRIBUTES, IMAGING_EXTENSION, attribute_graph
 from medclip.knowledge.prompts import attribute_prompts
 from medclip.model import create_model
 

@@ -5,7 +5,7 @@ Each attribute is a graph task whose concepts are the classes (``knowledge/exten
 ``imaging_modality``, ``imaging_plane``, ``body_region``, ``pneumonia_subtype``) and a manifest column
 whose values map to those concepts. An image's class probabilities are the softmax, at the model's
 temperature, of its similarity to each class's mean prompt embedding. Reported per attribute, on the
-rows whose value maps to a class: top-1 accuracy and balanced accuracy against their chance levels
+rows whose value maps to a class (the column -> concept mapping: :mod:`medclip.knowledge.attributes`): top-1 accuracy and balanced accuracy against their chance levels
 (majority share; 1/K), one-vs-rest AUROC per class and their mean, with patient-bootstrap 95% CIs.
 """
 
@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,52 +22,10 @@ import torch.nn.functional as F
 
 from medclip.inference.encoders import EmbeddingModel, embed_texts, logit_scale_of
 from medclip.knowledge import Graph
+from medclip.knowledge.attributes import ATTRIBUTES, attribute_graph
 from medclip.knowledge.prompts import attribute_prompts
 
 from . import metrics as M
-
-#: The extension with the attribute concepts (the package copy of knowledge/extensions/imaging.yaml).
-IMAGING_EXTENSION = Path(str(files("medclip.knowledge") / "data" / "imaging_extension.json"))
-
-
-@dataclass(frozen=True)
-class AttributeSpec:
-    """A categorical attribute: manifest ``column`` whose values map (``values``) to the concepts of graph ``task``."""
-
-    name: str
-    column: str
-    task: str
-    values: Mapping[str, str] = field(default_factory=dict)  # empty: the column holds concept ids
-
-    def classes_of(self, column: pd.Series) -> np.ndarray:
-        """Concept id per row ('' where the value is not one of the classes)."""
-        raw = column.fillna("").astype(str).str.strip()
-        return (raw.map(self.values) if self.values else raw).fillna("").to_numpy(dtype=object)
-
-
-ATTRIBUTES: dict[str, AttributeSpec] = {
-    "modality": AttributeSpec(
-        "modality", "modality", "imaging_modality", {"CT": "computed_tomography", "MR": "magnetic_resonance_imaging"}
-    ),
-    "plane": AttributeSpec(
-        "plane",
-        "plane",
-        "imaging_plane",
-        {"axial": "plane_axial", "coronal": "plane_coronal", "sagittal": "plane_sagittal"},
-    ),
-    "body_region": AttributeSpec("body_region", "body_region", "body_region"),
-    "pneumonia_subtype": AttributeSpec(
-        "pneumonia_subtype",
-        "subtype",
-        "pneumonia_subtype",
-        {"bacterial": "bacterial_pneumonia", "viral": "viral_pneumonia"},
-    ),
-}
-
-
-def attribute_graph(extensions: Iterable[str | Path] = ()) -> Graph:
-    """The knowledge graph with the imaging-attribute extension (and any further extensions) merged."""
-    return Graph.load(extensions=[IMAGING_EXTENSION, *extensions])
 
 
 class AttributeClassifier:
