@@ -35,6 +35,7 @@ from medclip.train import ConfigError, fit, load_config
         ("data.image_augmentation.crop_scale=[0.9, 0.5]", "data.image_augmentation.crop_scale"),
         ("data.image_augmentation.rotate_degrees=400", "data.image_augmentation.rotate_degrees"),
         ("data.label_text.mix_prob=2", "data.label_text.mix_prob"),
+        ("data.label_text.exam_prob=1.5", "data.label_text.exam_prob"),
         ("data.concept_balance.max_share=0", "data.concept_balance.max_share"),
         ("data.feature_cache=sometimes", "data.feature_cache"),
         ("data.image_augmentation.typo=1", "data.image_augmentation.typo"),

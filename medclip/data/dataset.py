@@ -3,7 +3,8 @@
 Both yield the same items::
 
     {"image": FloatTensor (1, H, W) or (1, D, H, W) in [0, 1], "text": str,
-     "labels": FloatTensor (n_labels,) with NaN = not mentioned, "image_id", "study_id", "patient_id"}
+     "labels": FloatTensor (n_labels,) with NaN = not mentioned, "image_id", "study_id", "patient_id",
+     "attributes": {attribute: concept id} (modality, plane, body region, subtype where the row has them)}
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data.storage import as_location, open_file
 from medclip.distributed import distributed_info
+from medclip.knowledge.attributes import row_attributes
 from medclip.model.preprocess import PreprocessConfig
 from medclip.seeding import epoch_seed
 
@@ -124,6 +126,7 @@ class ManifestDataset(Dataset):
             "image_id": row["image_id"],
             "study_id": row["study_id"],
             "patient_id": row["patient_id"],
+            "attributes": row_attributes(row),
         }
         if self.with_images:
             image = _to_tensor(preprocess_row(row, self.config))
@@ -282,6 +285,7 @@ class CacheDataset(IterableDataset):
             "image_id": meta["image_id"],
             "study_id": meta["study_id"],
             "patient_id": meta["patient_id"],
+            "attributes": row_attributes(meta),
         }
         if self.with_images:
             image = _to_tensor(sample["image"])
@@ -364,6 +368,7 @@ class CacheMapDataset(Dataset):
             "image_id": meta["image_id"],
             "study_id": meta["study_id"],
             "patient_id": meta["patient_id"],
+            "attributes": row_attributes(meta),
         }
         if self.with_images:
             s, members = self.entries[index]

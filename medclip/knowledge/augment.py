@@ -5,7 +5,9 @@
 * synonym substitution: a finding's name is swapped for another of its graph names;
 * description insertion: a finding's radiographic appearance is added after its sentence;
 * label-to-text: images that only have labels get a short report written from the labels, so
-  labelled datasets can join contrastive training.
+  labelled datasets can join contrastive training;
+* exam line: an image's acquisition attributes (modality, plane, body region) as the one-line
+  examination header a report opens with ("Axial CT of the chest.").
 """
 
 from __future__ import annotations
@@ -50,6 +52,40 @@ NORMAL_TEMPLATES = (
     "Normal chest radiograph.",
     "The lungs are clear. No acute cardiopulmonary process.",
 )
+
+
+#: Exam-line templates by the attributes they name (M = modality, P = plane, R = body region).
+EXAM_TEMPLATES: dict[frozenset[str], tuple[str, ...]] = {
+    frozenset("MPR"): (
+        "{P} {M} of the {R}.",
+        "{M} {R}, {P} images.",
+        "Exam: {M} of the {R}, {P} plane.",
+        "{R} {M}, {P} view.",
+    ),
+    frozenset("MR"): ("{M} of the {R}.", "{R} {M}.", "Exam: {M} {R}."),
+    frozenset("MP"): ("{P} {M} image.", "{M}, {P} plane.", "{P} {M} images."),
+    frozenset("PR"): ("{P} image of the {R}.", "{R}, {P} view."),
+    frozenset("M"): ("{M}.", "{M} images.", "Exam: {M}."),
+    frozenset("P"): ("{P} view.", "{P} image."),
+    frozenset("R"): ("Image of the {R}.", "{R} imaging."),
+}
+#: Which exam attribute fills which template slot.
+EXAM_SLOTS = {"modality": "M", "plane": "P", "body_region": "R"}
+
+
+def exam_line(graph: Graph, attributes: Mapping[str, str], rng: random.Random) -> str:
+    """A report's examination header from ``{attribute: concept id}`` (modality, plane, body region), each
+    concept under one of its graph names; "" when none of them is in ``graph``."""
+    slots: dict[str, str] = {}
+    for attribute, slot in EXAM_SLOTS.items():
+        cid = attributes.get(attribute)
+        if cid and cid in graph:
+            names = [n for n in graph[cid].names if len(n.split()) <= 4 and "(" not in n]
+            slots[slot] = rng.choice(names or [graph[cid].name])
+    if not slots:
+        return ""
+    line = rng.choice(EXAM_TEMPLATES[frozenset(slots)]).format(**slots)
+    return _cap(line)
 
 
 def _cap(text: str) -> str:

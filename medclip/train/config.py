@@ -57,8 +57,10 @@ DEFAULTS: dict[str, Any] = {
         # other's features when model and preprocessing match (the file name is their hash)
         "feature_cache_dir": None,
         # label-to-text (UniMed-CLIP): rows without a report get knowledge-graph sentences from their labels;
-        # mix_prob: chance that a row WITH a report gets its label text instead (text mode "mixed")
-        "label_text": {"enabled": True, "mix_prob": 0.0},
+        # mix_prob: chance that a row WITH a report gets its label text instead (text mode "mixed");
+        # exam_prob: chance that a row with acquisition attributes (modality, plane, body region) has its
+        # text opened by the exam line a report starts with ("Axial CT of the chest.")
+        "label_text": {"enabled": True, "mix_prob": 0.0, "exam_prob": 0.5},
         # MetaCLIP-style curation with knowledge-graph concepts: no concept (incl. "no finding") exceeds
         # max_share of the sampled pairs
         "concept_balance": {"enabled": False, "max_share": 0.25},
@@ -238,6 +240,7 @@ _NUMERIC: dict[str, tuple[bool, float | None, float | None, bool]] = {
     "data.image_augmentation.contrast": (False, 0, 0.99, False),
     "data.image_augmentation.noise_std": (False, 0, 1, False),
     "data.label_text.mix_prob": (False, 0, 1, False),
+    "data.label_text.exam_prob": (False, 0, 1, False),
     "data.concept_balance.max_share": (False, 1e-6, 1, False),
     "model.lock_image_unlocked_groups": (True, 0, None, False),
     "model.lock_text_unlocked_layers": (True, 0, None, False),

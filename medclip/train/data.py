@@ -559,6 +559,7 @@ class MedClipDataModule(L.LightningDataModule):
             label_text=self.label_text_enabled,
             mix_prob=float((self.cfg.get("label_text") or {}).get("mix_prob", 0)),
             augmenter=augmenter,
+            exam_prob=float((self.cfg.get("label_text") or {}).get("exam_prob", 0)),
         )
 
     # ------------------------------------------------------------------ loaders

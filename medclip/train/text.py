@@ -11,6 +11,13 @@ nothing is positive). Per source (``data.sources[i].text``):
 * ``mixed``: the label text with probability ``mix_prob``, else the report (the single-source default,
   with ``data.label_text.mix_prob``).
 
+Exam line (``data.label_text.exam_prob``): a sample whose row has acquisition attributes (modality, plane,
+body region: :mod:`medclip.knowledge.attributes`) gets, with probability ``exam_prob``, the one-line
+examination header a report opens with ("Axial MRI of the brain.") before its text, in knowledge-graph
+words. Captions that never say "CT" or "MR" still teach the text tower what a CT looks like, which is
+what zero-shot modality / plane / region prompts ask. A finding-like attribute (pneumonia subtype) is
+written into label text as one more positive finding.
+
 All randomness comes from the per-sample ``random.Random`` the data module seeds from
 ``(seed, epoch, sample)``, so resumed runs see the same texts.
 """
@@ -46,8 +53,11 @@ class TextPolicy:
         mix_prob: float = 0.0,
         augmenter: Any = None,
         p_negatives: float = 1.0,
+        exam_prob: float = 0.0,
     ) -> None:
         self.label_names = list(label_names)
+        self.exam_prob = float(exam_prob)
+        self._attribute_graph: Any = None
         self.report_transform = report_transform
         self.label_text = bool(label_text)
         self.mix_prob = float(mix_prob)
@@ -63,14 +73,47 @@ class TextPolicy:
             self._augmenter = ReportAugmenter(Graph.load())
         return self._augmenter
 
-    def label_text_for(self, labels: torch.Tensor | Sequence[float], rng: random.Random) -> str:
-        """Report-like sentences from one sample's label vector ("" when no label is known)."""
+    @property
+    def attribute_graph(self) -> Any:
+        """The graph with the imaging-attribute concepts (loaded when first needed)."""
+        if self._attribute_graph is None:
+            from medclip.knowledge.attributes import attribute_graph
+
+            self._attribute_graph = attribute_graph()
+        return self._attribute_graph
+
+    def label_text_for(
+        self,
+        labels: torch.Tensor | Sequence[float],
+        rng: random.Random,
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
+        """Report-like sentences from one sample's label vector and finding-like attributes ("" when none)."""
+        from medclip.knowledge.attributes import EXAM_ATTRIBUTES
+
         known = labels_mapping(labels, self.label_names)
+        for name, concept in (attributes or {}).items():
+            if name not in EXAM_ATTRIBUTES:
+                known.setdefault(concept, 1.0)
         if not known:
             return ""
         return self.augmenter.labels_to_text(known, rng, p_negatives=self.p_negatives, unknown="name")
 
+    def exam_line_for(self, attributes: Mapping[str, str] | None, rng: random.Random) -> str:
+        """The exam line of a sample's acquisition attributes ("" when it has none)."""
+        from medclip.knowledge.augment import exam_line
+
+        return exam_line(self.attribute_graph, attributes, rng) if attributes else ""
+
     def __call__(self, item: Mapping[str, Any], rng: random.Random, train: bool = True) -> str:
+        text = self._text(item, rng, train)
+        if self.exam_prob > 0 and item.get("attributes"):
+            exam = self.exam_line_for(item["attributes"], rng)
+            if exam and (not text or rng.random() < self.exam_prob):
+                text = f"{exam} {text}".strip()
+        return text
+
+    def _text(self, item: Mapping[str, Any], rng: random.Random, train: bool) -> str:
         text = str(item.get("text") or "")
         mode = item.get("text_mode") or "mixed"
         if self.label_text and item.get("labels") is not None:
@@ -79,7 +122,7 @@ class TextPolicy:
                 mix = float(item.get("mix_prob", self.mix_prob))
                 use_labels = mix > 0 and rng.random() < mix
             if use_labels:
-                written = self.label_text_for(item["labels"], rng)
+                written = self.label_text_for(item["labels"], rng, item.get("attributes"))
                 if written:
                     return written
         if train and self.report_transform is not None:
