@@ -20,7 +20,8 @@ Measures on held-back patients (test split; the validation split is used only to
 table's validation columns and the recommendation below it): covid mean zero-shot AUROC over findings
 with support; Kermany zero-shot pneumonia AUROC and bacterial-vs-viral AUROC; MedPix image->caption
 R@10 at case level (vs chance), zero-shot modality AUROC, body-region and plane accuracy (vs chance);
-linear probes on image features (covid COVID-19, Kermany pneumonia, MedPix body region). Headline rows
+linear probes on the image encoder's features before the projection, as CLIP's probes (covid COVID-19, Kermany
+pneumonia, MedPix body region). Headline rows
 run ``--seeds`` seeds (mean and spread); differences come with paired patient-bootstrap 95% CIs of the
 seed-averaged statistic. The ablation table flips one training option at a time (seed 0).
 
@@ -88,12 +89,33 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {"data.label_text.enabled": False},
     ),
     "label_text_mix": ("label text for half the rows with a report", {"data.label_text.mix_prob": 0.5}),
+    "no_exam_line": (
+        "no exam line (modality / plane / region header) before the text",
+        {"data.label_text.exam_prob": 0.0},
+    ),
+    "exam_line_always": ("exam line before every text that has attributes", {"data.label_text.exam_prob": 1.0}),
     "sub_captions": ("DreamLIP sub-caption positives", {"loss.name": "multi_positive", "loss.sub_captions": True}),
     "concept_balance": ("MetaCLIP-style concept caps (25%)", {"data.concept_balance.enabled": True}),
     "text_pretrain": ("KAD-style text pre-stage (IU reports + MedPix captions)", {"text_pretrain.enabled": True}),
     "infonce": ("plain InfoNCE instead of the label-aware loss", {"loss.name": "infonce"}),
     "no_feature_cache": ("feature cache off (same result, slower)", {"data.feature_cache": False}),
 }
+
+
+#: The suite's ablation rows: one per training option of issue 10 (the rest run when named, e.g. ``--ablations all``).
+DEFAULT_ABLATIONS = (
+    "unlocked",
+    "lit_partial",
+    "lock_text",
+    "augment",
+    "no_label_text",
+    "label_text_mix",
+    "no_exam_line",
+    "sub_captions",
+    "concept_balance",
+    "text_pretrain",
+    "infonce",
+)
 
 
 # ---------------------------------------------------------------------- data
@@ -207,7 +229,7 @@ def medclip_config(
         "output_dir": str(out),
         "data": {
             "sources": [
-                {"name": n, "manifest": str(s.train_manifest), "weight": weights[n], "text": s.text}
+                {"name": n, "manifest": str(s.train_manifest), "weight": weights[n], "text": _text_mode(s)}
                 for n, s in sets.items()
             ],
             "val_split": None,
@@ -216,6 +238,8 @@ def medclip_config(
             "pin_memory": False,
             "image_size": args.image_size,
             "max_text_tokens": args.max_tokens,
+            # one feature cache for every run: runs with the same locked backbone and data reuse it
+            "feature_cache_dir": str(args.workdir / "feature_cache"),
         },
         "model": {"name": "offline-default", "overrides": {"vision": {"image_size": args.image_size}}},
         "optim": {"lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup, "schedule": "cosine"},
@@ -254,6 +278,12 @@ def medclip_config(
             corpora.append(str(iu))
         _set_dotted(config, "text_pretrain.corpora", corpora)
     return config
+
+
+def _text_mode(s: DataSet) -> str:
+    """A report set trains in text mode "mixed" (label text with data.label_text.mix_prob), a label-only set on
+    its label text."""
+    return "mixed" if s.text == "report" else "labels"
 
 
 BASE: dict[str, Any] = {}  # --base: overrides on top of DEFAULTS for the medclip arm and every ablation
@@ -467,6 +497,16 @@ def _accuracy_stat(correct: np.ndarray, groups: np.ndarray, chance: float) -> St
     return Stat(fn(np.arange(len(correct))), groups, fn, chance)
 
 
+def _balanced_stat(truth: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> Stat:
+    """Mean per-class recall (chance 1 / number of classes present)."""
+
+    def fn(i: np.ndarray) -> float:
+        t, p = truth[i], pred[i]
+        return float(np.mean([(p[t == c] == c).mean() for c in np.unique(t)])) if len(t) else math.nan
+
+    return Stat(fn(np.arange(len(truth))), groups, fn, 1.0 / max(1, len(np.unique(truth))))
+
+
 def _probe_stat(train_x, train_y, test_x, test_y, test_groups, seed: int) -> Stat:
     """Logistic regression on L2-normalised image features (C from a small grid, chosen by training-fold CV)."""
     from sklearn.linear_model import LogisticRegressionCV
@@ -504,6 +544,14 @@ class FeatureBank:
 
     @torch.no_grad()
     def embed(self, model: torch.nn.Module, s: DataSet, split: str, frame: pd.DataFrame) -> torch.Tensor:
+        """The model's normalised image embeddings of ``frame`` (its projection over the pooled features)."""
+        pooled = self.pooled_features(model, s, split, frame)
+        proj = model.visual.proj
+        return torch.nn.functional.normalize(proj(pooled.to(next(proj.parameters()).dtype)).float(), dim=-1)
+
+    @torch.no_grad()
+    def pooled_features(self, model: torch.nn.Module, s: DataSet, split: str, frame: pd.DataFrame) -> torch.Tensor:
+        """The vision backbone's pooled features of ``frame`` (before the projection), computed once per backbone."""
         import hashlib
 
         from medclip.data.dataset import ManifestDataset
@@ -529,8 +577,7 @@ class FeatureBank:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(self.pooled[key], path)
-        proj = model.visual.proj
-        return torch.nn.functional.normalize(proj(self.pooled[key].to(next(proj.parameters()).dtype)).float(), dim=-1)
+        return self.pooled[key]
 
 
 def embedded(model: torch.nn.Module, s: DataSet, split: str, bank: FeatureBank):
@@ -625,22 +672,29 @@ def measure(
         out[f"medpix {attr.replace('_', ' ')} accuracy"] = _accuracy_stat(
             (pred == truth[known]).astype(float), part.patients[known], chance
         )
+        out[f"medpix {attr.replace('_', ' ')} balanced accuracy"] = _balanced_stat(
+            truth[known], pred, part.patients[known]
+        )
 
-    if probes:  # linear probes: image features of (at most --probe-images of) the training split -> this split
+    if probes:  # linear probes on the image encoder's features (before the projection, as CLIP's probes):
+        # training split -> this split
         for name, label, col in (
             ("covid", "COVID-19", "label.covid19_pneumonia"),
             ("kermany", "pneumonia", "label.pneumonia"),
             ("medpix", "body region", "body_region"),
         ):
-            tr, te = embedded(model, sets[name], "train", bank), embedded(model, sets[name], split, bank)
-            ytr, yte = (np.array([str(v) for v in x.frame[col]]) for x in (tr, te))
+            frames = {
+                sp: sets[name].frame[sets[name].frame["split"] == sp].reset_index(drop=True) for sp in ("train", split)
+            }
+            x = {sp: bank.pooled_features(model, sets[name], sp, f).numpy() for sp, f in frames.items()}
+            ytr, yte = (np.array([str(v) for v in frames[sp][col]]) for sp in ("train", split))
             ok_tr, ok_te = ~np.isin(ytr, ("", "nan", "None", "<NA>")), ~np.isin(yte, ("", "nan", "None", "<NA>"))
             out[f"{name} linear probe AUROC ({label})"] = _probe_stat(
-                tr.image_features.numpy()[ok_tr],
+                x["train"][ok_tr],
                 ytr[ok_tr],
-                te.image_features.numpy()[ok_te],
+                x[split][ok_te],
                 yte[ok_te],
-                te.patients[ok_te],
+                frames[split]["patient_id"].astype(str).to_numpy()[ok_te],
                 seed=0,
             )
     return out
@@ -769,7 +823,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--ablations",
         default=None,
-        help="all | none | comma-separated names of " + ", ".join(ABLATIONS) + " (default: all; --quick none)",
+        help="default | all | none | comma-separated names of "
+        + ", ".join(ABLATIONS)
+        + " (default: default = "
+        + ",".join(DEFAULT_ABLATIONS)
+        + "; --quick none)",
     )
     ap.add_argument("--arms", default="medclip,clip,untrained", help="headline arms to run")
     ap.add_argument("--loss", default=None, help="medclip side: NAME or NAME:key=value,... instead of the default loss")
@@ -791,9 +849,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.steps = args.steps or (60 if args.quick else 300)
     args.image_size = args.image_size or (128 if args.quick else 160)
     if args.ablations is None:
-        args.ablations = "none" if args.quick else "all"
-    names = (
-        list(ABLATIONS) if args.ablations == "all" else [] if args.ablations == "none" else args.ablations.split(",")
+        args.ablations = "none" if args.quick else "default"
+    names = {"all": list(ABLATIONS), "none": [], "default": list(DEFAULT_ABLATIONS)}.get(
+        args.ablations, args.ablations.split(",")
     )
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
@@ -804,6 +862,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import warnings
+
+    from medclip.logging_setup import setup_logging
+
+    setup_logging(0)  # Lightning's INFO once, no adverts (as `medclip fit` prints)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # scikit-learn's LogisticRegressionCV notices
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t0 = time.time()
     times: dict[str, float] = {}

@@ -76,7 +76,15 @@ def test_every_ablation_is_a_valid_training_config(q, tmp_path):
     from medclip.train.config import validate_config
 
     args = argparse.Namespace(
-        batch_size=8, image_size=96, max_tokens=32, lr=1e-4, weight_decay=0.05, warmup=1, steps=2, loss=None
+        batch_size=8,
+        image_size=96,
+        max_tokens=32,
+        lr=1e-4,
+        weight_decay=0.05,
+        warmup=1,
+        steps=2,
+        loss=None,
+        workdir=tmp_path,
     )
     for name in ("covid", "kermany", "medpix"):
         pd.DataFrame({"image_id": ["x"], "path": ["x.png"], "split": ["train"]}).to_parquet(
@@ -93,3 +101,7 @@ def test_every_ablation_is_a_valid_training_config(q, tmp_path):
         for key, value in overrides.items():
             assert q._get_dotted(config, key) == value, (name, key)
         validate_config(deep_merge(DEFAULTS, config), f"ablation {name}")
+    # report sets train in text mode "mixed", so data.label_text.mix_prob (the label_text_mix row) takes effect
+    modes = {src["name"]: src["text"] for src in q.medclip_config(sets, tmp_path / "d", args, 0)["data"]["sources"]}
+    assert modes == {"covid": "mixed", "kermany": "labels", "medpix": "mixed"}
+    assert set(q.DEFAULT_ABLATIONS) <= set(q.ABLATIONS)
