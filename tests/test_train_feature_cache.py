@@ -202,5 +202,6 @@ def test_locked_run_with_feature_cache_resumes_exactly_and_records_its_options(m
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     record = json.loads((full / "config.json").read_text())["extra"]["training"]
     assert record["lock_image"]["lock_image"] is True and record["feature_cache"] is True
-    assert record["label_text"] == {"enabled": True, "mix_prob": 0.0} and record["loss"]["sub_captions"] is False
+    assert record["label_text"] == {"enabled": True, "mix_prob": 0.5, "exam_prob": 0.5}
+    assert record["loss"]["sub_captions"] is False
     assert str(manifest) not in json.dumps(record)

@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         # mix_prob: chance that a row WITH a report gets its label text instead (text mode "mixed");
         # exam_prob: chance that a row with acquisition attributes (modality, plane, body region) has its
         # text opened by the exam line a report starts with ("Axial CT of the chest.")
-        "label_text": {"enabled": True, "mix_prob": 0.0, "exam_prob": 0.5},
+        "label_text": {"enabled": True, "mix_prob": 0.5, "exam_prob": 0.5},
         # MetaCLIP-style curation with knowledge-graph concepts: no concept (incl. "no finding") exceeds
         # max_share of the sampled pairs
         "concept_balance": {"enabled": False, "max_share": 0.25},
@@ -100,7 +100,9 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 100,
         "schedule": "cosine",  # cosine | linear | constant (after the linear warmup)
         "min_lr_ratio": 0.0,  # final lr as a fraction of lr
-        "tower_lr": {},  # optional per-tower lr, e.g. {vision: 1e-4, text: 2e-5}
+        # per-tower lr by parameter-name prefix, e.g. {visual: 1e-4, text: 2e-5}; the default lets the new image
+        # projection (all that trains of a LiT-locked image tower) learn 10x faster than the pretrained towers
+        "tower_lr": {"visual.proj": 1e-3},
     },
     "trainer": {
         "max_steps": 1000,
