@@ -89,6 +89,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {"data.label_text.enabled": False},
     ),
     "label_text_mix": ("label text for half the rows with a report", {"data.label_text.mix_prob": 0.5}),
+    "no_label_text_mix": ("label text only for rows without a report (mix_prob 0)", {"data.label_text.mix_prob": 0.0}),
+    "proj_lr_1x": ("the image projection at the base lr (no 10x)", {"optim.tower_lr": {"visual.proj": 1e-4}}),
     "no_exam_line": (
         "no exam line (modality / plane / region header) before the text",
         {"data.label_text.exam_prob": 0.0},
@@ -96,7 +98,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "exam_line_always": ("exam line before every text that has attributes", {"data.label_text.exam_prob": 1.0}),
     "sub_captions": ("DreamLIP sub-caption positives", {"loss.name": "multi_positive", "loss.sub_captions": True}),
     "concept_balance": ("MetaCLIP-style concept caps (25%)", {"data.concept_balance.enabled": True}),
-    "text_pretrain": ("KAD-style text pre-stage (IU reports + MedPix captions)", {"text_pretrain.enabled": True}),
+    "text_pretrain": (
+        "KAD-style text pre-stage, 100 steps (IU reports + MedPix captions)",
+        {"text_pretrain.enabled": True, "text_pretrain.steps": 100},
+    ),
     "infonce": ("plain InfoNCE instead of the label-aware loss", {"loss.name": "infonce"}),
     "no_feature_cache": ("feature cache off (same result, slower)", {"data.feature_cache": False}),
 }
@@ -109,12 +114,11 @@ DEFAULT_ABLATIONS = (
     "lock_text",
     "augment",
     "no_label_text",
-    "label_text_mix",
+    "no_label_text_mix",
     "no_exam_line",
     "sub_captions",
     "concept_balance",
     "text_pretrain",
-    "infonce",
 )
 
 
@@ -812,9 +816,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="development mode: fewer images and steps, one seed")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of the headline rows (default 3; --quick 1)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; --quick 60)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 100; --quick 60)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--image-size", type=int, default=None, help="default 160; --quick 128")
+    ap.add_argument("--image-size", type=int, default=None, help="image size in px (default 128)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -846,8 +850,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     BASE.clear()
     BASE.update({".".join(k): v for k, v in map(parse_override, args.base)})
     args.seeds = args.seeds or (1 if args.quick else 3)
-    args.steps = args.steps or (60 if args.quick else 300)
-    args.image_size = args.image_size or (128 if args.quick else 160)
+    args.steps = args.steps or (60 if args.quick else 100)
+    args.image_size = args.image_size or 128
     if args.ablations is None:
         args.ablations = "none" if args.quick else "default"
     names = {"all": list(ABLATIONS), "none": [], "default": list(DEFAULT_ABLATIONS)}.get(
@@ -876,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     caps = (
         {"kermany": {"train": 500, "val": 150, "test": 300}, "medpix": {"train": 400, "test": 300}}
         if args.quick
-        else {"kermany": {"train": 2500, "val": 400, "test": 1200}}
+        else {"kermany": {"train": 1500, "val": 300, "test": 800}}
     )
     t = time.time()
     sets = build_sets(data, args.workdir, caps)
