@@ -85,6 +85,8 @@ def setup_logging(verbosity: int = 0, stream: TextIO | None = None) -> logging.H
         # our handler directly, and no propagation: the record never reaches the `lightning` logger's own
         # console handler (added when lightning is imported, possibly after this call) nor root's
         logger = logging.getLogger(name)
+        for own in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(own)  # Lightning's console handler, when it was imported before this call
         logger.addHandler(handler)
         logger.propagate = False
         if verbosity > 0:

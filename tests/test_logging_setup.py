@@ -40,9 +40,17 @@ def test_lightning_lines_print_once_without_adverts_and_library_deprecations_hid
     import lightning  # noqa: F401  (its import puts a console handler on the `lightning` logger)
 
     lightning_console = io.StringIO()
-    for h in logging.getLogger("lightning").handlers:  # where Lightning's own handler would print
-        if isinstance(h, logging.StreamHandler):
-            h.setStream(lightning_console)
+    # where Lightning's own handlers would print (`lightning.pytorch` and `lightning.fabric` have their own too,
+    # and do not propagate: imported before setup_logging, they printed every line twice and the adverts)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for h in logging.getLogger(name).handlers:
+            if type(h) is logging.StreamHandler:
+                h.setStream(lightning_console)
+    for name in ("lightning.pytorch", "lightning.fabric"):  # as Lightning's import leaves them outside pytest
+        logger = logging.getLogger(name)
+        if not any(type(h) is logging.StreamHandler for h in logger.handlers):
+            logger.addHandler(logging.StreamHandler(lightning_console))
+        logger.propagate = False
     out = io.StringIO()
     setup_logging(0, stream=out)
     setup_logging(0, stream=out)  # a second call replaces, it does not add a handler
