@@ -336,7 +336,10 @@ def _check_pixels(path: Path, kind: str, name: str, limits: UploadLimits) -> Non
         if kind == "dicom":
             import pydicom
 
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            from medclip.io.dicom import dicom_source
+
+            # a .dcm.gz is inflated (within the io layer's cap) so its header is checked too
+            ds = pydicom.dcmread(dicom_source(path), stop_before_pixels=True, force=True)
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
             shape = (frames, int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0))
         elif kind == "nifti":

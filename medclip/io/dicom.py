@@ -19,7 +19,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -615,26 +615,37 @@ def _modality_values(stored: np.ndarray, ds: Dataset, frames: Sequence[int]) -> 
     return values
 
 
-def _voi_lut_function(ds: Dataset) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A function applying the first VOI LUT Sequence item, normalised to [0, 1], or None."""
+class VoiLut:
+    """The first VOI LUT Sequence item of a file as a table: modality values -> display values in [0, 1].
+
+    Holds only the table (no header), so an image read with ``window=None`` can keep it and have it applied
+    later under ``window="auto"`` (:func:`medclip.io.windowing.to_model_input`), as a read with "auto" does.
+    """
+
+    def __init__(self, first_mapped: int, table: np.ndarray) -> None:
+        self.first_mapped = int(first_mapped)
+        # The VOI LUT is defined on integer modality values; normalise by the table's own range,
+        # which is robust to descriptors that declare more bits than the data use.
+        low, high = float(table.min()), float(table.max())
+        self.table = ((table.astype(np.float32) - low) * np.float32(1.0 / (high - low))).astype(np.float32)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        # values outside the table take its first / last entry (DICOM PS3.3 C.11.2.1.1)
+        index = np.rint(values).astype(np.int64) - self.first_mapped
+        np.clip(index, 0, len(self.table) - 1, out=index)
+        return self.table[index]
+
+
+def _voi_lut_function(ds: Dataset) -> VoiLut | None:
+    """The first VOI LUT Sequence item as a :class:`VoiLut`, or None (no usable table)."""
     if not _has_voi_lut(ds):
         return None
     descriptor = _value(ds.VOILUTSequence[0], "LUTDescriptor")
     entries, first_mapped = (int(descriptor[0]) or 65536), int(descriptor[1])
     table = apply_voi(np.arange(first_mapped, first_mapped + entries, dtype=np.int64), ds, 0).astype(np.float32)
-    low, high = float(table.min()), float(table.max())
-    if not high > low:
+    if not float(table.max()) > float(table.min()):
         return None
-
-    def voi(values: np.ndarray) -> np.ndarray:
-        # The VOI LUT is defined on integer modality values; normalise by the table's own range,
-        # which is robust to descriptors that declare more bits than the data use.
-        mapped = apply_voi(np.rint(values).astype(np.int64), ds, 0).astype(np.float32)
-        mapped -= low
-        mapped *= np.float32(1.0 / (high - low))
-        return mapped
-
-    return voi
+    return VoiLut(first_mapped, table)
 
 
 def _to_gray(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, bool]:
@@ -690,6 +701,16 @@ def _pixels(
     array, used = _window_modality(values, ds, window, path, file_window=file_window)
     used.update(_modality_lut_note(ds))
     return array, used
+
+
+def _kept_voi_lut(ds: Dataset, window: WindowSpec) -> VoiLut | None:
+    """The VOI LUT an image read as modality values (``window=None``) keeps for a later "auto" window."""
+    if window is not None or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    try:
+        return _voi_lut_function(ds)
+    except _DECODE_ERRORS:
+        return None
 
 
 def _window_modality(
@@ -1013,6 +1034,7 @@ def _read_dataset_pixels(
             affine=_slice_affine_2d(geometry),
             metadata=metadata,
             source=str(path),
+            voi_lut=_kept_voi_lut(ds, window),
         )
 
     slices = _frame_slices(ds, n_frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ class MedicalImage:
     affine: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    #: a DICOM VOI LUT (modality values -> [0, 1]) kept by images read with ``window=None``, so that a later
+    #: ``window="auto"`` gives what reading with "auto" gives; a table only, never written anywhere
+    voi_lut: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)

@@ -224,7 +224,7 @@ def to_model_input(image: MedicalImage, size: int = 224, *, window: WindowSpec =
     cut away. An image read with a window (values in [0, 1]) is used as is; an image read with
     ``window=None`` is windowed here with ``window`` (``"auto"``: the file's window or display range
     recorded in its metadata, else the percentile window; MONOCHROME1 inverted). A DICOM VOI LUT
-    Sequence needs the file itself: read with ``window="auto"`` to have it applied.
+    Sequence comes first under "auto": the one the image kept when it was read (``image.voi_lut``).
     """
     if image.is_volume:
         raise ValueError(
@@ -247,6 +247,7 @@ def to_model_input(image: MedicalImage, size: int = 224, *, window: WindowSpec =
         display, _ = window_image(
             display,
             window,
+            voi_lut=image.voi_lut,
             file_window=file_window,
             display_range=tuple(display_range) if display_range else None,
             monochrome1=meta.get("photometric") == "MONOCHROME1",
