@@ -704,6 +704,35 @@ def measure(
     return out
 
 
+def covid_probe_ceiling(model: torch.nn.Module, sets: dict[str, DataSet], bank: FeatureBank, n_boot: int) -> str:
+    """What the image encoder's features hold about the covid findings: per finding, a supervised linear probe
+    (training patients' labels) on the untrained encoder's features, scored on the test patients, and their mean
+    over the same findings as the zero-shot row. A locked (LiT) encoder cannot do better zero-shot than this."""
+    s = sets["covid"]
+    frames = {sp: s.frame[s.frame["split"] == sp].reset_index(drop=True) for sp in ("train", "test")}
+    x = {sp: bank.pooled_features(model, s, sp, f).numpy() for sp, f in frames.items()}
+    rows, stats = [], []
+    for cid in DATASET_FINDINGS + LABELER_FINDINGS:
+        y = {sp: pd.to_numeric(f.get(f"label.{cid}"), errors="coerce").to_numpy(float) for sp, f in frames.items()}
+        ok = {sp: np.isin(v, (0.0, 1.0)) for sp, v in y.items()}
+        if min((y["test"][ok["test"]] == 1).sum(), (y["test"][ok["test"]] == 0).sum()) < MIN_SUPPORT:
+            continue
+        stat = _probe_stat(
+            x["train"][ok["train"]],
+            y["train"][ok["train"]].astype(int).astype(str),
+            x["test"][ok["test"]],
+            y["test"][ok["test"]].astype(int).astype(str),
+            frames["test"]["patient_id"].astype(str).to_numpy()[ok["test"]],
+            seed=0,
+        )
+        stats.append(stat.value)
+        rows.append(f"{cid} {stat.value:.3f}")
+    return (
+        "\nCeiling: supervised linear probes on the untrained encoder's covid features (training patients' labels, "
+        f"test patients), per finding: {', '.join(rows)}; mean {np.nanmean(stats):.3f}"
+    )
+
+
 def paired_bootstrap(runs_a: list[Stat], runs_b: list[Stat], n_boot: int, seed: int = 0) -> tuple[float, float, float]:
     """Difference of the seed-averaged statistic (a - b) with a 95% CI, resampling patients (the same resample
     for every run of both arms: all runs score the same rows)."""
@@ -776,15 +805,16 @@ def headline_table(results: dict[str, list[dict[str, Stat]]], n_boot: int) -> st
     return "\n".join(lines)
 
 
-def ablation_table(rows: dict[str, dict[str, dict[str, Stat]]], keys: list[str]) -> str:
-    """Rows = ablations (seed 0), columns = validation then test values of the key measures."""
+def ablation_table(rows: dict[str, dict[str, dict[str, Stat]]], keys: list[str], n_boot: int = 1000) -> str:
+    """Rows = ablations (seed 0), columns = validation then test values of the key measures, the validation score
+    and its difference from the defaults' with a patient-bootstrap 95% CI."""
     short = {k: k.split(" ")[0][:3] + ":" + "".join(w[0] for w in k.split(" ")[1:]) for k in keys}
     head = (
         f"{'variant':18s} "
         + " ".join(f"{'val ' + short[k]:>10s}" for k in keys)
         + "  "
         + " ".join(f"{'test ' + short[k]:>11s}" for k in keys)
-        + f"  {'val score':>9s}"
+        + f"  {'val score':>9s}  {'- defaults [95% CI]':>26s}"
     )
     lines = [head, "-" * len(head)]
     for name, res in rows.items():
@@ -794,10 +824,55 @@ def ablation_table(rows: dict[str, dict[str, dict[str, Stat]]], keys: list[str])
             + " ".join(f"{val[k].value:10.3f}" for k in keys)
             + "  "
             + " ".join(f"{test[k].value:11.3f}" for k in keys)
-            + f"  {val_score(val, keys):9.3f}"
+            + f"  {val_score(val, keys):9.3f}  "
+            + (
+                "{:+.3f} [{:+.3f}, {:+.3f}]".format(*val_score_difference(val, rows["defaults"]["val"], keys, n_boot))
+                if name != "defaults"
+                else ""
+            )
         )
     lines.append("columns: " + "; ".join(f"{v} = {k}" for k, v in short.items()))
     return "\n".join(lines)
+
+
+def val_score_difference(
+    a: dict[str, Stat], b: dict[str, Stat], keys: list[str], n_boot: int, seed: int = 0
+) -> tuple[float, float, float]:
+    """``val_score(a) - val_score(b)`` with a 95% CI: each set's patients are resampled (one draw per set, used by
+    every measure of that set and by both variants), so the CI says whether a difference is more than chance."""
+    rng = np.random.default_rng(seed)
+    sets = sorted({k.split(" ")[0] for k in keys})
+    patients = {
+        name: np.unique(np.concatenate([a[k].groups.astype(str) for k in keys if k.startswith(name)])) for name in sets
+    }
+    rows = {}  # measure -> {patient: its row indices}
+    for k in keys:
+        groups = a[k].groups.astype(str)
+        order = np.argsort(groups, kind="stable")
+        uniq, start = np.unique(groups[order], return_index=True)
+        rows[k] = dict(zip(uniq, np.split(order, start[1:])))
+
+    def score(stats: dict[str, Stat], index: dict[str, np.ndarray]) -> float:
+        vals = []
+        for k in keys:
+            chance = stats[k].chance or 0.0
+            v = stats[k].fn(index[k])
+            if not math.isnan(v):
+                vals.append((v - chance) / max(1e-9, 1.0 - chance))
+        return float(np.mean(vals)) if vals else math.nan
+
+    full = {k: np.arange(len(a[k].groups)) for k in keys}
+    point = score(a, full) - score(b, full)
+    empty = np.array([], dtype=int)
+    diffs = []
+    for _ in range(n_boot):
+        drawn = {name: rng.choice(p, size=len(p), replace=True) for name, p in patients.items()}
+        index = {k: np.concatenate([rows[k].get(p, empty) for p in drawn[k.split(" ")[0]]] or [empty]) for k in keys}
+        d = score(a, index) - score(b, index)
+        if not math.isnan(d):
+            diffs.append(d)
+    lo, hi = np.quantile(diffs, [0.025, 0.975]) if len(diffs) >= 20 else (math.nan, math.nan)
+    return point, float(lo), float(hi)
 
 
 def val_score(stats: dict[str, Stat], keys: list[str]) -> float:
@@ -935,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
             f"the seed-averaged statistic, {args.bootstrap} resamples"
         )
         print(headline_table(results, args.bootstrap))
+    if "untrained" in arms:
+        print(covid_probe_ceiling(untrained(args), sets, bank, args.bootstrap))
 
     keys = [
         "covid zero-shot mean AUROC",
@@ -975,12 +1052,18 @@ def main(argv: list[str] | None = None) -> int:
             "\nAblations (seed 0; one option changed from the defaults each; val = validation patients, "
             "test = held-back patients; val score = mean over the columns of (value - chance) / (1 - chance))"
         )
-        print(ablation_table(rows, keys))
+        print(ablation_table(rows, keys, args.bootstrap))
         best = max(rows, key=lambda n: val_score(rows[n]["val"], keys))
-        print(
-            f"validation picks: {best} (val score {val_score(rows[best]['val'], keys):.3f}; "
-            f"defaults {val_score(rows['defaults']['val'], keys):.3f})"
-        )
+        if best == "defaults":
+            print(f"validation picks: the defaults (val score {val_score(rows['defaults']['val'], keys):.3f})")
+        else:
+            d, lo, hi = val_score_difference(rows[best]["val"], rows["defaults"]["val"], keys, args.bootstrap)
+            verdict = (
+                "its CI excludes 0: it should become the default"
+                if lo > 0
+                else "its CI includes 0 (a chance difference on these validation patients): the defaults stay"
+            )
+            print(f"validation picks: {best}, val score {d:+.3f} [{lo:+.3f}, {hi:+.3f}] over the defaults; {verdict}")
         for name in rows:
             if name != "defaults":
                 print(f"  {name}: {ABLATIONS[name][0]}: {ABLATIONS[name][1]}")

@@ -52,6 +52,26 @@ def test_val_score_is_the_mean_gain_over_chance(q):
     assert q.val_score(stats, ["x", "y", "z"]) == pytest.approx((0.5 + 0.2 / 0.9) / 2)
 
 
+def test_val_score_difference_tells_a_real_gain_from_chance(q):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300).astype(float)
+    groups = np.repeat(np.arange(150), 2).astype(str)
+
+    def variant(noise: float) -> dict:
+        return {
+            "covid zero-shot": _auroc_run(q, y, y + rng.normal(0, noise, 300), groups),
+            "medpix zero-shot": _auroc_run(q, y, y + rng.normal(0, noise, 300), groups),
+        }
+
+    keys = ["covid zero-shot", "medpix zero-shot"]
+    better, worse = variant(0.4), variant(3.0)
+    point, lo, hi = q.val_score_difference(better, worse, keys, n_boot=200)
+    assert point == pytest.approx(q.val_score(better, keys) - q.val_score(worse, keys))
+    assert 0 < lo <= point <= hi
+    same, lo0, hi0 = q.val_score_difference(worse, variant(3.0), keys, n_boot=200)
+    assert lo0 < 0 < hi0  # two equally noisy variants: the CI includes 0
+
+
 def test_cap_keeps_whole_patients_of_one_split(q):
     df = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(40)], "split": ["train"] * 30 + ["test"] * 10})
     capped = q._cap_patients(df, "train", 11, seed=0)
