@@ -17,7 +17,8 @@ Arms (same towers, same data, same budget: steps x batch x image size x lr sched
 (c) ``untrained`` the towers before any training.
 
 Measures on held-back patients (test split; the validation split is used only to choose: the ablation
-table's validation columns and the recommendation below it): covid mean zero-shot AUROC over findings
+table's validation columns and the recommendation below it, where a row replaces the defaults only when its
+validation score beats theirs with a patient-bootstrap CI that excludes 0): covid mean zero-shot AUROC over findings
 with support; Kermany zero-shot pneumonia AUROC and bacterial-vs-viral AUROC; MedPix image->caption
 R@10 at case level (vs chance), zero-shot modality AUROC, body-region and plane accuracy (vs chance);
 linear probes on the image encoder's features before the projection, as CLIP's probes (covid COVID-19, Kermany
