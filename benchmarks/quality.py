@@ -632,12 +632,8 @@ def measure(
     findings = list(DATASET_FINDINGS + LABELER_FINDINGS)
     y = part.labels(findings)
     prob = ZeroShotClassifier.from_model(model, findings).predict_proba(part.image_features)
-    test = sets["covid"].frame[sets["covid"].frame["split"] == "test"]
-    columns = []
-    for j, cid in enumerate(findings):
-        v = pd.to_numeric(test.get(f"label.{cid}"), errors="coerce")
-        if MIN_SUPPORT <= (v == 1).sum() and MIN_SUPPORT <= (v == 0).sum():
-            columns.append(j)
+    supported = covid_findings_with_support(sets)
+    columns = [j for j, cid in enumerate(findings) if cid in supported]
     out["covid zero-shot mean AUROC"] = _mean_auroc_stat(y, prob, part.patients, columns)
     ranks, groups, gallery = _ranks(model, part)
     out["covid image->report R@10"] = _recall_stat(ranks, groups, gallery)
@@ -688,44 +684,64 @@ def measure(
             ("kermany", "pneumonia", "label.pneumonia"),
             ("medpix", "body region", "body_region"),
         ):
-            frames = {
-                sp: sets[name].frame[sets[name].frame["split"] == sp].reset_index(drop=True) for sp in ("train", split)
-            }
-            x = {sp: bank.pooled_features(model, sets[name], sp, f).numpy() for sp, f in frames.items()}
-            ytr, yte = (np.array([str(v) for v in frames[sp][col]]) for sp in ("train", split))
-            ok_tr, ok_te = ~np.isin(ytr, ("", "nan", "None", "<NA>")), ~np.isin(yte, ("", "nan", "None", "<NA>"))
-            out[f"{name} linear probe AUROC ({label})"] = _probe_stat(
-                x["train"][ok_tr],
-                ytr[ok_tr],
-                x[split][ok_te],
-                yte[ok_te],
-                frames[split]["patient_id"].astype(str).to_numpy()[ok_te],
-                seed=0,
+            out[f"{name} linear probe AUROC ({label})"] = _encoder_probe(
+                model, sets[name], bank, split, lambda f, col=col: np.array([str(v) for v in f[col]])
             )
     return out
 
 
-def covid_probe_ceiling(model: torch.nn.Module, sets: dict[str, DataSet], bank: FeatureBank, n_boot: int) -> str:
+def covid_findings_with_support(sets: dict[str, DataSet]) -> list[str]:
+    """The covid findings scored by the zero-shot mean: at least MIN_SUPPORT positives and negatives among the
+    test images (decided on the test labels, the same findings for every split and model)."""
+    test = sets["covid"].frame[sets["covid"].frame["split"] == "test"]
+    out = []
+    for cid in DATASET_FINDINGS + LABELER_FINDINGS:
+        v = pd.to_numeric(test.get(f"label.{cid}"), errors="coerce")
+        if MIN_SUPPORT <= (v == 1).sum() and MIN_SUPPORT <= (v == 0).sum():
+            out.append(cid)
+    return out
+
+
+#: Class values a linear probe leaves out (unknown).
+_UNKNOWN = ("", "nan", "None", "<NA>")
+
+
+def _encoder_probe(
+    model: torch.nn.Module, s: DataSet, bank: FeatureBank, split: str, classes: Callable[[pd.DataFrame], np.ndarray]
+) -> Stat:
+    """A linear probe on the image encoder's features of ``s``'s training split, scored on ``split``;
+    ``classes(frame)`` gives each row's class as a string (one of ``_UNKNOWN`` = left out)."""
+    frames = {sp: s.frame[s.frame["split"] == sp].reset_index(drop=True) for sp in ("train", split)}
+    x = {sp: bank.pooled_features(model, s, sp, f).numpy() for sp, f in frames.items()}
+    y = {sp: classes(f) for sp, f in frames.items()}
+    ok = {sp: ~np.isin(v, _UNKNOWN) for sp, v in y.items()}
+    return _probe_stat(
+        x["train"][ok["train"]],
+        y["train"][ok["train"]],
+        x[split][ok[split]],
+        y[split][ok[split]],
+        frames[split]["patient_id"].astype(str).to_numpy()[ok[split]],
+        seed=0,
+    )
+
+
+def _binary_classes(column: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    """Rows' 0 / 1 label in ``column`` as "0" / "1"; anything else (unmentioned, uncertain) as ""."""
+
+    def classes(frame: pd.DataFrame) -> np.ndarray:
+        v = pd.to_numeric(frame.get(column), errors="coerce").to_numpy(float)
+        return np.where(v == 1, "1", np.where(v == 0, "0", ""))
+
+    return classes
+
+
+def covid_probe_ceiling(model: torch.nn.Module, sets: dict[str, DataSet], bank: FeatureBank) -> str:
     """What the image encoder's features hold about the covid findings: per finding, a supervised linear probe
     (training patients' labels) on the untrained encoder's features, scored on the test patients, and their mean
     over the same findings as the zero-shot row. A locked (LiT) encoder cannot do better zero-shot than this."""
-    s = sets["covid"]
-    frames = {sp: s.frame[s.frame["split"] == sp].reset_index(drop=True) for sp in ("train", "test")}
-    x = {sp: bank.pooled_features(model, s, sp, f).numpy() for sp, f in frames.items()}
     rows, stats = [], []
-    for cid in DATASET_FINDINGS + LABELER_FINDINGS:
-        y = {sp: pd.to_numeric(f.get(f"label.{cid}"), errors="coerce").to_numpy(float) for sp, f in frames.items()}
-        ok = {sp: np.isin(v, (0.0, 1.0)) for sp, v in y.items()}
-        if min((y["test"][ok["test"]] == 1).sum(), (y["test"][ok["test"]] == 0).sum()) < MIN_SUPPORT:
-            continue
-        stat = _probe_stat(
-            x["train"][ok["train"]],
-            y["train"][ok["train"]].astype(int).astype(str),
-            x["test"][ok["test"]],
-            y["test"][ok["test"]].astype(int).astype(str),
-            frames["test"]["patient_id"].astype(str).to_numpy()[ok["test"]],
-            seed=0,
-        )
+    for cid in covid_findings_with_support(sets):
+        stat = _encoder_probe(model, sets["covid"], bank, "test", _binary_classes(f"label.{cid}"))
         stats.append(stat.value)
         rows.append(f"{cid} {stat.value:.3f}")
     return (
@@ -1012,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(headline_table(results, args.bootstrap))
     if "untrained" in arms:
-        print(covid_probe_ceiling(untrained(args), sets, bank, args.bootstrap))
+        print(covid_probe_ceiling(untrained(args), sets, bank))
 
     keys = [
         "covid zero-shot mean AUROC",

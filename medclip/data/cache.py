@@ -51,11 +51,13 @@ import medclip.io  # noqa: F401  (imported before the worker pool forks, so work
 from medclip.data import storage
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data.shards import Shard, missing_parts, parse_part_tag
+from medclip.knowledge.attributes import ATTRIBUTE_COLUMNS
 from medclip.model.preprocess import PreprocessConfig, preprocess
 
 CACHE_VERSION = 1
-#: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers).
-META_COLUMNS = (
+#: Manifest columns copied into each sample's meta.json (never paths: they can carry identifiers), with the
+#: image-attribute columns (``medclip.knowledge.attributes``) that training writes into text.
+_BASE_META_COLUMNS = (
     "image_id",
     "kind",
     "patient_id",
@@ -64,9 +66,6 @@ META_COLUMNS = (
     "modality",
     "view_position",
     "body_part",
-    "plane",
-    "body_region",
-    "subtype",
     "sex",
     "age_group",
     "report_indication",
@@ -75,6 +74,7 @@ META_COLUMNS = (
     "report_text",
     "split",
 )
+META_COLUMNS = _BASE_META_COLUMNS + tuple(c for c in ATTRIBUTE_COLUMNS if c not in _BASE_META_COLUMNS)
 
 
 class CacheError(ValueError):

@@ -31,6 +31,9 @@ from typing import Any
 
 import torch
 
+from medclip.knowledge.attributes import EXAM_ATTRIBUTES, attribute_graph
+from medclip.knowledge.augment import exam_line
+
 #: ``text_transform(text, rng) -> text``: a report rewriting applied to each training sample (the one alias).
 TextTransform = Callable[[str, random.Random], str]
 
@@ -77,8 +80,6 @@ class TextPolicy:
     def attribute_graph(self) -> Any:
         """The graph with the imaging-attribute concepts (loaded when first needed)."""
         if self._attribute_graph is None:
-            from medclip.knowledge.attributes import attribute_graph
-
             self._attribute_graph = attribute_graph()
         return self._attribute_graph
 
@@ -89,8 +90,6 @@ class TextPolicy:
         attributes: Mapping[str, str] | None = None,
     ) -> str:
         """Report-like sentences from one sample's label vector and finding-like attributes ("" when none)."""
-        from medclip.knowledge.attributes import EXAM_ATTRIBUTES
-
         known = labels_mapping(labels, self.label_names)
         for name, concept in (attributes or {}).items():
             if name not in EXAM_ATTRIBUTES:
@@ -101,8 +100,6 @@ class TextPolicy:
 
     def exam_line_for(self, attributes: Mapping[str, str] | None, rng: random.Random) -> str:
         """The exam line of a sample's acquisition attributes ("" when it has none)."""
-        from medclip.knowledge.augment import exam_line
-
         return exam_line(self.attribute_graph, attributes, rng) if attributes else ""
 
     def __call__(self, item: Mapping[str, Any], rng: random.Random, train: bool = True) -> str:
