@@ -13,24 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_model_volumes import TINY_TEXT  # the tiny BERT text tower of the volume-tower tests
 
 from medclip.demo.engine import TriageEngine
 from medclip.demo.uploads import read_upload
 from medclip.model import create_model
 
-TINY_TEXT = {
-    "name": None,
-    "vocab": "bundled",
-    "pretrained": False,
-    "hf_config": {
-        "model_type": "bert",
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    },
-}
 TINY_VISION = {
     "ct-resnet3d-minilm": {
         "image_size": [8, 32, 32],
