@@ -151,6 +151,14 @@ _DATE_RES = (
 _LONG_NUMBER = re.compile(r"\b(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{6,}\b")
 _PHONE = re.compile(r"\b\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
+#: The identifier shapes :func:`scrub_identifiers` replaces, as (kind, pattern) in the order it applies them;
+#: ``medclip.audit.phi`` looks for the same shapes in what a command wrote.
+IDENTIFIER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    *(("date", p) for p in _DATE_RES),
+    ("phone number", _PHONE),
+    ("e-mail address", _EMAIL),
+    ("ID-like number", _LONG_NUMBER),
+)
 
 
 #: A title before a person's name: "Dr. Smith", "Dr Smith", "DR. SMITH", "doctor Jones", "Mrs. Lee".
@@ -287,7 +295,7 @@ def scrub_identifiers(text: str, known: list[str] | tuple[str, ...] = ()) -> str
     for token in sorted(tokens, key=len, reverse=True):
         text = re.sub(r"(?<!\w)" + re.escape(token) + r"(?!\w)", REDACTED, text, flags=re.IGNORECASE)
     text = _scrub_titled_names(text)
-    for pattern in (*_DATE_RES, _PHONE, _EMAIL, _LONG_NUMBER):
+    for _, pattern in IDENTIFIER_PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text
 
