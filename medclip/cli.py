@@ -1,4 +1,4 @@
-"""The ``medclip`` command line: index, label, cache, fit, models, eval, demo, quickstart."""
+"""The ``medclip`` command line: index, label, cache, fit, models, eval, report, demo, quickstart."""
 
 from __future__ import annotations
 
@@ -584,8 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     from medclip.demo.cli import add_demo_parser
     from medclip.eval.cli import add_eval_parser
+    from medclip.report.cli import add_report_parser
 
     add_eval_parser(sub)
+    add_report_parser(sub)
     add_demo_parser(sub)
     _add_quickstart(sub)
     _add_recipe(sub)

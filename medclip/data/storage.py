@@ -150,3 +150,14 @@ def copy_to_local(location: Location, local: Path) -> Path:
     with open_file(location) as src, open(local, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     return local
+
+
+def content_fingerprint(location: Location, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of a file's bytes (a manifest's data fingerprint)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open_file(location) as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]

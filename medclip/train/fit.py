@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -281,6 +282,38 @@ def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_record(data_cfg: Mapping[str, Any], *, steps: int, wall_time_s: float) -> dict[str, Any]:
+    """What a model card needs beyond the options: steps run, wall time of this fit call, the data's fingerprints
+    (SHA-256 of each manifest, never its path) and the versions of the libraries that trained it."""
+    import platform
+
+    from medclip import __version__
+    from medclip.data.storage import content_fingerprint, exists
+
+    specs = list(data_cfg.get("sources") or [{"name": "data", "manifest": data_cfg.get("manifest")}])
+    data = []
+    for i, spec in enumerate(specs):
+        manifest = spec.get("manifest")
+        entry: dict[str, Any] = {"name": str(spec.get("name") or f"source{i}")}
+        if manifest and exists(manifest):
+            entry["manifest_sha256"] = content_fingerprint(manifest)
+        data.append(entry)
+    versions = {"medclip": __version__, "torch": torch.__version__, "lightning": L.__version__}
+    for name in ("timm", "transformers"):
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:  # pragma: no cover - both are dependencies
+            pass
+    return {
+        "steps": steps,
+        "wall_time_s": round(wall_time_s, 1),
+        "data": data,
+        "versions": versions,
+        "python": platform.python_version(),
+        "finished": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+
+
 def use_feature_cache(cfg: Mapping[str, Any], model: Any) -> bool:
     """Whether training reuses cached image features: ``data.feature_cache`` auto -> when the image backbone is
     fully locked (and in eval mode) and image augmentation is off; true -> required (an error if impossible)."""
@@ -393,9 +426,12 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
         if module.lock_summary:  # locked towers (LiT) run in eval mode on purpose
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+        started = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     model_dir = output_dir / "model"
-    module.model.config.extra["training"] = training_record(cfg)
+    record = training_record(cfg)
+    record.update(run_record(data_cfg, steps=int(trainer.global_step), wall_time_s=time.time() - started))
+    module.model.config.extra["training"] = record
     # a new model makes the old one's thresholds, drafter, gallery and eval output stale: set them aside
     with CheckpointDir(model_dir).replacing_model(active=trainer.is_global_zero):
         _export(trainer, module, model_dir)
