@@ -298,6 +298,7 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
     rec["view_position"] = header_text(ds, "ViewPosition")
     rec["body_part"] = header_text(ds, "BodyPartExamined")
     rec["photometric"] = header_text(ds, "PhotometricInterpretation")
+    rec["manufacturer"] = header_text(ds, "Manufacturer")  # the vendor (non-PHI; the institution is never kept)
     rec["rows"] = int(ds.get("Rows", 0) or 0)
     rec["columns"] = int(ds.get("Columns", 0) or 0)
     rec["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
@@ -955,6 +956,7 @@ def _image_row(r: dict, root: Path, salt: str, kind: str | None = None) -> dict:
         "view_position": r.get("view_position", "") or "",
         "body_part": r.get("body_part", "") or "",
         "photometric": r.get("photometric", "") or "",
+        "manufacturer": r.get("manufacturer", "") or "",
         "rows": r.get("rows", 0),
         "columns": r.get("columns", 0),
         "frames": r.get("frames", 1),

@@ -23,6 +23,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "view_position",
     "body_part",
     "photometric",
+    "manufacturer",
     "rows",
     "columns",
     "frames",
@@ -156,7 +157,7 @@ def manifest_from_records(
     ``records`` has at least ``path`` (relative to ``root``) and ``patient`` (the dataset's raw patient
     id), optionally ``study``, ``split`` (the dataset's official split, kept when given; "validate" and
     "valid" become "val"), ``report_text`` / ``report_findings`` / ``report_impression`` /
-    ``report_indication``, ``view_position``, ``sex``, ``age`` and ``label.<concept>`` columns.
+    ``report_indication``, ``view_position``, ``manufacturer``, ``sex``, ``age`` and ``label.<concept>`` columns.
     Raw ids are hashed with the salt; rows whose file is missing are dropped and counted.
     Returns the manifest and counts (``rows``, ``missing_files``).
     """
@@ -186,7 +187,7 @@ def manifest_from_records(
     study = df["study"].astype(str) if "study" in df else df["path"].map(lambda p: str(Path(str(p)).parent))
     out["study_id"] = [hash_identifier(f"{p}/{s}", salt) for p, s in zip(df["patient"].astype(str), study)]
     out["series_id"] = out["study_id"]
-    for col in ("modality", "view_position", "body_part", "photometric"):
+    for col in ("modality", "view_position", "body_part", "photometric", "manufacturer"):
         out[col] = df[col].fillna("").astype(str) if col in df else ""
     out["rows"], out["columns"], out["frames"] = 0, 0, 1
     out["sex"] = [coarse_sex(x) for x in df["sex"]] if "sex" in df else ""

@@ -132,10 +132,16 @@ def sample_kermany_manifest(output: Path, *, salt: str | None = None, seed: int 
 
 
 def combine_manifests(paths: list[Path], output: Path) -> pd.DataFrame:
-    """One manifest holding the rows of several (absolute image paths; columns a source lacks are empty)."""
+    """One manifest holding the rows of several (absolute image paths; columns a source lacks are empty); a
+    ``source`` column names the manifest each row came from (its file name without ``.parquet``) unless it has one."""
     from medclip.data.manifest import read_manifest
 
-    frames = [read_manifest(p) for p in paths]
+    frames = []
+    for p in paths:
+        frame = read_manifest(p)
+        if "source" not in frame or frame["source"].fillna("").astype(str).str.strip().eq("").all():
+            frame["source"] = Path(p).name.removesuffix(".parquet")  # where each row came from (data card, subgroups)
+        frames.append(frame)
     df = pd.concat(frames, ignore_index=True, sort=False)
     if df["image_id"].duplicated().any():
         raise ValueError(f"{output}: the manifests {', '.join(map(str, paths))} share image ids")
