@@ -268,7 +268,8 @@ def test_operating_points_record_how_they_were_chosen_and_refuse_another_model(t
     model_dir, manifest = tiny
     ckpt = CheckpointDir(tmp_path / "model")
     shutil.copytree(model_dir, ckpt.path, ignore=shutil.ignore_patterns("thresholds.json", "drafter", "eval"))
-    # pneumothorax is never mentioned: counted negative it has no positives in val -> not calibrated (fallback)
+    # pneumothorax is never mentioned: counted negative it has no positives in val -> not calibrated (fallback);
+    # the tiny split (2 positives, 4 negatives per finding) passes only because the support rule is lowered here
     assert (
         _run(
             [
@@ -279,6 +280,10 @@ def test_operating_points_record_how_they_were_chosen_and_refuse_another_model(t
                 "--task",
                 "zeroshot,report",
                 "--unmentioned-as-negative",
+                "--min-positives",
+                "2",
+                "--min-negatives",
+                "4",
                 "--bootstrap",
                 "20",
                 "-o",
@@ -290,17 +295,31 @@ def test_operating_points_record_how_they_were_chosen_and_refuse_another_model(t
     )
     saved = json.loads(ckpt.thresholds.read_text())
     assert saved["model_fingerprint"] == ckpt.fingerprint() and saved["validation"]["manifest"] == str(manifest)
+    assert saved["version"] == 3 and saved["rules"] == {
+        "min_positives": 2,
+        "min_negatives": 4,
+        "auroc_floor": 0.6,
+        "flag_rate_margin": 0.02,
+    }
+    assert saved["validation"]["min_positives"] == 2 and saved["validation"]["min_negatives"] == 4
     effusion, pneumothorax = saved["findings"]["pleural_effusion"], saved["findings"]["pneumothorax"]
     # val patients 10..12: normal, cardiomegaly, effusion (two images each)
     assert effusion["method"] == "youden" and effusion["n"] == 6 and effusion["positives"] == 2
+    assert effusion["negatives"] == 4 and 0 < effusion["flag_rate"] < 1
     assert set(effusion["auroc"]) >= {"value", "low", "high"}
+    assert set(effusion["sensitivity"]) >= {"value", "low", "high"} and "specificity" in effusion
+    assert isinstance(effusion["can_raise_priority"], bool) and effusion["priority_reason"]
     assert pneumothorax == {
         "threshold": 0.5,
         "method": "fallback",
         "n": 6,
         "positives": 0,
+        "negatives": 6,
         "auroc": pneumothorax["auroc"],
+        "score_range": pneumothorax["score_range"],
         "reason": "no positives in split 'val'",
+        "can_raise_priority": False,
+        "priority_reason": "not calibrated",
     }
     points = load_operating_points(ckpt.path, ckpt.fingerprint())
     assert points.calibrated == ["pleural_effusion", "cardiomegaly"]
@@ -321,6 +340,8 @@ def test_operating_points_record_how_they_were_chosen_and_refuse_another_model(t
         except (StaleFileError, GalleryError) as exc:
             refused.append(str(exc).split(":")[0])
             assert "another model" in str(exc)
+            if refused[-1] == str(ckpt.thresholds):  # recalibrating keeps the rules the points were chosen under
+                assert "--min-positives 2 --min-negatives 4 --save-to-checkpoint" in str(exc)
             _run_hint(str(exc))
     assert refused == [str(ckpt.thresholds), str(ckpt.drafter), str(ckpt.gallery)]
     assert load_operating_points(ckpt.path, ckpt.fingerprint()).model_fingerprint == ckpt.fingerprint()

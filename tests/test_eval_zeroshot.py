@@ -124,11 +124,11 @@ def test_operating_points_round_trip_and_files_not_tied_to_the_model(tmp_path):
     from medclip.inference.thresholds import FALLBACK, OperatingPoint, load_operating_points, recalibrate_command
 
     assert load_operating_points(tmp_path) is None
-    auroc = {"value": 0.7, "low": float("nan"), "high": 0.9, "n": 10, "n_groups": 5}
+    auroc = {"value": 0.7, "low": float("nan"), "high": 0.9, "n": 30, "n_groups": 15}
     save_thresholds(
         tmp_path,
         {
-            "edema": OperatingPoint(0.3, "youden", 10, 4, auroc),
+            "edema": OperatingPoint(0.3, "youden", 30, 12, auroc),
             "pneumothorax": OperatingPoint(0.5, FALLBACK, 10, 0, reason="no positives in split 'val'"),
             "mass": 0.6,
         },
@@ -139,6 +139,8 @@ def test_operating_points_round_trip_and_files_not_tied_to_the_model(tmp_path):
     assert saved["findings"]["edema"]["auroc"]["low"] is None and saved["thresholds"]["pneumothorax"] == 0.5
     points = load_operating_points(tmp_path, "abc")
     assert points.calibrated == ["edema", "mass"] and points.points["mass"].method == "manual"
+    # no AUROC CI (its low is NaN): calibrated, but it may not raise the triage priority; a hand-set point may
+    assert points.may_raise_priority == ["mass"] and "no CI" in points.points["edema"].priority_reason
     assert points.points["pneumothorax"].reason == "no positives in split 'val'"
     with pytest.raises(
         StaleFileError,

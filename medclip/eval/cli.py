@@ -71,6 +71,25 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="how thresholds are chosen on the validation split (default: %(default)s)",
     )
     p.add_argument(
+        "--min-positives",
+        type=int,
+        default=d.min_positives,
+        help="validation positives an operating point needs to count as calibrated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-negatives",
+        type=int,
+        default=d.min_negatives,
+        help="validation negatives an operating point needs to count as calibrated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--auroc-floor",
+        type=float,
+        default=d.auroc_floor,
+        help="a calibrated finding may raise the demo's triage priority only when the lower bound of its "
+        "validation AUROC 95%% CI exceeds this (default: %(default)s)",
+    )
+    p.add_argument(
         "--unmentioned-as-negative",
         action="store_true",
         help="treat findings a report does not mention (NaN labels) as negative instead of unknown",
@@ -88,7 +107,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--save-to-checkpoint",
         action="store_true",
-        help="write thresholds.json and the report drafter into the checkpoint folder (for the demo)",
+        help="write thresholds.json (and print which findings got an operating point) and the report drafter "
+        "into the checkpoint folder (for the demo)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
@@ -132,6 +152,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         style=args.prompt_style,
         unmentioned_as_negative=args.unmentioned_as_negative,
         criterion=args.criterion,
+        min_positives=args.min_positives,
+        min_negatives=args.min_negatives,
+        auroc_floor=args.auroc_floor,
         n_boot=args.bootstrap,
         seed=args.seed,
         batch_size=args.batch_size,

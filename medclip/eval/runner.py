@@ -35,7 +35,18 @@ from medclip.inference.encoders import (
     load_model,
     model_preprocess,
 )
-from medclip.inference.thresholds import DEFAULT_THRESHOLD, FALLBACK, OperatingPoint, calibrate, save_thresholds
+from medclip.inference.thresholds import (
+    AUROC_FLOOR,
+    DEFAULT_THRESHOLD,
+    FALLBACK,
+    MIN_NEGATIVES,
+    MIN_POSITIVES,
+    CalibrationRules,
+    OperatingPoint,
+    calibrate,
+    judge,
+    save_thresholds,
+)
 from medclip.inference.zeroshot import PROMPT_STYLES, ZeroShotClassifier
 
 from . import metrics as M
@@ -65,6 +76,9 @@ class EvalOptions:
     shots: tuple[int, ...] = (1, 4, 16)
     fewshot_trials: int = 5
     criterion: str = "youden"
+    min_positives: int = MIN_POSITIVES  # validation support an operating point needs to count as calibrated
+    min_negatives: int = MIN_NEGATIVES
+    auroc_floor: float = AUROC_FLOOR  # validation AUROC CI lower bound a point needs to raise the triage priority
     max_images: int | None = None  # cap per split (quick looks), patients kept whole
 
 
@@ -118,6 +132,7 @@ class Evaluator:
                 raise ValueError(f"{self.manifest_path or 'manifest'}: missing column {col!r}")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.checkpoint = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
+        self.calibration_rules()  # bad rules (e.g. --min-positives 0) stop before any image is embedded
         self._splits: dict[str, EmbeddedSplit] = {}
         self._zeroshot: ZeroShotClassifier | None = None
         self.plots: list[str] = []
@@ -208,7 +223,17 @@ class Evaluator:
             "findings": opt.findings,
             "criterion": opt.criterion,
             "unmentioned_as_negative": opt.unmentioned_as_negative,
+            "min_positives": opt.min_positives,
+            "min_negatives": opt.min_negatives,
+            "auroc_floor": opt.auroc_floor,
         }
+
+    def calibration_rules(self) -> CalibrationRules:
+        """When an operating point counts as calibrated and when it may raise the triage priority."""
+        opt = self.options
+        return CalibrationRules(
+            min_positives=opt.min_positives, min_negatives=opt.min_negatives, auroc_floor=opt.auroc_floor
+        )
 
     def _plot(self, fn, *args, name: str) -> None:
         if self.output_dir is None:
@@ -233,7 +258,11 @@ class Evaluator:
         prob = clf.predict_proba(test.image_features)
         multi = clf.predict_multiclass(test.image_features)
 
-        points = {f: OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, reason="no validation split") for f in findings}
+        rules = self.calibration_rules()
+        points = {
+            f: judge(OperatingPoint(DEFAULT_THRESHOLD, FALLBACK, reason="no validation split"), rules) for f in findings
+        }
+        calibrated_on = None
         threshold_source = "default 0.5"
         saved_to = None
         if opt.val_split and (self.frame["split"] == opt.val_split).any():
@@ -251,12 +280,28 @@ class Evaluator:
                     n_boot=opt.n_boot,
                     seed=opt.seed,
                 ).to_dict()
-            points = calibrate(y_val, p_val, findings, opt.criterion, split=opt.val_split, auroc=val_auroc)
+            points = calibrate(
+                y_val,
+                p_val,
+                findings,
+                opt.criterion,
+                split=opt.val_split,
+                auroc=val_auroc,
+                groups=val.patients,
+                n_boot=opt.n_boot,
+                seed=opt.seed,
+                rules=rules,
+            )
             threshold_source = f"{opt.criterion} on split {opt.val_split!r}"
+            calibrated_on = opt.val_split
             if self.checkpoint is not None:
                 saved_to = str(
                     save_thresholds(
-                        self.checkpoint.path, points, criterion=opt.criterion, validation=self._validation_record()
+                        self.checkpoint.path,
+                        points,
+                        criterion=opt.criterion,
+                        validation=self._validation_record(),
+                        rules=rules,
                     )
                 )
         thresholds = {cid: p.threshold for cid, p in points.items()}
@@ -275,6 +320,7 @@ class Evaluator:
                 "threshold": t,
                 "threshold_calibrated": points[cid].calibrated,
                 "threshold_method": points[cid].method,
+                "can_raise_priority": bool(points[cid].can_raise_priority),
                 "auroc": M.bootstrap_ci(M.auroc, yj, pj, **boot).to_dict(),
                 "auprc": M.bootstrap_ci(M.auprc, yj, pj, **boot).to_dict(),
                 "f1": M.bootstrap_ci(M.f1_at(t), yj, pj, **boot).to_dict(),
@@ -313,6 +359,15 @@ class Evaluator:
             "findings": findings,
             "threshold_source": threshold_source,
             "thresholds_saved_to": saved_to,
+            "operating_points": (
+                {
+                    "split": calibrated_on,
+                    "rules": rules.to_dict(),
+                    "findings": {cid: p.to_dict() for cid, p in points.items()},
+                }
+                if calibrated_on is not None
+                else None
+            ),
             "per_finding": per_finding,
             "mean_auroc": _nanmean(e["auroc"]["value"] for e in per_finding.values()),
             "mean_auroc_multiclass_softmax": _nanmean(e["auroc_multiclass_softmax"] for e in per_finding.values()),
@@ -568,6 +623,8 @@ def format_results(results: dict[str, Any]) -> str:
             f"mean AUROC {_fmt(z['mean_auroc'])}; pooled ECE {_fmt(z['ece'])}; mean AUROC by prompt style: "
             + ", ".join(f"{s} {_fmt(v)}" for s, v in ps.items())
         )
+        if z.get("operating_points"):
+            parts.append(format_operating_points(z["operating_points"], z.get("thresholds_saved_to")))
     if "retrieval" in results:
         r = results["retrieval"]
         rows = [
@@ -613,6 +670,46 @@ def format_results(results: dict[str, Any]) -> str:
 
         parts.append(format_attributes(results["attributes"]))
     return "\n\n".join(parts)
+
+
+def _ci(estimate: Any) -> str:
+    """``0.81 [0.61, 0.93]`` of a stored estimate dict, 2 decimals (``n/a`` when undefined)."""
+    if not isinstance(estimate, dict) or estimate.get("value") is None:
+        return "n/a"
+    if estimate.get("low") is None or estimate.get("high") is None:
+        return f"{estimate['value']:.2f}"
+    return f"{estimate['value']:.2f} [{estimate['low']:.2f}, {estimate['high']:.2f}]"
+
+
+def format_operating_points(operating_points: dict[str, Any], saved_to: str | None = None) -> str:
+    """One short table: per finding the operating point chosen on validation (the probability at which it
+    flags, validation sensitivity / specificity with 95% CIs) and whether it is calibrated and may raise
+    the triage priority, with the reason."""
+    rules = operating_points.get("rules") or {}
+    rows = []
+    for cid, point in operating_points["findings"].items():
+        if point.get("method") == FALLBACK:
+            cell = "-"
+            status = f"not calibrated: {point.get('reason') or 'no reason recorded'}"
+        else:
+            cell = (
+                f"p >= {point['threshold']:.2f}; sens {_ci(point.get('sensitivity'))}, "
+                f"spec {_ci(point.get('specificity'))}"
+            )
+            if point.get("can_raise_priority"):
+                status = f"may raise priority ({point.get('priority_reason', '')})"
+            else:
+                status = f"calibrated, cannot raise priority: {point.get('priority_reason', '')}"
+        rows.append([cid, cell, status])
+    n_ok = sum(1 for p in operating_points["findings"].values() if p.get("method") != FALLBACK)
+    n_raise = sum(1 for p in operating_points["findings"].values() if p.get("can_raise_priority"))
+    title = (
+        f"Operating points (split {operating_points.get('split')!r}): {n_ok} of {len(rows)} calibrated "
+        f"(>= {rules.get('min_positives')} positives, >= {rules.get('min_negatives')} negatives, flagging neither "
+        f"~0% nor ~100%), {n_raise} may raise the triage priority (validation AUROC CI lower bound > "
+        f"{rules.get('auroc_floor')})" + (f"; saved to {saved_to}" if saved_to else "")
+    )
+    return title + "\n" + _table(["finding", "operating point (validation)", "status"], rows)
 
 
 def _nanmean(values: Iterable[float | None]) -> float:
