@@ -32,7 +32,7 @@ from medclip.data.manifest import read_manifest
 from medclip.demo import Gallery, GalleryError, TriageEngine, UploadLimits, build_gallery, read_upload
 from medclip.demo.cli import NO_CHECKPOINT_HELP, add_demo_arguments, find_checkpoint, parse_auth, run_demo
 from medclip.inference.drafting import ReportDrafter, drafting_corpus
-from medclip.inference.thresholds import FALLBACK, OperatingPoint, save_thresholds
+from medclip.inference.thresholds import OperatingPoint, save_thresholds
 from medclip.model import create_model
 from medclip.sample import SAMPLE_EXPORT as SAMPLE_EXPORT_DIR
 
@@ -44,15 +44,36 @@ PLANTED_PHI = ("Zzplanted", "Quinn", "MRN000102X", "ACC0000001", "19420413", "Zz
 CHROMIUM = Path("/usr/bin/chromium")
 N_STUDIES = 6
 EFFUSION_AUROC = {"value": 0.81, "low": 0.62, "high": 0.95, "n": 12, "n_groups": 6}
+#: What the issue saw: Youden's index on 12 validation images with 4 positives landed on 0.00 (flags everyone).
+EFFUSION_REASON = "only 4 positives (needs 10); only 8 negatives (needs 10); threshold 0.00 flags every image"
+
+
+def _validated(threshold: float, auroc: tuple[float, float, float]) -> OperatingPoint:
+    """A point chosen on a healthy validation split (80 images, 20 positives) with the given AUROC and CI."""
+    value, low, high = auroc
+    return OperatingPoint(
+        threshold,
+        "youden",
+        n=80,
+        positives=20,
+        auroc={"value": value, "low": low, "high": high, "n": 80, "n_groups": 40},
+        flag_rate=0.45,
+        score_range=(0.01, 0.93),
+        sensitivity={"value": 0.8, "low": 0.62, "high": 0.95, "n": 80, "n_groups": 40},
+        specificity={"value": 0.7, "low": 0.58, "high": 0.81, "n": 80, "n_groups": 40},
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random model folder with operating points, a drafter and a gallery from part of the indexed sample.
 
-    Pleural effusion is calibrated at 0.0 (positive: the study gets "priority"); pneumothorax, the
-    one critical finding, is *not* calibrated and its fallback is 0.0 too: were it trusted, it would
-    be positive and make the study urgent. Every other finding has no operating point.
+    Pleural effusion has the issue's point: Youden at 0.00 on 12 validation images with 4 positives
+    (were it trusted, every study would get "priority"): it is written as not calibrated. Pneumothorax,
+    the one critical finding, is calibrated at 0.05 on a healthy split but its validation AUROC CI
+    reaches down to 0.52 (below the 0.6 floor): it is called, yet were it allowed to set the priority
+    it would make the study urgent. Cardiomegaly (a routine finding) is calibrated and may set the
+    priority: the study is "routine". Every other finding has no operating point.
     """
     from medclip.data.indexer import index_export
 
@@ -77,7 +98,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model_dir,
         {
             "pleural_effusion": OperatingPoint(0.0, "youden", n=12, positives=4, auroc=EFFUSION_AUROC),
-            "pneumothorax": OperatingPoint(0.0, FALLBACK, n=12, positives=0, reason="no positives in split 'val'"),
+            "pneumothorax": _validated(0.05, (0.66, 0.52, 0.79)),
+            "cardiomegaly": _validated(0.05, (0.85, 0.74, 0.93)),
         },
         uncertain_margin=0.05,
         criterion="youden",
@@ -198,15 +220,20 @@ def test_engine_triage_on_a_real_dicom(engine: TriageEngine, phi_dicom: Path) ->
     view, result = engine.triage(study)
     assert view.shape == (64, 64) and view.dtype == np.uint8
     assert len(result.findings) == 14
-    # thresholds.json: effusion calibrated at 0.0 (positive, significant); pneumothorax's 0.0 is an uncalibrated
-    # fallback: shown as not calibrated, never flagged, and it cannot make the study urgent
+    # thresholds.json: effusion's 0.00 chosen on 4 positives is not calibrated (it would have flagged every study);
+    # pneumothorax is called positive but its AUROC CI is below the floor: not flagged, it cannot make the study
+    # urgent; cardiomegaly (routine) is the one finding that may set the priority
     effusion = next(f for f in result.findings if f.concept_id == "pleural_effusion")
-    assert effusion.status == "positive" and effusion.threshold == 0.0 and effusion.point.auroc == EFFUSION_AUROC
+    assert effusion.status == "not calibrated" and not effusion.can_raise_priority
+    assert effusion.point.reason == EFFUSION_REASON and effusion.point.auroc == EFFUSION_AUROC
+    assert effusion.point.candidate == {"method": "youden", "threshold": 0.0}
     pneumothorax = next(f for f in result.findings if f.concept_id == "pneumothorax")
-    assert pneumothorax.status == "not calibrated" and not pneumothorax.flagged and pneumothorax.threshold == 0.0
-    assert result.priority.level == "priority" and result.priority.reasons == (effusion.name,)
-    assert pneumothorax.name in result.priority.not_calibrated
-    assert [f.status for f in result.findings].count("not calibrated") == 13
+    assert pneumothorax.status == "positive" and not pneumothorax.flagged and not pneumothorax.can_raise_priority
+    cardiomegaly = next(f for f in result.findings if f.concept_id == "cardiomegaly")
+    assert cardiomegaly.calibrated and cardiomegaly.can_raise_priority
+    assert result.priority.level == "routine" and result.priority.reasons == ()
+    assert effusion.name in result.priority.not_calibrated and result.priority.cannot_raise == (pneumothorax.name,)
+    assert [f.status for f in result.findings].count("not calibrated") == 12
     probabilities = [f.probability for f in result.findings]
     assert probabilities == sorted(probabilities, reverse=True)
     assert result.similar and result.similar[0].score >= result.similar[-1].score
@@ -330,8 +357,9 @@ def test_gradio_client_upload_errors_and_auth(app_server: Server, phi_dicom: Pat
     client = Client(app_server.url, verbose=False, download_files=False, auth=AUTH)
     out = client.predict(handle_file(str(phi_dicom)), api_name="/load_upload")
     page = " ".join(str(x) for x in out)
-    assert "ranked-findings" in page and "Triage priority: PRIORITY" in page and "FINDINGS:" in page
+    assert "ranked-findings" in page and "Triage priority: ROUTINE" in page and "FINDINGS:" in page
     assert "URGENT" not in page and "not calibrated" in page and "AUROC 0.81 (0.62&ndash;0.95)" in page
+    assert "only 4 positives (needs 10)" in page and "threshold 0.00 flags every image" in page
     assert_no_phi_in_text(page, PLANTED_PHI)
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(phi_dicom.read_bytes()[:3000])
@@ -384,17 +412,36 @@ def test_browser_upload_findings_report_no_phi_and_error(app_server: Server, phi
             page.locator("#upload input[type=file]").set_input_files(str(phi_dicom))
             page.wait_for_selector("#ranked-findings tr.finding", timeout=60_000)
             assert page.locator("#ranked-findings tr.finding").count() == 14
-            # an uncalibrated finding is shown as such and cannot raise the priority (its fallback 0.0 would)
-            pneumothorax = page.locator("#ranked-findings tr.finding[data-concept='pneumothorax']")
-            assert pneumothorax.get_attribute("data-status") == "not calibrated"
-            assert "not calibrated" in pneumothorax.locator("td.operating-point").inner_text()
-            assert "urgent" not in pneumothorax.inner_text()
-            priority = page.locator("#triage-priority").inner_text()
-            assert "PRIORITY" in priority and "URGENT" not in priority
-            assert "not calibrated, cannot set the priority" in priority and "pneumothorax" in priority
+            # the issue's degenerate point (0.00 chosen on 4 positives) is shown as not calibrated, with the
+            # reason, and cannot raise the priority (trusted, it made every upload "PRIORITY")
             effusion = page.locator("#ranked-findings tr.finding[data-concept='pleural_effusion']")
-            assert effusion.get_attribute("data-status") == "positive"
+            assert effusion.get_attribute("data-status") == "not calibrated"
+            assert effusion.get_attribute("data-can-raise-priority") == "false"
+            reason = effusion.locator("td.operating-point").inner_text()
+            assert "not calibrated" in reason and EFFUSION_REASON in reason
             assert "AUROC 0.81 (0.62–0.95)" in effusion.locator("td.validation").inner_text()
+            assert "n 12, 4 pos, 8 neg" in effusion.locator("td.validation").inner_text()
+            priority = page.locator("#triage-priority")
+            assert priority.get_attribute("data-level") == "routine"
+            text = priority.inner_text()
+            assert "ROUTINE" in text and "PRIORITY" not in text and "URGENT" not in text
+            not_calibrated = priority.locator(".not-calibrated").inner_text()
+            assert "not calibrated, cannot set the priority:" in not_calibrated and "pleural effusion" in not_calibrated
+            # a calibrated critical finding whose validation AUROC CI reaches below the floor is called, in the
+            # units a clinician reads, but it is not flagged and cannot make the study urgent; the page says why
+            pneumothorax = page.locator("#ranked-findings tr.finding[data-concept='pneumothorax']")
+            assert pneumothorax.get_attribute("data-status") == "positive"
+            assert pneumothorax.get_attribute("data-can-raise-priority") == "false"
+            assert "urgent" not in pneumothorax.inner_text()
+            point = pneumothorax.locator("td.operating-point").inner_text()
+            assert "flags at probability ≥ 0.05" in point
+            assert "validation sensitivity 0.80 (0.62–0.95), specificity 0.70 (0.58–0.81)" in point
+            rule = pneumothorax.locator("td.priority-rule").inner_text()
+            assert rule.startswith("no") and "validation AUROC CI lower bound 0.52 <= floor 0.60" in rule
+            assert "too uncertain to set the priority: pneumothorax" in text
+            cardiomegaly = page.locator("#ranked-findings tr.finding[data-concept='cardiomegaly']")
+            assert cardiomegaly.get_attribute("data-can-raise-priority") == "true"
+            assert cardiomegaly.locator("td.priority-rule").inner_text().startswith("yes")
             page.wait_for_function(
                 "document.querySelector('#drafted-report textarea').value.length > 0", timeout=30_000
             )

@@ -19,7 +19,7 @@ def graph() -> Graph:
 
 
 def test_a_calibrated_critical_finding_makes_the_study_urgent(graph: Graph) -> None:
-    points = {"pneumothorax": OperatingPoint(0.3, "youden", 50, 9, AUROC), "pleural_effusion": 0.6}
+    points = {"pneumothorax": OperatingPoint(0.3, "youden", 50, 12, AUROC), "pleural_effusion": 0.6}
     results = rank_findings([0.7, 0.2, 0.9], FINDINGS, graph, points)
     assert [r.concept_id for r in results] == ["pneumothorax", "cardiomegaly", "pleural_effusion"]  # flagged first
     assert results[0].flagged and results[0].status == "positive"
@@ -46,7 +46,7 @@ def test_uncalibrated_findings_never_raise_the_priority(graph: Graph) -> None:
     html = render_findings(results) + render_priority(priority)
     assert "0.50 &plusmn;" not in html  # a fallback is never shown as a chosen operating point
     assert html.count("data-status='not calibrated'") == 2 and "no positives in split &#x27;val&#x27;" in html
-    assert "AUROC 0.90 (0.80&ndash;0.97)" in html and "n 40, 12 pos" in html
+    assert "AUROC 0.90 (0.80&ndash;0.97)" in html and "n 40, 12 pos, 28 neg" in html
     assert "not calibrated, cannot set the priority" in html and "Triage priority: ROUTINE" in html
 
 

@@ -169,13 +169,32 @@ class TriageEngine:
             )
         else:
             missing = [cid for cid in shown if cid not in points.points or not points.points[cid].calibrated]
-            calibration = (
-                f"{len(missing)} of {len(shown)} findings are not calibrated (their validation split lacked "
-                "positives or negatives, or they were not evaluated): they are shown as such and never set "
-                "the triage priority."
-                if missing
-                else ""
-            )
+            cannot = [
+                cid
+                for cid in shown
+                if cid in points.points and points.points[cid].calibrated and not points.points[cid].can_raise_priority
+            ]
+            rules = points.rules
+            parts = []
+            if missing:
+                parts.append(
+                    f"{len(missing)} of {len(shown)} findings are not calibrated (fewer than {rules.min_positives} "
+                    f"positives or {rules.min_negatives} negatives in the validation split, a threshold that flags "
+                    "almost no one or everyone, or not evaluated; the table gives each reason): they are shown as "
+                    "such and never set the triage priority."
+                )
+            if cannot:
+                parts.append(
+                    f"{len(cannot)} calibrated finding(s) cannot set the priority either (validation AUROC CI lower "
+                    f"bound not above {rules.auroc_floor:.2f})."
+                )
+            if points.version < 3:
+                parts.append(
+                    f"thresholds.json is version {points.version}: its points were judged by today's rules at load "
+                    "and carry no validation sensitivity / specificity; recalibrate with "
+                    f"`{recalibrate_command(checkpoint_dir, points.validation)}`."
+                )
+            calibration = " ".join(parts)
         engine.gallery_note = " ".join(part for part in (note, calibration) if part)
         return engine
 

@@ -44,11 +44,19 @@ def render_priority(priority: TriagePriority) -> str:
     if priority.review:
         parts.append(f"<br>review (uncertain): {_e(', '.join(priority.review))}")
     if priority.level == "not calibrated":
-        parts.append("<br>no finding has a calibrated operating point, so none can set the priority")
-    elif priority.not_calibrated:
+        parts.append(
+            "<br>no finding has an operating point that may set the priority (calibrated on enough validation "
+            "positives and negatives, not degenerate, validation AUROC CI above the floor), so none sets it"
+        )
+    if priority.not_calibrated:
         parts.append(
             f"<br><span class='not-calibrated'>not calibrated, cannot set the priority: "
             f"{_e(', '.join(priority.not_calibrated))}</span>"
+        )
+    if priority.cannot_raise:
+        parts.append(
+            f"<br><span class='cannot-raise'>calibrated, but validation AUROC too uncertain to set the priority: "
+            f"{_e(', '.join(priority.cannot_raise))}</span>"
         )
     parts.append("</div>")
     return "".join(parts)
@@ -74,13 +82,46 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{float(value):.2f}"
 
 
+def _ci(estimate: Mapping[str, Any] | None) -> str:
+    """``0.81 (0.66&ndash;0.93)`` of a stored estimate (value with its 95% CI)."""
+    if not estimate or estimate.get("value") is None:
+        return "n/a"
+    if estimate.get("low") is None or estimate.get("high") is None:
+        return f"{_number(estimate.get('value'))} (no CI)"
+    return f"{_number(estimate['value'])} ({_number(estimate['low'])}&ndash;{_number(estimate['high'])})"
+
+
 def _operating_point(result: FindingResult) -> str:
-    """The threshold and band, or "not calibrated" with the reason."""
+    """In a clinician's units: the probability at which the finding is flagged, the uncertain band, and the
+    validation sensitivity / specificity there with their 95% CIs; or "not calibrated" with the reason."""
+    point = result.point
     if not result.calibrated:
-        reason = result.point.reason if result.point is not None and result.point.reason else "no operating point"
-        return f"<span class='not-calibrated'>not calibrated</span><br><small>{_e(reason)}</small>"
-    how = "" if result.point is None or result.point.method in ("youden", "f1") else " <small>(set by hand)</small>"
-    return f"{result.threshold:.2f} &plusmn; {result.margin:.2f}{how}"
+        reason = point.reason if point is not None and point.reason else "no operating point"
+        return f"<span class='not-calibrated'>not calibrated</span><br><small class='reason'>{_e(reason)}</small>"
+    t, m = result.threshold, result.margin
+    parts = [
+        f"flags at probability &ge; {t:.2f}",
+        f"<small>positive from {min(t + m, 1.0):.2f}, uncertain {max(t - m, 0.0):.2f}&ndash;{min(t + m, 1.0):.2f}</small>",
+    ]
+    if point is None or point.method not in ("youden", "f1"):
+        parts.append("<small>(set by hand, not validated)</small>")
+    else:
+        parts.append(
+            f"<small>validation sensitivity {_ci(point.sensitivity)}, specificity {_ci(point.specificity)}"
+            + (f"; flags {point.flag_rate:.0%} of validation images" if point.flag_rate is not None else "")
+            + "</small>"
+        )
+    return "<br>".join(parts)
+
+
+def _priority_rule(result: FindingResult) -> str:
+    """Whether the finding may set the triage priority, and why."""
+    point = result.point
+    if not result.calibrated:
+        return "no<br><small>not calibrated</small>"
+    why = point.priority_reason if point is not None and point.priority_reason else ""
+    answer = "yes" if result.can_raise_priority else "no"
+    return answer + (f"<br><small>{_e(why)}</small>" if why else "")
 
 
 def _validation(result: FindingResult) -> str:
@@ -95,18 +136,20 @@ def _validation(result: FindingResult) -> str:
             f"AUROC {_number(auroc.get('value'))} ({_number(auroc.get('low'))}&ndash;{_number(auroc.get('high'))})"
         )
     if point.n is not None:
-        parts.append(f"<small>n {point.n}, {point.positives} pos</small>")
+        negatives = f", {point.n_negatives} neg" if point.n_negatives is not None else ""
+        parts.append(f"<small>n {point.n}, {point.positives} pos{negatives}</small>")
     return "<br>".join(parts)
 
 
 def render_findings(results: Sequence[FindingResult]) -> str:
-    """The ranked findings table: probability bar, operating point (or "not calibrated"), validation
-    AUROC, status, urgency flag and card."""
+    """The ranked findings table: probability bar, operating point (or "not calibrated" with the reason),
+    validation AUROC, whether it may set the priority and why, status, urgency flag and card."""
     head = (
         "<table id='ranked-findings' style='width:100%;border-collapse:collapse'><thead><tr>"
         "<th style='text-align:left'>#</th><th style='text-align:left'>Finding</th>"
         "<th style='text-align:left'>Probability</th><th style='text-align:left'>Operating point</th>"
         "<th style='text-align:left'>Validation AUROC (95% CI)</th>"
+        "<th style='text-align:left'>Can set priority</th>"
         "<th style='text-align:left'>Status</th></tr></thead><tbody>"
     )
     rows = []
@@ -121,10 +164,12 @@ def render_findings(results: Sequence[FindingResult]) -> str:
         )
         rows.append(
             f"<tr class='finding' data-concept='{_e(r.concept_id)}' data-status='{_e(r.status)}' "
+            f"data-can-raise-priority='{'true' if r.can_raise_priority else 'false'}' "
             f"style='border-top:1px solid #eaecf0'><td>{i}</td><td><b>{_e(r.name)}</b>{flag}{_card(r)}</td>"
             f"<td>{bar}{r.probability:.2f}</td>"
             f"<td class='operating-point'>{_operating_point(r)}</td>"
             f"<td class='validation'>{_validation(r)}</td>"
+            f"<td class='priority-rule'>{_priority_rule(r)}</td>"
             f"<td class='status' style='color:{colour};font-weight:bold'>{_e(r.status)}</td></tr>"
         )
     return head + "".join(rows) + "</tbody></table>"

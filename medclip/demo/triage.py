@@ -1,10 +1,13 @@
 """Triage: per-finding decisions at the evaluation's operating points, urgency tiers and concept cards.
 
-Only findings with a calibrated operating point (chosen on a validation split, or set by hand) are
-called positive / uncertain / negative and may set the study's priority; a finding whose point is
-the 0.5 fallback (the validation split lacked positives or negatives) or that has none is shown as
-``"not calibrated"`` and never raises the priority. With no calibrated finding at all the priority
-itself is ``"not calibrated"``.
+Only findings with a calibrated operating point (chosen on a validation split with enough positives
+and negatives and not degenerate, or set by hand; :func:`medclip.inference.thresholds.judge`) are
+called positive / uncertain / negative; a finding whose point is the 0.5 fallback or that has none
+is shown as ``"not calibrated"`` with the reason and never raises the priority. Of the calibrated
+ones, only those whose point may raise the priority (``OperatingPoint.can_raise_priority``: the
+validation AUROC CI lies above the floor, or the point was set by hand) set it; the others are
+called but listed as unable to. With no finding that may set the priority, the priority itself is
+``"not calibrated"``.
 
 Urgency tiers follow the usual split of radiology results communication (ACR Practice Parameter
 for Communication of Diagnostic Imaging Findings, 2020): *critical* findings that need action
@@ -31,6 +34,7 @@ from medclip.inference.thresholds import (
     UNCERTAIN,
     OperatingPoint,
     decide,
+    judge,
 )
 from medclip.knowledge import Graph
 
@@ -105,9 +109,15 @@ class FindingResult:
         return self.status != NOT_CALIBRATED
 
     @property
+    def can_raise_priority(self) -> bool:
+        """Calibrated, and its operating point may raise the triage priority (see the module docstring)."""
+        return self.calibrated and self.point is not None and bool(self.point.can_raise_priority)
+
+    @property
     def flagged(self) -> bool:
-        """An urgent (critical-tier) calibrated finding that is positive or uncertain: shown first, drives the priority."""
-        return self.urgency == CRITICAL and self.status in (POSITIVE, UNCERTAIN)
+        """An urgent (critical-tier) finding that is positive or uncertain at a point that may raise the priority:
+        shown first, drives the priority."""
+        return self.urgency == CRITICAL and self.status in (POSITIVE, UNCERTAIN) and self.can_raise_priority
 
 
 def _source_label(graph: Graph, key: str) -> str:
@@ -159,7 +169,8 @@ def rank_findings(
     """Judge each finding at its operating point and rank: flagged urgent findings first, then by probability.
 
     ``thresholds``: per-finding operating points from evaluation
-    (:func:`medclip.inference.thresholds.load_operating_points`) or bare numbers (set by hand). A finding
+    (:func:`medclip.inference.thresholds.load_operating_points`) or bare numbers (set by hand). A point
+    not judged yet is judged by the default rules (:func:`medclip.inference.thresholds.judge`). A finding
     without one, or whose point is the uncalibrated 0.5 fallback, gets the status ``"not calibrated"``.
     ``margin``: the uncertain band's half width.
     """
@@ -180,6 +191,8 @@ def rank_findings(
                 else OperatingPoint(float(given))
             )
         )
+        if point.can_raise_priority is None:  # not judged yet (made in code): the default rules
+            point = judge(point)
         card = cards.get(cid) if cards is not None else (concept_card(graph, cid) if cid in graph else None)
         results.append(
             FindingResult(
@@ -201,10 +214,12 @@ def rank_findings(
 class TriagePriority:
     """The study's priority and the findings that set it."""
 
-    level: str  # "urgent" | "priority" | "routine" | "not calibrated" (no calibrated finding at all)
+    level: str  # "urgent" | "priority" | "routine" | "not calibrated" (no finding may set the priority)
     reasons: tuple[str, ...] = field(default_factory=tuple)
     review: tuple[str, ...] = field(default_factory=tuple)  # uncertain findings of a higher tier
     not_calibrated: tuple[str, ...] = field(default_factory=tuple)  # urgent/significant findings that cannot count
+    #: urgent/significant findings that are calibrated but whose point may not raise the priority (AUROC CI too low)
+    cannot_raise: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +227,7 @@ class TriagePriority:
             "reasons": list(self.reasons),
             "review": list(self.review),
             "not_calibrated": list(self.not_calibrated),
+            "cannot_raise": list(self.cannot_raise),
         }
 
 
@@ -219,19 +235,28 @@ def triage_priority(results: Sequence[FindingResult]) -> TriagePriority:
     """Highest tier among positive findings; uncertain findings of a higher tier are listed for review.
 
     An uncertain critical finding raises the study to at least "priority" (a radiologist should
-    look today) without calling it urgent. Findings without a calibrated operating point never count;
-    those of a higher tier are listed, and with no calibrated finding at all the level is
+    look today) without calling it urgent. Only findings whose operating point may raise the priority
+    count (:attr:`FindingResult.can_raise_priority`); the others of a higher tier are listed (not
+    calibrated, or calibrated but unable to), and with no finding that may set it the level is
     ``"not calibrated"``.
     """
     not_calibrated = tuple(r.name for r in results if not r.calibrated and r.urgency > ROUTINE)
-    if results and not any(r.calibrated for r in results):
-        return TriagePriority(level=UNCALIBRATED_PRIORITY, not_calibrated=not_calibrated)
+    cannot_raise = tuple(r.name for r in results if r.calibrated and not r.can_raise_priority and r.urgency > ROUTINE)
+    if results and not any(r.can_raise_priority for r in results):
+        return TriagePriority(level=UNCALIBRATED_PRIORITY, not_calibrated=not_calibrated, cannot_raise=cannot_raise)
+    counted = [r for r in results if r.can_raise_priority]
     tier = ROUTINE
-    for r in results:
+    for r in counted:
         if r.status == POSITIVE:
             tier = max(tier, r.urgency)
         elif r.status == UNCERTAIN and r.urgency == CRITICAL:
             tier = max(tier, SIGNIFICANT)
-    reasons = tuple(r.name for r in results if r.status == POSITIVE and r.urgency == tier and tier > ROUTINE)
-    review = tuple(r.name for r in results if r.status == UNCERTAIN and r.urgency >= max(tier, SIGNIFICANT))
-    return TriagePriority(level=PRIORITY_LABELS[tier], reasons=reasons, review=review, not_calibrated=not_calibrated)
+    reasons = tuple(r.name for r in counted if r.status == POSITIVE and r.urgency == tier and tier > ROUTINE)
+    review = tuple(r.name for r in counted if r.status == UNCERTAIN and r.urgency >= max(tier, SIGNIFICANT))
+    return TriagePriority(
+        level=PRIORITY_LABELS[tier],
+        reasons=reasons,
+        review=review,
+        not_calibrated=not_calibrated,
+        cannot_raise=cannot_raise,
+    )
