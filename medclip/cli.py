@@ -404,7 +404,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart",
-        help="index, label, cache, train, evaluate and build the demo gallery on the bundled sample (offline)",
+        help="index, label, cache, train, evaluate, build the demo gallery and write the audited report on the "
+        "bundled sample (offline)",
     )
     p.add_argument("-o", "--output", type=Path, default=Path("runs/quickstart"))
     p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the quickstart config's)")
@@ -418,7 +419,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/6] indexing the bundled sample export {SAMPLE_EXPORT}")
+    print(f"[1/7] indexing the bundled sample export {SAMPLE_EXPORT}")
     res = index_export(
         SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_REPORTS, progress=not args.quiet, default_salt_ok=True
     )  # public sample data
@@ -427,7 +428,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     print("  + the bundled Kermany subset: 360 pediatric chest X-rays, labels only (CC BY 4.0, medclip/sample/kermany)")
     sample_kermany_manifest(out / "kermany.parquet")
-    print("[2/6] labelling reports with the knowledge graph")
+    print("[2/7] labelling reports with the knowledge graph")
     try:
         from medclip.data.labels import label_manifest
     except ImportError as exc:  # the knowledge layer is optional for indexing/caching
@@ -437,7 +438,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         cols = [c for c in df.columns if c.startswith("label.")]
         pos = {c[6:]: int((df[c] == 1).sum()) for c in cols}
         print("  positives: " + ", ".join(f"{k} {v}" for k, v in sorted(pos.items(), key=lambda kv: -kv[1]) if v))
-    print("[3/6] caching preprocessed images")
+    print("[3/7] caching preprocessed images")
     cres = build_cache(
         out / "manifest.parquet",
         out / "cache",
@@ -456,7 +457,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     if args.skip_train:
         return 0
     print(
-        "[4/6] training the offline default model (EfficientNet-Lite0 + MiniLM) on the sample's reports and the "
+        "[4/7] training the offline default model (EfficientNet-Lite0 + MiniLM) on the sample's reports and the "
         "Kermany labels (as text), image tower locked (LiT)"
     )
     import json
@@ -483,7 +484,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         overrides.append(f"trainer.max_steps={args.max_steps}")
     model_dir = Path(fit(load_config(resolve_config("quickstart"), overrides)))
     print(f"  model folder: {model_dir}")
-    print("[5/6] evaluating on the held-out patients (zero-shot, retrieval, report drafting)")
+    print("[5/7] evaluating on the held-out patients (zero-shot, retrieval, report drafting)")
     from medclip.eval.runner import evaluate, format_results
 
     combine_manifests([out / "manifest.parquet", out / "kermany.parquet"], out / "eval_manifest.parquet")
@@ -521,7 +522,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
             f"  bacterial vs viral pneumonia, zero-shot AUROC: {vs_chance(held['attributes']['pneumonia_subtype']['macro_auroc'], 0.5)}"
         )
     print("  (the covid sample's own test patients are few and of one class: its AUROCs above say n/a)")
-    print("[6/6] embedding the reference gallery for the demo")
+    print("[6/7] embedding the reference gallery for the demo")
     from medclip.checkpoint import CheckpointDir
     from medclip.demo.gallery import build_gallery
     from medclip.model import DualEncoder
@@ -529,7 +530,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     build_gallery(
         DualEncoder.from_pretrained(model_dir).eval(), out / "cache", CheckpointDir(model_dir).gallery, split="train"
     )
+    print("[7/7] writing the audited report (data card, leakage audit, subgroups, calibration, failures, PHI scan)")
+    from medclip.report import ReportOptions, build_report
+
+    report = build_report(
+        model_dir,
+        out / "eval_manifest.parquet",
+        out / "report",
+        options=ReportOptions(n_boot=200, eval_dir=str(out / "eval")),
+    )
+    print(report.summary())
     print(f"done: checkpoint folder {model_dir}")
+    print(f"report: open {report.html} in a browser (one self-contained file)")
     print(
         f"next: medclip demo --checkpoint {model_dir}   (or, in the repository: python app.py --checkpoint {model_dir})"
     )

@@ -75,6 +75,7 @@ class ReportOptions:
     study_info: str | None = None
     phi_values: str | None = None  # a text file of extra identifier values to scan for, one per line
     reuse: bool = True  # reuse eval's metrics.json and saved scores when they fit
+    eval_dir: str | None = None  # medclip eval's output folder to reuse (default: <checkpoint>/eval)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _expected_findings(ckpt: CheckpointDir, fingerprint: str | None) -> tuple[list[str], str]:
+def _expected_findings(ckpt: CheckpointDir, fingerprint: str | None, eval_dir: Path) -> tuple[list[str], str]:
     """The findings this model was calibrated or evaluated on, and where that list comes from."""
     if ckpt.thresholds.is_file():
         try:
@@ -139,7 +140,7 @@ def _expected_findings(ckpt: CheckpointDir, fingerprint: str | None) -> tuple[li
                 return names, str(ckpt.thresholds)
         except (OSError, ValueError):
             pass
-    metrics = ckpt.eval_dir / METRICS_FILE
+    metrics = eval_dir / METRICS_FILE
     if metrics.is_file():
         try:
             data = json.loads(metrics.read_text(encoding="utf-8"))
@@ -268,7 +269,7 @@ def _other_tasks(
 ) -> dict[str, Any]:
     """Retrieval and drafting: from eval's metrics.json when it was written for this model, manifest and split,
     else computed here (nothing is written into the checkpoint)."""
-    metrics_file = ckpt.eval_dir / METRICS_FILE
+    metrics_file = (Path(opt.eval_dir) if opt.eval_dir else ckpt.eval_dir) / METRICS_FILE
     if opt.reuse and fingerprint and metrics_file.is_file():
         try:
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -554,12 +555,14 @@ def build_report(
     )
     evaluator = Evaluator(model, manifest, eval_options)
     frame = evaluator.frame
-    expected, expected_from = _expected_findings(ckpt, fingerprint)
+    expected, expected_from = _expected_findings(
+        ckpt, fingerprint, Path(opt.eval_dir) if opt.eval_dir else ckpt.eval_dir
+    )
     _check_labels(frame, str(manifest), expected, expected_from)
     findings = evaluator.findings()
     thresholds, op_record = _operating_points(ckpt, fingerprint)
     classifier = evaluator.zeroshot_classifier()
-    scores_dir = ckpt.eval_dir if fingerprint is not None else output / "scores"
+    scores_dir = Path(opt.eval_dir) if opt.eval_dir else ckpt.eval_dir if fingerprint is not None else output / "scores"
 
     ext_frames: dict[str, tuple[pd.DataFrame, str]] = {}
     for ext in externals:
@@ -663,7 +666,9 @@ def build_report(
         "medclip_version": __version__,
         "manifest": {"name": Path(str(manifest)).name, "sha256": manifest_sha, "rows": len(frame)},
         "external_manifests": {n: {"sha256": sha, "rows": len(f)} for n, (f, sha) in ext_frames.items()},
-        "options": {k: v for k, v in asdict(opt).items() if k not in ("study_info", "phi_values", "cache_dir")},
+        "options": {
+            k: v for k, v in asdict(opt).items() if k not in ("study_info", "phi_values", "cache_dir", "eval_dir")
+        },
         "findings": findings,
         "model": card,
         "data": {"internal": card_internal, "external": card_external},

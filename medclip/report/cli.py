@@ -57,6 +57,12 @@ def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", default=None, help="read the leakage audit's images from this medclip cache (faster)")
     p.add_argument("--phi-values", type=Path, default=None, help="text file of extra identifier values to scan for")
+    p.add_argument(
+        "--eval",
+        type=Path,
+        default=None,
+        help="medclip eval's output folder whose results to reuse (default: <checkpoint>/eval)",
+    )
     p.add_argument("--no-reuse", action="store_true", help="recompute instead of reusing eval's saved results")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--workers", type=int, default=d.num_workers, help="image decoding workers")
@@ -99,6 +105,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         study_info=None if args.study_info is None else str(args.study_info),
         phi_values=None if args.phi_values is None else str(args.phi_values),
         reuse=not args.no_reuse,
+        eval_dir=None if args.eval is None else str(args.eval),
     )
     result = build_report(args.checkpoint, args.manifest, args.output, args.external, options)
     print(result.summary())
