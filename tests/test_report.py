@@ -114,7 +114,6 @@ def report(study, tmp_path_factory):
             str(out),
             "--bootstrap",
             "50",
-            "--no-image-leakage",
         ]
     )
     assert code == 0
@@ -160,6 +159,58 @@ def test_report_writes_every_section_with_numbers_and_loads_nothing_from_outside
     for name in re.findall(r"\(images/([^)]+)\)", md):
         assert (report / "images" / name).is_file()
     assert data["phi_scan"]["ok"] is True and data["phi_scan"]["files_scanned"] >= 3
+
+
+def test_clean_manifest_has_no_leakage_and_planted_leaks_are_each_named_on_the_page(study, report, tmp_path) -> None:
+    data = json.loads((report / "report.json").read_text())
+    leak = data["leakage"]
+    assert leak["clean"] is True
+    assert leak["patients"]["n_in_several_splits"] == 0
+    assert leak["reports"]["n_cross_split"] == 0
+    assert leak["images"]["n_cross_split"] == 0 and leak["images"]["n_images"] == 180
+    model, manifest, _ = study
+    df = pd.read_parquet(manifest)
+    root = Path(manifest).parent
+    test_rows = df.index[df["split"] == "test"]
+    train_rows = df.index[df["split"] == "train"]
+    # a patient in two splits: one test image moved under a training patient's id
+    df.loc[test_rows[0], "patient_id"] = df.loc[train_rows[0], "patient_id"]
+    # a duplicated report: a unique text in train and in test
+    unique = "FINDINGS: Small left apical pneumothorax after line placement. IMPRESSION: Pneumothorax."
+    df.loc[train_rows[2], "report_text"] = unique
+    df.loc[test_rows[4], "report_text"] = unique
+    # a near-duplicate image: a training image resized, re-encoded as JPEG and cropped by 2 px, as a test image
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    smooth = (
+        60
+        + 120 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.02)
+        + 70 * np.exp(-((xx - 0.7) ** 2 + (yy - 0.4) ** 2) / 0.05)
+    )
+    original = tmp_path / "original.png"
+    Image.fromarray(np.clip(smooth + 40 * yy, 0, 255).astype(np.uint8)).save(original)
+    df.loc[train_rows[6], "path"] = str(original)
+    copy = Image.open(original).resize((128, 128)).crop((2, 2, 126, 126))
+    copy_path = tmp_path / "copy.jpg"
+    copy.save(copy_path, quality=60)
+    df.loc[test_rows[8], "path"] = str(copy_path)
+    leaky = write_manifest(
+        df.assign(path=[str(root / p) if not Path(p).is_absolute() else p for p in df["path"]]),
+        tmp_path / "leaky.parquet",
+    )
+    result = build_report(model, leaky, tmp_path / "r", options=ReportOptions(n_boot=0))
+    leak = result.data["leakage"]
+    assert leak["clean"] is False
+    assert leak["patients"]["n_in_several_splits"] == 1 and leak["patients"]["pairs"] == {"train/test": 1}
+    assert leak["reports"]["n_cross_split"] == 1 and leak["reports"]["pairs"] == {"train/test": 1}
+    pairs = leak["images"]["cross_split_pairs"]
+    assert {(p["a"], p["b"]) for p in pairs} & {
+        (df.loc[train_rows[6], "image_id"], df.loc[test_rows[8], "image_id"]),
+        (df.loc[test_rows[8], "image_id"], df.loc[train_rows[6], "image_id"]),
+    }
+    page = _sections((tmp_path / "r" / "index.html").read_text())["leakage"]
+    assert "1 patient(s) in more than one split" in page and "1 report text(s) in more than one split" in page
+    assert "near-duplicate image pair(s) across splits" in page
+    assert any("leakage audit found overlap" in line for line in result.data["limitations"])
 
 
 def test_report_reuses_saved_scores_without_embedding_again(study, report, tmp_path, monkeypatch) -> None:

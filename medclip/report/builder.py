@@ -36,6 +36,7 @@ from .checklist import checklist, load_study_info
 from .datacard import MIN_SUPPORT, data_card
 from .document import Figure, Gallery, GalleryItem
 from .figures import png_bytes, reliability_png
+from .leakage import run_leakage_audit
 from .modelcard import model_card
 from .performance import ScoredSet, Threshold, finding_metrics, mean_auroc, subgroup_metrics
 from .render import render_html, render_markdown
@@ -409,15 +410,6 @@ def _failures(
     return record, galleries
 
 
-# ---------------------------------------------------------------------------------------------- leakage
-def _leakage(
-    frame: pd.DataFrame, evaluator: Evaluator, opt: ReportOptions
-) -> tuple[dict[str, Any], list[tuple[bytes, str, list[str]]]]:
-    from .leakage import run_leakage_audit
-
-    return run_leakage_audit(frame, evaluator, opt)
-
-
 # ---------------------------------------------------------------------------------------------- limitations
 def _limitations(data: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
@@ -582,8 +574,10 @@ def build_report(
     card_internal = data_card(frame, findings, min_support=opt.min_support)
     card_external = {n: data_card(f, findings, min_support=opt.min_support) for n, (f, _) in ext_frames.items()}
 
-    steps("leakage audit")
-    leakage, leakage_pairs = _leakage(frame, evaluator, opt)
+    steps("leakage audit" + (": reading every image once" if opt.leakage_images else " (patients, report texts)"))
+    phi_values, phi_counts = _phi_values(frame, opt)
+    redact = Redactor(list(phi_values))
+    leakage, leakage_pairs = run_leakage_audit(frame, images=opt.leakage_images, cache_dir=opt.cache_dir, redact=redact)
 
     steps(
         f"zero-shot probabilities of split {opt.split!r}"
@@ -650,8 +644,6 @@ def build_report(
     flags = [{"set": name, **f} for name, sub in subgroups.items() for f in sub["flagged"]]
 
     steps("failure gallery")
-    phi_values, phi_counts = _phi_values(frame, opt)
-    redact = Redactor(list(phi_values))
     failures, galleries = _failures(evaluator, internal_set, thresholds, opt, redact)
 
     steps("model card")
