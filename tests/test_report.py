@@ -232,6 +232,30 @@ def test_report_reuses_saved_scores_without_embedding_again(study, report, tmp_p
     assert again["pleural_effusion"]["auroc"]["value"] == pytest.approx(first["pleural_effusion"]["auroc"]["value"])
 
 
+def test_report_after_eval_reuses_its_scores_and_metrics_without_embedding(study, tmp_path, monkeypatch) -> None:
+    model, manifest, _ = study
+    from medclip.eval.runner import evaluate
+
+    eval_dir = tmp_path / "eval"
+    metrics = evaluate(model, manifest, ("zeroshot", "retrieval"), output_dir=eval_dir, n_boot=0)
+    assert metrics["model_fingerprint"] and metrics["manifest_sha256"]
+    import medclip.eval.runner as runner
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("images were embedded again")
+
+    monkeypatch.setattr(runner, "embed_images", no_embedding)
+    result = build_report(
+        model, manifest, tmp_path / "r", options=ReportOptions(n_boot=0, leakage_images=False, eval_dir=str(eval_dir))
+    )
+    perf = result.data["performance"]
+    assert perf["scores"].startswith("reused") and perf["other"]["source"].startswith("reused from metrics.json")
+    assert perf["other"]["retrieval"]["image_to_report"]["R@10"] == metrics["retrieval"]["image_to_report"]["R@10"]
+    assert perf["internal"]["per_finding"]["pleural_effusion"]["auroc"]["value"] == pytest.approx(
+        metrics["zeroshot"]["per_finding"]["pleural_effusion"]["auroc"]["value"]
+    )
+
+
 def test_manifest_labelled_for_another_model_is_refused_with_the_command_to_fix_it(study, tmp_path) -> None:
     model, manifest, _ = study
     (model / "thresholds.json").write_text(

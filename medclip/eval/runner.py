@@ -244,6 +244,40 @@ class Evaluator:
         except Exception as exc:  # a plot failing must not lose the metrics
             log.warning("plot %s failed: %s", name, exc)
 
+    def identity(self) -> dict[str, str | None]:
+        """The model's fingerprint and the manifest's SHA-256 (computed once): what results belong to."""
+        if not hasattr(self, "_identity"):
+            from medclip.checkpoint import model_fingerprint
+            from medclip.data.storage import content_fingerprint
+            from medclip.model import DualEncoder
+
+            self._identity = {
+                "model_fingerprint": model_fingerprint(self.model) if isinstance(self.model, DualEncoder) else None,
+                "manifest_sha256": content_fingerprint(self.manifest_path) if self.manifest_path else None,
+            }
+        return self._identity
+
+    def _save_scores(self, split: EmbeddedSplit, prob: np.ndarray, findings: Sequence[str]) -> None:
+        """Keep the split's zero-shot probabilities beside metrics.json (``scores/``) for ``medclip report``."""
+        ident = self.identity()
+        if self.output_dir is None or ident["model_fingerprint"] is None or ident["manifest_sha256"] is None:
+            return
+        from .scores import save_scores, scores_path
+
+        name = str(split.frame["split"].iloc[0]) if len(split.frame) else self.options.split
+        try:
+            save_scores(
+                scores_path(self.output_dir, ident["manifest_sha256"], name),
+                split.frame["image_id"].astype(str).tolist(),
+                np.asarray(prob),
+                findings,
+                model_fingerprint=ident["model_fingerprint"],
+                manifest_sha256=ident["manifest_sha256"],
+                style=self.options.style,
+            )
+        except OSError as exc:  # the metrics still get written
+            log.warning("could not keep the zero-shot scores for medclip report (%s)", exc)
+
     # ------------------------------------------------------------------ zero-shot
     def run_zeroshot(self) -> dict[str, Any]:
         """AUROC / AUPRC / F1 / accuracy per finding with patient-bootstrap CIs, thresholds from the
@@ -256,6 +290,7 @@ class Evaluator:
         findings = clf.findings
         y = test.labels(findings, opt.unmentioned_as_negative)
         prob = clf.predict_proba(test.image_features)
+        self._save_scores(test, prob, findings)
         multi = clf.predict_multiclass(test.image_features)
 
         rules = self.calibration_rules()
@@ -512,6 +547,7 @@ class Evaluator:
             "model": describe_model(self.model),
             "manifest": self.manifest_path.name if self.manifest_path else None,
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.options).items()},
+            **self.identity(),
         }
         for task in tasks:
             log.info("task %s", task)
