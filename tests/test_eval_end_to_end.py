@@ -240,6 +240,9 @@ def test_notebook_finds_the_quickstart_run_from_the_notebooks_folder(tiny, tmp_p
                 os.environ[k] = v
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Zero-shot diagnosis" in outputs and "DRAFT:" in outputs
+    # the audited report's tables inline, reusing the results above
+    assert "Data card (per split)" in outputs and "Leakage audit:" in outputs and "Subgroups" in outputs
+    assert (project / "runs" / "notebook_report" / "index.html").is_file()
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 5
     assert (project / "runs" / "nb_eval" / "metrics.json").is_file()  # relative paths: from the project folder
