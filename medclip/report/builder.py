@@ -388,11 +388,13 @@ def _failures(
                 )
                 if i in thumbs:
                     label = "negative" if kind == "false_positives" else "positive"
-                    status = (
-                        ""
-                        if wrong is None
-                        else (" (an error at the operating point)" if wrong else " (right at the operating point)")
-                    )
+                    status = ""
+                    if wrong is not None and kind == "false_positives":
+                        status = (
+                            " (flagged at the operating point)" if wrong else " (not flagged at the operating point)"
+                        )
+                    elif wrong is not None:
+                        status = " (missed at the operating point)" if wrong else " (flagged at the operating point)"
                     items.append(
                         GalleryItem(
                             thumbs[i],

@@ -101,6 +101,14 @@ def data_card(frame: pd.DataFrame, findings: Sequence[str], *, min_support: int 
     if "source" in frame and frame["source"].nunique() > 1:
         for source in sorted(attribute_values(frame, "source").unique()):
             card["sources"][source] = _group_card(frame[attribute_values(frame, "source") == source], findings)
+    if "image_id" in frame:
+        repeated = int(frame["image_id"].duplicated().sum())
+        card["total"]["repeated_image_ids"] = repeated
+        if repeated:
+            card["warnings"].append(
+                f"{repeated} row(s) repeat an image id already listed (the same file twice in the manifest): "
+                "each counts once in the leakage audit but twice in every other table"
+            )
     for split in splits:
         if split == "train":
             continue

@@ -183,7 +183,7 @@ def subgroup_metrics(
                 "images": int(mask.sum()),
                 "patients": int(sub.frame["patient_id"].nunique()),
                 "findings": cells,
-                "mean_auroc": mean_auroc(cells),
+                "mean_auroc": None if math.isnan(mean_auroc(cells)) else mean_auroc(cells),
                 "flagged": group_flags,
             }
             for finding, cell in cells.items():
