@@ -15,6 +15,7 @@ process exits normally; a process killed with SIGKILL cannot do that, so the nex
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import re
 import secrets
@@ -26,15 +27,93 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "clean_stale_temp_dirs", "process_alive", "process_temp_dir", "temp_root"]
+__all__ = [
+    "DiskFullError",
+    "atomic_write",
+    "clean_stale_temp_dirs",
+    "disk_full_error",
+    "is_disk_full",
+    "process_alive",
+    "process_temp_dir",
+    "temp_root",
+]
 
 _PROC_DIR = re.compile(r"^proc-(\d+)-(\d+|x)$")
 _UNKNOWN_START = "x"  # no /proc: the start time cannot be read, only whether the pid exists
 _process_dir: tuple[int, Path] | None = None
 
 
+class DiskFullError(OSError):
+    """A write that ran out of disk space (``ENOSPC``) or quota (``EDQUOT``).
+
+    The message names the file, how much space it needs (at least) and how much is free; the file's
+    earlier version, if any, is unchanged. ``path``, ``needed`` and ``free`` (bytes) are attributes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], needed: int | None, free: int | None) -> None:
+        self.path, self.needed, self.free = Path(path), needed, free
+        need = f"needs at least {_size(needed)}" if needed else "needs more space"
+        have = f"{_size(free)} free" if free is not None else "free space unknown"
+        super().__init__(
+            errno.ENOSPC,
+            f"disk full while writing {self.path}: it {need}, {have} on that file system; "
+            "the earlier version of the file, if any, is unchanged. Free some space (or give another "
+            "output folder) and run again",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: How libraries word a full disk when they do not raise an OSError with its errno (torch's zip writer
+#: raises RuntimeError("... file write failed"), pyarrow may carry only the text).
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "errno 28")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or an exhausted quota."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(marker in str(current).lower() for marker in _DISK_FULL_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _free_bytes(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_full_error(path: str | os.PathLike[str], *, needed: int | None = None) -> DiskFullError:
+    """The :class:`DiskFullError` for ``path`` (free space read now with ``shutil.disk_usage``)."""
+    return DiskFullError(path, needed, _free_bytes(Path(path).parent))
+
+
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
+def atomic_write(
+    path: str | os.PathLike[str], *, fsync: bool = False, expected_bytes: int | None = None
+) -> Iterator[Path]:
     """Write ``path`` all or nothing: ``with atomic_write(p) as tmp: <write tmp by any means>``.
 
     ``tmp`` is a new empty file in ``path``'s folder (created with the usual umask permissions), so
@@ -42,19 +121,31 @@ def atomic_write(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterat
     the block ends without error, ``tmp`` replaces ``path`` in one rename; on any error (or Ctrl-C)
     it is removed and ``path`` keeps its old content. ``fsync=True`` flushes the data to disk first
     (checkpoints, where a power loss must not leave an empty file behind the rename).
+
+    A full disk or quota (``ENOSPC`` / ``EDQUOT``, however the writer reports it) becomes one
+    :class:`DiskFullError` naming ``path``, the space needed (``expected_bytes`` when the caller
+    knows it, else at least what had been written) and the space free.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(target, needed=expected_bytes) from exc
+        raise
     try:
         yield tmp
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, DiskFullError) and is_disk_full(exc):
+            raise disk_full_error(target, needed=max(expected_bytes or 0, written) or None) from exc
         raise
 
 

@@ -51,6 +51,7 @@ import medclip.io  # noqa: F401  (imported before the worker pool forks, so work
 from medclip.data import storage
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data.shards import Shard, missing_parts, parse_part_tag
+from medclip.fsutil import DiskFullError, disk_full_error, is_disk_full
 from medclip.knowledge.attributes import ATTRIBUTE_COLUMNS
 from medclip.model.preprocess import PreprocessConfig, preprocess
 
@@ -389,20 +390,29 @@ def build_cache(
             count = 0
             args = [(r, config) for r in recs]
             outputs = pool.map(_work, args, chunksize=4) if pool else map(_work, args)
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for rec, samples in zip(recs, outputs):
-                    bar.update()
-                    for key, data, reason, extra in samples:
-                        if data is None:
-                            index["skipped"][key] = reason
-                            result.skipped[key] = reason
-                            continue
-                        meta = {**_sample_meta(by_id[rec["image_id"]], labels), **extra, "image_id": key}
-                        _add_bytes(tar, f"{key}.image.npy", data)
-                        _add_bytes(tar, f"{key}.meta.json", json.dumps(meta).encode())
-                        index["skipped"].pop(key, None)
-                        count += 1
-            storage.upload(tmp, target)
+            try:
+                with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    for rec, samples in zip(recs, outputs):
+                        bar.update()
+                        for key, data, reason, extra in samples:
+                            if data is None:
+                                index["skipped"][key] = reason
+                                result.skipped[key] = reason
+                                continue
+                            meta = {**_sample_meta(by_id[rec["image_id"]], labels), **extra, "image_id": key}
+                            _add_bytes(tar, f"{key}.image.npy", data)
+                            _add_bytes(tar, f"{key}.meta.json", json.dumps(meta).encode())
+                            index["skipped"].pop(key, None)
+                            count += 1
+                storage.upload(tmp, target)
+            except Exception as exc:
+                # the shard stays unwritten (cache.json does not list it; a rerun writes it), the earlier
+                # shards and their index are kept; a full disk says which shard and how much space it needed
+                written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
+                Path(tmp).unlink(missing_ok=True)
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                    raise disk_full_error(tmp if storage.is_url(target) else target, needed=written or None) from exc
+                raise
             Path(tmp).unlink(missing_ok=True)
             index["shards"][name] = {"split": split, "count": count, "ids_hash": _ids_hash(recs)}
             result.written += count

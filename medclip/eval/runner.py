@@ -27,6 +27,7 @@ from torch import nn
 from medclip.checkpoint import CheckpointDir
 from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
+from medclip.fsutil import atomic_write
 from medclip.inference.encoders import (
     EmbeddingModel,
     describe_model,
@@ -563,7 +564,10 @@ class Evaluator:
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             out["plots"] = list(self.plots)
-            (self.output_dir / METRICS_FILE).write_text(json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n")
+            text = json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n"
+            # all or nothing: a full disk leaves the previous metrics.json (DiskFullError names the file)
+            with atomic_write(self.output_dir / METRICS_FILE) as tmp:
+                tmp.write_text(text, encoding="utf-8")
         return out
 
 

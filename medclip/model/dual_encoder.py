@@ -236,16 +236,40 @@ class DualEncoder(nn.Module):
         return DualEncoderConfig.from_dict(dict(self.config.to_dict(), text=text, vision=vision))
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``directory``."""
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``directory``, all or nothing.
+
+        Every file is first written to a staging folder inside ``directory`` and moved into place only when
+        all are complete (renames need no space): a full disk (:class:`medclip.fsutil.DiskFullError`,
+        naming the folder and the bytes needed) or any other failure leaves an earlier model there intact.
+        """
+        import os
+        import secrets
+        import shutil
+
         from safetensors.torch import save_file
+
+        from medclip.fsutil import DiskFullError, disk_full_error, is_disk_full
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = self.checkpoint_config().to_dict()
-        (directory / CONFIG_NAME).write_text(json.dumps({"format": CHECKPOINT_FORMAT, **config}, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "medclip": CHECKPOINT_FORMAT})
-        self.tokenizer.save_pretrained(str(directory))
+        needed = sum(v.nelement() * v.element_size() for v in state.values())
+        staging = directory / f".staging-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()
+            config = self.checkpoint_config().to_dict()
+            (staging / CONFIG_NAME).write_text(json.dumps({"format": CHECKPOINT_FORMAT, **config}, indent=2) + "\n")
+            self.tokenizer.save_pretrained(str(staging))
+            save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "medclip": CHECKPOINT_FORMAT})
+            names = sorted(p.name for p in staging.iterdir() if p.name != WEIGHTS_NAME) + [WEIGHTS_NAME]
+            for name in names:  # the weights last: a reader that sees them sees their config
+                os.replace(staging / name, directory / name)
+        except Exception as exc:
+            if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                raise disk_full_error(directory / WEIGHTS_NAME, needed=needed) from exc
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from medclip.checkpoint import CheckpointDir
-from medclip.fsutil import atomic_write
+from medclip.fsutil import atomic_write, disk_full_error
 from medclip.model.preprocess import PreprocessConfig
 from medclip.train.config import ConfigError, load_config
 from medclip.train.data import MedClipDataModule, resolve_path
@@ -44,8 +45,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             # object stores (s3://, gs://, ...): fsspec's transactional write
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_write(path, fsync=True) as tmp:
-            torch.save(checkpoint, tmp)
+        needed = _checkpoint_bytes(checkpoint)
+        try:
+            with atomic_write(path, fsync=True, expected_bytes=needed) as tmp:
+                torch.save(checkpoint, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a full disk as "file write failed" with no errno: judge by free space
+            free = shutil.disk_usage(Path(path).parent).free
+            if "PytorchStreamWriter" in str(exc) or "inline_container" in str(exc):
+                if free < needed:
+                    raise disk_full_error(path, needed=needed) from exc
+            raise
+
+
+def _checkpoint_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a checkpoint (the size torch.save writes, to within its small index)."""
+    if isinstance(obj, torch.Tensor):
+        return int(obj.nelement() * obj.element_size())
+    if isinstance(obj, Mapping):
+        return sum(_checkpoint_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_checkpoint_bytes(v) for v in obj)
+    return 0
 
 
 class FinalCheckpoint(L.Callback):
