@@ -220,7 +220,7 @@ def test_report_reuses_saved_scores_without_embedding_again(study, report, tmp_p
     def no_embedding(*args, **kwargs):
         raise AssertionError("images were embedded again")
 
-    monkeypatch.setattr(runner, "embed_images", no_embedding)
+    monkeypatch.setattr(runner.Evaluator, "split", no_embedding)
     # retrieval and drafting need image features, so reuse here means eval's metrics.json: skip them
     monkeypatch.setattr("medclip.report.builder._other_tasks", lambda *a, **k: {"source": "skipped in this test"})
     result = build_report(
@@ -244,7 +244,7 @@ def test_report_after_eval_reuses_its_scores_and_metrics_without_embedding(study
     def no_embedding(*args, **kwargs):
         raise AssertionError("images were embedded again")
 
-    monkeypatch.setattr(runner, "embed_images", no_embedding)
+    monkeypatch.setattr(runner.Evaluator, "split", no_embedding)
     result = build_report(
         model, manifest, tmp_path / "r", options=ReportOptions(n_boot=0, leakage_images=False, eval_dir=str(eval_dir))
     )

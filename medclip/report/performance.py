@@ -107,6 +107,7 @@ def finding_metrics(
     seed: int = 0,
     min_support: int = MIN_SUPPORT,
     reliability: bool = True,
+    headline_only: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Per finding: n, positives, AUROC / AUPRC / ECE / Brier with CIs, and sensitivity / specificity at the
     operating point where one is calibrated; ``reason`` says why a finding is not evaluated."""
@@ -127,10 +128,11 @@ def finding_metrics(
             continue
         boot = {"groups": groups, "n_boot": n_boot, "seed": seed}
         entry["auroc"] = M.bootstrap_ci(M.auroc, y, p, **boot).to_dict()
-        entry["auprc"] = M.bootstrap_ci(M.auprc, y, p, **boot).to_dict()
         entry["prevalence"] = pos / (pos + neg)
-        entry["ece"] = M.bootstrap_ci(M.expected_calibration_error, y, p, **boot).to_dict()
-        entry["brier"] = M.bootstrap_ci(brier, y, p, **boot).to_dict()
+        if not headline_only:
+            entry["auprc"] = M.bootstrap_ci(M.auprc, y, p, **boot).to_dict()
+            entry["ece"] = M.bootstrap_ci(M.expected_calibration_error, y, p, **boot).to_dict()
+            entry["brier"] = M.bootstrap_ci(brier, y, p, **boot).to_dict()
         if t is not None and t.calibrated:
             entry["sensitivity"] = M.bootstrap_ci(sensitivity_at(t.value), y, p, **boot).to_dict()
             entry["specificity"] = M.bootstrap_ci(specificity_at(t.value), y, p, **boot).to_dict()
@@ -156,28 +158,38 @@ def subgroup_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     min_support: int = MIN_SUPPORT,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Every headline metric per value of each attribute, with CIs and n; a cell whose CI lies wholly below
     the overall point estimate is flagged. Attributes with fewer than two recorded values are listed under
     ``not_broken_down`` with the reason."""
+    from tqdm.auto import tqdm
+
     flagged: list[dict[str, Any]] = []
     out: dict[str, Any] = {"attributes": {}, "not_broken_down": {}, "flagged": flagged}
+    n_groups = sum(attribute_values(scored.frame, c).nunique() for c, _ in attributes if c in scored.frame)
+    bar = tqdm(total=n_groups, desc=f"subgroups ({scored.name})", unit="group", disable=not progress)
     for column, label in attributes:
         values = attribute_values(scored.frame, column)
         recorded = sorted(v for v in values.unique() if v != "unknown")
-        if column not in scored.frame or not recorded:
-            out["not_broken_down"][column] = f"no {label} recorded"
-            continue
-        if len(values.unique()) < 2:
-            out["not_broken_down"][column] = f"one {label} only ({recorded[0]})"
+        if column not in scored.frame or not recorded or len(values.unique()) < 2:
+            out["not_broken_down"][column] = f"one {label} only ({recorded[0]})" if recorded else f"no {label} recorded"
+            bar.update(values.nunique() if column in scored.frame else 0)
             continue
         groups: dict[str, Any] = {}
         for value in sorted(values.unique(), key=lambda v: (v == "unknown", v)):
             mask = (values == value).to_numpy()
             sub = scored.subset(mask, f"{scored.name} {label}={value}")
             cells = finding_metrics(
-                sub, thresholds, n_boot=n_boot, seed=seed, min_support=min_support, reliability=False
+                sub,
+                thresholds,
+                n_boot=n_boot,
+                seed=seed,
+                min_support=min_support,
+                reliability=False,
+                headline_only=True,
             )
+            bar.update(1)
             group_flags: list[str] = []
             group: dict[str, Any] = {
                 "images": int(mask.sum()),
@@ -207,4 +219,5 @@ def subgroup_metrics(
                         )
             groups[value] = group
         out["attributes"][column] = groups
+    bar.close()
     return out
