@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from browser import launch_chromium, sync_playwright_api
 from phi import assert_no_phi_in_text
 
 from medclip.checkpoint import CheckpointDir
@@ -41,7 +42,6 @@ EXPORT = SAMPLE_EXPORT_DIR
 SAMPLE_DICOM = EXPORT / "study_0001" / "series_1" / "IM0001.dcm"
 #: Planted in the sample (name, MRN, accession, birth date, institution) plus a referring physician we add.
 PLANTED_PHI = ("Zzplanted", "Quinn", "MRN000102X", "ACC0000001", "19420413", "Zzreferrer")
-CHROMIUM = Path("/usr/bin/chromium")
 N_STUDIES = 6
 EFFUSION_AUROC = {"value": 0.81, "low": 0.62, "high": 0.95, "n": 12, "n_groups": 6}
 #: What the issue saw: Youden's index on 12 validation images with 4 positives landed on 0.00 (flags everyone).
@@ -377,26 +377,13 @@ def test_gradio_client_upload_errors_and_auth(app_server: Server, phi_dicom: Pat
 
 @pytest.mark.browser
 def test_browser_upload_findings_report_no_phi_and_error(app_server: Server, phi_dicom: Path, tmp_path: Path) -> None:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = sync_playwright_api()
     url = app_server.url
     broken = tmp_path / "broken_upload.dcm"
     broken.write_bytes(phi_dicom.read_bytes()[:3000])
     screenshot = Path(os.environ.get("MEDCLIP_DEMO_SCREENSHOT") or tmp_path / "demo.png")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             outside: list[str] = []

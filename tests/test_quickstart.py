@@ -50,6 +50,14 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     value, low, high, above = (float(x) for x in line.groups())
     assert low <= value <= high and above == pytest.approx(value - 0.5, abs=1e-3)
     assert re.search(r"bacterial vs viral pneumonia, zero-shot AUROC: \d\.\d{3} \[", done.stdout)
+    # the audited report, written last, reusing the evaluation above; its own PHI scan passed
+    report = out / "report"
+    for name in ("index.html", "report.md", "report.json"):
+        assert (report / name).is_file(), name
+    audit = json.loads((report / "report.json").read_text())
+    assert audit["phi_scan"]["ok"] is True and audit["performance"]["scores"].startswith("reused")
+    assert audit["performance"]["internal"]["per_finding"]["pneumonia"]["auroc"]["value"] is not None
+    assert f"report: open {report / 'index.html'}" in done.stdout
     # nothing planted in the sample export's headers (names also in its reports) reaches any output: manifest
     # columns, cache shards, checkpoints, model folder, gallery, eval files and logs, decoded
     planted = planted_values_from_dicom(sorted(SAMPLE_EXPORT.rglob("*.dcm")))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from browser import launch_chromium, sync_playwright_api
 from PIL import Image
 
 from medclip.data.manifest import write_manifest
@@ -389,29 +390,13 @@ def test_study_information_answers_checklist_items_and_unknown_keys_are_refused(
         load_study_info(bad)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
 @pytest.mark.browser
 def test_browser_opens_the_report_from_disk_with_every_section_and_no_request(report, tmp_path) -> None:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = sync_playwright_api()
     screenshot = Path(os.environ.get("MEDCLIP_REPORT_SCREENSHOT") or tmp_path / "report.png")
     requests: list[str] = []
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.on("request", lambda r: requests.append(r.url))
