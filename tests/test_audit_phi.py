@@ -196,3 +196,14 @@ def test_identifier_values_from_manifest(tmp_path: Path) -> None:
     result = scan_files(report, ids.values, patterns=())
     kind = {v: f"{label} #{i}" for i, (v, label) in enumerate(sorted(ids.values.items()), 1)}
     assert {h.kind for h in result.hits} == {kind["Brandwell_Quixotica"], kind["BRANDWELL"], kind["QUIXOTICA"]}
+
+
+def test_files_are_named_relative_to_root(tmp_path: Path) -> None:
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "notes.md").write_text("seen by Zzplanted0042\n")
+    (tmp_path / "report.md").write_text("clean\n")
+    files = [tmp_path / "report.md", tmp_path / "figures" / "notes.md"]
+    result = scan_files(files, PLANTED, root=tmp_path)
+    assert result.files == ["report.md", "figures/notes.md"]
+    assert [h.file for h in result.hits] == ["figures/notes.md"]
+    assert scan_files(files, PLANTED).files == ["report.md", "notes.md"]  # no root: names

@@ -415,6 +415,7 @@ def scan_files(
     allow_patterns: Iterable[re.Pattern[str]] = DEFAULT_ALLOW_PATTERNS,
     phi_hashes: Iterable[str] = (),
     salt: str | None = None,
+    root: str | Path | None = None,
 ) -> PhiScanResult:
     """Scan every file under ``paths`` (files or folders, recursively) for identifiers; report kinds, never values.
 
@@ -426,6 +427,7 @@ def scan_files(
     with ``allow_patterns`` (:data:`DEFAULT_ALLOW_PATTERNS`) before the patterns run. ``phi_hashes`` + ``salt``:
     salted hashes of identifier tokens (``medclip.deid.hash_identifier`` of each lower-cased token, what the indexer
     computes as ``phi_hashes``): a token of the output whose hash is among them is a hit ("salted-hash match").
+    ``root``: files are named relative to it (else relative to the folder given, else by their names).
     """
     files = _files(paths)
     roots = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else list(paths))]
@@ -436,9 +438,9 @@ def scan_files(
     hashes = {h for h in phi_hashes if h}
 
     def display(path: Path) -> str:
-        for root in roots:
-            if root.is_dir() and path.is_relative_to(root):
-                return path.relative_to(root).as_posix()
+        for folder in ([Path(root)] if root is not None else []) + roots:
+            if folder.is_dir() and path.is_relative_to(folder):
+                return path.relative_to(folder).as_posix()
         return path.name
 
     hits: list[PhiHit] = []
