@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medclip.commands import add_global_flags
+from medclip.fsutil import DiskFullError
 from medclip.logging_setup import setup_logging, verbosity_of
 from medclip.optional import MissingExtraError
 from medclip.sample import SAMPLE_EXPORT, SAMPLE_REPORTS
@@ -608,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_stopped(exc: BaseException) -> bool:
+    """A training run that stopped on purpose with its own message (NaN/Inf steps in a row)."""
+    module = sys.modules.get("medclip.train.module")  # not imported: the error cannot come from it
+    return module is not None and isinstance(exc, module.NonFiniteLossError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medclip`` console script."""
     apply_download_policy()
@@ -626,6 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as exc:  # one line naming the extra to install, no traceback
         print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except DiskFullError as exc:  # which file, the space it needs and the space free; earlier files intact
+        print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not _run_stopped(exc):
+            raise
+        print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"medclip {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -533,31 +533,48 @@ def cache_shards(cache_dir: str | Path, split: str | None = None) -> list[tuple[
     return out
 
 
-def iter_shard(path: str | Path) -> Iterator[dict]:
-    """Samples of one shard: ``{"__key__", "image": np.ndarray, "meta": dict}``; a path or a URL (streamed)."""
+def iter_shard(path: str | Path, *, tolerant: bool = False) -> Iterator[dict]:
+    """Samples of one shard: ``{"__key__", "image": np.ndarray, "meta": dict}``; a path or a URL (streamed).
+
+    ``tolerant``: a member that does not decode (garbage ``image.npy``, broken ``meta.json``) or is missing
+    gives its sample an ``"__error__"`` (the reason) instead of raising; a truncated or unreadable tar still
+    raises (``tarfile.TarError``, ``OSError``, ``EOFError``) after the samples read before it."""
     with storage.open_file(storage.as_location(path)) as handle:
-        yield from _iter_tar(handle)
+        yield from _iter_tar(handle, tolerant=tolerant)
 
 
-def _iter_tar(handle: Any) -> Iterator[dict]:
+def _iter_tar(handle: Any, *, tolerant: bool = False) -> Iterator[dict]:
     current: dict = {}
+
+    def finished(sample: dict) -> dict:
+        if tolerant and "__error__" not in sample:
+            missing = [m for m, k in (("image.npy", "image"), ("meta.json", "meta")) if k not in sample]
+            if missing:
+                sample["__error__"] = f"no {' or '.join(missing)} member"
+        return sample
+
     with tarfile.open(fileobj=handle, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
             key, _, ext = member.name.partition(".")
             if current and current["__key__"] != key:
-                yield current
+                yield finished(current)
                 current = {}
             current["__key__"] = key
             handle = tar.extractfile(member)
             data = handle.read() if handle is not None else b""
-            if ext == "image.npy":
-                current["image"] = np.load(io.BytesIO(data), allow_pickle=False)
-            elif ext == "meta.json":
-                current["meta"] = json.loads(data)
+            try:
+                if ext == "image.npy":
+                    current["image"] = np.load(io.BytesIO(data), allow_pickle=False)
+                elif ext == "meta.json":
+                    current["meta"] = json.loads(data)
+            except (ValueError, EOFError, OSError) as exc:  # np.load / json on bytes that are not what they claim
+                if not tolerant:
+                    raise
+                current["__error__"] = f"{ext} does not decode ({type(exc).__name__}: {str(exc)[:120]})"
     if current:
-        yield current
+        yield finished(current)
 
 
 def iter_cache(

@@ -9,7 +9,10 @@ Both yield the same items::
 
 from __future__ import annotations
 
+import logging
 import random
+import tarfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from medclip.data.cache import CacheConfig, cache_shards, iter_shard, preprocess_row, read_cache_index
+from medclip.data.cache import CacheConfig, CacheError, cache_shards, iter_shard, preprocess_row, read_cache_index
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data.storage import as_location, open_file
 from medclip.distributed import distributed_info
@@ -26,7 +29,12 @@ from medclip.knowledge.attributes import row_attributes
 from medclip.model.preprocess import PreprocessConfig
 from medclip.seeding import epoch_seed
 
+log = logging.getLogger(__name__)
+
 TEXT_FIELDS = ("body", "text", "findings", "impression")
+#: Bad cache samples (undecodable members, a truncated or deleted shard) one reader skips in one epoch before
+#: the run stops (``data.max_bad_samples``).
+DEFAULT_MAX_BAD_SAMPLES = 100
 #: Deterministic per-item hooks of these datasets (``fn(text) -> text``, ``fn(image) -> image``). Training's
 #: seeded rewriting, ``fn(text, rng)``, is :data:`medclip.train.text.TextTransform`, applied by the DataModule.
 TextFn = Callable[[str], str]
@@ -134,11 +142,70 @@ class ManifestDataset(Dataset):
         return item
 
 
+class BadSamples:
+    """Counts the cache samples a reader skipped in one epoch; warns for each, stops past ``limit``.
+
+    A sample is bad when a member does not decode (garbage ``image.npy``, broken ``meta.json``), or when its
+    shard ends early (truncated by a full quota or a dead node) or is gone (deleted after the run started):
+    those samples are counted from the shard's count in ``cache.json``."""
+
+    def __init__(self, limit: int) -> None:
+        if int(limit) < 0:
+            raise ValueError(f"max_bad_samples must be >= 0, got {limit!r}")
+        self.limit = int(limit)
+        self.count = 0
+
+    def add(self, shard: object, reason: str, n: int = 1, key: str | None = None) -> None:
+        self.count += n
+        what = f"sample {key}" if key else f"{n} sample{'s' if n != 1 else ''}"
+        if self.count > self.limit:
+            raise CacheError(
+                f"cache shard {shard}: {reason}; {self.count} bad samples in this epoch exceed "
+                f"data.max_bad_samples = {self.limit}, so training stops. Delete that shard and run `medclip cache` "
+                "again with the same options (it rewrites only missing shards), or raise data.max_bad_samples"
+            )
+        log.warning(
+            "cache shard %s: %s skipped (%s); %d bad in this epoch, the run stops past %d (data.max_bad_samples)",
+            shard,
+            what,
+            reason,
+            self.count,
+            self.limit,
+        )
+
+
+def guarded_shard(path: object, expected: int, bad: BadSamples) -> Iterator[dict]:
+    """The good samples of one shard; bad ones (see :class:`BadSamples`) are counted in ``bad`` and left out."""
+    seen = 0
+    try:
+        for sample in iter_shard(path, tolerant=True):  # type: ignore[arg-type]
+            seen += 1
+            if "__error__" in sample:
+                bad.add(path, sample["__error__"], key=str(sample.get("__key__")))
+                continue
+            yield sample
+    except FileNotFoundError:
+        reason = "the shard is missing (deleted after the run started?)"
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        reason = f"the shard is truncated or unreadable after {seen} samples ({type(exc).__name__}: {str(exc)[:120]})"
+    else:
+        reason = f"the shard ends after {seen} samples (truncated?)"
+    lost = expected - seen
+    if lost > 0:
+        bad.add(path, f"{reason}; cache.json lists {expected}", n=lost)
+
+
 class CacheDataset(IterableDataset):
     """Streams a split of a WebDataset cache; every rank yields the same number of samples per epoch.
 
     Shards are dealt to (rank, worker) readers when there are enough of them, else samples are dealt
     one by one. ``set_epoch`` reshuffles; ``skip_batches`` resumes mid-epoch.
+
+    A bad sample (a member that does not decode; the rest of a truncated shard; every sample of a shard
+    deleted after the run started) is skipped with a warning and counted; a reader that meets more than
+    ``max_bad_samples`` in one epoch stops with a :class:`~medclip.data.cache.CacheError` naming the shard.
+    The places of skipped samples are filled by repeating recent good ones, so every rank still yields
+    its ``len`` samples (distributed ranks stay in step) and an exact resume over the same files stays exact.
     """
 
     def __init__(
@@ -156,9 +223,12 @@ class CacheDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         with_images: bool = True,
+        max_bad_samples: int = DEFAULT_MAX_BAD_SAMPLES,
     ) -> None:
         self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
         self.with_images = with_images  # False: items carry no "image" (features come from elsewhere)
+        self.max_bad_samples = int(max_bad_samples)
+        BadSamples(self.max_bad_samples)  # checks the value now
         index = read_cache_index(self.cache_dir)
         self.shards = cache_shards(self.cache_dir, split)
         if not self.shards:
@@ -203,6 +273,7 @@ class CacheDataset(IterableDataset):
 
     def _items(self, rank: int, world: int, worker: int, n_workers: int) -> Iterator[dict]:
         rng = random.Random(epoch_seed(self.seed, self.epoch) * 101 + rank)
+        bad = BadSamples(self.max_bad_samples)
         per_rank = self._per_rank(world)
         owned = self._rank_shards(rank, world)
         if len(owned) >= n_workers and len(self.shards) >= world:
@@ -219,7 +290,10 @@ class CacheDataset(IterableDataset):
                 excess -= cut
             limit = counts[worker]
             stream: Iterator[dict] = (
-                s for k, j in enumerate(owned) if k % n_workers == worker for s in iter_shard(self.shards[j][0])
+                s
+                for k, j in enumerate(owned)
+                if k % n_workers == worker
+                for s in guarded_shard(self.shards[j][0], self.shards[j][1], bad)
             )
         else:
             # sample-level: every reader scans all shards and keeps its own samples
@@ -230,7 +304,7 @@ class CacheDataset(IterableDataset):
             def stream_all() -> Iterator[dict]:
                 g = 0
                 for j in order:
-                    for s in iter_shard(self.shards[j][0]):
+                    for s in guarded_shard(self.shards[j][0], self.shards[j][1], bad):
                         if g % world == rank and (g // world) % n_workers == worker:
                             yield s
                         g += 1
@@ -238,11 +312,16 @@ class CacheDataset(IterableDataset):
             stream = stream_all()
             limit = self._worker_share(per_rank, worker, n_workers)
         count = 0
+        recent: deque[dict] = deque(maxlen=64)
         for sample in self._shuffled(stream, rng):
             if count >= limit:
                 return
             count += 1
+            recent.append(sample)
             yield sample
+        # bad samples were skipped: repeat recent good ones so that this reader still yields its share
+        for k in range(limit - count if recent else 0):
+            yield recent[k % len(recent)]
 
     @staticmethod
     def _worker_share(n: int, worker: int, n_workers: int) -> int:
@@ -308,10 +387,10 @@ class CacheMapDataset(Dataset):
         text_field: str = "body",
         label_names: Sequence[str] | None = None,
         with_images: bool = True,
+        max_bad_samples: int = DEFAULT_MAX_BAD_SAMPLES,
         **_ignored: object,
     ) -> None:
-        import tarfile
-
+        self._bad = BadSamples(max_bad_samples)
         self.cache_dir = as_location(cache_dir)  # a folder or an fsspec URL (s3://bucket/cache)
         index = read_cache_index(self.cache_dir)
         shards = cache_shards(self.cache_dir, split)
@@ -322,17 +401,27 @@ class CacheMapDataset(Dataset):
         self.shards = [str(path) for path, _ in shards]
         entries: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
         order: list[tuple[int, str]] = []
-        for s, path in enumerate(self.shards):
-            with open_file(path) as handle, tarfile.open(fileobj=handle, mode="r") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, _, ext = member.name.partition(".")
-                    if (s, key) not in entries:
-                        entries[(s, key)] = {}
-                        order.append((s, key))
-                    entries[(s, key)][ext] = (member.offset_data, member.size)
+        for s, (path, expected) in enumerate(zip(self.shards, (count for _, count in shards))):
+            found = 0
+            try:
+                with open_file(path) as handle, tarfile.open(fileobj=handle, mode="r") as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        key, _, ext = member.name.partition(".")
+                        if (s, key) not in entries:
+                            entries[(s, key)] = {}
+                            order.append((s, key))
+                            found += 1
+                        entries[(s, key)][ext] = (member.offset_data, member.size)
+            except FileNotFoundError:
+                self._bad.add(path, "the shard is missing; cache.json lists it", n=expected)
+            except (tarfile.TarError, OSError, EOFError) as exc:  # truncated: keep what was indexed
+                lost = max(expected - found, 1)
+                self._bad.add(path, f"the shard is truncated or unreadable ({type(exc).__name__}: {exc})", n=lost)
         self.entries = [(s, entries[(s, key)]) for s, key in order if "meta.json" in entries[(s, key)]]
+        if not self.entries:
+            raise CacheError(f"{cache_dir}: no readable samples for split {split!r}")
         self._metas: list[dict | None] = [None] * len(self.entries)
 
     def __len__(self) -> int:
@@ -359,6 +448,23 @@ class CacheMapDataset(Dataset):
         return [str(self.meta(k)["image_id"]) for k in range(len(self))]
 
     def __getitem__(self, index: int) -> dict:
+        """The item at ``index``; a bad one (a member that does not decode or lies past the end of a truncated
+        shard, a shard deleted after the run started) is skipped with a counted warning and the next good item
+        is returned instead; past ``max_bad_samples`` bad reads (per reader, over the run) it stops with a
+        :class:`~medclip.data.cache.CacheError` naming the shard."""
+        for attempt in range(len(self)):
+            k = (index + attempt) % len(self)
+            try:
+                return self._get(k)
+            except (OSError, EOFError, ValueError, KeyError) as exc:
+                if isinstance(exc, CacheError):
+                    raise
+                s, _ = self.entries[k]
+                self._metas[k] = None
+                self._bad.add(self.shards[s], f"{type(exc).__name__}: {str(exc)[:120]}", key=f"#{k}")
+        raise CacheError(f"{self.cache_dir}: no readable sample left")
+
+    def _get(self, index: int) -> dict:
         import io
 
         meta = self.meta(index)
@@ -374,7 +480,8 @@ class CacheMapDataset(Dataset):
             s, members = self.entries[index]
             if "image.npy" not in members:
                 raise ValueError(f"{self.shards[s]}: sample without image.npy")
-            item["image"] = _to_tensor(
-                np.load(io.BytesIO(self._read(self.shards[s], members["image.npy"])), allow_pickle=False)
-            )
+            data = self._read(self.shards[s], members["image.npy"])
+            if len(data) != members["image.npy"][1]:
+                raise EOFError(f"image.npy cut short ({len(data)} of {members['image.npy'][1]} bytes)")
+            item["image"] = _to_tensor(np.load(io.BytesIO(data), allow_pickle=False))
         return item

@@ -11,8 +11,11 @@ import sys
 
 from medclip.cli import FIT_DESCRIPTION, add_fit_arguments, run_fit_command
 from medclip.commands import standalone_parser
+from medclip.data.cache import CacheError
+from medclip.fsutil import DiskFullError
 from medclip.logging_setup import setup_logging, verbosity_of
 from medclip.train import ConfigError
+from medclip.train.module import NonFiniteLossError
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -29,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (DiskFullError, NonFiniteLossError, CacheError) as exc:  # the run stopped, saying why
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if model_dir is not None:
         print(model_dir)
     return 0

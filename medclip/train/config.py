@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
         # MetaCLIP-style curation with knowledge-graph concepts: no concept (incl. "no finding") exceeds
         # max_share of the sampled pairs
         "concept_balance": {"enabled": False, "max_share": 0.25},
+        # a cache sample that cannot be read (a member that does not decode, the rest of a truncated shard, a
+        # shard deleted after the run started) is skipped with a warning and counted; more than this many in
+        # one epoch of one data reader stop the run with a message naming the shard
+        "max_bad_samples": 100,
     },
     "model": {
         "name": "offline-default",  # a named config or a saved model folder
@@ -103,6 +107,9 @@ DEFAULTS: dict[str, Any] = {
         # per-tower lr by parameter-name prefix, e.g. {visual: 1e-4, text: 2e-5}; the default lets the new image
         # projection (all that trains of a LiT-locked image tower) learn 10x faster than the pretrained towers
         "tower_lr": {"visual.proj": 1e-3},
+        # a step whose loss or gradients are NaN/Inf is skipped (no update) with a warning naming the step and
+        # the batch's image ids; this many in a row stop the run with a message (the earlier checkpoints stay)
+        "max_nonfinite_steps": 5,
     },
     "trainer": {
         "max_steps": 1000,
@@ -236,6 +243,7 @@ _NUMERIC: dict[str, tuple[bool, float | None, float | None, bool]] = {
     "data.batch_size": (True, 1, None, False),
     "data.val_batch_size": (True, 1, None, True),
     "data.num_workers": (True, 0, None, False),
+    "data.max_bad_samples": (True, 0, None, False),
     "data.image_size": (True, 8, 8192, True),
     "data.max_text_tokens": (True, 2, None, True),
     "data.image_augmentation.rotate_degrees": (False, 0, 180, False),
@@ -253,6 +261,7 @@ _NUMERIC: dict[str, tuple[bool, float | None, float | None, bool]] = {
     "optim.momentum": (False, 0, 1, False),
     "optim.warmup_steps": (True, 0, None, False),
     "optim.min_lr_ratio": (False, 0, 1, False),
+    "optim.max_nonfinite_steps": (True, 1, None, False),
     "trainer.max_steps": (True, -1, None, True),
     "trainer.min_steps": (True, -1, None, True),
     "trainer.max_epochs": (True, -1, None, True),
@@ -383,7 +392,7 @@ def _check_dataset_kwargs(kwargs: Any, source: str) -> None:
     if not isinstance(kwargs, Mapping):
         raise ConfigError(f"{source}: data.dataset_kwargs must be a mapping, got {kwargs!r}")
     known = {name for cls in (ManifestDataset, CacheDataset) for name in inspect.signature(cls.__init__).parameters}
-    known -= {"self", "manifest", "cache_dir", "split", "rank", "world_size", "with_images"}
+    known -= {"self", "manifest", "cache_dir", "split", "rank", "world_size", "with_images", "max_bad_samples"}
     for key in kwargs:
         if key not in known:
             raise ConfigError(f"{source}: unknown key data.dataset_kwargs.{key}{_suggest(str(key), sorted(known))}")

@@ -224,6 +224,8 @@ class ReportCollator:
             "attention_mask": tokens["attention_mask"],
             "labels": torch.stack([torch.as_tensor(item["labels"], dtype=torch.float32) for item in items]),
             "group_ids": group_ids_from_keys(keys),
+            # the batch's (salted) image ids, never paths: named when a step's loss is NaN/Inf
+            "image_ids": [str(item["image_id"]) for item in items],
         }
 
 
@@ -414,7 +416,7 @@ class MedClipDataModule(L.LightningDataModule):
 
         kwargs = dict(kwargs)
         if spec.get("cache_dir"):
-            return CacheMapDataset(spec["cache_dir"], split=split, **kwargs)
+            return CacheMapDataset(spec["cache_dir"], split=split, max_bad_samples=self.max_bad_samples, **kwargs)
         kwargs.setdefault("image_size", self.cfg.get("image_size", 224))
         # an image without any text teaches nothing; with label text, labels are enough
         kwargs.setdefault("require_text", "text_or_labels" if self.label_text_enabled else True)
@@ -461,7 +463,16 @@ class MedClipDataModule(L.LightningDataModule):
         rank, world = (0, 1) if whole else self._rank_and_world()
         kwargs.setdefault("seed", self.seed)
         kwargs.setdefault("shuffle", bool(self.cfg.get("shuffle", True)) and train and not whole)
+        kwargs["max_bad_samples"] = self.max_bad_samples
         return CacheDataset(self.cfg["cache_dir"], split=split, rank=rank, world_size=world, **kwargs)
+
+    @property
+    def max_bad_samples(self) -> int:
+        """Bad cache samples one reader skips in an epoch before the run stops (``data.max_bad_samples``)."""
+        from medclip.data.dataset import DEFAULT_MAX_BAD_SAMPLES
+
+        value = self.cfg.get("max_bad_samples")
+        return DEFAULT_MAX_BAD_SAMPLES if value is None else int(value)
 
     @property
     def is_iterable(self) -> bool:

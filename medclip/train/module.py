@@ -16,6 +16,18 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 log = logging.getLogger(__name__)
 
+#: Consecutive skipped (non-finite) steps after which a run stops, unless ``optim.max_nonfinite_steps`` says otherwise.
+DEFAULT_MAX_NONFINITE_STEPS = 5
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped: the loss or the gradients were NaN/Inf for ``optim.max_nonfinite_steps`` steps in a row.
+
+    The message names the step, the last batch's (salted) image ids and what to try; the checkpoints
+    saved before (all of finite weights: skipped steps change nothing) are kept for ``resume``.
+    """
+
+
 #: Parameters that get no weight decay: biases, norm weights, temperature and logit bias.
 _NO_DECAY_MARKERS = ("bias", "norm", "logit_scale", "logit_bias", "embeddings.position", "bn")
 
@@ -77,6 +89,13 @@ def apply_locks(model: Any, model_cfg: Mapping[str, Any]) -> dict[str, dict[str,
     return summary
 
 
+def clamp_logit_scale(model: Any) -> None:
+    """Clamp ``model.logit_scale`` (the log of the logit scale) in place to [0, ln(max_logit_scale)], as CLIP does."""
+    upper = math.log(float(model.config.max_logit_scale))
+    with torch.no_grad():
+        model.logit_scale.clamp_(0.0, upper)
+
+
 class DualEncoderModule(L.LightningModule):
     """Trains a :class:`medclip.model.DualEncoder` with a loss from :func:`medclip.model.losses.build_loss`.
 
@@ -110,6 +129,13 @@ class DualEncoderModule(L.LightningModule):
         self.optim_cfg = dict(optim_cfg)
         self._rng_to_restore: dict[str, Any] | None = None
         self._warned_no_labels = False
+        #: NaN/Inf guard: steps skipped in this run, the current run of consecutive ones, and this
+        #: optimizer step's batches (loss finite?, image ids) since the last step
+        self.max_nonfinite_steps = int(self.optim_cfg.get("max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS))
+        self.nonfinite_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._step_batches: list[tuple[torch.Tensor, list[str]]] = []
+        self._buffers_before: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ steps
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -164,9 +190,15 @@ class DualEncoderModule(L.LightningModule):
         stats = {"acc_i2t": i2t, "acc_t2i": t2i, "logit_scale": out["logit_scale"].detach()}
         return loss, stats
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        if not self._step_batches:
+            # the buffers as this step found them (BatchNorm running statistics: small): a NaN batch would
+            # leave them NaN for good, so a skipped step puts them back (on_before_optimizer_step)
+            self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
         loss, stats = self._loss(batch)
         batch_size = _batch_size(batch)
+        # remembered for the NaN/Inf guard (on_before_optimizer_step), which sees only the gradients
+        self._step_batches.append((loss.detach(), list(batch.get("image_ids") or [])))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc_i2t", stats["acc_i2t"], batch_size=batch_size)
         self.log("train/acc_t2i", stats["acc_t2i"], batch_size=batch_size)
@@ -230,6 +262,72 @@ class DualEncoderModule(L.LightningModule):
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ NaN/Inf guard, logit_scale clamp
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip an update whose loss or gradients are not finite: every gradient is set to None, so the
+        optimizer changes no weight and no moment, and the buffers the batch's forward pass changed (BatchNorm
+        running statistics) are put back (the lr schedule and step count still advance); count it,
+        warn with the step and the batch's image ids, and stop when ``optim.max_nonfinite_steps`` come in a row.
+
+        Gradients are checked after their all-reduce, so every rank of a distributed run decides alike. With
+        fp16 mixed precision, Inf gradients are the loss scaler's business (it skips and lowers its scale):
+        only a non-finite loss counts there."""
+        batches, self._step_batches = self._step_batches, []
+        params = [p for p in self.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
+        losses = torch.stack([loss.float().reshape(()) for loss, _ in batches]) if batches else None
+        bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
+        precision = str(getattr(self.trainer, "precision", ""))
+        scaler_owns_inf = precision.startswith("16")
+        bad_grads = (
+            not scaler_owns_inf and bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        )
+        if not bad_loss and not bad_grads:
+            self.nonfinite_in_a_row = 0
+            return
+        n_bad = sum(not bool(g.isfinite().all()) for g in grads)  # only on a bad step
+        for param in params:
+            param.grad = None
+        if self._buffers_before is not None:
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), self._buffers_before):
+                    buffer.copy_(saved)
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        step = int(self.trainer.global_step) + 1
+        values = [float(loss) for loss, _ in batches]
+        ids = [i for value, (_, batch_ids) in zip(values, batches) if not math.isfinite(value) for i in batch_ids]
+        ids = ids or [i for _, batch_ids in batches for i in batch_ids]
+        shown = ", ".join(ids[:16]) + (f" (+{len(ids) - 16} more)" if len(ids) > 16 else "")
+        what = "loss " + ", ".join(f"{v:g}" for v in values) if bad_loss else f"gradients of {n_bad} parameter tensors"
+        limit = self.max_nonfinite_steps
+        if self.nonfinite_in_a_row >= limit:
+            where = getattr(getattr(self.trainer, "checkpoint_callback", None), "dirpath", None)
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: the loss or gradients were NaN/Inf in {self.nonfinite_in_a_row} "
+                f"steps in a row (optim.max_nonfinite_steps = {limit}); last batch: {what} not finite; its images "
+                f"(salted ids): {shown or 'unknown'}. No update was applied from the skipped steps, and the "
+                f"checkpoints saved before are kept{f' in {where}' if where else ''} (resume=last continues from "
+                "the last one). Try: a lower optim.lr or a longer optim.warmup_steps; check these images in the "
+                "cache (blank, saturated or corrupted pixels); with trainer.precision 16-mixed or bf16-mixed, "
+                "try 32-true"
+            )
+        log.warning(
+            "step %d: %s not finite: update skipped (%d in a row, %d in this run; the run stops at %d in a row); "
+            "batch images (salted ids): %s",
+            step,
+            what,
+            self.nonfinite_in_a_row,
+            self.nonfinite_steps,
+            limit,
+            shown or "unknown",
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # CLIP (Radford et al., 2021) clamps the learned temperature after every step so that the logits are
+        # scaled by at most 100 (config max_logit_scale); forward's clamp alone would freeze its gradient at 0
+        clamp_logit_scale(self.model)
 
     # ------------------------------------------------------------------ epochs, RNG, checkpoints
     def on_train_epoch_start(self) -> None:
