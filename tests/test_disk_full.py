@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from test_train_fit import one_torch_thread  # noqa: F401 (fixture: tiny models on a shared CPU)
 
 from medclip.fsutil import DiskFullError, atomic_write
 
@@ -229,3 +230,42 @@ def test_eval_metrics_on_a_full_disk_keep_the_previous_metrics_json(
         evaluate(model, manifest, tasks=("zeroshot",), output_dir=out, n_boot=0)
     assert (out / "metrics.json").read_text() == before
     assert _leftovers(out) == []
+
+
+def test_fit_on_a_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``medclip fit`` whose disk fills while it saves the step-4 checkpoint: exit 1 with one line naming that file;
+    the step-2 checkpoint and last.ckpt (step 2) load and resume; no temporary file and no model are left."""
+    import yaml
+    from test_train_fit import _config
+
+    from medclip.cli import main
+
+    manifest = _images(tmp_path / "export", n=24)
+    cfg = _config({"manifest": str(manifest)}, tmp_path / "run", max_steps=6, val_check_interval=None)
+    cfg["trainer"].update(limit_val_batches=0, check_val_every_n_epoch=None)
+    cfg["checkpoint"]["every_n_steps"] = 2
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    real_save = torch.save
+
+    def save_until_full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(obj, dict) and obj.get("global_step") == 4:
+            Path(f).write_bytes(b"PK\0\0")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    code = main(["fit", "--config", str(tmp_path / "fit.yaml")])
+    monkeypatch.setattr(torch, "save", real_save)
+    err = capsys.readouterr().err.strip().splitlines()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert code == 1
+    assert err[-1].startswith(f"medclip fit: error: disk full while writing {checkpoints / 'step-00000004.ckpt'}")
+    assert "free on that file system" in err[-1]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step-00000002.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert not (tmp_path / "run" / "model").exists() and _leftovers(tmp_path / "run") == []
+    # space freed: the same command with resume=last finishes from step 2
+    assert main(["fit", "--config", str(tmp_path / "fit.yaml"), "resume=last"]) == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

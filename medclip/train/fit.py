@@ -439,7 +439,8 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     )
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
     if trainer.is_global_zero:
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        with atomic_write(output_dir / "config.yaml") as tmp:  # a full disk: DiskFullError naming it
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     with warnings.catch_warnings():
         # the DataModule restores the data position itself (MedClipDataModule.load_state_dict)
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
