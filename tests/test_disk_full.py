@@ -269,3 +269,30 @@ def test_fit_on_a_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoin
     # space freed: the same command with resume=last finishes from step 2
     assert main(["fit", "--config", str(tmp_path / "fit.yaml"), "resume=last"]) == 0
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_report_on_a_full_disk_keeps_the_previous_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medclip.model import create_model
+    from medclip.report.builder import ReportOptions, build_report
+
+    torch.manual_seed(0)
+    model = create_model("tiny-test").save_pretrained(tmp_path / "model")
+    manifest = _images(tmp_path / "export", n=18)
+    out = tmp_path / "report"
+    options = ReportOptions(n_boot=0, leakage_images=False, reuse=False)
+    build_report(model, manifest, out, options=options)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "index.html" in before
+    real_write_text = Path.write_text
+
+    def full_disk_write_text(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        if self.name.startswith(".index.html."):
+            real_write_text(self, data[:1000], *args, **kwargs)
+            raise _enospc()
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_write_text)
+    with pytest.raises(DiskFullError, match=f"disk full while writing {out / 'index.html'}"):
+        build_report(model, manifest, out, options=options)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert _leftovers(out) == []
