@@ -11,6 +11,7 @@ points and the report drafter; the demo adds its gallery and reads everything::
         provenance.json      the model fingerprint, computed once from the weights (cached by size and mtime)
         thresholds.json      per-finding operating points chosen on a validation split (medclip eval)
         drafter/             the report drafter medclip eval scored and the demo serves
+        adapters/<method>/   few-shot classifiers of medclip adapt (adapter.json with provenance + adapter.safetensors)
         gallery/             the demo's reference gallery (embeddings, scrubbed reports, thumbnails)
         eval/                medclip eval's default output folder (metrics.json, plots)
         stale/<fingerprint>/ files of an earlier model, set aside when medclip fit replaced it (STALE.txt says how
@@ -44,6 +45,7 @@ from medclip.fsutil import atomic_write
 from medclip.model.dual_encoder import CONFIG_NAME, WEIGHTS_NAME, DualEncoder
 
 __all__ = [
+    "ADAPTERS_DIR",
     "DRAFTER_DIR",
     "EVAL_DIR",
     "GALLERY_DIR",
@@ -57,6 +59,7 @@ __all__ = [
 
 THRESHOLDS_FILE = "thresholds.json"
 DRAFTER_DIR = "drafter"
+ADAPTERS_DIR = "adapters"
 GALLERY_DIR = "gallery"
 EVAL_DIR = "eval"
 PROVENANCE_FILE = "provenance.json"
@@ -151,6 +154,17 @@ class CheckpointDir:
         return self.path / DRAFTER_DIR
 
     @property
+    def adapters(self) -> Path:
+        """``adapters/``: the few-shot classifiers of ``medclip adapt``, one folder per method."""
+        return self.path / ADAPTERS_DIR
+
+    def adapter(self, method: str) -> Path:
+        """``adapters/<method>/`` (``adapter.json`` + ``adapter.safetensors``)."""
+        if not method or "/" in method or method.startswith("."):
+            raise ValueError(f"not an adapter name: {method!r}")
+        return self.adapters / method
+
+    @property
     def gallery(self) -> Path:
         """``gallery/``: the demo's reference gallery."""
         return self.path / GALLERY_DIR
@@ -166,8 +180,8 @@ class CheckpointDir:
         return self.path / STALE_DIR
 
     def derived(self) -> list[Path]:
-        """The files made from this folder's model that exist: thresholds, drafter, gallery, eval output."""
-        return [p for p in (self.thresholds, self.drafter, self.gallery, self.eval_dir) if p.exists()]
+        """The files made from this folder's model that exist: thresholds, drafter, adapters, gallery, eval output."""
+        return [p for p in (self.thresholds, self.drafter, self.adapters, self.gallery, self.eval_dir) if p.exists()]
 
     def is_model(self) -> bool:
         """True when the folder holds a medclip model (config and weights)."""
@@ -281,6 +295,14 @@ class CheckpointDir:
             commands.append(
                 f"medclip eval --checkpoint {shlex.quote(str(self.path))} --manifest "
                 f"{shlex.quote(manifest) if manifest else 'MANIFEST'} --save-to-checkpoint"
+            )
+        if self.adapters.exists():
+            manifest = None
+            for meta in sorted(self.adapters.glob("*/adapter.json")):
+                manifest = manifest or recorded(meta, "provenance", "manifest")
+            commands.append(
+                f"medclip adapt --checkpoint {shlex.quote(str(self.path))} --manifest "
+                f"{shlex.quote(manifest) if manifest else 'MANIFEST'}"
             )
         if self.gallery.exists():
             source = recorded(self.gallery / "gallery.json", "source_path")

@@ -15,6 +15,7 @@ train      tensorboard          TensorBoard logs of ``medclip fit``
 plots      matplotlib           PNG plots written by ``medclip eval``
 reports    sacrebleu,           BLEU-4 and ROUGE-L of drafted reports (``medclip eval``)
            rouge-score
+adapt      peft                 LoRA few-shot adaptation (``medclip adapt --methods lora``)
 =========  ===================  =====================================================
 """
 
@@ -34,6 +35,7 @@ PIP_NAMES: dict[str, str] = {
     "matplotlib": "matplotlib",
     "sacrebleu": "sacrebleu",
     "rouge_score": "rouge-score",
+    "peft": "peft",
 }
 
 #: The medclip-kit extra that installs each optional import name.
@@ -47,6 +49,7 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "plots",
     "sacrebleu": "reports",
     "rouge_score": "reports",
+    "peft": "adapt",
 }
 
 DISTRIBUTION = "medclip-kit"

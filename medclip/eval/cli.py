@@ -96,6 +96,21 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--bootstrap", type=int, default=d.n_boot, help="bootstrap resamples for the CIs (0: none)")
     p.add_argument("--shots", default=",".join(map(str, d.shots)), help="few-shot k values (default: %(default)s)")
+    p.add_argument(
+        "--fewshot-features",
+        choices=["backbone", "embedding"],
+        default=d.fewshot_features,
+        help="what the few-shot probes see: the encoder's features before the projection (default, as CLIP's "
+        "own linear probes) or the model's normalised image embedding",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="METHOD",
+        help="also score the few-shot classifier `medclip adapt` saved in the checkpoint folder "
+        "(adapters/METHOD/; repeat or comma-separate for several)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--workers", type=int, default=d.num_workers, help="image decoding workers")
     p.add_argument(
@@ -161,6 +176,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         use_faiss={"auto": "auto", "yes": True, "no": False}[args.faiss],
         shots=shots,
+        fewshot_features=args.fewshot_features,
+        adapters=[m.strip() for group in args.adapter for m in group.split(",") if m.strip()] if args.adapter else None,
         max_images=args.max_images,
     )
     print(format_results(results))

@@ -29,9 +29,10 @@ from medclip.data.dataset import ManifestDataset, report_text
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.fsutil import atomic_write
 from medclip.inference.encoders import (
+    FEATURE_KINDS,
     EmbeddingModel,
     describe_model,
-    embed_images,
+    embed_images_and_backbone,
     embed_texts,
     load_model,
     model_preprocess,
@@ -76,6 +77,11 @@ class EvalOptions:
     use_faiss: bool | str = "auto"
     shots: tuple[int, ...] = (1, 4, 16)
     fewshot_trials: int = 5
+    #: what the few-shot probes see: "backbone" (the encoder's features before the projection, CLIP's own
+    #: linear-probe choice and the default) or "embedding" (the normalised joint embedding zero-shot scores)
+    fewshot_features: str = "backbone"
+    #: saved few-shot classifiers (``medclip adapt``, ``<checkpoint>/adapters/<method>/``) scored beside zero-shot
+    adapters: list[str] | None = None
     criterion: str = "youden"
     min_positives: int = MIN_POSITIVES  # validation support an operating point needs to count as calibrated
     min_negatives: int = MIN_NEGATIVES
@@ -90,6 +96,18 @@ class EmbeddedSplit:
     frame: pd.DataFrame
     image_features: torch.Tensor
     texts: list[str] = field(default_factory=list)
+    #: the backbone's pooled output before the projection (None for models without one, e.g. open_clip)
+    backbone_features: torch.Tensor | None = None
+
+    def features(self, kind: str) -> torch.Tensor:
+        """``"embedding"`` (:attr:`image_features`) or ``"backbone"`` (pre-projection) features."""
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"image features must be one of {FEATURE_KINDS}, got {kind!r}")
+        if kind == "backbone":
+            if self.backbone_features is None:
+                raise ValueError("this model has no pre-projection image features (use the embedding)")
+            return self.backbone_features
+        return self.image_features
 
     def labels(self, findings: Sequence[str], unmentioned_as_negative: bool = False) -> np.ndarray:
         """(N, F) labels: 1 / 0 known, NaN unknown (uncertain -1 and, unless asked otherwise, not mentioned)."""
@@ -133,6 +151,8 @@ class Evaluator:
                 raise ValueError(f"{self.manifest_path or 'manifest'}: missing column {col!r}")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.checkpoint = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
+        #: the folder saved adapters are read from (the evaluated checkpoint folder)
+        self.adapter_dir: CheckpointDir | None = self.checkpoint
         self.calibration_rules()  # bad rules (e.g. --min-positives 0) stop before any image is embedded
         self._splits: dict[str, EmbeddedSplit] = {}
         self._zeroshot: ZeroShotClassifier | None = None
@@ -170,9 +190,11 @@ class Evaluator:
             df = df.reset_index(drop=True)
             dataset = self.dataset(df)
             log.info("embedding %d images of split %s", len(df), name)
-            feats = embed_images(self.model, dataset, self.options.batch_size, self.options.num_workers)
+            feats, backbone = embed_images_and_backbone(
+                self.model, dataset, self.options.batch_size, self.options.num_workers
+            )
             texts = [report_text(r, self.options.text_field) for r in df.to_dict("records")]
-            self._splits[name] = EmbeddedSplit(df, feats, texts)
+            self._splits[name] = EmbeddedSplit(df, feats, texts, backbone)
         return self._splits[name]
 
     def findings(self) -> list[str]:
@@ -509,13 +531,19 @@ class Evaluator:
         from .plots import plot_fewshot
 
         opt = self.options
+        if opt.fewshot_features not in FEATURE_KINDS:
+            raise ValueError(f"few-shot features must be one of {FEATURE_KINDS}, got {opt.fewshot_features!r}")
         train, test = self.split(opt.train_split), self.split(opt.split)
+        kind, note = opt.fewshot_features, None
+        if kind == "backbone" and train.backbone_features is None:
+            kind, note = "embedding", "this model has no pre-projection features"
+            log.warning("few-shot probes use the embedding: %s", note)
         clf = self.zeroshot_classifier()
         findings = clf.findings
         result = evaluate_fewshot(
-            train.image_features.numpy(),
+            train.features(kind).numpy(),
             train.labels(findings, opt.unmentioned_as_negative),
-            test.image_features.numpy(),
+            test.features(kind).numpy(),
             test.labels(findings, opt.unmentioned_as_negative),
             findings,
             zeroshot_logits=clf.logits(test.image_features).numpy(),
@@ -526,8 +554,50 @@ class Evaluator:
             train_zeroshot_logits=clf.logits(train.image_features).numpy(),
         )
         result["split"] = opt.split
+        result["features"] = {"kind": kind, "dim": int(train.features(kind).shape[1])}
+        if note:
+            result["features"]["note"] = note
         self._plot(plot_fewshot, result, name="fewshot_auroc.png")
         return result
+
+    def run_adapted(self) -> dict[str, Any]:
+        """Saved few-shot classifiers (``medclip adapt``) on the test split: AUROC with patient-bootstrap CIs
+        per finding, beside zero-shot, and each classifier's provenance."""
+        from medclip.adapt.runner import classifier_logits
+        from medclip.adapt.store import describe_adapter, load_adapter
+
+        opt = self.options
+        if self.adapter_dir is None:
+            raise ValueError("scoring saved adapters needs the checkpoint folder they were saved in")
+        test = self.split(opt.split)
+        out: dict[str, Any] = {"split": opt.split, "classifiers": {}}
+        zs = self.zeroshot_classifier()
+        for method in opt.adapters or []:
+            clf, meta = load_adapter(self.adapter_dir, method)
+            y = test.labels(clf.findings, opt.unmentioned_as_negative)
+            logits = classifier_logits(clf, self, opt.split).numpy()
+            zs_all = dict(zip(zs.findings, zs.logits(test.image_features).numpy().T, strict=True))
+            per: dict[str, Any] = {}
+            for j, cid in enumerate(clf.findings):
+                known = ~np.isnan(y[:, j])
+                boot = dict(groups=test.patients[known], n_boot=opt.n_boot, seed=opt.seed)
+                per[cid] = {
+                    "n": int(known.sum()),
+                    "positives": int(y[known, j].sum()),
+                    "auroc": M.bootstrap_ci(M.auroc, y[known, j], logits[known, j], **boot).to_dict(),
+                    "zeroshot_auroc": (
+                        M.bootstrap_ci(M.auroc, y[known, j], zs_all[cid][known], **boot).to_dict()
+                        if cid in zs_all
+                        else None
+                    ),
+                }
+            out["classifiers"][method] = {
+                "per_finding": per,
+                "provenance": meta.get("provenance", {}),
+                "features": meta["features"],
+                "description": describe_adapter(meta),
+            }
+        return out
 
     def run_attributes(self) -> dict[str, Any]:
         """Categorical zero-shot (modality, plane, body region, subtype) on the manifest columns that have them."""
@@ -553,6 +623,9 @@ class Evaluator:
         for task in tasks:
             log.info("task %s", task)
             out[task] = getattr(self, f"run_{task}")()
+        if self.options.adapters:
+            log.info("saved adapters %s", self.options.adapters)
+            out["adapted"] = self.run_adapted()
         out["data"] = {
             name: {
                 "images": len(s.frame),
@@ -591,7 +664,10 @@ def evaluate(
         if isinstance(checkpoint, nn.Module) or not Path(str(checkpoint)).is_dir():
             raise ValueError("save_to_checkpoint needs a checkpoint folder")
         ckpt_dir = Path(str(checkpoint))
-    return Evaluator(model, manifest, opts, output_dir=output_dir, checkpoint_dir=ckpt_dir).run(tasks)
+    evaluator = Evaluator(model, manifest, opts, output_dir=output_dir, checkpoint_dir=ckpt_dir)
+    if opts.adapters and not isinstance(checkpoint, nn.Module):
+        evaluator.adapter_dir = CheckpointDir.open(str(checkpoint))
+    return evaluator.run(tasks)
 
 
 # ---------------------------------------------------------------------- presentation
@@ -701,9 +777,28 @@ def format_results(results: dict[str, Any]) -> str:
         rows = [[m, *(_fmt(by_k[k][m]["mean"]) for k in shots)] for m in methods]
         if "zeroshot" in f:
             rows.append(["zeroshot", *([_fmt(f["zeroshot"]["mean"])] * len(shots))])
+        feats = f.get("features") or {"kind": "embedding"}
+        what = (
+            f"the encoder's {feats.get('dim', '')}-d features before the projection"
+            if feats["kind"] == "backbone"
+            else "the model's normalised image embedding"
+        ).replace(" -d", "")
+        if feats.get("note"):
+            what += f" ({feats['note']})"
         parts.append(
-            f"Few-shot mean AUROC (mean of {f['trials']} draws of the shots)\n"
+            f"Few-shot mean AUROC (mean of {f['trials']} draws of the shots; probes on {what})\n"
             + _table(["method", *(f"k={k}" for k in shots)], rows)
+        )
+    if "adapted" in results:
+        a = results["adapted"]
+        rows = []
+        for method, c in a["classifiers"].items():
+            for cid, r in c["per_finding"].items():
+                rows.append([method, cid, str(r["n"]), _ci(r["auroc"]), _ci(r["zeroshot_auroc"])])
+        parts.append(
+            f"Saved few-shot classifiers on split {a['split']} (AUROC, 95% patient-bootstrap CI)\n"
+            + _table(["classifier", "finding", "n", "AUROC", "zero-shot AUROC"], rows)
+            + "".join(f"\n  {c['description']}" for c in a["classifiers"].values())
         )
     if "attributes" in results:
         from .attributes import format_attributes

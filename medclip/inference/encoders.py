@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medclip.model.preprocess import PreprocessConfig
@@ -112,6 +113,51 @@ def embed_images(
     if not out:
         raise ValueError("no images to embed")
     return torch.cat(out)
+
+
+#: Image features a few-shot method can use: the backbone's pooled output before the projection (CLIP's own
+#: linear probes use these) or the model's L2-normalised joint embedding (what zero-shot scores).
+FEATURE_KINDS = ("backbone", "embedding")
+
+
+def has_backbone_features(model: EmbeddingModel) -> bool:
+    """True when the model exposes pre-projection image features (medclip models; not open_clip ones)."""
+    return not isinstance(model, OpenClipAdapter) and hasattr(getattr(model, "visual", None), "features")
+
+
+@torch.no_grad()
+def embed_images_and_backbone(
+    model: EmbeddingModel,
+    images: Iterable[torch.Tensor] | torch.utils.data.Dataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(embeddings, backbone features)`` in one pass: the L2-normalised embeddings (N, E) of
+    :func:`embed_images` and the backbone's pooled output before the projection (N, num_features), or
+    None for a model without one (open_clip). The embedding is the projection of those features, so
+    both come from one forward pass."""
+    if not has_backbone_features(model):
+        return embed_images(model, images, batch_size, num_workers), None
+    visual: Any = cast(Any, model).visual
+    device = model_device(model)
+    if isinstance(images, torch.Tensor):
+        batches: Iterable[torch.Tensor] = images.split(batch_size)
+    else:
+        batches = torch.utils.data.DataLoader(
+            cast(torch.utils.data.Dataset, images),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=lambda items: torch.stack([it["image"] for it in items]),
+        )
+    emb, back = [], []
+    for b in batches:
+        feats = visual.features(b.to(device))
+        emb.append(F.normalize(visual.proj(feats), dim=-1).float().cpu())
+        back.append(feats.float().cpu())
+    if not emb:
+        raise ValueError("no images to embed")
+    return torch.cat(emb), torch.cat(back)
 
 
 def describe_model(model: EmbeddingModel) -> dict[str, Any]:
