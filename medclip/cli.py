@@ -595,11 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache(sub)
     _add_fit(sub)
     _add_models(sub)
+    from medclip.adapt.cli import add_adapt_parser
     from medclip.demo.cli import add_demo_parser
     from medclip.eval.cli import add_eval_parser
     from medclip.report.cli import add_report_parser
 
     add_eval_parser(sub)
+    add_adapt_parser(sub)
     add_report_parser(sub)
     add_demo_parser(sub)
     _add_quickstart(sub)
