@@ -500,15 +500,8 @@ def _scan(
 ) -> dict[str, Any]:
     from medclip.audit.phi import scan_files
 
-    result = scan_files(files, values=values, allow=[a for a in allow if a])
+    result = scan_files(files, values=values, allow=[a for a in allow if a], root=output)
     data = result.to_dict()
-    data["files"] = [
-        str(Path(f).relative_to(output)) if Path(f).is_relative_to(output) else Path(f).name for f in files
-    ]
-    data["hits"] = [
-        {**h, "file": str(Path(h["file"]).relative_to(output)) if Path(h["file"]).is_relative_to(output) else h["file"]}
-        for h in data.get("hits") or []
-    ]
     data["checked"] = {"files written by this command": len(files), **counts}
     data["summary"] = result.summary()
     return data

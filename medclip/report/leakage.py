@@ -31,15 +31,22 @@ def run_leakage_audit(
     source: Any = None
     if images:
         source = cache_images(cache_dir) if cache_dir else ManifestImages(frame)
-    audit = audit_leakage(frame, source, thumb_size=96)
+    audit = audit_leakage(frame, source, thumb_size=64)
     record: dict[str, Any] = audit.to_dict()
     p, r, im = record["patients"], record["reports"], record["images"]
+    rep = record.get("repeated_images") or {"n_repeated": 0, "n_cross_split": 0, "pairs": {}, "image_ids": []}
     rows = [
         [
             "patients in more than one split (salted ids)",
             f"{p['n_in_several_splits']} of {p['n_patients']}",
             _pairs_text(p["pairs"]),
             f"{p['rows']} rows" if p["n_in_several_splits"] else "must be 0",
+        ],
+        [
+            "one image id listed in more than one split (the same file twice)",
+            f"{rep['n_cross_split']} image ids",
+            _pairs_text(rep["pairs"]),
+            f"{rep['n_repeated']} image ids held by several rows in all",
         ],
         [
             "identical report texts in more than one split",
@@ -54,7 +61,7 @@ def run_leakage_audit(
     else:
         rows.append(
             [
-                f"near-duplicate images across splits ({im['method']}, Hamming <= {im['threshold']} of 64 bits)",
+                f"near-duplicate images across splits ({im.get('criterion') or im['method']})",
                 f"{im['n_cross_split']} pairs ({im['n_images_cross_split']} images) of {im['n_images']} images",
                 _pairs_text(im["pairs"]),
                 f"{im['n_within_split']} pairs within one split"
@@ -81,6 +88,14 @@ def run_leakage_audit(
                 "rows": [[pid] for pid in p["patient_ids"]],
             }
         )
+    if rep["image_ids"] and rep["n_cross_split"]:
+        tables.append(
+            {
+                "caption": "Image ids listed in more than one split (salted ids, first 50)",
+                "header": ["salted image id"],
+                "rows": [[iid] for iid in rep["image_ids"]],
+            }
+        )
     if r["examples"]:
         tables.append(
             {
@@ -103,7 +118,7 @@ def run_leakage_audit(
         tables.append(
             {
                 "caption": "Near-duplicate image pairs across splits (closest first, salted image ids)",
-                "header": ["image", "split", "image", "split", "Hamming distance", "same patient"],
+                "header": ["image", "split", "image", "split", "Hamming distance", "rank correlation", "same patient"],
                 "rows": [
                     [
                         q["a"][:16],
@@ -111,6 +126,7 @@ def run_leakage_audit(
                         q["b"][:16],
                         q["split_b"],
                         str(q["distance"]),
+                        "-" if q.get("correlation") is None else f"{q['correlation']:.3f}",
                         {True: "yes", False: "no", None: "unknown"}[q["same_patient"]],
                     ]
                     for q in im["cross_split_pairs"]
@@ -120,6 +136,8 @@ def run_leakage_audit(
     found = []
     if p["n_in_several_splits"]:
         found.append(f"{p['n_in_several_splits']} patient(s) in more than one split")
+    if rep["n_cross_split"]:
+        found.append(f"{rep['n_cross_split']} image id(s) listed in more than one split")
     if r["n_cross_split"]:
         found.append(f"{r['n_cross_split']} report text(s) in more than one split")
     if im is not None and im["n_cross_split"]:
@@ -140,7 +158,8 @@ def run_leakage_audit(
             pairs.append(
                 (
                     pair_png(a, b),
-                    f"{pair.split_a} / {pair.split_b}, distance {pair.distance}",
+                    f"{pair.split_a} / {pair.split_b}, Hamming {pair.distance}"
+                    + ("" if getattr(pair, "correlation", None) is None else f", correlation {pair.correlation:.2f}"),
                     [
                         f"{pair.a[:12]} / {pair.b[:12]}",
                         {True: "same patient", False: "different patients", None: "patients unknown"}[
