@@ -274,3 +274,32 @@ def test_zero_shot_classifier_is_what_tip_adapter_stores(shots):
     clf = fit_tip_adapter("embedding", shot_set, zs.findings, zs, alpha=0.0)
     rebuilt = ZeroShotClassifier(zs.findings, clf.tensors["zs_positive"], clf.tensors["zs_negative"], zs.logit_scale)
     torch.testing.assert_close(rebuilt.logits(shot_set.embedding), clf.logits(shot_set.embedding).float())
+
+
+@pytest.mark.parametrize("method", ["gda", "lora"])
+def test_the_demo_serves_an_adapted_classifier_with_its_provenance(tiny, tmp_path, method):
+    import shutil
+
+    from medclip.demo.engine import TriageEngine
+
+    model_dir, manifest = tiny
+    ckpt = tmp_path / "model"
+    shutil.copytree(model_dir, ckpt, ignore=shutil.ignore_patterns("adapters"))
+    argv = ["adapt", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--shots", "2", "--draws", "1"]
+    assert _run(argv + ["--methods", method, "--steps", "2", "--findings", ",".join(FINDINGS)], add_adapt_parser) == 0
+    engine = TriageEngine.load(ckpt, adapter=method)
+    assert engine.classifier.findings == FINDINGS
+    assert f"few-shot classifier {method} (2 shots per class, draw 0" in engine.gallery_note
+    ev = Evaluator(engine.model, manifest, EvalOptions(val_split=None, findings=FINDINGS))
+    test = ev.split("test")
+    data = ev.dataset(test.frame)
+    pixels = np.round(data[0]["image"][0].numpy() * 255).astype(np.uint8)
+    result = engine.predict(pixels)
+    clf, _ = load_adapter(ckpt, method)
+    from medclip.adapt.runner import classifier_logits
+
+    expected = torch.sigmoid(classifier_logits(clf, ev, "test")[0]).numpy()
+    got = {f.concept_id: f.probability for f in result.findings}
+    np.testing.assert_allclose([got[c] for c in FINDINGS], expected, atol=1e-4)
+    # operating points were chosen for zero-shot scores: none applies to the adapted classifier
+    assert all(f.status == "not calibrated" for f in result.findings)

@@ -74,6 +74,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--findings", default=None, help="task name or comma-separated concept ids (default: chexpert14)"
     )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        metavar="METHOD",
+        help="score the findings with the few-shot classifier `medclip adapt` saved in CHECKPOINT/adapters/METHOD "
+        "(linear_probe, gda, tip_adapter, tip_adapter_f, coop, lora) instead of zero-shot",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860, help="port (0: the first free one from 7860)")
     parser.add_argument(
@@ -164,7 +171,9 @@ def load_engine(args: argparse.Namespace):  # -> TriageEngine (imported lazily: 
         print(f"building the reference gallery from {source} into {gallery_dir} ...", flush=True)
         model = DualEncoder.from_pretrained(checkpoint).eval()
         build_gallery(model, source, gallery_dir, split=split, progress=True)
-    return TriageEngine.load(checkpoint, args.gallery, findings=_findings(args.findings))
+    return TriageEngine.load(
+        checkpoint, args.gallery, findings=_findings(args.findings), adapter=getattr(args, "adapter", None)
+    )
 
 
 #: Room for the multipart form around one file: a request may exceed the upload limit by this much.

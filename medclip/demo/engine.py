@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +110,9 @@ class TriageEngine:
             size = self.model.config.vision.image_size
             self.preprocess = self.preprocess.with_(volume_shape=(size,) * 3 if isinstance(size, int) else tuple(size))
         self.image_size = self.preprocess.image_size
+        #: a few-shot classifier of ``medclip adapt`` that scores the findings instead of zero-shot (None: zero-shot)
+        self.adapter: Any = None
+        self.adapter_description = ""
 
     @classmethod
     def load(
@@ -117,6 +121,7 @@ class TriageEngine:
         gallery_dir: str | Path | None = None,
         *,
         findings: str | Iterable[str] | None = None,
+        adapter: str | None = None,
     ) -> TriageEngine:
         """Load a checkpoint folder, its thresholds, its report drafter and a gallery (default
         ``<checkpoint>/gallery``, optional).
@@ -124,7 +129,10 @@ class TriageEngine:
         A missing default gallery only disables similar studies, a missing ``<checkpoint>/drafter``
         only the drafted report (the note says how to make each); a named gallery that cannot be
         used raises :class:`GalleryError`. The drafter is the one ``medclip eval --save-to-checkpoint``
-        scored and saved.
+        scored and saved. ``adapter`` names a few-shot classifier ``medclip adapt`` saved in the checkpoint
+        (``adapters/<method>/``): it scores its findings instead of zero-shot, and the page names it with its
+        provenance; thresholds.json was chosen on zero-shot scores, so no operating point applies to it
+        (findings shown as not calibrated, none sets the priority).
         """
         checkpoint = CheckpointDir.open(checkpoint_dir)  # a folder or an hf-hub: id
         checkpoint_dir = checkpoint.path
@@ -149,6 +157,12 @@ class TriageEngine:
                 f"No reference gallery at {directory}: similar studies are off. Build one with "
                 f"`medclip demo --checkpoint {checkpoint_dir} --build-gallery MANIFEST_OR_CACHE`."
             )
+        adapted = adapter_meta = None
+        if adapter is not None:
+            from medclip.adapt.store import load_adapter
+
+            adapted, adapter_meta = load_adapter(checkpoint, adapter)  # another model's: StaleFileError
+            findings, points = adapted.findings, None
         engine = cls(
             model,
             findings=findings,
@@ -160,7 +174,17 @@ class TriageEngine:
             gallery_note=note,
         )
         shown = engine.classifier.findings
-        if points is None:
+        if adapted is not None and adapter_meta is not None:
+            from medclip.adapt.store import describe_adapter
+
+            engine.adapter = adapted
+            engine.adapter_description = describe_adapter(adapter_meta)
+            calibration = (
+                f"Findings scored by the few-shot classifier {engine.adapter_description}. The operating points in "
+                "thresholds.json were chosen for zero-shot scores, so none applies: every finding is shown as not "
+                "calibrated and none sets the triage priority."
+            )
+        elif points is None:
             calibration = (
                 "No operating points (thresholds.json) in the checkpoint: every finding is shown as not "
                 "calibrated (no call is made at a default 0.5) and none sets the triage priority. Choose them "
@@ -266,13 +290,27 @@ class TriageEngine:
         with torch.inference_mode():
             return self.model.encode_image(x, normalize=True).float()
 
+    def _adapted_proba(self, pixels: np.ndarray) -> np.ndarray:
+        """The few-shot classifier's probabilities (F,) for one model view (LoRA: its merged model's embedding)."""
+        if pixels.ndim == 3:  # a volume in [0, 1]
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)[None, None]
+        model: Any = self.adapter.merged_model(self.model)
+        with torch.inference_mode():
+            backbone = model.visual.features(x).float()
+            embedding = torch.nn.functional.normalize(model.visual.proj(backbone), dim=-1)
+            return torch.sigmoid(self.adapter.logits(embedding, backbone)).double().numpy()[0]
+
     def predict(self, pixels: np.ndarray) -> TriageResult:
         """Findings, priority, similar studies and a drafted report for one model view (a volume for 3D models)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         features = self.encode(pixels)
         t1 = time.perf_counter()
-        probabilities = self.classifier.predict_proba(features)[0]
+        probabilities = (
+            self.classifier.predict_proba(features)[0] if self.adapter is None else self._adapted_proba(pixels)
+        )
         findings = rank_findings(
             probabilities,
             self.classifier.findings,
