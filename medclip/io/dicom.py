@@ -1,9 +1,11 @@
 """DICOM reading: one file (2D or multi-frame) or a series of files into a :class:`MedicalImage`.
 
-Pixel pipeline (PS3.4 N.2): decode (pydicom + pylibjpeg/GDCM plugins; bits stored and signedness
-corrected by pydicom) -> modality LUT (Modality LUT Sequence via ``pydicom.pixels.apply_modality_lut``,
-else Rescale Slope/Intercept, per frame for enhanced multi-frame) -> VOI (VOI LUT Sequence via
-``pydicom.pixels.apply_voi``, else Window Center/Width, first of several) -> MONOCHROME1 inversion.
+Pixel pipeline (PS3.4 N.2): decode (pydicom with its pylibjpeg / Pillow / RLE plugins in this process;
+GDCM only in a worker process, :mod:`medclip.io.gdcm_worker`, because it can abort the process on a
+malformed file; bits stored and signedness corrected by pydicom) -> modality LUT (Modality LUT
+Sequence via ``pydicom.pixels.apply_modality_lut``, else Rescale Slope/Intercept, per frame for
+enhanced multi-frame) -> VOI (VOI LUT Sequence via ``pydicom.pixels.apply_voi``, else Window
+Center/Width, first of several) -> MONOCHROME1 inversion.
 Colour images (RGB, YBR_*, PALETTE COLOR) become luminance (ITU-R BT.601). Siemens mosaics are
 unpacked into volumes with nibabel's CSA-header reader.
 
@@ -28,10 +30,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragmented_frames
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from medclip.deid import coarse_age, coarse_sex, hash_identifier
+from medclip.io import gdcm_worker
 from medclip.io.guard import phi_safe
 from medclip.io.image import ImageReadError, MedicalImage, MultiVolumeError
 from medclip.io.volume import canonical_volume
@@ -55,7 +58,18 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     zlib.error,
     InvalidDicomError,
+    BytesLengthException,  # an element whose length is no multiple of its VR's value size (not a ValueError)
 )
+
+
+def _exc_text(exc: BaseException) -> str:
+    """``Type: message`` of a reader exception; a fixed text where pydicom's message quotes the raw header bytes."""
+    if isinstance(exc, BytesLengthException):
+        return f"{type(exc).__name__}: an element's length does not fit its VR (header bytes withheld)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+gdcm_worker.keep_gdcm_out_of_process()  # pydicom's GDCM plugin never runs in this process
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Y of YBR_FULL
@@ -182,7 +196,7 @@ def _read_dataset(path: PathLike, *, stop_before_pixels: bool = False) -> Datase
     except (EOFError, struct.error) as exc:
         raise ImageReadError(path, f"truncated or corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageReadError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+        raise ImageReadError(path, f"unreadable DICOM header ({_exc_text(exc)})") from exc
 
 
 # --------------------------------------------------------------------------- metadata
@@ -483,21 +497,28 @@ def _check_decoded_size(ds: Dataset, path: PathLike) -> None:
     except ImageReadError:
         raise
     except _DECODE_ERRORS as exc:
-        raise ImageReadError(path, f"malformed encapsulated pixel data ({type(exc).__name__}: {exc})") from exc
+        raise ImageReadError(path, f"malformed encapsulated pixel data ({_exc_text(exc)})") from exc
 
 
 def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
-    """Decoded stored values: (frames, rows, cols[, samples]) or (rows, cols[, samples])."""
+    """Decoded stored values: (frames, rows, cols[, samples]) or (rows, cols[, samples]).
+
+    pydicom decodes with its plugins minus GDCM (pylibjpeg, Pillow, its own RLE: they raise Python
+    exceptions on bad input); what they refuse goes to GDCM in the worker process
+    (:mod:`medclip.io.gdcm_worker`), where an abort costs this one file, not the process.
+    """
     # YBR_FULL(_422) is kept as YBR (raw): its Y channel is the luminance we want, so pydicom's
     # float64 YBR->RGB conversion (the slowest step for colour ultrasound cines) is skipped.
     raw = _text(ds, "PhotometricInterpretation") in _YBR_FULL
     try:
         return pydicom.pixels.pixel_array(ds, index=frame, raw=raw)
-    except _DECODE_ERRORS as exc:
-        fallback = _gdcm_decode(ds, path, frame)
+    except BaseException as exc:
+        if not isinstance(exc, _DECODE_ERRORS) and not _is_decoder_panic(exc):
+            raise  # KeyboardInterrupt, SystemExit, MemoryError: not this file's fault
+        fallback = _gdcm_decode(ds, path, frame, raw)
         if fallback is not None:
             return fallback
-        message = f"{type(exc).__name__}: {exc}"
+        message = _exc_text(exc)
         lowered = message.lower()
         if "less than expected" in lowered or "truncat" in lowered or "end of file" in lowered:
             reason = f"pixel data truncated or wrong length ({message})"
@@ -509,57 +530,32 @@ def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
         raise ImageReadError(path, reason) from exc
 
 
-_GDCM_SCALARS = {
-    "UINT8": "u1",
-    "INT8": "i1",
-    "UINT12": "<u2",
-    "INT12": "<i2",
-    "UINT16": "<u2",
-    "INT16": "<i2",
-    "UINT32": "<u4",
-    "INT32": "<i4",
-    "FLOAT32": "<f4",
-    "FLOAT64": "<f8",
-}
+def _is_decoder_panic(exc: BaseException) -> bool:
+    """A Rust decoder's panic on malformed data (pylibjpeg-rle: "index out of bounds").
 
-
-def _gdcm_decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray | None:
-    """Grayscale pixels decoded by GDCM's own file reader, or None (no python-gdcm, colour, not a plain file).
-
-    The fallback for JPEG streams pydicom's plugins refuse, e.g. 12-bit JPEG Extended (process 2/4)
-    files that only GDCM's IJG 12-bit codec reads; pydicom's GDCM plugin declines those on purpose.
+    pyo3's ``PanicException`` derives from BaseException, not Exception, so it passes pydicom's plugin loop
+    and every ``except Exception`` above it (the indexer's, the demo's) unless it is caught here.
     """
-    try:
-        import gdcm
-    except ImportError:
-        return None
+    return type(exc).__name__ == "PanicException"
+
+
+def _gdcm_decode(ds: Dataset, path: PathLike, frame: int | None, raw: bool) -> np.ndarray | None:
+    """Stored values decoded by GDCM in the worker process, or None (no python-gdcm, not a GDCM codec, GDCM failed too).
+
+    Only for the JPEG / JPEG-LS / JPEG 2000 streams pydicom's other plugins refused (e.g. 12-bit JPEG
+    Extended, which only GDCM's IJG 12-bit codec reads), never to paper over a corrupt dataset. A GDCM
+    crash, timeout or exhausted memory cap raises :class:`ImageReadError` for this file.
+    """
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
     if syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES:
-        return None  # only for codecs pydicom's plugins refused, never to paper over a corrupt dataset
-    if (_int(ds, "SamplesPerPixel") or 1) != 1 or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return None
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path) or not gdcm_worker.gdcm_installed():
         return None
     try:
-        for switch in (gdcm.Trace.SetError, gdcm.Trace.SetWarning, gdcm.Trace.SetDebug):
-            switch(False)  # GDCM's trace messages may name the file
-        reader = gdcm.ImageReader()
-        reader.SetFileName(os.fsdecode(path))
-        if not reader.Read():
-            return None
-        image = reader.GetImage()
-        dtype = _GDCM_SCALARS.get(image.GetPixelFormat().GetScalarTypeAsString())
-        if dtype is None:
-            return None
-        values = np.frombuffer(image.GetBuffer().encode("utf-8", "surrogateescape"), dtype=dtype)
-    except Exception:  # noqa: BLE001 - any GDCM failure leaves pydicom's own error to report
-        return None
-    rows, columns, frames = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0, _frame_count(ds)
-    if values.size != rows * columns * frames:
-        return None
-    values = values.reshape(frames, rows, columns)
-    if frame is not None:
-        return values[frame].copy()
-    return values[0].copy() if frames == 1 else values.copy()
+        return gdcm_worker.decode(path, frame, raw)
+    except gdcm_worker.GdcmWorkerError:
+        return None  # no worker (not POSIX, a broken installation): pydicom's own error is reported
 
 
 def _rescale(ds: Dataset, frame: int) -> tuple[float, float]:
@@ -991,7 +987,7 @@ def read_dicom(
     except ImageReadError:
         raise
     except _DECODE_ERRORS as exc:
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(path, _exc_text(exc)) from exc
 
 
 def _read_dataset_pixels(
