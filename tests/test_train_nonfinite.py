@@ -28,13 +28,13 @@ class PoisonImages(L.Callback):
     """Puts a NaN pixel (or an Inf) into the first image of the batches of the given steps (1-based), as a
     corrupted image would, and records whether the poisoned step changed any weight."""
 
-    def __init__(self, steps: list[int], value: str = "nan") -> None:
-        self.steps, self.value = set(steps), float(value)
+    def __init__(self, steps: list[int], value: str = "nan", rank: int | None = None) -> None:
+        self.steps, self.value, self.rank = set(steps), float(value), rank
         self._before: dict[str, torch.Tensor] | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._before = None
-        if trainer.global_step + 1 in self.steps:
+        if trainer.global_step + 1 in self.steps and self.rank in (None, trainer.global_rank):
             batch["images"][0, 0, 0, 0] = self.value
             self._before = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
 
@@ -130,3 +130,40 @@ def test_max_nonfinite_steps_is_validated(tmp_path: Path) -> None:
     assert load_config(data)["optim"]["max_nonfinite_steps"] == 5
     with pytest.raises(ConfigError, match="optim.max_nonfinite_steps must be an integer >= 1"):
         load_config({**data, "optim": {"max_nonfinite_steps": 0}})
+
+
+def test_a_nan_on_one_rank_makes_every_rank_skip_and_stop_together(manifest: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Two DDP processes (gloo); rank 1 alone meets NaN batches: both skip the same steps, and when too many come
+    in a row both stop with the message (no rank is left waiting in a collective)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from test_train_fit import REPO_ROOT
+
+    cfg = _base(manifest, tmp_path / "ddp", max_steps=4, strategy="ddp", devices=2)
+    cfg["data"]["batch_size"] = 3
+    cfg["optim"]["max_nonfinite_steps"] = 2
+    cfg["trainer"]["callbacks"] = [{"class_path": POISON, "init_args": {"steps": [2, 3], "rank": 1}}]
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "medclip.train", "--config", str(tmp_path / "ddp.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    # the loss gathers features across ranks, so rank 0's loss is NaN too; either way both skip step 2 and stop at 3
+    assert done.stderr.count("step 2: loss nan not finite: update skipped (1 in a row") == 2
+    assert done.stderr.count("error: training stopped at step 3: the loss or gradients were NaN/Inf in 2 steps") == 2
+    last = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2 and not (tmp_path / "ddp" / "model").exists()

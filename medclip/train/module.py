@@ -270,12 +270,14 @@ class DualEncoderModule(L.LightningModule):
         running statistics) are put back (the lr schedule and step count still advance); count it,
         warn with the step and the batch's image ids, and stop when ``optim.max_nonfinite_steps`` come in a row.
 
-        Gradients are checked after their all-reduce, so every rank of a distributed run decides alike. With
+        Gradients are checked after their all-reduce, and the decision is shared by all ranks (a sharded
+        gradient is checked where it lives), so every rank of a distributed run decides alike. With
         fp16 mixed precision, Inf gradients are the loss scaler's business (it skips and lowers its scale):
         only a non-finite loss counts there."""
         batches, self._step_batches = self._step_batches, []
         params = [p for p in self.parameters() if p.grad is not None]
-        grads = [p.grad for p in params if p.grad is not None]
+        # a sharded (FSDP2 DTensor) gradient is checked on this rank's shard; the decision is shared below
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
         losses = torch.stack([loss.float().reshape(()) for loss, _ in batches]) if batches else None
         bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
         precision = str(getattr(self.trainer, "precision", ""))
@@ -283,7 +285,10 @@ class DualEncoderModule(L.LightningModule):
         bad_grads = (
             not scaler_owns_inf and bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
         )
-        if not bad_loss and not bad_grads:
+        bad = bool(bad_loss or bad_grads)
+        if self.trainer.world_size > 1:  # one rank's bad shard or loss makes every rank skip: they stay in step
+            bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if not bad:
             self.nonfinite_in_a_row = 0
             return
         n_bad = sum(not bool(g.isfinite().all()) for g in grads)  # only on a bad step
@@ -300,7 +305,13 @@ class DualEncoderModule(L.LightningModule):
         ids = [i for value, (_, batch_ids) in zip(values, batches) if not math.isfinite(value) for i in batch_ids]
         ids = ids or [i for _, batch_ids in batches for i in batch_ids]
         shown = ", ".join(ids[:16]) + (f" (+{len(ids) - 16} more)" if len(ids) > 16 else "")
-        what = "loss " + ", ".join(f"{v:g}" for v in values) if bad_loss else f"gradients of {n_bad} parameter tensors"
+        what = (
+            "loss " + ", ".join(f"{v:g}" for v in values)
+            if bad_loss
+            else f"gradients of {n_bad} parameter tensors"
+            if n_bad
+            else "another rank's loss or gradients"
+        )
         limit = self.max_nonfinite_steps
         if self.nonfinite_in_a_row >= limit:
             where = getattr(getattr(self.trainer, "checkpoint_callback", None), "dirpath", None)
