@@ -126,6 +126,14 @@ def test_random_access_cache_skips_bad_members_and_a_deleted_shard(
     with pytest.raises(CacheError, match="exceed data.max_bad_samples = 9"):
         [dataset[k] for k in range(len(dataset))]
 
+    # a broken meta.json: skipped as an item; where the sampler reads ids at setup, an error naming the shard
+    _shard(cache, 2).write_bytes(b"")
+    _garble(_shard(cache, 1), _keys(_shard(cache, 1))[0], member="meta.json")
+    fresh = CacheMapDataset(cache, "train", max_bad_samples=20)
+    assert len(fresh) == 16 and len({fresh[k]["image_id"] for k in range(len(fresh))}) == 14
+    with pytest.raises(ValueError, match=f"cache shard {_shard(cache, 1)}: meta.json of sample #8 cannot be read"):
+        fresh.image_ids()
+
 
 @pytest.mark.slow
 def test_fit_over_a_corrupted_cache_finishes_and_resumes_exactly(cache: Path, tmp_path: Path) -> None:

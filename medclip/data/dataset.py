@@ -440,7 +440,14 @@ class CacheMapDataset(Dataset):
             import json
 
             s, members = self.entries[index]
-            cached = self._metas[index] = json.loads(self._read(self.shards[s], members["meta.json"]))
+            try:
+                cached = json.loads(self._read(self.shards[s], members["meta.json"]))
+            except (OSError, EOFError, ValueError) as exc:  # read as an item: skipped and counted (__getitem__)
+                raise ValueError(
+                    f"cache shard {self.shards[s]}: meta.json of sample #{index} cannot be read "
+                    f"({type(exc).__name__}: {str(exc)[:120]})"
+                ) from exc
+            self._metas[index] = cached
         return cached
 
     def image_ids(self) -> list[str]:
