@@ -254,7 +254,8 @@ def _text_prestage(
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) == 0:
-        (output_dir / "text_pretrain.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        with atomic_write(output_dir / "text_pretrain.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
 
 
 def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
