@@ -5,6 +5,7 @@ clamped to ln(100) after every step, as CLIP does."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from pathlib import Path
@@ -72,6 +73,8 @@ def test_nan_and_inf_steps_are_skipped_counted_and_named_and_the_run_finishes(
     assert SEEN == [(2, []), (4, [])]  # the poisoned steps changed no weight, nor BatchNorm's running statistics
     weights = _weights(model_dir)
     assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+    record = json.loads((model_dir / "config.json").read_text())["extra"]["training"]
+    assert record["nonfinite_steps_skipped"] == 2  # the model card's record counts them
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 5  # skipped steps still count as steps (the lr schedule advances)
 

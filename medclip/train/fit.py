@@ -454,6 +454,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     model_dir = output_dir / "model"
     record = training_record(cfg)
     record.update(run_record(data_cfg, steps=int(trainer.global_step), wall_time_s=time.time() - started))
+    record["nonfinite_steps_skipped"] = module.nonfinite_steps  # NaN/Inf steps skipped by this fit call
     module.model.config.extra["training"] = record
     # a new model makes the old one's thresholds, drafter, gallery and eval output stale: set them aside
     with CheckpointDir(model_dir).replacing_model(active=trainer.is_global_zero):

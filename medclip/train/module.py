@@ -203,6 +203,7 @@ class DualEncoderModule(L.LightningModule):
         self.log("train/acc_i2t", stats["acc_i2t"], batch_size=batch_size)
         self.log("train/acc_t2i", stats["acc_t2i"], batch_size=batch_size)
         self.log("train/logit_scale", stats["logit_scale"].float().mean(), batch_size=batch_size)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch_size)  # skipped so far
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
