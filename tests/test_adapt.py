@@ -303,3 +303,14 @@ def test_the_demo_serves_an_adapted_classifier_with_its_provenance(tiny, tmp_pat
     np.testing.assert_allclose([got[c] for c in FINDINGS], expected, atol=1e-4)
     # operating points were chosen for zero-shot scores: none applies to the adapted classifier
     assert all(f.status == "not calibrated" for f in result.findings)
+
+
+def test_a_shot_count_without_enough_patients_is_left_out_and_said(tiny, tmp_path, capsys):
+    model_dir, manifest = tiny  # 5 training patients per finding: k=6 cannot be drawn
+    argv = ["adapt", "--checkpoint", str(model_dir), "--manifest", str(manifest), "--shots", "2,6", "--draws", "1"]
+    assert _run(argv + ["--methods", "gda", "--no-save", "-o", str(tmp_path)], add_adapt_parser) == 0
+    printed = capsys.readouterr().out
+    assert "k=6: left out pleural_effusion, cardiomegaly" in printed
+    results = json.loads((tmp_path / "adapt.json").read_text())
+    assert results["shots"]["6"]["gda"]["draw_means"] == [] and len(results["shots"]["2"]["gda"]["draw_means"]) == 1
+    assert "saved" not in results

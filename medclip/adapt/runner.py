@@ -27,6 +27,7 @@ from medclip.eval.fewshot import sample_shots
 from medclip.eval.metrics import auroc
 from medclip.eval.runner import EvalOptions, Evaluator
 from medclip.inference.encoders import embed_images
+from medclip.inference.zeroshot import ZeroShotClassifier
 
 from .methods import METHODS, AdaptedClassifier, ShotSet, fit_method
 from .store import save_adapter
@@ -145,23 +146,45 @@ def run_adapt(
         "seed": seed,
     }
     to_save: dict[str, tuple[AdaptedClassifier, dict[str, Any]]] = {}
-    largest = max(int(k) for k in shots)
-    for k in sorted({int(k) for k in shots}):
+    ks = sorted({int(k) for k in shots})
+    # a finding takes part at k only with k positive and k negative training patients
+    available = {
+        k: [
+            j
+            for j in range(len(names))
+            if sample_shots(ytr[:, j], k, np.random.default_rng(0), train.patients) is not None
+        ]
+        for k in ks
+    }
+    complete = [k for k in ks if len(available[k]) == len(names)]
+    save_k = max(complete) if complete else max((k for k in ks if available[k]), default=None)
+    results["skipped"] = {k: [names[j] for j in range(len(names)) if j not in available[k]] for k in ks}
+    for k in ks:
         per_method: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         seconds: dict[str, float] = {m: 0.0 for m in methods}
-        for d in range(draws):
+        cols = available[k]
+        if len(cols) < len(names):
+            log.warning(
+                "k=%d: fewer than %d positive or negative training patients for %s: left out at this k",
+                k,
+                k,
+                results["skipped"][k],
+            )
+        sub = [names[j] for j in cols]
+        zs_k = (
+            zs
+            if len(cols) == len(names)
+            else ZeroShotClassifier(sub, zs.positive[cols], zs.negative[cols], zs.logit_scale)
+        )
+        for d in range(draws if cols else 0):
             rng = np.random.default_rng([seed, k, d])
-            picks = [sample_shots(ytr[:, j], k, rng, train.patients) for j in range(len(names))]
-            if any(p is None for p in picks):
-                short = [names[j] for j, p in enumerate(picks) if p is None]
-                log.warning("k=%d: fewer than %d positive or negative training patients for %s; skipped", k, k, short)
-                break
+            picks = [sample_shots(ytr[:, j], k, rng, train.patients) for j in cols]
             union = np.unique(np.concatenate([p for p in picks if p is not None]))
-            labels = np.full((union.size, len(names)), np.nan)
+            labels = np.full((union.size, len(cols)), np.nan)
             pos = {int(i): r for r, i in enumerate(union)}
-            for j, p in enumerate(picks):
+            for c, (j, p) in enumerate(zip(cols, picks, strict=True)):
                 for i in p:  # type: ignore[union-attr]
-                    labels[pos[int(i)], j] = ytr[i, j]
+                    labels[pos[int(i)], c] = ytr[i, j]
             images = None
             if "lora" in methods:
                 frame = train.frame.iloc[union].reset_index(drop=True)
@@ -176,12 +199,12 @@ def run_adapt(
             for method in methods:
                 start = time.perf_counter()
                 clf = fit_method(
-                    method, model, shot_set, names, zs, features=features, seed=seed + d,
+                    method, model, shot_set, sub, zs_k, features=features, seed=seed + d,
                     **(method_options or {}).get(method, {}),
                 )  # fmt: skip
                 seconds[method] += time.perf_counter() - start
-                per_method[method].append(_aurocs(yte, classifier_logits(clf, ev, test_split).numpy(), names))
-                if save and k == largest and d == 0:
+                per_method[method].append(_aurocs(yte[:, cols], classifier_logits(clf, ev, test_split).numpy(), sub))
+                if save and k == save_k and d == 0:
                     prov = {
                         **provenance_base,
                         "shots": k,
@@ -193,7 +216,7 @@ def run_adapt(
                     to_save[method] = (clf, prov)
         results["shots"][k] = {
             m: {
-                "per_finding": {c: _mean(r[c] for r in runs) for c in names},
+                "per_finding": {c: (_mean(r[c] for r in runs) if c in sub else math.nan) for c in names},
                 "draw_means": [_mean(r.values()) for r in runs],
                 "mean": _mean(_mean(r.values()) for r in runs),
                 "sd": float(np.std([_mean(r.values()) for r in runs])) if runs else math.nan,
@@ -248,8 +271,12 @@ def format_adapt(results: dict[str, Any]) -> str:
         f"{results['draws']} draw(s) of the shots (by patient); probes, GDA and Tip-Adapter keys on {feats}",
         *lines,
     ]
-    if ks:
-        k = ks[-1]
+    skipped = {int(k): v for k, v in (results.get("skipped") or {}).items() if v}
+    for k, left in sorted(skipped.items()):
+        out.append(f"k={k}: left out {', '.join(left)} (fewer than {k} positive or negative training patients)")
+    done = [k for k in ks if any(r["draw_means"] for r in by_k[k].values())]
+    if done:
+        k = done[-1]
         names = results["findings"]
         head = ["method", *names]
         prow = [["zeroshot", *(fmt(results["zeroshot"]["per_finding"][c]) for c in names)]]
