@@ -82,9 +82,9 @@ class AdaptedClassifier:
     def logits(self, embedding: torch.Tensor, backbone: torch.Tensor | None = None) -> torch.Tensor:
         """Log-odds (N, F) from the model's image features (for LoRA: the merged model's embeddings)."""
         emb = F.normalize(torch.as_tensor(embedding).float(), dim=-1)
-        x = emb if self.features == "embedding" else torch.as_tensor(backbone).float()
         if self.features == "backbone" and backbone is None:
             raise ValueError(f"{self.method}: needs the encoder's pre-projection features")
+        x = emb if self.features == "embedding" else torch.as_tensor(backbone).float()
         t = self.tensors
         if self.method in ("linear_probe", "gda"):
             return x.double() @ t["weight"].double().T + t["bias"].double()
