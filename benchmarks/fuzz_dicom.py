@@ -8,6 +8,8 @@ fuzz  Seeded mutants of real DICOM files (pydicom's test files and pydicom-data;
       is counted, not fatal: the child is restarted after the mutant that killed it. Printed per
       source: loaded / refused (of which: GDCM crashed in its worker, contained) / other exception /
       crashed / hung. Any "other exception", "crashed" or "hung" is a bug; the exit status says so.
+      A last row mutates the JPEG Lossless files in issue 21's shape (a few header bytes and a few
+      bytes of the JPEG stream's own headers: pylibjpeg refuses the stream, GDCM gets the file).
 cost  The decoding paths on the scale benchmark's JPEG files (``benchmarks/scale.py``: 2500 x 2048
       JPEG Baseline radiographs), per file, median of the repeats: pydicom's GDCM plugin in process
       (what pydicom ran first before issue 21), pydicom's pylibjpeg plugin in process (what runs
@@ -17,7 +19,7 @@ cost  The decoding paths on the scale benchmark's JPEG files (``benchmarks/scale
 pylibjpeg-data is not on PyPI: point ``--pylibjpeg-data`` at a checkout of
 github.com/pydicom/pylibjpeg-data (its ``ljdata/ds`` files are used); it is never downloaded here.
 
-  python benchmarks/fuzz_dicom.py                       # 1,200 mutants, then the cost table
+  python benchmarks/fuzz_dicom.py                       # 1,200 mutants + 300 targeted, then the cost table
   python benchmarks/fuzz_dicom.py --mutants 300 --no-cost
   python benchmarks/fuzz_dicom.py --pylibjpeg-data ~/src/pylibjpeg-data --keep crashes/
 """
@@ -122,11 +124,33 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
     return bytes(buf), kinds
 
 
-def mutant(files: Sequence[str], seed: int, k: int) -> tuple[str, bytes, list[str]]:
-    """Mutant ``k`` of a run: its source file, its bytes and its mutations (deterministic in seed and k)."""
+def mutate_header_and_stream(data: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
+    """1-8 header bytes and 1-4 bytes of the first 200 of the (first) JPEG stream overwritten.
+
+    The shape of the file in issue 21 (and of ``tests/test_io_gdcm_crash.py``): pylibjpeg refuses the
+    stream, so the file goes to GDCM, whose reader then meets the damaged header.
+    """
+    pixels = _pixel_offset(data)
+    soi = data.find(b"\xff\xd8", pixels)
+    if pixels >= len(data) or soi < 0 or soi + 202 > len(data):
+        return mutate(data, rng)
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        buf[rng.randrange(132, pixels)] = rng.randrange(256)
+    for _ in range(rng.randint(1, 4)):
+        buf[rng.randrange(soi + 2, soi + 200)] = rng.randrange(256)
+    return bytes(buf), ["flip_header", "flip_stream_header"]
+
+
+def mutant(files: Sequence[str], seed: int, k: int, mode: str = "mixed") -> tuple[str, bytes, list[str]]:
+    """Mutant ``k`` of a run: its source file, its bytes and its mutations (deterministic in seed, k and mode).
+
+    ``mode``: "mixed" (:func:`mutate`) or "header+stream" (:func:`mutate_header_and_stream`).
+    """
     source = files[k % len(files)]
     rng = random.Random(seed * 1_000_003 + k)
-    data, kinds = mutate(Path(source).read_bytes(), rng)
+    mutator = mutate_header_and_stream if mode == "header+stream" else mutate
+    data, kinds = mutator(Path(source).read_bytes(), rng)
     return source, data, kinds
 
 
@@ -146,11 +170,11 @@ def _child(spec_path: str, start: int) -> None:
         CRASH_REASON = "the GDCM decoder crashed on this file"
 
     spec = json.loads(Path(spec_path).read_text())
-    files, seed, count = spec["files"], spec["seed"], spec["count"]
+    files, seed, count, mode = spec["files"], spec["seed"], spec["count"], spec.get("mode", "mixed")
     with tempfile.TemporaryDirectory(prefix="medclip-fuzz-") as tmp:
         target = Path(tmp) / "mutant.dcm"
         for k in range(start, count):
-            _, data, _ = mutant(files, seed, k)
+            _, data, _ = mutant(files, seed, k, mode)
             target.write_bytes(data)
             try:
                 load_image(target)
@@ -169,6 +193,7 @@ def run_mutants(
     *,
     hang_s: float = HANG_S,
     keep: str | os.PathLike[str] | None = None,
+    mode: str = "mixed",
 ) -> list[str]:
     """The outcome of each of ``count`` mutants of ``files``: loaded, refused, gdcm_crash (refused: GDCM crashed
     in its worker), error:<Type>, crashed:<exit status> or hung. A child process reads them; it is restarted after
@@ -178,7 +203,7 @@ def run_mutants(
     outcomes: list[str | None] = [None] * count
     with tempfile.TemporaryDirectory(prefix="medclip-fuzz-spec-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"files": files, "seed": seed, "count": count}))
+        spec.write_text(json.dumps({"files": files, "seed": seed, "count": count, "mode": mode}))
         start = 0
         while start < count:
             path = [p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p]  # a PYTHONPATH given first
@@ -216,7 +241,7 @@ def run_mutants(
         Path(keep).mkdir(parents=True, exist_ok=True)
         for k, outcome in enumerate(done):
             if outcome.startswith(("crashed", "hung", "error")):
-                source, data, kinds = mutant(files, seed, k)
+                source, data, kinds = mutant(files, seed, k, mode)
                 name = f"seed{seed}-k{k}-{Path(source).stem}-{'+'.join(kinds)}.dcm"
                 (Path(keep) / name).write_bytes(data)
     return done
@@ -270,6 +295,15 @@ def shared_files(shared: Path) -> list[Path]:
     data = shared / "data"
     picked = sorted((data / "xray_samples").rglob("*.dcm")) + sorted((data / "dicom_series_nih").rglob("*"))[:40:4]
     return _with_pixels(p for p in picked if p.is_file())
+
+
+def _syntax(path: str | os.PathLike[str]) -> str:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    except Exception:  # noqa: BLE001 - no syntax to tell
+        return ""
 
 
 def _with_pixels(paths: Iterable[Path], max_bytes: int = 8 * 2**20) -> list[Path]:
@@ -375,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--pylibjpeg-data", type=Path, default=os.environ.get("PYLIBJPEG_DATA"))
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("MEDCLIP_SHARED", REPO.parent / "shared")))
+    ap.add_argument(
+        "--targeted",
+        type=int,
+        default=300,
+        help="extra mutants of the JPEG Lossless files with header + JPEG-header flips (issue 21's shape); 0: none",
+    )
     ap.add_argument("--keep", type=Path, help="save the mutants that crashed, hung or raised another exception here")
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument("--cost-files", type=int, default=6)
@@ -391,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     sources = {name: files for name, files in sources.items() if files}
     total_files = sum(len(f) for f in sources.values())
+    lossless = [f for files in sources.values() for f in files if _syntax(f) == "1.2.840.10008.1.2.4.70"]
     print(f"{_cpu()}, {os.cpu_count()} cores, load average {_load_average()}")
     print(
         f"{'source':24} {'files':>5} {'mutants':>7} {'loaded':>7} {'refused':>7} {'(gdcm)':>7} {'error':>6} {'crashed':>7} {'hung':>5}"
@@ -398,12 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     grand: Counter = Counter()
     t0 = time.perf_counter()
-    for index, (name, files) in enumerate(sources.items()):
-        count = max(1, round(args.mutants * len(files) / total_files))
-        outcomes = run_mutants(files, count, seed=args.seed + index, keep=args.keep)
+    runs = [
+        (name, files, max(1, round(args.mutants * len(files) / total_files)), "mixed")
+        for name, files in sources.items()
+    ]
+    if lossless and args.targeted:
+        runs.append(("JPEG Lossless, hdr+stream", lossless, args.targeted, "header+stream"))
+    for index, (name, files, count, mode) in enumerate(runs):
+        outcomes = run_mutants(files, count, seed=args.seed + index, keep=args.keep, mode=mode)
         s = summarise(outcomes)
         grand.update(s)
-        grand["files"] += len(files)
+        grand["files"] += len(files) if mode == "mixed" else 0  # the targeted row re-uses files
         bad += s["error"] + s["crashed"] + s["hung"]
         print(
             f"{name:24} {len(files):5d} {s['mutants']:7d} {s['loaded']:7d} {s['refused']:7d} {s['gdcm_crash']:7d} "

@@ -133,6 +133,36 @@ def test_load_image_refuses_it_and_gdcm_still_decodes_the_next_file(aborting_fil
     assert result["after"] == [244.0, 95.0]  # pydicom's GDCM test values for JPEG-lossy.dcm
 
 
+def test_a_file_that_aborts_pydicoms_own_gdcm_plugin(tmp_path: Path) -> None:
+    """pydicom 3 tries its GDCM plugin first when python-gdcm is installed; on this fuzzed colour JPEG Lossless file
+    (8 bytes of pydicom's SC_rgb_jpeg_gdcm.dcm changed, found by benchmarks/fuzz_dicom.py) that plugin aborts
+    the process (gdcmJPEGBITSCodec.hxx). medclip removes the plugin in process: the file is read by pylibjpeg."""
+    data = bytearray(Path(get_testdata_file("SC_rgb_jpeg_gdcm.dcm")).read_bytes())
+    for offset, value in {146: 215, 233: 180, 255: 250, 588: 43, 717: 159, 753: 17, 912: 67, 1353: 169}.items():
+        data[offset] = value
+    path = tmp_path / "fuzzed_rgb_jpeg_lossless.dcm"
+    path.write_bytes(bytes(data))
+    plugin = run_python(
+        "import sys, pydicom; pydicom.pixels.pixel_array(pydicom.dcmread(sys.argv[1]), decoding_plugin='gdcm')",
+        str(path),
+    )
+    assert plugin.returncode == -signal.SIGABRT and "gdcm::Exception" in plugin.stderr
+    out = survived(
+        run_python(
+            """
+            import sys
+            from medclip.io import ImageReadError, load_image
+            try:
+                print("loaded", load_image(sys.argv[1]).array.shape)
+            except ImageReadError as exc:
+                print("refused", exc.reason)
+            """,
+            str(path),
+        )
+    )
+    assert out.startswith(("loaded", "refused"))
+
+
 def test_gdcm_never_runs_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydicom's GDCM plugin is gone from every decoder here, and nothing calls GDCM in process while
     compressed files of every codec load, the 12-bit one (GDCM only) included: it comes from the worker."""
