@@ -712,6 +712,9 @@ def _own_values(data: Mapping[str, Any]) -> list[str]:
 
     walk(data)
     card = data.get("model") or {}
+    finished = (card.get("training") or {}).get("finished")
+    if finished:  # the date the model finished training (not about any patient)
+        out.add(str(finished))
     for tower in ("image_tower", "text_tower"):
         for key in ("name", "weights"):
             value = (card.get(tower) or {}).get(key)
