@@ -87,6 +87,27 @@ def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int = 6
     return result
 
 
+def image_batches(
+    images: Iterable[torch.Tensor] | torch.utils.data.Dataset, batch_size: int, num_workers: int = 0
+) -> Iterable[torch.Tensor]:
+    """Batches (B, 1, ...) of a tensor, or of a dataset of items with an ``"image"`` entry (decoded by a
+    DataLoader, with a progress bar when there is more than one batch: decoding is the long part)."""
+    if isinstance(images, torch.Tensor):
+        return images.split(batch_size)
+    from tqdm.auto import tqdm
+
+    # any indexable collection of items works as a map-style dataset
+    loader = torch.utils.data.DataLoader(
+        cast(torch.utils.data.Dataset, images),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=lambda items: torch.stack([it["image"] for it in items]),
+    )
+    total = len(loader)
+    return tqdm(loader, total=total, desc="embedding images", unit="batch", disable=total <= 1, leave=False)
+
+
 @torch.no_grad()
 def embed_images(
     model: EmbeddingModel,
@@ -97,18 +118,7 @@ def embed_images(
     """L2-normalised image embeddings (N, E) on the CPU from a tensor (N, 1, H, W) or a dataset of items
     with an ``"image"`` entry (e.g. :class:`medclip.data.ManifestDataset`)."""
     device = model_device(model)
-    if isinstance(images, torch.Tensor):
-        batches: Iterable[torch.Tensor] = images.split(batch_size)
-    else:
-        # any indexable collection of items works as a map-style dataset
-        loader = torch.utils.data.DataLoader(
-            cast(torch.utils.data.Dataset, images),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=lambda items: torch.stack([it["image"] for it in items]),
-        )
-        batches = loader
+    batches = image_batches(images, batch_size, num_workers)
     out = [model.encode_image(b.to(device), normalize=True).float().cpu() for b in batches]
     if not out:
         raise ValueError("no images to embed")
@@ -140,18 +150,8 @@ def embed_images_and_backbone(
         return embed_images(model, images, batch_size, num_workers), None
     visual: Any = cast(Any, model).visual
     device = model_device(model)
-    if isinstance(images, torch.Tensor):
-        batches: Iterable[torch.Tensor] = images.split(batch_size)
-    else:
-        batches = torch.utils.data.DataLoader(
-            cast(torch.utils.data.Dataset, images),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=lambda items: torch.stack([it["image"] for it in items]),
-        )
     emb, back = [], []
-    for b in batches:
+    for b in image_batches(images, batch_size, num_workers):
         feats = visual.features(b.to(device))
         emb.append(F.normalize(visual.proj(feats), dim=-1).float().cpu())
         back.append(feats.float().cpu())
