@@ -113,6 +113,7 @@ def training_rows(training: dict[str, Any]) -> list[list[str]]:
             "data fingerprints (SHA-256 of each manifest)",
             "; ".join(f"{d.get('name')}: {d.get('manifest_sha256', 'n/a')}" for d in data) or "not recorded",
         ],
+        ["updates skipped for a non-finite loss or gradient", str(get("nonfinite_steps_skipped"))],
         ["loss", str((training.get("loss") or {}).get("name", "not recorded"))],
         ["image tower locked (LiT)", str((training.get("lock_image") or {}).get("lock_image", "not recorded"))],
         [
