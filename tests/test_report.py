@@ -168,7 +168,8 @@ def test_clean_manifest_has_no_leakage_and_planted_leaks_are_each_named_on_the_p
     assert leak["clean"] is True
     assert leak["patients"]["n_in_several_splits"] == 0
     assert leak["reports"]["n_cross_split"] == 0
-    assert leak["images"]["n_cross_split"] == 0 and leak["images"]["n_images"] == 180
+    # the external manifest's 72 images join the audit as a split of their own
+    assert leak["images"]["n_cross_split"] == 0 and leak["images"]["n_images"] == 180 + 72
     model, manifest, _ = study
     df = pd.read_parquet(manifest)
     root = Path(manifest).parent
@@ -212,6 +213,23 @@ def test_clean_manifest_has_no_leakage_and_planted_leaks_are_each_named_on_the_p
     assert "1 patient(s) in more than one split" in page and "1 report text(s) in more than one split" in page
     assert "near-duplicate image pair(s) across splits" in page
     assert any("leakage audit found overlap" in line for line in result.data["limitations"])
+
+
+def test_an_external_manifest_holding_a_training_image_is_a_leak(study, tmp_path) -> None:
+    model, manifest, external = study
+    train = pd.read_parquet(manifest).query("split == 'train'").head(1)
+    root = Path(manifest).parent
+    ext = pd.read_parquet(external)
+    ext = pd.concat([ext, train.assign(path=[str(root / p) for p in train["path"]])], ignore_index=True)
+    ext = write_manifest(
+        ext.assign(path=[str(root / p) if not Path(p).is_absolute() else p for p in ext["path"]]),
+        tmp_path / "site3.parquet",
+    )
+    result = build_report(model, manifest, tmp_path / "r", [ext], ReportOptions(n_boot=0))
+    leak = result.data["leakage"]
+    assert leak["clean"] is False
+    assert leak["repeated_images"]["pairs"] == {"train/external:site3": 1}
+    assert "1 image id(s) listed in more than one split" in leak["summary"]
 
 
 def test_report_reuses_saved_scores_without_embedding_again(study, report, tmp_path, monkeypatch) -> None:

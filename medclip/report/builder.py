@@ -572,7 +572,13 @@ def build_report(
     steps("leakage audit" + (": reading every image once" if opt.leakage_images else " (patients, report texts)"))
     phi_values, phi_counts = _phi_values(frame, opt)
     redact = Redactor(list(phi_values))
-    leakage, leakage_pairs = run_leakage_audit(frame, images=opt.leakage_images, cache_dir=opt.cache_dir, redact=redact)
+    # external manifests join the audit as splits of their own: a "new site" that holds training images is a leak
+    audit_frame = pd.concat(
+        [frame, *(f.assign(split=f"external:{n}") for n, (f, _) in ext_frames.items())], ignore_index=True
+    )
+    leakage, leakage_pairs = run_leakage_audit(
+        audit_frame, images=opt.leakage_images, cache_dir=None if ext_frames else opt.cache_dir, redact=redact
+    )
 
     steps(
         f"zero-shot probabilities of split {opt.split!r}"
