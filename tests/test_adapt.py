@@ -314,3 +314,19 @@ def test_a_shot_count_without_enough_patients_is_left_out_and_said(tiny, tmp_pat
     results = json.loads((tmp_path / "adapt.json").read_text())
     assert results["shots"]["6"]["gda"]["draw_means"] == [] and len(results["shots"]["2"]["gda"]["draw_means"]) == 1
     assert "saved" not in results
+
+
+def test_lora_leaves_out_depthwise_convolutions_it_cannot_merge():
+    from torch import nn
+
+    from medclip.adapt.methods import _inject, lora_targets
+
+    torch.manual_seed(0)
+    model = create_model("tiny-test", vision={"name": "mobilenetv3_small_050"})
+    targets = lora_targets(model)
+    vision = [t for t in targets if t.startswith("visual.")]
+    assert vision and all(
+        isinstance(model.get_submodule(t), nn.Linear) or model.get_submodule(t).groups == 1 for t in vision
+    )
+    assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.visual.modules())  # there were some
+    _inject(model, targets, rank=4, alpha=8.0)  # peft refuses a depthwise target: none is given

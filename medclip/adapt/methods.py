@@ -308,7 +308,8 @@ def _peft() -> Any:
 def lora_targets(model: nn.Module) -> list[str]:
     """Module names LoRA adapts: the text tower's attention (query/key/value) and MLP/output (dense)
     linears; the vision tower's attention/MLP linears (ViT: qkv, proj, fc1, fc2) or, for a CNN,
-    the convolutions and linears of its last block group (timm's group matcher)."""
+    the dense convolutions and linears of its last block group (timm's group matcher; depthwise
+    convolutions are left out: LoRA cannot merge into them)."""
     names = []
     for name, module in model.named_modules():
         if not name.startswith("text.encoder."):
@@ -326,10 +327,15 @@ def lora_targets(model: nn.Module) -> list[str]:
         groups = model.image_blocks() if hasattr(model, "image_blocks") else []  # type: ignore[operator]
         for group in reversed(groups):
             modules = sorted({f"visual.backbone.{p.rsplit('.', 1)[0]}" for p in group})
-            vision = [m for m in modules if isinstance(model.get_submodule(m), (nn.Conv2d, nn.Linear))]
+            vision = [m for m in modules if _lora_fits(model.get_submodule(m))]
             if vision:
                 break
     return names + vision
+
+
+def _lora_fits(module: nn.Module) -> bool:
+    """A linear layer or a dense convolution (LoRA cannot merge into a grouped / depthwise one)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def _inject(model: nn.Module, targets: list[str], rank: int, alpha: float) -> nn.Module:
