@@ -8,11 +8,14 @@ covid set holds.
    percentile contrast stretch), and two combinations. Distractors are every other pair, in particular the
    different images of one patient (covid: follow-up films days apart; Kermany: several films per child).
    Detectors: imagehash pHash / dHash / wHash (64 bits, of the 128 px model view) at several Hamming
-   thresholds, and the cosine of the offline default model's image-encoder features (the backbone's pooled
-   output, as ``benchmarks/quality.py``'s probes; 224 px) at several cosine thresholds. Recall of the planted
+   thresholds, pHash + the 32 x 32 rank correlation, pHash + rank + the fine check (the aligned 64 x 64
+   high-pass correlation of ``medclip.audit.leakage.fine_correlation``; threshold column: Hamming, rank gate or -,
+   fine), and the cosine of the offline default model's image-encoder features (the backbone's pooled output, as
+   ``benchmarks/quality.py``'s probes; 224 px) at several cosine thresholds. Recall of the planted
    pairs (per transform group) and false-positive pairs (same patient / other patient; the covid set holds
    real duplicates, so some "other patient" pairs are true copies: the covid audit below shows them).
-2. **Scale.** The chunked Hamming search over 50,000 random hashes.
+2. **Scale.** The chunked Hamming search over 50,000 random hashes. **Bundled sample.** The default detector over
+   all pairs of the bundled Kermany sample's 360 images (different children): pairs called near duplicates.
 3. **Covid audit.** ``medclip recipe covid_chestxray`` (patient-level split 80/10/10, fixed salt), then
    ``medclip.audit.leakage.audit_leakage`` with its defaults: patients in several splits, near-duplicate images
    across splits (and within one split, as information), identical report texts. A contact sheet of the pairs
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,6 +50,7 @@ SALT = "medclip-leakage-benchmark"
 HASH_THRESHOLDS = (2, 4, 6, 8, 10, 12, 14)
 COSINE_THRESHOLDS = (0.90, 0.95, 0.97, 0.98, 0.99)
 TWO_STAGE_CORRELATIONS = (0.90, 0.92, 0.93, 0.94, 0.96)
+FINE_CORRELATIONS = (0.60, 0.66, 0.70, 0.72, 0.75, 0.80, 0.85)
 
 
 def shared_data() -> Path:
@@ -193,7 +197,9 @@ def embedding_similarities(images: list[np.ndarray], min_cos: float) -> dict[tup
     return {(int(i), int(j)): float(sim[i, j]) for i, j in zip(ii, jj)}
 
 
-def score(pool: pd.DataFrame, found: dict[tuple[int, int], float], keep: Callable[[float], bool]) -> dict[str, float]:
+def score(
+    pool: pd.DataFrame, found: Mapping[tuple[int, int], float], keep: Callable[[float], bool]
+) -> dict[str, float]:
     """Recall of the planted pairs (all, per transform group) and false-positive pairs by kind."""
     planted = {
         (min(int(o), c), max(int(o), c)): TRANSFORMS[t][0]
@@ -220,7 +226,13 @@ def score(pool: pd.DataFrame, found: dict[tuple[int, int], float], keep: Callabl
 
 
 def method_table(pool: pd.DataFrame, use_embedding: bool) -> str:
-    from medclip.audit.leakage import AUDIT_IMAGE_SIZE, image_signature, signature_correlation
+    from medclip.audit.leakage import (
+        AUDIT_IMAGE_SIZE,
+        fine_correlations,
+        fine_view,
+        image_signature,
+        signature_correlation,
+    )
 
     t0 = time.time()
     small = read_images(pool, AUDIT_IMAGE_SIZE)
@@ -243,11 +255,27 @@ def method_table(pool: pd.DataFrame, use_embedding: bool) -> str:
         took_sig = time.time() - t0 + took
         for t in (10, 12):
             cand = [p for p, d in found.items() if d <= t]
-            corr = signature_correlation(sigs[[i for i, _ in cand]], sigs[[j for _, j in cand]]) if cand else []
+            corr = (
+                signature_correlation(sigs[[i for i, _ in cand]], sigs[[j for _, j in cand]]) if cand else np.zeros(0)
+            )
             by_pair = dict(zip(cand, map(float, corr)))
             for c in TWO_STAGE_CORRELATIONS:
                 s = score(pool, by_pair, lambda v, c=c: v >= c)  # type: ignore[misc]
                 rows.append(_row("phash + rank corr", f"<= {t}, >= {c:.2f}", s, n_pairs, took_sig))
+        # the fine check (aligned 64 x 64 high-pass correlation) on the pHash <= 10 candidates, with and without
+        # the 32 x 32 rank gate
+        t0 = time.time()
+        views = np.stack([fine_view(im) for im in small])
+        cand = [p for p, d in found.items() if d <= 10]
+        corr10 = signature_correlation(sigs[[i for i, _ in cand]], sigs[[j for _, j in cand]]) if cand else np.zeros(0)
+        fine10 = fine_correlations(views, np.array([i for i, _ in cand]), np.array([j for _, j in cand]))
+        took_fine = time.time() - t0 + took_sig
+        for gate in (None, 0.85, 0.90, 0.93):
+            by_pair = {p: float(f) for p, c, f in zip(cand, corr10, fine10) if gate is None or c >= gate}
+            for c in FINE_CORRELATIONS:
+                s = score(pool, by_pair, lambda v, c=c: v >= c)  # type: ignore[misc]
+                g = "-" if gate is None else f"{gate:.2f}"
+                rows.append(_row("phash+rank+fine", f"10, {g}, {c:.2f}", s, n_pairs, took_fine))
     if use_embedding:
         t0 = time.time()
         big = read_images(pool, 224)
@@ -280,6 +308,36 @@ def scale_line(n: int = 50_000) -> str:
     t0 = time.time()
     ii, _, _ = hamming_pairs(codes, DEFAULT_THRESHOLD)
     return f"scale: all pairs of {n:,} random 64-bit hashes (Hamming <= {DEFAULT_THRESHOLD}): {time.time() - t0:.1f} s, {len(ii)} pairs"
+
+
+# ---------------------------------------------------------------------- the bundled sample
+def sample_line(workdir: Path) -> str:
+    """Near-duplicate pairs of different patients among the bundled Kermany sample's images (all different children,
+    checked by eye): the default detector, and without its fine check (the previous default: rank corr >= 0.93)."""
+    from medclip.audit.leakage import ManifestImages, near_duplicate_images
+    from medclip.data.manifest import read_manifest
+    from medclip.recipes.base import sample_kermany_manifest
+
+    sample_kermany_manifest(workdir / "sample_kermany.parquet")
+    df = read_manifest(workdir / "sample_kermany.parquet")
+    images = list(ManifestImages(df, progress=False))
+    ids = df["image_id"].astype(str).tolist()
+    everyone_apart = {k: str(n) for n, k in enumerate(ids)}  # every image its own split: all pairs compared
+    patients = dict(zip(ids, df["patient_id"].astype(str)))
+    t0 = time.time()
+    new = near_duplicate_images(images, everyone_apart, patients=patients)
+    took = time.time() - t0
+    old = near_duplicate_images(
+        images, everyone_apart, patients=patients, min_correlation=0.93, min_fine_correlation=None
+    )
+    n_new = sum(p.same_patient is False for p in new.cross_split)
+    n_old = sum(p.same_patient is False for p in old.cross_split)
+    fine = [p.fine_correlation for p in new.cross_split]
+    return (
+        f"bundled Kermany sample ({len(images)} images, all pairs): pairs of different patients called near duplicates: "
+        f"{n_new} at the default ({took:.1f} s), {n_old} with the previous default (pHash <= 10, rank corr >= 0.93)"
+        + (f"; fine correlations {fine}" if fine else "")
+    )
 
 
 # ---------------------------------------------------------------------- covid audit
@@ -325,12 +383,13 @@ def covid_audit(data: Path, workdir: Path) -> str:
         for p in im.cross_split:
             lines.append(f"  d={p.distance:2d} {p.split_a}/{p.split_b}: {describe(p.a)}  <->  {describe(p.b)}")
     # within-split pairs between different patients: information (recomputed here to list them)
-    from medclip.audit.leakage import candidate_pairs, image_hash, image_signature
+    from medclip.audit.leakage import candidate_pairs, fine_view, image_hash, image_signature
 
     cache = dict(ManifestImages(df, progress=False))
     ids = list(cache)
     codes = np.stack([image_hash(cache[k]) for k in ids])
-    ii, jj, dd, _ = candidate_pairs(codes, np.stack([image_signature(cache[k]) for k in ids]))
+    sigs = np.stack([image_signature(cache[k]) for k in ids])
+    ii, jj, dd, _ = candidate_pairs(codes, sigs, views=np.stack([fine_view(cache[k]) for k in ids]))
     split = dict(zip(df["image_id"].astype(str), df["split"]))
     patient = dict(zip(df["image_id"].astype(str), df["patient_id"]))
     within = [
@@ -419,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(method_table(pool, not args.no_embedding))
         print("\n" + scale_line())
+        print("\n" + sample_line(workdir))
         print("\n" + covid_audit(data, workdir))
         print(f"\ntotal {time.time() - t_all:.0f} s")
     return 0

@@ -15,10 +15,15 @@ import pytest
 from PIL import Image
 
 from medclip.audit.leakage import (
+    DEFAULT_MIN_FINE_CORRELATION,
+    DEFAULT_THRESHOLD,
     ManifestImages,
     audit_leakage,
     duplicate_reports,
+    fine_correlation,
+    fine_view,
     hamming_pairs,
+    image_hash,
     near_duplicate_images,
     patient_overlap,
 )
@@ -108,6 +113,9 @@ def test_planted_leaks_are_found(tmp_path: Path) -> None:
     assert im.pairs == {"train/test": 1, "train/val": 1}
     assert len(im.thumbnails) == 2 and im.thumbnails[0][1].shape == (48, 48)
     assert all(p.same_patient is False for p in im.cross_split)
+    assert all(
+        p.fine_correlation is not None and p.fine_correlation >= DEFAULT_MIN_FINE_CORRELATION for p in im.cross_split
+    )
 
 
 def test_a_clean_manifest_reports_zero_of_each(tmp_path: Path) -> None:
@@ -126,6 +134,8 @@ def test_to_dict_is_json_safe_and_holds_no_paths(tmp_path: Path) -> None:
     assert str(tmp_path) not in text and "kermany" not in text.lower() and ".jpeg" not in text
     assert set(d) == {"ok", "patients", "repeated_images", "reports", "images"}
     assert d["images"]["n_cross_split"] == 2 and d["images"]["criterion"].startswith("phash Hamming <= ")
+    assert "high-pass correlation >= " in d["images"]["criterion"]
+    assert all(p["fine_correlation"] >= DEFAULT_MIN_FINE_CORRELATION for p in d["images"]["cross_split_pairs"])
     assert audit_leakage(df).to_dict()["images"] is None  # no images given: the image check is skipped
 
 
@@ -198,3 +208,55 @@ def test_images_without_a_split_are_counted_not_compared() -> None:
     dup = near_duplicate_images([("a", img), ("b", img), ("stranger", img)], {"a": "train", "b": "test"})
     assert dup.n_without_split == 1 and dup.n_cross_split == 1 and dup.cross_split[0].distance == 0
     assert dup.cross_split[0].correlation == pytest.approx(1.0, abs=1e-4)
+
+
+#: Films of different children in the bundled sample that the previous detector (pHash <= 10, 32 x 32 rank
+#: correlation >= 0.93) called near duplicates: the quickstart report's "3 near-duplicate image pairs across splits".
+LOOKALIKE_PAIRS = (
+    ("person870_bacteria_2792.jpeg", "person555_bacteria_2325.jpeg"),
+    ("NORMAL2-IM-0822-0001.jpeg", "IM-0223-0001.jpeg"),
+    ("NORMAL2-IM-0564-0001.jpeg", "NORMAL2-IM-0978-0001.jpeg"),
+)
+
+
+def test_bundled_kermany_sample_gives_no_cross_patient_near_duplicate_pair(tmp_path: Path) -> None:
+    from medclip.data.manifest import read_manifest
+    from medclip.recipes.base import sample_kermany_manifest
+
+    sample_kermany_manifest(tmp_path / "sample.parquet")
+    df = read_manifest(tmp_path / "sample.parquet")
+    images = ManifestImages(df, progress=False)  # the audit's own path: preprocess_row at 128 px
+    read = dict(images)
+    assert images.read == len(df) == 360 and images.unreadable == 0
+    ids = df["image_id"].astype(str).tolist()
+    apart = {k: f"split{n}" for n, k in enumerate(ids)}  # every image in its own split: every pair is compared
+    patients = dict(zip(ids, df["patient_id"].astype(str)))
+    dup = near_duplicate_images(read.items(), apart, patients=patients)
+    assert [p for p in dup.cross_split if p.same_patient is False] == [], dup.to_dict()
+    assert dup.n_images == 360
+
+    # the three look-alike pairs the quickstart report showed: close in pHash and at 32 x 32, apart in fine detail
+    by_name = {Path(str(path)).name: str(k) for k, path in zip(df["image_id"], df["path"])}
+    for a, b in LOOKALIKE_PAIRS:
+        ia, ib = read[by_name[a]], read[by_name[b]]
+        assert patients[by_name[a]] != patients[by_name[b]]
+        distance = int(np.bitwise_count(image_hash(ia) ^ image_hash(ib))[0])
+        assert distance <= DEFAULT_THRESHOLD, (a, b, distance)
+        old = near_duplicate_images(
+            [("a", ia), ("b", ib)], {"a": "train", "b": "test"}, min_correlation=0.93, min_fine_correlation=None
+        )
+        assert old.n_cross_split == 1, (a, b)  # the previous default's false pair
+        fine = fine_correlation(fine_view(ia), fine_view(ib))
+        assert fine < DEFAULT_MIN_FINE_CORRELATION - 0.05, (a, b, fine)
+        assert near_duplicate_images([("a", ia), ("b", ib)], {"a": "train", "b": "test"}).n_cross_split == 0
+
+
+def test_a_copy_cropped_shifted_and_rewindowed_keeps_its_fine_detail() -> None:
+    src = Image.open(_originals()[7]).convert("L")
+    a = np.asarray(src)
+    crop = np.asarray(src.crop((8, 4, src.width - 4, src.height - 8)), dtype=np.float32) / 255.0
+    lo, hi = np.percentile(crop, [5, 95])
+    copy = (np.clip((crop - lo) / (hi - lo), 0, 1) ** 1.4 * 255 + 0.5).astype(np.uint8)
+    assert fine_correlation(fine_view(a), fine_view(copy)) >= DEFAULT_MIN_FINE_CORRELATION + 0.05
+    other = np.asarray(Image.open(_originals()[8]).convert("L"))
+    assert fine_correlation(fine_view(a), fine_view(other)) < DEFAULT_MIN_FINE_CORRELATION
