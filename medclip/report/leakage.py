@@ -145,9 +145,10 @@ def run_leakage_audit(
     if found:
         summary = "Leakage audit: " + "; ".join(found) + " (see the leakage audit)."
     else:
-        checked = "patients, report texts" + (" and images" if im is not None else "")
+        checked = "patients, image ids, report texts" + (" and images" if im is not None else "")
         summary = (
-            f"Leakage audit: no patient, report text or near-duplicate image shared between splits ({checked} checked)."
+            "Leakage audit: no patient, image, report text or near-duplicate image shared between splits "
+            f"({checked} checked)."
         )
     record.update(summary=summary, clean=audit.ok, tables=tables, notes=[])
     if im is None:
