@@ -345,7 +345,7 @@ class PhiScanResult:
         if self.hashes_checked:
             what.append(f"{self.hashes_checked} salted identifier hashes")
         if self.patterns:
-            what.append("patterns: " + ", ".join(self.patterns))
+            what.append("patterns: " + ", ".join(dict.fromkeys(self.patterns)))
         head = "PHI scan of " + "; ".join(what)
         if self.ok:
             return head + ": no identifiers found"

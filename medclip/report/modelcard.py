@@ -121,7 +121,10 @@ def training_rows(training: dict[str, Any]) -> list[list[str]]:
             str((training.get("lock_text") or {}).get("lock_text", "not recorded"))
             + f" ({(training.get('lock_text') or {}).get('lock_text_unlocked_layers', '-')})",
         ],
-        ["label-to-text", str(training.get("label_text") or "not recorded")],
+        [
+            "label-to-text",
+            ", ".join(f"{k} {v}" for k, v in (training.get("label_text") or {}).items()) or "not recorded",
+        ],
         ["image augmentation", str((training.get("image_augmentation") or {}).get("enabled", "not recorded"))],
         [
             "library versions",
