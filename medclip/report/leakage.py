@@ -118,7 +118,16 @@ def run_leakage_audit(
         tables.append(
             {
                 "caption": "Near-duplicate image pairs across splits (closest first, salted image ids)",
-                "header": ["image", "split", "image", "split", "Hamming distance", "rank correlation", "same patient"],
+                "header": [
+                    "image",
+                    "split",
+                    "image",
+                    "split",
+                    "Hamming distance",
+                    "32 x 32 rank correlation",
+                    "fine correlation",
+                    "same patient",
+                ],
                 "rows": [
                     [
                         q["a"][:16],
@@ -127,6 +136,7 @@ def run_leakage_audit(
                         q["split_b"],
                         str(q["distance"]),
                         "-" if q.get("correlation") is None else f"{q['correlation']:.3f}",
+                        "-" if q.get("fine_correlation") is None else f"{q['fine_correlation']:.3f}",
                         {True: "yes", False: "no", None: "unknown"}[q["same_patient"]],
                     ]
                     for q in im["cross_split_pairs"]
@@ -160,7 +170,11 @@ def run_leakage_audit(
                 (
                     pair_png(a, b),
                     f"{pair.split_a} / {pair.split_b}, Hamming {pair.distance}"
-                    + ("" if getattr(pair, "correlation", None) is None else f", correlation {pair.correlation:.2f}"),
+                    + (
+                        ""
+                        if getattr(pair, "fine_correlation", None) is None
+                        else f", fine correlation {pair.fine_correlation:.2f}"
+                    ),
                     [
                         f"{pair.a[:12]} / {pair.b[:12]}",
                         {True: "same patient", False: "different patients", None: "patients unknown"}[
