@@ -330,3 +330,13 @@ def test_lora_leaves_out_depthwise_convolutions_it_cannot_merge():
     )
     assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.visual.modules())  # there were some
     _inject(model, targets, rank=4, alpha=8.0)  # peft refuses a depthwise target: none is given
+
+
+def test_lora_scores_with_the_zero_shot_prompts_so_no_training_step_is_zero_shot(shots):
+    model, zs, shot_set, ev = shots
+    test = ev.split("test")
+    clf = fit_lora(model, shot_set, zs.findings, zs.logit_scale, steps=0, prompt_style=zs.style)
+    merged = clf.merged_model(model)
+    with torch.no_grad():
+        emb = merged.encode_image(ev.dataset(test.frame)[0]["image"][None], normalize=True)
+    torch.testing.assert_close(clf.logits(emb).float(), zs.logits(test.image_features[:1]), atol=1e-4, rtol=1e-4)

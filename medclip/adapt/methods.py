@@ -399,10 +399,13 @@ def fit_lora(
     lr: float = 5e-4,
     batch_size: int = 16,
     seed: int = 0,
+    prompt_style: str = "ensemble",
 ) -> AdaptedClassifier:
     """LoRA on both towers, trained on the shot images against the finding sentences ("there is
-    <name>." vs "there is no <name>."); returns only the low-rank weights. ``model`` is not touched
-    (a copy is adapted); BatchNorm statistics stay frozen (the copy runs in eval mode)."""
+    <name>." vs "there is no <name>."); ``model`` is not touched (a copy is adapted; BatchNorm statistics
+    stay frozen, the copy runs in eval mode). The classifier is the zero-shot classifier of the merged
+    model with the same prompt ensembles as the zero-shot row (``prompt_style``), so only the towers'
+    low-rank updates separate the two; with no training step it is zero-shot exactly."""
     _text_tower(model)
     if shots.images is None:
         raise ValueError("LoRA needs the shot images")
@@ -428,9 +431,9 @@ def fit_lora(
     lora_state = {f"lora.{k}": v.detach().clone() for k, v in adapted.state_dict().items() if "lora_" in k}
     hparams = {"targets": targets, "rank": rank, "lora_alpha": lora_alpha, "logit_scale": logit_scale}
     merged = _unload(adapted)
-    with torch.no_grad():
-        pos, neg = _text_pair(merged, pos_tok, neg_tok)
-    tensors = {**lora_state, "positive": pos.detach(), "negative": neg.detach()}
+    classifier = ZeroShotClassifier.from_model(cast(Any, merged), list(findings), style=prompt_style)
+    hparams["prompt_style"] = prompt_style
+    tensors = {**lora_state, "positive": classifier.positive, "negative": classifier.negative}
     clf = AdaptedClassifier("lora", list(findings), "embedding", tensors, hparams)
     clf._merged = merged
     return clf
@@ -456,6 +459,7 @@ def fit_method(
     if method == "coop":
         return fit_coop(model, shots, findings, zeroshot.logit_scale, seed=seed, **options)
     if method == "lora":
+        options.setdefault("prompt_style", zeroshot.style)
         return fit_lora(model, shots, findings, zeroshot.logit_scale, seed=seed, **options)
     raise ValueError(f"unknown adaptation method {method!r}; choose from {', '.join(METHODS)}")
 

@@ -252,7 +252,14 @@ def format_adapt(results: dict[str, Any]) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
     header = ["method", "k=0", *(f"k={k}" for k in ks)]
-    rows = [["zeroshot", fmt(results["zeroshot"]["mean"]), *([""] * len(ks))]]
+    skipped_at = {int(k): set(v) for k, v in (results.get("skipped") or {}).items()}
+    zs_per = results["zeroshot"]["per_finding"]
+    # zero-shot over the same findings as each k's column (a k that leaves findings out is compared fairly)
+    zs_cells = [
+        f"({fmt(_mean(zs_per[c] for c in results['findings'] if c not in skipped_at[k]))})" if skipped_at.get(k) else ""
+        for k in ks
+    ]
+    rows = [["zeroshot", fmt(results["zeroshot"]["mean"]), *zs_cells]]
     for m in results["methods"]:
         cells = []
         for k in ks:
@@ -273,11 +280,13 @@ def format_adapt(results: dict[str, Any]) -> str:
     ]
     skipped = {int(k): v for k, v in (results.get("skipped") or {}).items() if v}
     for k, left in sorted(skipped.items()):
-        out.append(f"k={k}: left out {', '.join(left)} (fewer than {k} positive or negative training patients)")
+        out.append(
+            f"k={k}: left out {', '.join(left)} (fewer than {k} positive or negative training patients); "
+            "(zero-shot) in its column is over the same findings"
+        )
     done = [k for k in ks if any(r["draw_means"] for r in by_k[k].values())]
-    if done:
-        k = done[-1]
-        names = results["findings"]
+    names = results["findings"]
+    for k in done:  # per finding at each k (zero-shot as the k=0 reference)
         head = ["method", *names]
         prow = [["zeroshot", *(fmt(results["zeroshot"]["per_finding"][c]) for c in names)]]
         prow += [[m, *(fmt(by_k[k][m]["per_finding"][c]) for c in names)] for m in results["methods"]]
