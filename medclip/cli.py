@@ -480,7 +480,13 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
             "text": "labels",
         },
     ]
-    overrides = [f"data.sources={json.dumps(sources)}", f"output_dir={out}"]
+    # the sources replace the config's single manifest / cache (which would only raise a warning)
+    overrides = [
+        f"data.sources={json.dumps(sources)}",
+        "data.manifest=null",
+        "data.cache_dir=null",
+        f"output_dir={out}",
+    ]
     if args.max_steps is not None:
         overrides.append(f"trainer.max_steps={args.max_steps}")
     model_dir = Path(fit(load_config(resolve_config("quickstart"), overrides)))
@@ -538,7 +544,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         model_dir,
         out / "eval_manifest.parquet",
         out / "report",
-        options=ReportOptions(n_boot=200, eval_dir=str(out / "eval")),
+        options=ReportOptions(n_boot=200, eval_dir=str(out / "eval"), progress=not args.quiet),
     )
     print(report.summary())
     print(f"done: checkpoint folder {model_dir}")

@@ -686,6 +686,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _unscored(finding: str, entry: dict[str, Any]) -> str:
+    """``"covid19_pneumonia (11 positives, 0 negatives)"`` / ``"infiltrate (no labelled images)"``."""
+    n, pos = int(entry["n"]), int(entry["positives"])
+    return f"{finding} (no labelled images)" if n == 0 else f"{finding} ({pos} positives, {n - pos} negatives)"
+
+
 def format_results(results: dict[str, Any]) -> str:
     """Human-readable tables of :func:`evaluate`'s results."""
     parts = []
@@ -706,7 +712,9 @@ def format_results(results: dict[str, Any]) -> str:
                 _fmt(z["prompt_sensitivity"]["spread"].get(cid)),
             ]
             for cid, e in z["per_finding"].items()
+            if 0 < e["positives"] < e["n"]
         ]
+        skipped = [_unscored(cid, e) for cid, e in z["per_finding"].items() if not 0 < e["positives"] < e["n"]]
         uncalibrated = [cid for cid, e in z["per_finding"].items() if not e.get("threshold_calibrated", True)]
         parts.append(
             f"Zero-shot diagnosis (split {z['split']}, prompts {z['style']}, thresholds: {z['threshold_source']}; "
@@ -732,6 +740,12 @@ def format_results(results: dict[str, Any]) -> str:
                     "prompt spread",
                 ],
                 rows,
+            )
+            + (
+                f"\nnot evaluated (no AUROC without positives and negatives in split {z['split']!r}): "
+                + "; ".join(skipped)
+                if skipped
+                else ""
             )
         )
         ps = z["prompt_sensitivity"]["mean_auroc"]

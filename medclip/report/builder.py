@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,7 @@ class ReportOptions:
     cache_dir: str | None = None  # read the leakage audit's images from this cache instead of the files
     study_info: str | None = None
     phi_values: str | None = None  # a text file of extra identifier values to scan for, one per line
+    progress: bool = True  # step lines and progress bars on stderr
     reuse: bool = True  # reuse eval's metrics.json and saved scores when they fit
     eval_dir: str | None = None  # medclip eval's output folder to reuse (default: <checkpoint>/eval)
 
@@ -106,12 +108,18 @@ class ReportResult:
 
 
 class _Steps:
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.time()
+    """Numbered step lines on stderr (beside the progress bars), or DEBUG log records when quiet."""
+
+    def __init__(self, total: int, show: bool) -> None:
+        self.total, self.done, self.start, self.show = total, 0, time.time(), show
 
     def __call__(self, what: str) -> None:
         self.done += 1
-        log.info("report %d/%d: %s (%.0f s so far)", self.done, self.total, what, time.time() - self.start)
+        line = f"report {self.done}/{self.total}: {what} ({time.time() - self.start:.0f} s so far)"
+        if self.show:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            log.debug("%s", line)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -519,7 +527,7 @@ def build_report(
     from medclip import __version__
 
     opt = options or ReportOptions()
-    steps = _Steps(10)
+    steps = _Steps(10, opt.progress)
     output = Path(output_dir)
     study_info = load_study_info(opt.study_info)
 
@@ -577,7 +585,11 @@ def build_report(
         [frame, *(f.assign(split=f"external:{n}") for n, (f, _) in ext_frames.items())], ignore_index=True
     )
     leakage, leakage_pairs = run_leakage_audit(
-        audit_frame, images=opt.leakage_images, cache_dir=None if ext_frames else opt.cache_dir, redact=redact
+        audit_frame,
+        images=opt.leakage_images,
+        cache_dir=None if ext_frames else opt.cache_dir,
+        redact=redact,
+        progress=opt.progress,
     )
 
     steps(
@@ -631,6 +643,7 @@ def build_report(
             n_boot=opt.n_boot,
             seed=opt.seed,
             min_support=opt.min_support,
+            progress=opt.progress,
         )
     }
     for n, s in ext_sets.items():
@@ -641,6 +654,7 @@ def build_report(
             n_boot=opt.n_boot,
             seed=opt.seed,
             min_support=opt.min_support,
+            progress=opt.progress,
         )
     flags = [{"set": name, **f} for name, sub in subgroups.items() for f in sub["flagged"]]
 
@@ -660,7 +674,9 @@ def build_report(
         "manifest": {"name": Path(str(manifest)).name, "sha256": manifest_sha, "rows": len(frame)},
         "external_manifests": {n: {"sha256": sha, "rows": len(f)} for n, (f, sha) in ext_frames.items()},
         "options": {
-            k: v for k, v in asdict(opt).items() if k not in ("study_info", "phi_values", "cache_dir", "eval_dir")
+            k: v
+            for k, v in asdict(opt).items()
+            if k not in ("study_info", "phi_values", "cache_dir", "eval_dir", "progress")
         },
         "findings": findings,
         "model": card,

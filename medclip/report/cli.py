@@ -106,6 +106,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         phi_values=None if args.phi_values is None else str(args.phi_values),
         reuse=not args.no_reuse,
         eval_dir=None if args.eval is None else str(args.eval),
+        progress=not getattr(args, "quiet", False),
     )
     result = build_report(args.checkpoint, args.manifest, args.output, args.external, options)
     print(result.summary())

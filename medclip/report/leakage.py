@@ -23,6 +23,7 @@ def run_leakage_audit(
     images: bool = True,
     cache_dir: str | None = None,
     redact: Callable[[str], str] = lambda text: text,
+    progress: bool = True,
 ) -> tuple[dict[str, Any], LeakagePairs]:
     """(report.json's leakage record: the audit's numbers plus summary, clean, tables and notes; the thumbnail
     pairs of near-duplicate images for the page)."""
@@ -30,7 +31,7 @@ def run_leakage_audit(
 
     source: Any = None
     if images:
-        source = cache_images(cache_dir) if cache_dir else ManifestImages(frame)
+        source = cache_images(cache_dir) if cache_dir else ManifestImages(frame, progress=progress)
     audit = audit_leakage(frame, source, thumb_size=64)
     record: dict[str, Any] = audit.to_dict()
     p, r, im = record["patients"], record["reports"], record["images"]

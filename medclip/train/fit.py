@@ -180,6 +180,8 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, checkpoint_dir: Path
         log.warning("trainer.use_distributed_sampler is ignored: medclip's resumable sampler splits data by rank")
     kwargs["use_distributed_sampler"] = False
     kwargs.setdefault("default_root_dir", str(output_dir))
+    # one line of our own (model_summary_line) instead of Lightning's table, whose FLOPs column reads 0 here
+    kwargs.setdefault("enable_model_summary", False)
     loggers = _loggers(cfg, output_dir)
     kwargs["logger"] = loggers or False
     kwargs["callbacks"] = _callbacks(cfg, checkpoint_dir, bool(loggers)) + list(kwargs.get("callbacks") or [])
@@ -302,6 +304,18 @@ def training_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "seed": cfg.get("seed"),
         "max_steps": cfg["trainer"].get("max_steps"),
     }
+
+
+def model_summary_line(model: Any) -> str:
+    """One line for the log: the model's name, its towers, and its trainable and frozen parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    cfg = model.config
+    text = cfg.text.name or f"{(cfg.text.hf_config or {}).get('model_type', 'BERT')} (hf_config)"
+    return (
+        f"model {cfg.name}: image tower {cfg.vision.kind}:{cfg.vision.name}, text tower {text}; "
+        f"{trainable / 1e6:.1f}M trainable, {frozen / 1e6:.1f}M frozen parameters"
+    )
 
 
 def run_record(data_cfg: Mapping[str, Any], *, steps: int, wall_time_s: float) -> dict[str, Any]:
@@ -440,6 +454,7 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
     )
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
     if trainer.is_global_zero:
+        print(model_summary_line(module.model), flush=True)  # beside the training progress lines
         with atomic_write(output_dir / "config.yaml") as tmp:  # a full disk: DiskFullError naming it
             tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     with warnings.catch_warnings():
