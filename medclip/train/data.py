@@ -526,13 +526,19 @@ class MedClipDataModule(L.LightningDataModule):
                 batch_size=int(self.cfg["batch_size"]),
                 num_workers=int(self.cfg.get("num_workers", 0)),
                 seed=self.seed,
+                desc=f"locked image tower features, split {split}",
+                progress=self._is_rank_zero(),
             )
-        log.info(
-            "feature cache %s: %d images (%d encoded now)",
-            self.features.path.name,
-            len(self.features),
-            self.features_computed,
-        )
+        if self._is_rank_zero():  # beside the training progress lines: what was reused, what was computed
+            reused = len(self.features) - self.features_computed
+            print(
+                f"feature cache {self.features.path}: {len(self.features)} images, {reused} reused from an "
+                f"earlier run with the same model and preprocessing, {self.features_computed} computed now",
+                flush=True,
+            )
+
+    def _is_rank_zero(self) -> bool:
+        return self.trainer is None or bool(getattr(self.trainer, "is_global_zero", True))
 
     def setup(self, stage: str | None = None) -> None:
         use_features = self.feature_extractor is not None

@@ -170,9 +170,13 @@ def fill_store(
     batch_size: int,
     num_workers: int = 0,
     seed: int = 0,
+    desc: str = "locked image tower features",
+    progress: bool = True,
 ) -> int:
     """Compute the features of every image of ``dataset`` not yet in ``store`` and save it; returns how many
-    images were encoded. ``dataset`` must yield items with ``image`` and ``image_id``."""
+    images were encoded. ``dataset`` must yield items with ``image`` and ``image_id``. A progress bar counts the
+    images left (off a terminal the command line turns it into periodic lines)."""
+    from tqdm.auto import tqdm
 
     def collate(items: list[Mapping[str, Any]]) -> tuple[list[str], torch.Tensor]:
         return [str(i["image_id"]) for i in items], torch.stack([torch.as_tensor(i["image"]) for i in items])
@@ -199,13 +203,17 @@ def fill_store(
             collate_fn=collate,
             generator=torch.Generator().manual_seed(seed),
         )
-    for ids, images in loader:
-        new = [k for k, i in enumerate(ids) if i not in store and i not in pending]
-        if not new:
-            continue
-        todo_ids.extend(ids[k] for k in new)
-        pending.update(ids[k] for k in new)
-        chunks.append(extractor(images[new]))
+    total = len(missing) if callable(getattr(dataset, "image_ids", None)) else getattr(dataset, "__len__", None)
+    total = total() if callable(total) else total
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for ids, images in loader:
+            bar.update(len(ids))
+            new = [k for k, i in enumerate(ids) if i not in store and i not in pending]
+            if not new:
+                continue
+            todo_ids.extend(ids[k] for k in new)
+            pending.update(ids[k] for k in new)
+            chunks.append(extractor(images[new]))
     if chunks:
         store.add(todo_ids, torch.cat(chunks))
         store.save()
