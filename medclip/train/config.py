@@ -110,6 +110,10 @@ DEFAULTS: dict[str, Any] = {
         # a step whose loss or gradients are NaN/Inf is skipped (no update) with a warning naming the step and
         # the batch's image ids; this many in a row stop the run with a message (the earlier checkpoints stay)
         "max_nonfinite_steps": 5,
+        # exact big-batch contrastive accumulation (GradCache, open_clip's --accum-freq): each batch of
+        # data.batch_size is split into this many micro-batches, and the loss sees every sample of the batch
+        # as a negative; memory of one micro-batch plus the batch's features, one extra forward per micro-batch
+        "accum_freq": 1,
     },
     "trainer": {
         "max_steps": 1000,
@@ -262,6 +266,7 @@ _NUMERIC: dict[str, tuple[bool, float | None, float | None, bool]] = {
     "optim.warmup_steps": (True, 0, None, False),
     "optim.min_lr_ratio": (False, 0, 1, False),
     "optim.max_nonfinite_steps": (True, 1, None, False),
+    "optim.accum_freq": (True, 1, None, False),
     "trainer.max_steps": (True, -1, None, True),
     "trainer.min_steps": (True, -1, None, True),
     "trainer.max_epochs": (True, -1, None, True),
@@ -450,6 +455,31 @@ def _check_loss(loss: Mapping[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: loss.kwargs for {name}: {exc}") from None
 
 
+def _check_accumulation(config: Mapping[str, Any], source: str) -> None:
+    """``optim.accum_freq`` > 1 (exact contrastive accumulation) with the options it cannot share a run with."""
+    k = _get(config, "optim.accum_freq", 1)
+    if k == 1:
+        return
+    accumulate = _get(config, "trainer.accumulate_grad_batches", 1)
+    if accumulate not in (None, 1):
+        raise ConfigError(
+            f"{source}: optim.accum_freq = {k} and trainer.accumulate_grad_batches = {accumulate} cannot be combined "
+            "(Lightning's accumulation sums micro-batch losses, each with only its own negatives): use "
+            "optim.accum_freq alone, with data.batch_size the whole (effective) batch"
+        )
+    batch_size = _get(config, "data.batch_size")
+    if batch_size < k:
+        raise ConfigError(
+            f"{source}: data.batch_size = {batch_size} cannot be split into optim.accum_freq = {k} micro-batches "
+            "(data.batch_size is the whole batch; each micro-batch is data.batch_size / optim.accum_freq)"
+        )
+    if _get(config, "data.drop_last") is False:
+        raise ConfigError(
+            f"{source}: optim.accum_freq = {k} needs data.drop_last true (a short last batch may not split into "
+            f"{k} micro-batches on every rank)"
+        )
+
+
 def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None:
     """Raise :class:`ConfigError` for unknown sections or keys, bad Trainer options, a missing dataset, or any
     option whose value is out of range (the message names the config and the key)."""
@@ -485,6 +515,7 @@ def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ConfigError(f"{source}: checkpoint.every_n_steps must be a positive integer or null, got {every!r}")
     _check_values(config, source)
+    _check_accumulation(config, source)
     loss = config.get("loss", {})
     _check_loss(loss, source)
     if loss.get("sub_captions") and loss.get("name") != "multi_positive":

@@ -179,6 +179,11 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, checkpoint_dir: Path
     if kwargs.get("use_distributed_sampler"):
         log.warning("trainer.use_distributed_sampler is ignored: medclip's resumable sampler splits data by rank")
     kwargs["use_distributed_sampler"] = False
+    if int(cfg["optim"].get("accum_freq", 1) or 1) > 1:
+        # manual optimization (exact contrastive accumulation): Lightning refuses Trainer clipping there, the
+        # module clips itself (DualEncoderModule.manual_gradient_clip, set by fit)
+        kwargs.pop("gradient_clip_val", None)
+        kwargs.pop("gradient_clip_algorithm", None)
     kwargs.setdefault("default_root_dir", str(output_dir))
     # one line of our own (model_summary_line) instead of Lightning's table, whose FLOPs column reads 0 here
     kwargs.setdefault("enable_model_summary", False)
@@ -453,6 +458,12 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         max_captions=int(cfg["loss"].get("max_sub_captions", 4)) if cfg["loss"].get("sub_captions") else 0,
     )
     trainer = build_trainer(cfg, output_dir, checkpoint_dir)
+    if not module.automatic_optimization:  # optim.accum_freq > 1: the module clips (see build_trainer)
+        clip = cfg["trainer"].get("gradient_clip_val")
+        module.manual_gradient_clip = (
+            float(clip) if clip else None,
+            cfg["trainer"].get("gradient_clip_algorithm") or "norm",
+        )
     if trainer.is_global_zero:
         print(model_summary_line(module.model), flush=True)  # beside the training progress lines
         with atomic_write(output_dir / "config.yaml") as tmp:  # a full disk: DiskFullError naming it
@@ -462,6 +473,9 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         # CacheDataset splits its shards by rank and worker itself, so its __len__ is exact
         warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+        # optim.accum_freq > 1 (manual optimization): a checkpoint holds the weights after its step, as it does
+        # under automatic optimization
+        warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
         if module.lock_summary:  # locked towers (LiT) run in eval mode on purpose
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         started = time.time()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import lightning as L
@@ -72,6 +73,50 @@ def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
     return int((batch["images"] if "images" in batch else batch["image_features"]).shape[0])
 
 
+def micro_batch_slices(batch: Mapping[str, Any], k: int) -> list[tuple[slice, slice]]:
+    """The k micro-batches of ``batch`` (``optim.accum_freq``): per micro-batch, its image rows and its text rows.
+
+    Sizes as ``torch.tensor_split`` (the first ``n mod k`` get one more). With sub-captions the text rows of a
+    micro-batch are those of its images (``caption_index`` is sorted: rows follow their images)."""
+    n = _batch_size(batch)
+    if n < k:
+        raise ValueError(
+            f"a batch of {n} samples cannot be split into optim.accum_freq = {k} micro-batches: "
+            "use data.batch_size >= optim.accum_freq and data.drop_last true (the last batch of an epoch)"
+        )
+    bounds = [0]
+    for j in range(k):
+        bounds.append(bounds[-1] + n // k + (1 if j < n % k else 0))
+    caption_index = batch.get("caption_index")
+    if caption_index is None:
+        text_bounds = bounds
+    else:
+        edges = torch.searchsorted(caption_index.cpu(), torch.tensor(bounds, dtype=caption_index.dtype))
+        text_bounds = [int(e) for e in edges]
+    return [(slice(bounds[j], bounds[j + 1]), slice(text_bounds[j], text_bounds[j + 1])) for j in range(k)]
+
+
+def _micro_batch(batch: Mapping[str, Any], images: slice, texts: slice) -> dict[str, Any]:
+    """The model inputs of one micro-batch (images or cached image features, and its text rows)."""
+    key = "images" if "images" in batch else "image_features"
+    return {
+        key: batch[key][images],
+        "input_ids": batch["input_ids"][texts],
+        "attention_mask": batch["attention_mask"][texts],
+    }
+
+
+def _rng_snapshot(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _rng_restore(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def apply_locks(model: Any, model_cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """Apply the config's LiT tower locks (``model.lock_image*``, ``model.lock_text*``) to a DualEncoder;
     returns the trainable / locked parameter counts of each locked tower."""
@@ -136,6 +181,13 @@ class DualEncoderModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self._step_batches: list[tuple[torch.Tensor, list[str]]] = []
         self._buffers_before: list[torch.Tensor] | None = None
+        #: exact big-batch contrastive accumulation (GradCache): each batch is split into this many
+        #: micro-batches; > 1 trains with manual optimization (see accumulated_backward)
+        self.accum_freq = int(self.optim_cfg.get("accum_freq", 1) or 1)
+        self.automatic_optimization = self.accum_freq <= 1
+        #: (gradient_clip_val, gradient_clip_algorithm) applied by the module itself under manual optimization
+        #: (Lightning refuses Trainer clipping there); fit moves them here from the trainer section
+        self.manual_gradient_clip: tuple[float | None, str | None] = (None, None)
 
     # ------------------------------------------------------------------ steps
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -153,7 +205,14 @@ class DualEncoderModule(L.LightningModule):
         }
 
     def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = dict(self._forward(batch))
+        return self._loss_from(self._forward(batch), batch)
+
+    def _loss_from(
+        self, outputs: Mapping[str, Any], batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss (and accuracy statistics) of a whole batch from its model outputs (one image row per image,
+        one text row per caption)."""
+        out = dict(outputs)
         labels = batch.get("labels")
         caption_index = batch.get("caption_index")
         if caption_index is not None:
@@ -190,12 +249,89 @@ class DualEncoderModule(L.LightningModule):
         stats = {"acc_i2t": i2t, "acc_t2i": t2i, "logit_scale": out["logit_scale"].detach()}
         return loss, stats
 
+    def accumulated_backward(
+        self,
+        batch: Mapping[str, Any],
+        k: int | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        sync: Callable[[bool], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gradients of the whole batch's loss, built from ``k`` micro-batches (GradCache, open_clip's ``--accum-freq``).
+
+        1. every micro-batch's features without gradients (cached; the RNG state before each forward is kept so
+           dropout draws the same masks again, and buffers such as BatchNorm running statistics are put back);
+        2. per micro-batch j: its forward with gradients, its features put in place of its cached ones, the loss
+           over the whole batch (gathered across ranks as always), backward. The gradients sum to those of the
+           whole batch's loss; the temperature and logit bias, used by the loss directly, take theirs from the
+           last micro-batch only (whose backward DDP all-reduces: every trainable parameter needs a gradient there).
+
+        Memory: one micro-batch's activations plus the features of the batch.
+
+        ``backward`` defaults to ``loss.backward``; ``sync(last)`` is a context for each micro-batch (DDP's gradient
+        all-reduce only on the last). Returns the (detached) loss of the whole batch and its statistics."""
+        k = int(k or self.accum_freq)
+        backward = backward or (lambda loss: loss.backward())
+        parts = micro_batch_slices(batch, k)
+        device = batch["input_ids"].device
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        image_cache: list[torch.Tensor] = []
+        text_cache: list[torch.Tensor] = []
+        states = []
+        with torch.no_grad():
+            for images, texts in parts:
+                states.append(_rng_snapshot(device))
+                out = self._forward(_micro_batch(batch, images, texts))
+                image_cache.append(out["image_features"].detach())
+                text_cache.append(out["text_features"].detach())
+            for buffer, saved in zip(self.model.buffers(), buffers):  # the grad pass below updates them once
+                buffer.copy_(saved)
+        after = _rng_snapshot(device)
+        loss_value: torch.Tensor | None = None
+        stats: dict[str, torch.Tensor] = {}
+        for j, (images, texts) in enumerate(parts):
+            _rng_restore(states[j], device)
+            with sync(j == k - 1) if sync is not None else contextlib.nullcontext():
+                out = dict(self._forward(_micro_batch(batch, images, texts)))
+                out["image_features"] = torch.cat(image_cache[:j] + [out["image_features"]] + image_cache[j + 1 :])
+                out["text_features"] = torch.cat(text_cache[:j] + [out["text_features"]] + text_cache[j + 1 :])
+                if j < k - 1:  # the loss uses them directly: their gradient counts once, in the last (DDP-synced) pass
+                    out["logit_scale"] = out["logit_scale"].detach()
+                    if out.get("logit_bias") is not None:
+                        out["logit_bias"] = out["logit_bias"].detach()
+                loss, micro_stats = self._loss_from(out, batch)
+                backward(loss)
+            if j == 0:
+                loss_value, stats = loss.detach(), micro_stats
+            elif not bool(torch.isfinite(loss.detach()).all()):
+                loss_value = loss.detach()
+        _rng_restore(after, device)
+        assert loss_value is not None
+        return loss_value, stats
+
+    def _backward_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP all-reduces the gradients in the last micro-batch's backward only (they accumulate until then)."""
+        strategy = self.trainer.strategy
+        block = getattr(strategy, "block_backward_sync", None)
+        if last or block is None:
+            return contextlib.nullcontext()
+        return cast("contextlib.AbstractContextManager[Any]", block())
+
+    def _accumulated_training_step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = self.accumulated_backward(batch, backward=self.manual_backward, sync=self._backward_sync)
+        return loss, stats
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         if not self._step_batches:
             # the buffers as this step found them (BatchNorm running statistics: small): a NaN batch would
             # leave them NaN for good, so a skipped step puts them back (on_before_optimizer_step)
             self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
-        loss, stats = self._loss(batch)
+        if self.automatic_optimization:
+            loss, stats = self._loss(batch)
+        else:
+            loss, stats = self._accumulated_training_step(batch)
         batch_size = _batch_size(batch)
         # remembered for the NaN/Inf guard (on_before_optimizer_step), which sees only the gradients
         self._step_batches.append((loss.detach(), list(batch.get("image_ids") or [])))
@@ -204,6 +340,15 @@ class DualEncoderModule(L.LightningModule):
         self.log("train/acc_t2i", stats["acc_t2i"], batch_size=batch_size)
         self.log("train/logit_scale", stats["logit_scale"].float().mean(), batch_size=batch_size)
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch_size)  # skipped so far
+        if not self.automatic_optimization:
+            # after the logging above, as Lightning's automatic optimization does: the step (the NaN/Inf guard
+            # and clipping run in on_before_optimizer_step), then the lr schedule
+            optimizer = self.optimizers()
+            assert not isinstance(optimizer, list)
+            optimizer.step()
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                cast("torch.optim.lr_scheduler.LRScheduler", scheduler).step()
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -291,6 +436,9 @@ class DualEncoderModule(L.LightningModule):
             bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
         if not bad:
             self.nonfinite_in_a_row = 0
+            clip_val, clip_algorithm = self.manual_gradient_clip
+            if not self.automatic_optimization and clip_val:  # Lightning clips only under automatic optimization
+                self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=clip_algorithm)
             return
         n_bad = sum(not bool(g.isfinite().all()) for g in grads)  # only on a bad step
         for param in params:
