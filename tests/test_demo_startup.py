@@ -259,6 +259,10 @@ def test_oversized_upload_is_refused_before_its_body_is_read(started: Started) -
 
 def test_startup_output_shows_gallery_progress_and_never_suggests_share(started: Started) -> None:
     """Issue 12.16: building the gallery shows progress; nothing printed suggests a public share link."""
+    # Gradio answers HTTP a moment before it prints its URL line: wait for the line (bounded), then stop
+    deadline = time.monotonic() + 60
+    while "* Running on local URL:" not in started.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     started.proc.send_signal(signal.SIGTERM)
     assert started.proc.wait(timeout=30) == 0
     output = started.log.read_text()
