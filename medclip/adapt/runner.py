@@ -25,7 +25,7 @@ import torch
 from medclip.checkpoint import CheckpointDir
 from medclip.eval.fewshot import sample_shots
 from medclip.eval.metrics import auroc
-from medclip.eval.runner import EvalOptions, Evaluator
+from medclip.eval.runner import EvalOptions, Evaluator, jsonable
 from medclip.inference.encoders import embed_images
 from medclip.inference.zeroshot import ZeroShotClassifier
 
@@ -228,19 +228,9 @@ def run_adapt(
         results["saved"] = {m: str(save_adapter(ckpt, clf, prov)) for m, (clf, prov) in to_save.items()}
     out_dir = Path(output) if output is not None else ckpt.adapters
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (out_dir / RESULTS_FILE).write_text(json.dumps(jsonable(results), indent=2) + "\n")
     results["results_file"] = str(out_dir / RESULTS_FILE)
     return results
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def format_adapt(results: dict[str, Any]) -> str:

@@ -637,7 +637,7 @@ class Evaluator:
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             out["plots"] = list(self.plots)
-            text = json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n"
+            text = json.dumps(jsonable(out), indent=2, allow_nan=False) + "\n"
             # all or nothing: a full disk leaves the previous metrics.json (DiskFullError names the file)
             with atomic_write(self.output_dir / METRICS_FILE) as tmp:
                 tmp.write_text(text, encoding="utf-8")
@@ -871,16 +871,22 @@ def _spread(values: Sequence[float]) -> float:
     return float(arr.max() - arr.min()) if arr.size else math.nan
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN -> None, numpy -> Python, tuple keys/values -> lists (for strict JSON)."""
+def jsonable(obj: Any, digits: int | None = None) -> Any:
+    """For strict JSON: NaN/Inf -> None, numpy -> Python, tuples and sets -> lists, keys -> str; floats rounded to
+    ``digits`` decimals when given (eval, adapt and the report write their results through it)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return {str(k): jsonable(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [jsonable(v, digits) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist(), digits)
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
     if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(float(obj)) or math.isinf(float(obj)) else float(obj)
+        value = float(obj)
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return value if digits is None else round(value, digits)
     if isinstance(obj, np.integer):
         return int(obj)
     return obj

@@ -28,7 +28,7 @@ import torch
 from medclip.checkpoint import CheckpointDir, StaleFileError
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
 from medclip.data.storage import content_fingerprint
-from medclip.eval.runner import METRICS_FILE, EmbeddedSplit, EvalOptions, Evaluator
+from medclip.eval.runner import METRICS_FILE, EmbeddedSplit, EvalOptions, Evaluator, jsonable
 from medclip.eval.scores import load_scores, save_scores, scores_path
 from medclip.fsutil import atomic_write
 from medclip.inference.encoders import load_model
@@ -122,33 +122,17 @@ class _Steps:
             log.debug("%s", line)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (np.floating, float)):  # 6 decimals: what a reader needs, and no long digit runs
-        return None if math.isnan(float(obj)) or math.isinf(float(obj)) else round(float(obj), 6)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------- inputs
 def _expected_findings(ckpt: CheckpointDir, fingerprint: str | None, eval_dir: Path) -> tuple[list[str], str]:
     """The findings this model was calibrated or evaluated on, and where that list comes from."""
-    if ckpt.thresholds.is_file():
-        try:
-            data = json.loads(ckpt.thresholds.read_text(encoding="utf-8"))
-            names = [str(k) for k in (data.get("thresholds") or {})]
-            if names:
-                return names, str(ckpt.thresholds)
-        except (OSError, ValueError):
-            pass
+    from medclip.inference.thresholds import load_thresholds
+
+    try:
+        names = list(load_thresholds(ckpt.path)) if ckpt.path.is_dir() else []
+    except (OSError, ValueError):
+        names = []
+    if names:
+        return names, str(ckpt.thresholds)
     metrics = eval_dir / METRICS_FILE
     if metrics.is_file():
         try:
@@ -773,6 +757,6 @@ def _write(
         Path(tmp).write_text(markdown, encoding="utf-8")
     written.append(output / MARKDOWN_FILE)
     with atomic_write(output / JSON_FILE) as tmp:
-        Path(tmp).write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        Path(tmp).write_text(json.dumps(jsonable(data, digits=6), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     written.append(output / JSON_FILE)
     return written
