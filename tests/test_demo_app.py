@@ -313,6 +313,7 @@ def test_cli_options_and_auth(
     import argparse
 
     import medclip.demo.cli as cli
+    import medclip.demo.startup as startup
 
     parser = argparse.ArgumentParser()
     cli.add_demo_parser(parser.add_subparsers())
@@ -329,7 +330,7 @@ def test_cli_options_and_auth(
         return 0
 
     monkeypatch.setattr(
-        cli, "load_engine", lambda a: engine if a.checkpoint == checkpoint else pytest.fail("wrong checkpoint")
+        startup, "load_engine", lambda a: engine if a.checkpoint == checkpoint else pytest.fail("wrong checkpoint")
     )
     assert args.func(args, serve=fake_serve) == 0
     assert seen["auth"] == ("ann", "secret") and seen["host"] == "127.0.0.1" and seen["engine"] is engine
@@ -338,7 +339,7 @@ def test_cli_options_and_auth(
     def broken_gallery(a: Namespace) -> TriageEngine:
         raise GalleryError(f"{a.gallery}: not a gallery folder")
 
-    monkeypatch.setattr(cli, "load_engine", broken_gallery)
+    monkeypatch.setattr(startup, "load_engine", broken_gallery)
     assert run_demo(Namespace(**{**vars(args), "gallery": checkpoint / "nowhere"}), serve=fake_serve) == 2
     assert "nowhere: not a gallery folder" in capsys.readouterr().err
     with pytest.raises(GalleryError, match="not a gallery folder"):

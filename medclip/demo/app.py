@@ -33,7 +33,6 @@ atexit.register(shutil.rmtree, _TEMP_ROOT, True)
 import gradio as gr  # noqa: E402
 
 from medclip.demo import LoadedStudy, TriageEngine, UploadError, UploadLimits, read_upload  # noqa: E402
-from medclip.demo.cli import launch_page  # noqa: E402
 from medclip.demo.render import (  # noqa: E402
     NOTICE,
     render_error,
@@ -42,7 +41,7 @@ from medclip.demo.render import (  # noqa: E402
     render_priority,
     render_similar,
 )
-from medclip.demo.uploads import bundled_examples  # noqa: E402
+from medclip.demo.uploads import UploadSizeLimit, bundled_examples  # noqa: E402
 from medclip.io import WINDOW_PRESETS  # noqa: E402
 
 AUTO_WINDOW = "as trained (the model's window)"  # the default: the checkpoint's saved preprocessing
@@ -229,6 +228,46 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
     return demo
 
 
+#: Room for the multipart form around one file: a request may exceed the upload limit by this much.
+FORM_OVERHEAD_BYTES = 1024**2
+
+
+def launch_page(
+    demo, *, host: str, port: int, auth: tuple[str, str] | None, limits: UploadLimits, block: bool = True
+) -> str:
+    """Serve a built Gradio page on ``host:port`` and print its local URL; block until stopped unless ``block=False``.
+
+    Uploads over ``limits.max_upload_bytes`` are refused with a 413 before their body is read
+    (:class:`~medclip.demo.uploads.UploadSizeLimit` on the Content-Length; Gradio's ``max_file_size``
+    while it streams). Gradio's start-up chatter is silenced: it suggests ``share`` (a public link),
+    which a tool that handles patient images must never do. Returns the local URL.
+    """
+    from starlette.middleware import Middleware
+
+    demo.launch(
+        server_name=host,
+        server_port=port or None,
+        auth=auth,
+        max_file_size=limits.max_upload_bytes,
+        ssr_mode=False,
+        share=False,
+        inbrowser=False,
+        footer_links=[],
+        show_error=False,
+        auth_message="medclip triage demo - research use only" if auth else None,
+        quiet=True,
+        prevent_thread_lock=True,
+        app_kwargs={
+            "middleware": [Middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)]
+        },
+    )
+    url = str(demo.local_url)
+    print(f"* Running on local URL:  {url}", flush=True)
+    if block:
+        demo.block_thread()
+    return url
+
+
 def serve(
     engine: TriageEngine,
     *,
@@ -250,7 +289,7 @@ def serve(
 
 def main(argv: list[str] | None = None, prog: str = "app.py") -> int:
     """``python app.py [--checkpoint DIR] [--host ...] [--port ...] [--auth user:pass]``."""
-    from medclip.demo.cli import build_demo_parser, run_demo
+    from medclip.demo.startup import build_demo_parser, run_demo
     from medclip.logging_setup import setup_logging, verbosity_of
 
     args = build_demo_parser(prog).parse_args(argv)
