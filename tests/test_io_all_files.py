@@ -75,7 +75,7 @@ EXPECTED_ERRORS: dict[str, str] = {
     "nibabel/functional.nii": "4D NIfTI",
     "nibabel/example_nifti2.nii.gz": "4D NIfTI",
 }
-try:  # 12-bit JPEG Extended: only GDCM's own reader decodes it (python-gdcm, medclip.io.dicom._gdcm_decode)
+try:  # 12-bit JPEG Extended: only GDCM's own reader decodes it (python-gdcm, medclip.io.dicom_codecs._gdcm_decode)
     import gdcm  # noqa: F401
 except ImportError:
     EXPECTED_ERRORS["pydicom/JPEG-lossy.dcm"] = "no installed decoder"

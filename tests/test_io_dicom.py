@@ -418,8 +418,7 @@ def test_gzip_compressed_dicom(tmp_path: Path, monkeypatch) -> None:
     import shutil
 
     from medclip.data.indexer import index_export
-    from medclip.io import dicom as dicom_module
-    from medclip.io import read_dicom_series
+    from medclip.io import dicom_limits, read_dicom_series
 
     plain = load_image(bundled("MR_small.dcm"), window=None)
     zipped = load_image(bundled("zipMR.gz"), window=None)
@@ -448,6 +447,6 @@ def test_gzip_compressed_dicom(tmp_path: Path, monkeypatch) -> None:
     assert read_dicom_series(series, window=None).shape[0] == 2
 
     # a gzip bomb is refused, not inflated
-    monkeypatch.setattr(dicom_module, "MAX_GZIP_DICOM_BYTES", 2_000)
+    monkeypatch.setattr(dicom_limits, "MAX_GZIP_DICOM_BYTES", 2_000)
     with pytest.raises(ImageReadError, match="inflates to more than"):
         load_image(bundled("zipMR.gz"))

@@ -93,7 +93,7 @@ def aborting_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fuzzed file; this fixture proves it really aborts GDCM in process, so no test here passes vacuously."""
     path = tmp_path_factory.mktemp("gdcm-crash") / "fuzzed_jpeg_lossless.dcm"
     path.write_bytes(aborting_bytes())
-    # the call medclip made before issue 21 (medclip.io.dicom._gdcm_decode): GDCM's file reader, in process
+    # the call medclip made before issue 21 (medclip.io.dicom_codecs._gdcm_decode): GDCM's file reader, in process
     raw = run_python("import sys, gdcm; r = gdcm.ImageReader(); r.SetFileName(sys.argv[1]); r.Read()", str(path))
     assert raw.returncode == -signal.SIGABRT, (
         f"GDCM's reader no longer aborts on seed {SEED} of {SOURCE} (status {raw.returncode}): another python-gdcm "

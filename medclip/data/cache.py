@@ -20,7 +20,13 @@ Layout::
     CACHE_DIR/<split>/shard-000000.tar     samples: <key>.image.npy, <key>.meta.json
 
 Shards are written to a temporary name and renamed when complete, and ``cache.json`` is updated after
-every shard, so an interrupted run resumes at the first missing shard.
+every shard, so an interrupted run resumes at the first missing shard. In a bucket the index of the shards
+uploaded so far is ``cache.partial.json`` instead, and ``cache.json`` is uploaded last, once every shard is
+there (training nodes elsewhere never see an unfinished cache); a rerun resumes from the partial index. An
+upload's transient faults (HTTP 500/503, a dropped connection) are retried with backoff
+(:func:`medclip.data.storage.retry_call`); one that persists, or a refusal (403, no such bucket), stops the
+run with one :class:`~medclip.data.storage.StorageError` naming the object, and the same command run again
+resumes.
 
 Array jobs (``--num-shards N --shard-index i``, or a SLURM array's variables): task i writes the tar
 shards k with k % N == i and its own ``cache.part-0000i-of-0000N.json``; when the last part lands, its
@@ -191,26 +197,30 @@ def reduced_decode_image(path: str | Path, window: Any, size: int) -> Any:
     from PIL import Image
     from pydicom.encaps import generate_frames
 
-    from medclip.io import dicom as dcm
+    from medclip.io import dicom_geometry, dicom_header, dicom_limits, dicom_open, dicom_pixels
     from medclip.io.image import MedicalImage
 
-    if str(path).lower().endswith(_NOT_DICOM_SUFFIXES) or not dcm.is_dicom_file(path):
+    if str(path).lower().endswith(_NOT_DICOM_SUFFIXES) or not dicom_open.is_dicom_file(path):
         return None
-    ds = dcm._read_dataset(path)
+    ds = dicom_open._read_dataset(path)
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
     bits = int(ds.get("BitsAllocated", 0) or 0)
     jpeg = syntax in _JPEG_BASELINE or (syntax in _JPEG_EXTENDED and bits == 8)
-    if not (jpeg or syntax in _J2K) or dcm._frame_count(ds) != 1 or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if (
+        not (jpeg or syntax in _J2K)
+        or dicom_header._frame_count(ds) != 1
+        or int(ds.get("SamplesPerPixel", 1) or 1) != 1
+    ):
         return None
     if str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
         return None
     if int(ds.get("PixelRepresentation", 0) or 0) != 0 or "PixelData" not in ds:
         return None
-    dcm._check_pixel_module(ds, path)  # size caps and frame-header checks, as before a full decode
+    dicom_limits._check_pixel_module(ds, path)  # size caps and frame-header checks, as before a full decode
     rows, columns = int(ds.Rows), int(ds.Columns)
     factor = _reduction(rows, columns, size)
-    if factor == 1 or dcm._is_mosaic(ds):
+    if factor == 1 or dicom_geometry._is_mosaic(ds):
         return None
     want = (-(-rows // factor), -(-columns // factor))
     try:
@@ -228,13 +238,13 @@ def reduced_decode_image(path: str | Path, window: Any, size: int) -> Any:
         return None
     if stored.ndim != 2 or abs(stored.shape[0] - want[0]) > 1 or abs(stored.shape[1] - want[1]) > 1:
         return None
-    dcm._check_content(stored, path)
-    values = dcm._modality_values(stored, ds, [0])
-    array, used = dcm._window_modality(values, ds, window, path, file_window=dcm._file_window(ds, 0))
-    metadata = dcm.safe_metadata(ds)
+    dicom_limits._check_content(stored, path)
+    values = dicom_pixels._modality_values(stored, ds, [0])
+    array, used = dicom_pixels._window_modality(values, ds, window, path, file_window=dicom_header._file_window(ds, 0))
+    metadata = dicom_header.safe_metadata(ds)
     metadata.update(used)
     metadata["decoded_at"] = f"1/{factor}"
-    spacing = dcm._pixel_spacing(ds, 0) or [1.0, 1.0]
+    spacing = dicom_header._pixel_spacing(ds, 0) or [1.0, 1.0]
     return MedicalImage(
         array=array,
         spacing=(spacing[0] * factor, spacing[1] * factor),
@@ -315,6 +325,10 @@ class CacheResult:
         return s + f" ({self.seconds:.1f}s)"
 
 
+#: In a bucket: the index of the shards uploaded so far (``cache.json`` is uploaded last).
+PARTIAL_INDEX = "cache.partial.json"
+
+
 def build_cache(
     manifest: str | Path | pd.DataFrame,
     cache_dir: str | Path,
@@ -329,7 +343,41 @@ def build_cache(
 
     With ``shard`` (task i of N) only the tar shards k with k % N == i are written, with a part index;
     the task that completes the last part merges them into ``cache.json`` (see the module docstring).
+    An object store that keeps failing (or refuses) stops the run with a
+    :class:`~medclip.data.storage.StorageError`; the shards uploaded before stay and a rerun resumes.
     """
+    try:
+        return _build_cache(
+            manifest,
+            cache_dir,
+            config=config,
+            workers=workers,
+            progress=progress,
+            overwrite=overwrite,
+            shard=shard,
+        )
+    except storage.StorageError as exc:
+        if not str(exc.location).startswith(str(storage.as_location(cache_dir))):
+            raise  # the manifest, not the cache
+        raise storage.StorageError(
+            f"{exc}. The shards uploaded before are kept (cache.json is uploaded only when every shard is there): "
+            "run the same command again to resume",
+            location=exc.location,
+            attempts=exc.attempts,
+            transient=exc.transient,
+        ) from exc
+
+
+def _build_cache(
+    manifest: str | Path | pd.DataFrame,
+    cache_dir: str | Path,
+    *,
+    config: CacheConfig | None,
+    workers: int | None,
+    progress: bool,
+    overwrite: bool,
+    shard: Shard | None,
+) -> CacheResult:
     t0 = time.perf_counter()
     config = config or CacheConfig()
     shard = shard or Shard()
@@ -337,7 +385,12 @@ def build_cache(
     cache_dir = storage.as_location(cache_dir)  # a folder, or a URL (s3://bucket/cache): shards are uploaded
     storage.makedirs(cache_dir)
     index_path = storage.join(cache_dir, "cache.json")
-    write_path = index_path if shard.is_whole else storage.join(cache_dir, f"cache.{shard.tag}.json")
+    if not shard.is_whole:
+        write_path = storage.join(cache_dir, f"cache.{shard.tag}.json")
+    elif storage.is_url(cache_dir):  # a bucket: cache.json goes up last, when every shard is there
+        write_path = storage.join(cache_dir, PARTIAL_INDEX)
+    else:
+        write_path = index_path
     index: dict = {"version": CACHE_VERSION, "config": config.to_json(), "shards": {}, "skipped": {}}
     for path in dict.fromkeys([index_path, write_path]):  # the merged index, then this task's own part
         if storage.exists(path) and not overwrite:
@@ -410,7 +463,7 @@ def build_cache(
                 # shards and their index are kept; a full disk says which shard and how much space it needed
                 written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
                 Path(tmp).unlink(missing_ok=True)
-                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                if is_disk_full(exc) and not isinstance(exc, (DiskFullError, storage.StorageError)):
                     raise disk_full_error(tmp if storage.is_url(target) else target, needed=written or None) from exc
                 raise
             Path(tmp).unlink(missing_ok=True)
@@ -427,6 +480,8 @@ def build_cache(
             index["shards"].pop(name)
             storage.unlink(storage.join(cache_dir, name))
         _write_index(index_path, index)
+        if write_path != index_path:
+            storage.unlink(write_path)
     else:
         index.update({"complete": True, "all_shards": all_names})
         _write_index(write_path, index)

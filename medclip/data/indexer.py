@@ -291,7 +291,7 @@ def _dicom_record(path: Path, salt: str, verify: bool, rec: dict) -> None:
     if not has_pixels:
         rec["status"] = "no pixel data"
         return
-    from medclip.io.dicom import _text as header_text  # the three fields, as safe_metadata reads them
+    from medclip.io.dicom_header import _text as header_text  # the three fields, as safe_metadata reads them
 
     # (not safe_metadata itself: it hashes UIDs and reads windows and spacing the index does not keep,
     # and took 60% of a header-only run)

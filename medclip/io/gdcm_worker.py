@@ -7,7 +7,7 @@ then aborts the process with SIGABRT and nothing in Python can catch it. One suc
 export would end a ``medclip index`` or ``medclip cache`` run, and one upload would end the demo
 server for everyone. So:
 
-- :func:`keep_gdcm_out_of_process` (run when :mod:`medclip.io.dicom` is imported) removes GDCM from
+- :func:`keep_gdcm_out_of_process` (run when :mod:`medclip.io.dicom_codecs` is imported) removes GDCM from
   pydicom's pixel decoders in this process: pydicom decodes with its other plugins (pylibjpeg,
   Pillow, its own RLE), which raise Python exceptions on bad input;
 - what those cannot decode (12-bit JPEG Extended, for one) goes to :func:`decode`, which asks one
@@ -57,7 +57,7 @@ TIMEOUT_S = 120.0
 #: Seconds the worker may take to start (import pydicom, numpy, GDCM).
 START_TIMEOUT_S = 60.0
 #: The worker's address-space cap (``RLIMIT_AS``): the largest file the header caps of
-#: :mod:`medclip.io.dicom` allow (2**30 16-bit samples) decodes within it, with GDCM's copies.
+#: :mod:`medclip.io.dicom_limits` allow (2**30 16-bit samples) decodes within it, with GDCM's copies.
 MEMORY_LIMIT_BYTES = 8 * 2**30
 #: What an ImageReadError says when GDCM took the worker down.
 CRASH_REASON = "the GDCM decoder crashed on this file"
@@ -316,7 +316,7 @@ def _reader_decode(ds: Any, path: str, frame: int | None) -> np.ndarray | None:
     """
     import gdcm
 
-    from medclip.io.dicom import _frame_count, _int
+    from medclip.io.dicom_header import _frame_count, _int
 
     if (_int(ds, "SamplesPerPixel") or 1) != 1 or not os.path.isfile(path):
         return None
@@ -342,7 +342,7 @@ def _decode_here(path: str, frame: int | None, raw: bool) -> tuple[str, Any]:
     """In the worker: pydicom's GDCM plugin, then GDCM's file reader. Never names the file in its reply."""
     import pydicom.pixels
 
-    from medclip.io.dicom import _read_dataset
+    from medclip.io.dicom_open import _read_dataset
     from medclip.io.image import ImageReadError
 
     try:
@@ -382,7 +382,7 @@ def _serve() -> None:
     import gdcm
     import pydicom.pixels.decoders.gdcm  # noqa: F401 - imported before the memory cap
 
-    import medclip.io.dicom  # noqa: F401 - removes the plugin here too; put back just below
+    import medclip.io.dicom_codecs  # noqa: F401 - removes the plugin here too; put back just below
 
     _restore_gdcm_plugin()
     for switch in (gdcm.Trace.SetError, gdcm.Trace.SetWarning, gdcm.Trace.SetDebug):
