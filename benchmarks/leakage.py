@@ -316,7 +316,7 @@ def sample_line(workdir: Path) -> str:
     checked by eye): the default detector, and without its fine check (the previous default: rank corr >= 0.93)."""
     from medclip.audit.leakage import ManifestImages, near_duplicate_images
     from medclip.data.manifest import read_manifest
-    from medclip.recipes.base import sample_kermany_manifest
+    from medclip.recipes.kermany_pneumonia import sample_kermany_manifest
 
     sample_kermany_manifest(workdir / "sample_kermany.parquet")
     df = read_manifest(workdir / "sample_kermany.parquet")

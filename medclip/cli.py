@@ -425,7 +425,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         SAMPLE_EXPORT, out / "manifest.parquet", reports=SAMPLE_REPORTS, progress=not args.quiet, default_salt_ok=True
     )  # public sample data
     print(res.summary())
-    from medclip.recipes.base import combine_manifests, sample_kermany_manifest
+    from medclip.recipes.base import combine_manifests
+    from medclip.recipes.kermany_pneumonia import sample_kermany_manifest
 
     print("  + the bundled Kermany subset: 360 pediatric chest X-rays, labels only (CC BY 4.0, medclip/sample/kermany)")
     sample_kermany_manifest(out / "kermany.parquet")

@@ -221,7 +221,7 @@ LOOKALIKE_PAIRS = (
 
 def test_bundled_kermany_sample_gives_no_cross_patient_near_duplicate_pair(tmp_path: Path) -> None:
     from medclip.data.manifest import read_manifest
-    from medclip.recipes.base import sample_kermany_manifest
+    from medclip.recipes.kermany_pneumonia import sample_kermany_manifest
 
     sample_kermany_manifest(tmp_path / "sample.parquet")
     df = read_manifest(tmp_path / "sample.parquet")

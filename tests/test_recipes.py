@@ -252,7 +252,8 @@ def test_medpix_recipe_names_a_table_without_captions(tmp_path):
 
 
 def test_bundled_kermany_subset_is_attributed_and_splits_by_patient(tmp_path):
-    from medclip.recipes.base import combine_manifests, sample_kermany_manifest
+    from medclip.recipes.base import combine_manifests
+    from medclip.recipes.kermany_pneumonia import sample_kermany_manifest
     from medclip.sample import SAMPLE_KERMANY
 
     labels = pd.read_csv(SAMPLE_KERMANY / "labels.csv")

@@ -1,8 +1,8 @@
 """Dataset recipes: a public dataset's published layout -> a medclip manifest (``medclip recipe NAME ROOT -o M``).
 
 One module per dataset (``records(root, ...)`` -> one row per image, ``main(argv, prog)`` -> the command line);
-the shared plumbing (hashing, patient split, summary, the bundled Kermany subset, combining manifests) is
-:mod:`medclip.recipes.base`. ``datasets/<name>/`` keeps each dataset's card and a thin ``recipe.py`` that
+the shared plumbing (hashing, patient split, summary, combining manifests) is :mod:`medclip.recipes.base`;
+the bundled Kermany subset's manifest is :func:`medclip.recipes.kermany_pneumonia.sample_kermany_manifest`. ``datasets/<name>/`` keeps each dataset's card and a thin ``recipe.py`` that
 calls the module here. :mod:`medclip.recipes.pacs_export` turns covid-chestxray-dataset into a PACS-like
 DICOM export (a test fixture, not a manifest recipe).
 """

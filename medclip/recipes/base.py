@@ -13,7 +13,6 @@ import pandas as pd
 from medclip.data.manifest import LABEL_PREFIX, manifest_from_records, write_manifest
 from medclip.data.splits import patients_in_several_splits
 from medclip.data.storage import as_location
-from medclip.sample import SAMPLE_KERMANY
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,26 +108,6 @@ def run_recipe(
         name=name,
     )
     return 0
-
-
-# The bundled Kermany subset (CC BY 4.0; see medclip/sample/README.md): its location's one owner is medclip.sample.
-#: Its split: half the patients train, a fifth choose thresholds, the rest (108 patients) measure.
-SAMPLE_KERMANY_FRACTIONS = (0.5, 0.2, 0.3)
-
-
-def sample_kermany_manifest(output: Path, *, salt: str | None = None, seed: int = 0) -> pd.DataFrame:
-    """Manifest of the bundled Kermany subset (label-only pediatric chest X-rays), split by patient 50/20/30."""
-    from medclip.recipes.kermany_pneumonia import records
-
-    return write_recipe_manifest(
-        records(SAMPLE_KERMANY),
-        SAMPLE_KERMANY,
-        output,
-        salt=salt,
-        seed=seed,
-        name="bundled Kermany subset",
-        fractions=SAMPLE_KERMANY_FRACTIONS,
-    )
 
 
 def combine_manifests(paths: list[Path], output: Path) -> pd.DataFrame:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclip.recipes.base import concept_id, run_recipe
+from medclip.recipes.base import concept_id, run_recipe, write_recipe_manifest
+from medclip.sample import SAMPLE_KERMANY
 
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.I)
 _NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.I)
@@ -93,6 +94,24 @@ def records(root: Path) -> pd.DataFrame:
     if len(splits) == len(meta) and splits.nunique() > 1 and splits.ne("").all():
         out["split"] = np.where(splits == "val", "val", splits)
     return out
+
+
+# The bundled Kermany subset (CC BY 4.0; see medclip/sample/README.md): its location's one owner is medclip.sample.
+#: Its split: half the patients train, a fifth choose thresholds, the rest (108 patients) measure.
+SAMPLE_KERMANY_FRACTIONS = (0.5, 0.2, 0.3)
+
+
+def sample_kermany_manifest(output: Path, *, salt: str | None = None, seed: int = 0) -> pd.DataFrame:
+    """Manifest of the bundled Kermany subset (label-only pediatric chest X-rays), split by patient 50/20/30."""
+    return write_recipe_manifest(
+        records(SAMPLE_KERMANY),
+        SAMPLE_KERMANY,
+        output,
+        salt=salt,
+        seed=seed,
+        name="bundled Kermany subset",
+        fractions=SAMPLE_KERMANY_FRACTIONS,
+    )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
