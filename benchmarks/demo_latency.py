@@ -1,4 +1,22 @@
-"""Triage-demo latency on CPU: one prediction for a 2k x 2k radiograph, medclip vs a plain open_clip pipeline.
+"""Triage-demo latency on CPU: the demo under load, and one prediction vs a plain open_clip pipeline.
+
+Default (issue 19.6, "the demo under load"): the real demo (``python app.py --checkpoint DIR``, the
+quick start's model by default) is started in a subprocess on a free port, with its own TMPDIR;
+N concurrent users (``--users 1,4,8,16``), each its own ``gradio_client.Client``, upload 2048 x 2048
+16-bit MONOCHROME2 DICOMs (``--images`` different ones, made from the bundled sample radiographs,
+upsampled) through the endpoint the page's upload box calls (``/load_upload``: read, limits,
+model view, findings, priority, similar studies, drafted report, preview), ``--requests-per-user``
+each. Per user count: client-side wall time per request (p50 / p95 / max), requests per second,
+errors, the server's peak RSS (VmHWM, reset before each level through /proc/PID/clear_refs, and
+sampled RSS of the server and its children); at the end, files the demo left in its temporary
+folder. Target: p95 < 2 s with 8 users (PASS / FAIL). Exit 1 if any request failed.
+
+    python benchmarks/demo_latency.py [--checkpoint DIR] [--users 1,4,8,16] [--requests-per-user 8]
+    python benchmarks/demo_latency.py --quick          # smoke: users 1,2; 2 requests each
+    python benchmarks/demo_latency.py --single         # one prediction, medclip vs open_clip (below)
+
+``--single``: one prediction for a 2k x 2k radiograph, medclip vs a plain open_clip pipeline.
+
 
 Input: a 2048 x 2048, 16-bit uncompressed DICOM radiograph made from the bundled sample CR image
 (``medclip/sample``, upsampled from its native size; planted PHI is kept in the file to show the
@@ -18,7 +36,7 @@ The medclip model is ``--checkpoint`` (default: the quick start's ``runs/quickst
 exists, else the untrained ``offline-default`` architecture: EfficientNet-Lite0 + MiniLM, which
 has the same cost). Its gallery is built from the indexed bundled sample at start (timed apart).
 
-    python benchmarks/demo_latency.py [--checkpoint DIR] [--repeats 10] [--threads 1]
+    python benchmarks/demo_latency.py --single [--checkpoint DIR] [--repeats 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -47,11 +65,11 @@ SOURCE = SAMPLE_EXPORT / "study_0001" / "series_1" / "IM0001.dcm"
 SIZE = 2048
 
 
-def make_radiograph(path: Path) -> Path:
-    """A 2048 x 2048 16-bit MONOCHROME2 DICOM from the sample image (explicit VR little endian)."""
+def make_radiograph(path: Path, source: Path = SOURCE) -> Path:
+    """A 2048 x 2048 16-bit MONOCHROME2 DICOM from a sample image (explicit VR little endian)."""
     from pydicom.uid import ExplicitVRLittleEndian
 
-    ds = pydicom.dcmread(SOURCE)
+    ds = pydicom.dcmread(source)
     pixels = ds.pixel_array.astype(np.float32)
     if pixels.ndim == 3:
         pixels = pixels.mean(axis=-1)
@@ -119,14 +137,8 @@ class OpenClipPeer:
             return (100.0 * features @ self.text.T).softmax(dim=-1).numpy()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads for both pipelines (1: fair on a shared machine)"
-    )
-    args = parser.parse_args(argv)
+def run_single(args: argparse.Namespace) -> int:
+    """``--single``: one prediction in process, medclip vs the open_clip peer."""
     torch.set_num_threads(args.threads)
 
     from medclip.demo import TriageEngine, read_upload
@@ -177,6 +189,313 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'open_clip ViT-B-16 zero-shot':<34}{ms(peer_totals):>12.1f}{1.0:>10.2f}")
     print("\nratio = time / peer time (below 1: medclip is faster)")
     return 0
+
+
+# --------------------------------------------------------------------------- the demo under load
+TARGET_USERS = 8
+TARGET_P95_S = 2.0
+
+
+def sample_sources(n: int) -> list[Path]:
+    """``n`` different single-image studies of the bundled export (each study's first image)."""
+    studies = sorted(p for p in SAMPLE_EXPORT.iterdir() if p.is_dir())
+    files = [sorted(s.rglob("*.dcm"))[0] for s in studies if any(s.rglob("*.dcm"))]
+    step = max(len(files) // max(n, 1), 1)
+    return files[::step][:n]
+
+
+def load_checkpoint(work: Path, checkpoint: Path | None) -> tuple[Path, list[str]]:
+    """The model folder the demo serves and the extra app.py arguments (a gallery built here when needed)."""
+    if checkpoint is None:
+        quickstart = REPO / "runs" / "quickstart" / "model"
+        if (quickstart / "model.safetensors").is_file():
+            print(f"model: {quickstart} (the quick start's, as `python app.py` serves it)")
+            return quickstart, []
+        return build_checkpoint(work, None), ["--gallery", str(work / "gallery")]
+    print(f"model: {checkpoint}")
+    return checkpoint, []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DemoServer:
+    """``python app.py --checkpoint DIR --port FREE`` in a subprocess with its own TMPDIR (stopped by SIGTERM)."""
+
+    def __init__(self, work: Path, checkpoint: Path, extra: list[str], timeout_s: float = 300.0) -> None:
+        import subprocess
+
+        self.temp_root = work / "tmp"
+        self.temp_root.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = work / "server.log"
+        env = {
+            **os.environ,
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TMPDIR": str(self.temp_root),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("MEDCLIP_DEMO_AUTH", None)
+        cmd = [sys.executable, str(REPO / "app.py"), "--checkpoint", str(checkpoint), "--port", str(self.port), *extra]
+        t0 = time.perf_counter()
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while "Running on local URL" not in self.log.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the demo exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if time.perf_counter() - t0 > timeout_s:
+                self.stop()
+                raise RuntimeError(f"the demo did not start in {timeout_s:.0f} s:\n{self.log.read_text()}")
+            time.sleep(0.2)
+        self.startup_s = time.perf_counter() - t0
+
+    def reset_peak(self) -> bool:
+        """Reset the kernel's peak RSS of the server (VmHWM); False where /proc does not allow it."""
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def peak_rss(self) -> int:
+        """VmHWM of the server process in bytes (0 where /proc is missing)."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def leftovers(self) -> list[Path]:
+        """Files under the server's TMPDIR that hold an upload (DICOM bytes), while it runs."""
+        return [p for p in self.temp_root.rglob("*") if p.is_file() and p.suffix == ".dcm"]
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class RssSampler:
+    """Largest RSS of the server and its children seen every ``interval`` seconds (psutil)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import threading
+
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                total = self.process.memory_info().rss + sum(
+                    c.memory_info().rss for c in self.process.children(recursive=True)
+                )
+                self.peak = max(self.peak, total)
+            except Exception:  # noqa: BLE001 - a child that just exited
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def upload_answer_error(out: object) -> str | None:
+    """The error a ``/load_upload`` answer shows (None: ranked findings were shown)."""
+    page = " ".join(str(x) for x in out) if isinstance(out, (list, tuple)) else str(out)
+    if "upload-error" in page:
+        return page[page.index("upload-error") :][:200]
+    if "ranked-findings" not in page:
+        return "no ranked findings in the answer"
+    return None
+
+
+def drive(url: str, images: list[Path], users: int, per_user: int) -> tuple[list[float], list[str], float]:
+    """``users`` clients upload ``per_user`` images each, at once; (latencies s, errors, wall s)."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    clients = [Client(url, verbose=False, download_files=False) for _ in range(users)]
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(users + 1)
+
+    def user(k: int) -> None:
+        start.wait()
+        for r in range(per_user):
+            image = images[(k + r) % len(images)]
+            t0 = time.perf_counter()
+            try:
+                out = client_predict(clients[k], handle_file(str(image)))
+                error = upload_answer_error(out)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            took = time.perf_counter() - t0
+            with lock:
+                latencies.append(took)
+                if error:
+                    errors.append(error)
+
+    def client_predict(client, file):  # type: ignore[no-untyped-def]
+        return client.predict(file, api_name="/load_upload")
+
+    threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for c in clients:
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001
+            pass
+    return latencies, errors, wall
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def cpu_model() -> str:
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_load(args: argparse.Namespace) -> int:
+    """The demo under load: a real server, N concurrent gradio_client users uploading 2k x 2k DICOMs."""
+    users_list = [1, 2] if args.quick else [int(u) for u in args.users.split(",") if u.strip()]
+    per_user = 2 if args.quick else args.requests_per_user
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(
+        f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    with tempfile.TemporaryDirectory(prefix="medclip-demo-load-") as tmp:
+        work = Path(tmp)
+        (work / "images").mkdir()
+        images = [
+            make_radiograph(work / "images" / f"radiograph_{i}_2048.dcm", src)
+            for i, src in enumerate(sample_sources(args.images))
+        ]
+        mib = sum(p.stat().st_size for p in images) / len(images) / 1024**2
+        print(f"input: {len(images)} different {SIZE} x {SIZE} 16-bit MONOCHROME2 DICOMs, {mib:.1f} MiB each")
+        checkpoint, extra = load_checkpoint(work, args.checkpoint)
+        server = DemoServer(work, checkpoint, extra)
+        print(f"demo started in {server.startup_s:.1f} s on {server.url} (python app.py, pid {server.proc.pid})")
+        rows = []
+        all_errors: list[str] = []
+        try:
+            warm, errors, _ = drive(server.url, images, 1, 1)  # first request: lazy imports, allocator warm-up
+            all_errors += errors
+            print(f"warm-up request (not counted): {warm[0]:.2f} s")
+            for users in users_list:
+                reset = server.reset_peak()
+                with RssSampler(server.proc.pid) as sampler:
+                    latencies, errors, wall = drive(server.url, images, users, per_user)
+                all_errors += errors
+                rows.append(
+                    (
+                        users,
+                        len(latencies),
+                        percentile(latencies, 50),
+                        percentile(latencies, 95),
+                        max(latencies) if latencies else float("nan"),
+                        len(latencies) / wall if wall > 0 else float("nan"),
+                        len(errors),
+                        server.peak_rss() / 1024**2 if reset else float("nan"),
+                        sampler.peak / 1024**2,
+                    )
+                )
+                print(f"  {users} user(s): done, p95 {rows[-1][3]:.2f} s, {len(errors)} error(s)", flush=True)
+            time.sleep(0.5)
+            leftovers = server.leftovers()
+        finally:
+            code = server.stop()
+        print()
+        header = f"{'users':>5}{'requests':>10}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'req/s':>8}{'errors':>8}{'peak RSS MiB':>14}{'RSS+children MiB':>18}"
+        print(header)
+        print("-" * len(header))
+        for u, n, p50, p95, mx, rps, ne, hwm, sampled in rows:
+            print(f"{u:>5}{n:>10}{p50:>8.2f}{p95:>8.2f}{mx:>8.2f}{rps:>8.2f}{ne:>8}{hwm:>14.0f}{sampled:>18.0f}")
+        print(
+            "\nlatency: client-side wall time of one /load_upload call (upload + read + model view + prediction + "
+            "answer); peak RSS: the server's VmHWM during that level (reset before it)"
+        )
+        print(f"upload files left in the demo's TMPDIR after the run: {len(leftovers)}; server exit code {code}")
+        target = [r for r in rows if r[0] == TARGET_USERS]
+        if target:
+            p95 = target[0][3]
+            verdict = "PASS" if p95 < TARGET_P95_S else "FAIL"
+            print(
+                f"target p95 < {TARGET_P95_S:.0f} s at {TARGET_USERS} users: p95 {p95:.2f} s, ratio {p95 / TARGET_P95_S:.2f}: {verdict}"
+            )
+        else:
+            print(
+                f"target p95 < {TARGET_P95_S:.0f} s at {TARGET_USERS} users: not measured (--users without {TARGET_USERS})"
+            )
+        if all_errors:
+            print(f"\n{len(all_errors)} request(s) failed; first: {all_errors[0]}", file=sys.stderr)
+            return 1
+        if leftovers:
+            print(f"\nuploads left on disk: {[p.name for p in leftovers]}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--users", default="1,4,8,16", help="concurrent users per level (comma-separated)")
+    parser.add_argument("--requests-per-user", type=int, default=8)
+    parser.add_argument("--images", type=int, default=4, help="different 2k x 2k DICOMs the users upload")
+    parser.add_argument("--quick", action="store_true", help="smoke run: users 1,2; 2 requests each")
+    parser.add_argument("--single", action="store_true", help="one prediction in process, medclip vs open_clip")
+    parser.add_argument("--repeats", type=int, default=10, help="--single: timed rounds")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--single: torch CPU threads for both pipelines (1: fair on a shared machine)",
+    )
+    args = parser.parse_args(argv)
+    return run_single(args) if args.single else run_load(args)
 
 
 if __name__ == "__main__":
