@@ -605,10 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
     from medclip.adapt.cli import add_adapt_parser
     from medclip.demo.cli import add_demo_parser
     from medclip.eval.cli import add_eval_parser
+    from medclip.pretrain.cli import add_pretrain_image_parser
     from medclip.report.cli import add_report_parser
 
     add_eval_parser(sub)
     add_adapt_parser(sub)
+    add_pretrain_image_parser(sub)
     add_report_parser(sub)
     add_demo_parser(sub)
     _add_quickstart(sub)
