@@ -16,6 +16,7 @@ plots      matplotlib           PNG plots written by ``medclip eval``
 reports    sacrebleu,           BLEU-4 and ROUGE-L of drafted reports (``medclip eval``)
            rouge-score
 adapt      peft                 LoRA few-shot adaptation (``medclip adapt --methods lora``)
+pretrain   lightly              image-only DINO pretraining (``medclip pretrain-image``)
 =========  ===================  =====================================================
 """
 
@@ -36,6 +37,7 @@ PIP_NAMES: dict[str, str] = {
     "sacrebleu": "sacrebleu",
     "rouge_score": "rouge-score",
     "peft": "peft",
+    "lightly": "lightly",
 }
 
 #: The medclip-kit extra that installs each optional import name.
@@ -50,6 +52,7 @@ EXTRAS: dict[str, str] = {
     "sacrebleu": "reports",
     "rouge_score": "reports",
     "peft": "adapt",
+    "lightly": "pretrain",
 }
 
 DISTRIBUTION = "medclip-kit"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv beside the repository and install medclip into it (idempotent).
-#   bash scripts/setup_env.sh          # the kit with everything a user runs (extra "all": demo, TensorBoard, plots, volumes)
+#   bash scripts/setup_env.sh          # the kit with everything a user runs (extra "all": demo, TensorBoard, plots, volumes,
+#                                      # LoRA (peft), DINO image pretraining (lightly))
 #   bash scripts/setup_env.sh test     # that + test extras (pytest, pydicom-data, playwright, ruff, mypy, ...)
 #   bash scripts/setup_env.sh bench    # that + peers for benchmarks (open_clip)
 # The bare library (`pip install medclip-kit`) needs none of the extras; see pyproject.toml.

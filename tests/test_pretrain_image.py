@@ -169,6 +169,24 @@ def test_run_tower_folder_loads_by_name_and_resume_is_exact(
         expected = trained(x)
         torch.testing.assert_close(model.visual.features(x), expected, atol=1e-6, rtol=0)
         torch.testing.assert_close(again(x), expected, atol=1e-6, rtol=0)
+    # or the timm architecture + the weight file (a checkpoint of fit then names no folder)
+    by_file = create_model(
+        "tiny-test", vision={"name": "resnet10t", "pretrained": str(tower / "model.safetensors")}
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(by_file.visual.features(x), expected, atol=1e-6, rtol=0)
+    # `medclip fit`'s config path: the bundled quickstart config (offline-default) with the folder as its tower
+    from medclip.train import load_config
+    from medclip.train.configs import resolve_config
+
+    fit_cfg = load_config(
+        resolve_config("quickstart"),
+        [f"model.overrides.vision.name={tower}", "model.overrides.vision.pretrained=true"],
+    )
+    clip = create_model(fit_cfg["model"]["name"], **fit_cfg["model"]["overrides"])
+    assert clip.config.vision.name == str(tower)
+    for key, value in clip.visual.backbone.model.state_dict().items():
+        torch.testing.assert_close(value, teacher_weights[key])
     import json
 
     saved = json.loads((tower / "config.json").read_text())

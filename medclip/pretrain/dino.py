@@ -540,7 +540,7 @@ def pretrain_image(cfg: PretrainImageConfig) -> Path:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     tower_dir = output_dir / "tower"
     if trainer.is_global_zero:
-        import lightly
+        from importlib.metadata import version
 
         from medclip import __version__
 
@@ -553,7 +553,7 @@ def pretrain_image(cfg: PretrainImageConfig) -> Path:
             "steps": int(trainer.global_step),
             "wall_time_s": round(time.time() - started, 1),
             "options": {k: v for k, v in cfg.to_dict().items() if k not in ("cache_dir", "output_dir", "tower")},
-            "versions": {"medclip": __version__, "lightly": lightly.__version__, "torch": torch.__version__},
+            "versions": {"medclip": __version__, "lightly": version("lightly"), "torch": torch.__version__},
         }
         save_tower(module.exported(), tower_dir, preprocess=datamodule.preprocess(), record=record)
     trainer.strategy.barrier("medclip-pretrain-export")
