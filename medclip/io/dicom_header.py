@@ -99,7 +99,8 @@ def _functional_item(ds: Dataset, sequence: str, frame: int = 0) -> Dataset | No
             continue
         item = _value(groups[index], sequence)
         if item:
-            return item[0]
+            first: Dataset = item[0]
+            return first
     return None
 
 

@@ -91,6 +91,7 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
             explicit = vr.isalpha() and vr.isupper()
             if explicit:
                 return True
+            length: int
             (length,) = struct.unpack(order + "I", head[4:8])
             return length < 0x10000  # implicit VR: a plausible element length
     return False

@@ -110,7 +110,8 @@ class VoiLut:
         # values outside the table take its first / last entry (DICOM PS3.3 C.11.2.1.1)
         index = np.rint(values).astype(np.int64) - self.first_mapped
         np.clip(index, 0, len(self.table) - 1, out=index)
-        return self.table[index]
+        mapped: np.ndarray = self.table[index]
+        return mapped
 
 
 def _voi_lut_function(ds: Dataset) -> VoiLut | None:

@@ -198,7 +198,7 @@ class _Worker:
             proc.kill()
             return proc.wait()
 
-    def request(self, message: tuple, timeout: float) -> tuple[str, Any]:
+    def request(self, message: tuple[Any, ...], timeout: float) -> tuple[str, Any]:
         """Send one request: ``("ok", value)``, ``("fail", why)``, ``("memory", None)``, ``("crashed", status)``, ``("timeout", s)``."""
         with self._lock:
             if self._owner != os.getpid():  # pragma: no cover - register_at_fork handles this
@@ -211,7 +211,7 @@ class _Worker:
                 if not self._conn.poll(timeout):
                     self._stop(kill=True)
                     return "timeout", timeout
-                reply = self._conn.recv()
+                reply: tuple[str, Any] = self._conn.recv()
             except (EOFError, OSError):
                 return "crashed", self._stop(kill=False)
             return reply
@@ -328,14 +328,13 @@ def _reader_decode(ds: Any, path: str, frame: int | None) -> np.ndarray | None:
     dtype = _GDCM_SCALARS.get(image.GetPixelFormat().GetScalarTypeAsString())
     if dtype is None:
         return None
-    values = np.frombuffer(image.GetBuffer().encode("utf-8", "surrogateescape"), dtype=dtype)
+    values: np.ndarray = np.frombuffer(image.GetBuffer().encode("utf-8", "surrogateescape"), dtype=dtype)
     rows, columns, frames = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0, _frame_count(ds)
     if values.size != rows * columns * frames:
         return None
     values = values.reshape(frames, rows, columns)
-    if frame is not None:
-        return values[frame].copy()
-    return values[0].copy() if frames == 1 else values.copy()
+    chosen: np.ndarray = values[frame] if frame is not None else values[0] if frames == 1 else values
+    return chosen.copy()
 
 
 def _decode_here(path: str, frame: int | None, raw: bool) -> tuple[str, Any]:

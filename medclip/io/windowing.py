@@ -78,7 +78,7 @@ def apply_window(array: np.ndarray, center: float, width: float, *, function: st
             raise ValueError(f"window width must be > 0 for SIGMOID, got {width}")
         exponent = (x - np.float32(center)) * np.float32(-4.0 / width)
         np.clip(exponent, -80.0, 80.0, out=exponent)  # float32 exp overflows beyond ~88
-        out = np.exp(exponent)
+        out: np.ndarray = np.exp(exponent)
         out += 1.0
         np.reciprocal(out, out=out)
         return out.astype(np.float32, copy=False)

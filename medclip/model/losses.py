@@ -197,7 +197,15 @@ class SoftTargetInfoNCE(ContrastiveLoss):
     def _side_info(self, labels: torch.Tensor | None, group_ids: torch.Tensor | None) -> None:
         """Raise if the loss needs labels or group ids and they are missing or mis-shaped."""
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, group_ids=None):  # noqa: D102
+    def forward(  # noqa: D102
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None = None,
+        labels: torch.Tensor | None = None,
+        group_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         self._check(image_features, text_features)
         self._side_info(labels, group_ids)
         rank, world = distributed_info(self.rank, self.world_size)
@@ -258,11 +266,19 @@ class LabelAwareLoss(SoftTargetInfoNCE):
         self.min_similarity = min_similarity
         self.uncertain_weight = uncertain_weight
 
-    def _side_info(self, labels, group_ids):  # noqa: D102
+    def _side_info(self, labels: torch.Tensor | None, group_ids: torch.Tensor | None) -> None:  # noqa: D102
         if labels is None or labels.ndim != 2:
             raise ValueError("label_aware loss needs labels of shape (B, n_findings)")
 
-    def targets(self, rows, n_columns, labels, group_ids, device):  # noqa: D102
+    def targets(  # noqa: D102
+        self,
+        rows: slice,
+        n_columns: int,
+        labels: torch.Tensor | None,
+        group_ids: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        assert labels is not None  # _side_info refused a batch without them
         sim = label_similarity(labels[rows], labels, self.uncertain_weight)
         sim = torch.where(sim >= self.min_similarity, sim, torch.zeros_like(sim)) * self.soft_weight
         eye = torch.zeros_like(sim)
@@ -274,11 +290,19 @@ class LabelAwareLoss(SoftTargetInfoNCE):
 class MultiPositiveLoss(SoftTargetInfoNCE):
     """InfoNCE where all samples with the same ``group_ids`` (e.g. views or sentences of one study) are positives."""
 
-    def _side_info(self, labels, group_ids):  # noqa: D102
+    def _side_info(self, labels: torch.Tensor | None, group_ids: torch.Tensor | None) -> None:  # noqa: D102
         if group_ids is None or group_ids.ndim != 1:
             raise ValueError("multi_positive loss needs group_ids of shape (B,) (see group_ids_from_keys)")
 
-    def targets(self, rows, n_columns, labels, group_ids, device):  # noqa: D102
+    def targets(  # noqa: D102
+        self,
+        rows: slice,
+        n_columns: int,
+        labels: torch.Tensor | None,
+        group_ids: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        assert group_ids is not None  # _side_info refused a batch without them
         same = (group_ids[rows, None] == group_ids[None, :]).float()
         return same / same.sum(dim=1, keepdim=True)
 
@@ -298,7 +322,13 @@ class SigLIPLoss(ContrastiveLoss):
         self.dist_impl = dist_impl
 
     @staticmethod
-    def _pair_loss(img, txt, logit_scale, logit_bias, diagonal_offset: int | None) -> torch.Tensor:
+    def _pair_loss(
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None,
+        diagonal_offset: int | None,
+    ) -> torch.Tensor:
         logits = logit_scale * img @ txt.T
         if logit_bias is not None:
             logits = logits + logit_bias
@@ -308,7 +338,15 @@ class SigLIPLoss(ContrastiveLoss):
             sign[idx, idx + diagonal_offset] = 1.0
         return -F.logsigmoid(sign * logits).sum()
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, group_ids=None):  # noqa: D102
+    def forward(  # noqa: D102
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float | None = None,
+        labels: torch.Tensor | None = None,
+        group_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         self._check(image_features, text_features)
         rank, world = distributed_info(self.rank, self.world_size)
         img, txt = image_features.float(), text_features.float()

@@ -223,7 +223,7 @@ def _stem_name(visual_model: nn.Module) -> str:
         return str(first)
     for name, module in visual_model.named_modules():
         if isinstance(module, nn.Conv2d):
-            return name
+            return str(name)
     raise ModelLoadError("the vision tower has no convolution to take the grey channel")
 
 

@@ -42,7 +42,8 @@ def parse_window(window: Any) -> WindowSpec:
         return float(c), float(w)
     if isinstance(window, (list, tuple)):
         return float(window[0]), float(window[1])
-    return window
+    spec: WindowSpec = window  # "auto", a preset name or None (check_window judges it where it is used)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def preprocess(
                 f"{image.source}: a volume must be read with the window (window={cfg.window!r}) before it is resampled"
             )
         vol = resample_volume(image, spacing=cfg.volume_spacing, shape=cfg.volume_shape)
-        return np.clip(vol.array, 0.0, 1.0).astype(np.float16)
+        volume: np.ndarray = np.clip(vol.array, 0.0, 1.0).astype(np.float16)
+        return volume
     if kind != "image":
         raise ValueError(f"kind must be 'image' or 'volume', got {kind!r}")
     if window is None:

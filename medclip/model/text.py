@@ -95,10 +95,12 @@ def hf_config_to_dict(config: PretrainedConfig) -> dict[str, Any]:
 
 
 def _from_config(config: PretrainedConfig) -> PreTrainedModel:
+    model: PreTrainedModel
     try:
-        return AutoModel.from_config(config, add_pooling_layer=False)
+        model = AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:  # encoders without a pooler layer
-        return AutoModel.from_config(config)
+        model = AutoModel.from_config(config)
+    return model
 
 
 @contextmanager
@@ -121,6 +123,8 @@ def _from_pretrained(path: str, config: PretrainedConfig | None) -> PreTrainedMo
     kwargs: dict[str, Any] = dict(trust_remote_code=False, local_files_only=hf_offline(), output_loading_info=True)
     if config is not None:
         kwargs["config"] = config
+    model: PreTrainedModel
+    info: dict[str, Any]
     try:
         with _quiet_transformers():
             try:
@@ -231,7 +235,8 @@ class TextTower(nn.Module):
             order = torch.cat([idx for idx, _ in plan])
             pooled = torch.empty((input_ids.shape[0], parts[0].shape[1]), dtype=parts[0].dtype, device=parts[0].device)
             pooled = pooled.index_copy(0, order, torch.cat(parts))
-        return self.proj(pooled)
+        projected: torch.Tensor = self.proj(pooled)
+        return projected
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         # transformers >= 5 renamed gradient_checkpointing_* to activation_checkpointing_*
