@@ -152,9 +152,11 @@ def run_pretrain_image_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pretrain_image_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_pretrain_image_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Register ``pretrain-image`` (arguments and handler) on the ``medclip`` command's subparsers."""
-    p = subparsers.add_parser("pretrain-image", help=PRETRAIN_IMAGE_HELP, description=PRETRAIN_IMAGE_DESCRIPTION)
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "pretrain-image", help=PRETRAIN_IMAGE_HELP, description=PRETRAIN_IMAGE_DESCRIPTION
+    )
     add_pretrain_image_arguments(p)
     p.set_defaults(func=run_pretrain_image_command)
     return p

@@ -102,7 +102,8 @@ class ImageBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != self.cfg.in_chans:
             images = images.expand(-1, self.cfg.in_chans, -1, -1)  # a grey image fed to an RGB stem
-        return self.backbone((images.float() - self.mean) / self.std)
+        features: torch.Tensor = self.backbone((images.float() - self.mean) / self.std)
+        return features
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -234,15 +235,19 @@ def multi_crop_views(image: torch.Tensor, rng: random.Random, cfg: PretrainImage
 
     if image.ndim != 3:
         raise ValueError(f"{VOLUMES_LATER}: got a sample of shape {tuple(image.shape)}")
-    common = {
-        "rotate_degrees": cfg.rotate_degrees,
-        "gamma": cfg.gamma,
-        "contrast": cfg.contrast,
-        "noise_std": cfg.noise_std,
-        "hflip": cfg.hflip,
-    }
-    crops = [(ImageAugmentation(crop_scale=cfg.global_scale, **common), cfg.global_size)] * 2
-    crops += [(ImageAugmentation(crop_scale=cfg.local_scale, **common), cfg.local_size)] * cfg.n_local
+
+    def augmentation(scale: tuple[float, float]) -> ImageAugmentation:
+        return ImageAugmentation(
+            crop_scale=scale,
+            rotate_degrees=cfg.rotate_degrees,
+            gamma=cfg.gamma,
+            contrast=cfg.contrast,
+            noise_std=cfg.noise_std,
+            hflip=cfg.hflip,
+        )
+
+    crops = [(augmentation(cfg.global_scale), cfg.global_size)] * 2
+    crops += [(augmentation(cfg.local_scale), cfg.local_size)] * cfg.n_local
     views = []
     for augment, size in crops:
         view = augment(image, random.Random(rng.getrandbits(63)))
@@ -251,7 +256,7 @@ def multi_crop_views(image: torch.Tensor, rng: random.Random, cfg: PretrainImage
     return views
 
 
-class MultiCropDataset(Dataset):
+class MultiCropDataset(Dataset[dict[str, Any]]):
     """Items ``{"views": [...], "image_id"}`` of a cache split, keyed ``(index, epoch)`` (the resumable sampler's)."""
 
     def __init__(self, source: Any, cfg: PretrainImageConfig) -> None:
@@ -327,7 +332,7 @@ class DinoDataModule(L.LightningDataModule):
 
         return distributed_info()
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         from medclip.train.sampler import ResumableSampler
 
         rank, world = self._rank_and_world()
@@ -433,7 +438,9 @@ class DinoModule(L.LightningModule):
         with torch.no_grad():
             teacher_out = [self.teacher_head(self.teacher_backbone(v)) for v in views[:2]]
         student_out = [self.student_head(self.student_backbone(v)) for v in views]
-        loss = self.criterion(teacher_out, student_out, teacher_temp=self.teacher_temp_at(self.global_step))
+        loss: torch.Tensor = self.criterion(
+            teacher_out, student_out, teacher_temp=self.teacher_temp_at(self.global_step)
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=views[0].shape[0])
         return loss
 
@@ -452,7 +459,8 @@ class DinoModule(L.LightningModule):
         self.last_momentum = m
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for module in (self.student_backbone, self.student_head):
             for param in module.parameters():
                 if param.requires_grad:
