@@ -239,8 +239,10 @@ def launch_page(
 
     Uploads over ``limits.max_upload_bytes`` are refused with a 413 before their body is read
     (:class:`~medclip.demo.uploads.UploadSizeLimit` on the Content-Length; Gradio's ``max_file_size``
-    while it streams). Gradio's start-up chatter is silenced: it suggests ``share`` (a public link),
-    which a tool that handles patient images must never do. Returns the local URL.
+    while it streams); an upload cut short (the client went away) leaves no partial file in the
+    private temporary folder (the same middleware). Gradio's start-up chatter is silenced: it
+    suggests ``share`` (a public link), which a tool that handles patient images must never do.
+    Returns the local URL.
     """
     from starlette.middleware import Middleware
 
@@ -258,7 +260,11 @@ def launch_page(
         quiet=True,
         prevent_thread_lock=True,
         app_kwargs={
-            "middleware": [Middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES)]
+            "middleware": [
+                Middleware(
+                    UploadSizeLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES, upload_dir=_TEMP_ROOT
+                )
+            ]
         },
     )
     url = str(demo.local_url)
@@ -266,6 +272,43 @@ def launch_page(
     if block:
         demo.block_thread()
     return url
+
+
+#: Events the page runs at once (Gradio's queue; the others wait their turn): bounds the decoded images
+#: in memory and the CPU work in flight.
+CONCURRENCY = 2
+#: Events that may wait in the queue; one more is refused with Gradio's "queue is full" message.
+MAX_QUEUE = 64
+
+
+def threads_per_event(concurrency: int = CONCURRENCY) -> int:
+    """torch CPU threads for one event: this process's cores shared by the events that run at once.
+
+    Two events that each used every core would oversubscribe the CPU; on a 2-core machine a
+    prediction took 10x longer with 2 threads each than with 1.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(concurrency, 1))
+
+
+def start_page(
+    engine: TriageEngine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    limits: UploadLimits | None = None,
+) -> gr.Blocks:
+    """Build the page, bound its queue and CPU threads, and serve it in the background; returns the page
+    (``demo.local_url`` is its address, ``demo.close()`` stops it)."""
+    import torch
+
+    limits = limits if limits is not None else UploadLimits()
+    torch.set_num_threads(threads_per_event())
+    demo = build_demo(engine, limits)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
+    launch_page(demo, host=host, port=port, auth=auth, limits=limits, block=False)
+    return demo
 
 
 def serve(
@@ -277,13 +320,11 @@ def serve(
     limits: UploadLimits | None = None,
 ) -> int:
     """Build the page and serve it until interrupted."""
-    limits = limits if limits is not None else UploadLimits()
     # SIGTERM should clean up like Ctrl-C does (atexit removes the temporary folder).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    demo = build_demo(engine, limits)
-    demo.queue(default_concurrency_limit=2)
     print("medclip triage demo: research use only, not for diagnosis; Ctrl-C to stop", flush=True)
-    launch_page(demo, host=host, port=port, auth=auth, limits=limits)  # 413 before reading oversized uploads
+    demo = start_page(engine, host=host, port=port, auth=auth, limits=limits)  # 413 before reading oversized uploads
+    demo.block_thread()
     return 0
 
 

@@ -122,16 +122,27 @@ class LoadedStudy:
 
 
 class UploadSizeLimit:
-    """ASGI middleware: answer 413 to a request bigger than ``max_bytes`` without reading its body whole.
+    """ASGI middleware: answer 413 to a request bigger than ``max_bytes`` without reading its body whole,
+    and leave no partial upload on disk when a request body is cut short.
 
     A request whose ``Content-Length`` says it is too big is refused before a byte of its body is read;
     a body sent without a length (chunked) is counted as it streams in and stopped at the limit.
     The demo wraps its Gradio server with it (``max_bytes``: the upload limit plus room for the form).
+
+    ``upload_dir``: the folder Gradio streams uploads into (its ``GRADIO_TEMP_DIR``). Gradio writes each
+    file of a multipart body into a temporary file directly in that folder and renames it into a
+    per-upload subfolder once the body is complete; it removes the file when the form is malformed,
+    not when the client disconnects mid-upload (or a chunked body passes the limit), so such a file
+    stayed behind. When a body was cut short, the files directly in ``upload_dir`` are removed as soon
+    as no POST request is in progress (at that moment none of them belongs to a request).
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, upload_dir: PathLike | None = None) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
+        self.upload_dir = Path(upload_dir) if upload_dir is not None else None
+        self._receiving = 0  # POST requests in progress (one event loop: no lock needed)
+        self._aborted = False  # a body was cut short since the last sweep
 
     def _message(self) -> bytes:
         return (
@@ -154,6 +165,22 @@ class UploadSizeLimit:
         )
         await send({"type": "http.response.body", "body": body})
 
+    def _sweep(self) -> None:
+        """Remove the partial uploads Gradio left directly in ``upload_dir`` (called with no body in flight)."""
+        self._aborted = False
+        if self.upload_dir is None:
+            return
+        try:
+            entries = list(os.scandir(self.upload_dir))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
@@ -163,18 +190,23 @@ class UploadSizeLimit:
             if not length.strip().isdigit() or int(length) > self.max_bytes:
                 await self._refuse(send)
                 return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         received = 0
         started = False
+        done = False  # the whole body was received
 
         async def counted_receive() -> dict:
-            nonlocal received
+            nonlocal received, done
             message = await receive()
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if length is None and received > self.max_bytes:
                     raise _TooLarge
+                done = done or not message.get("more_body", False)
+            elif message.get("type") == "http.disconnect" and not done:
+                self._aborted = True
             return message
 
         async def watched_send(message: dict) -> None:
@@ -182,12 +214,22 @@ class UploadSizeLimit:
             started = started or message.get("type") == "http.response.start"
             await send(message)
 
+        self._receiving += 1
         try:
             await self.app(scope, counted_receive, watched_send)
         except _TooLarge:
+            self._aborted = True
             if started:
                 raise
             await self._refuse(send)
+        except BaseException:
+            if not done:
+                self._aborted = True
+            raise
+        finally:
+            self._receiving -= 1
+            if self._aborted and self._receiving == 0:
+                self._sweep()
 
 
 class _TooLarge(Exception):
