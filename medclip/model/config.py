@@ -29,6 +29,8 @@ class VisionConfig:
     (a ``.safetensors`` or a ``.pth`` state dict, loaded with ``weights_only``).
     ``pretrained_key_order``: ``"name"`` matches checkpoint keys by name, ``"order"`` loads the
     checkpoint tensors in order (for state dicts from another implementation of the same network).
+    ``patch_dropout``: FLIP's patch dropout, the share of a ViT's patch tokens dropped at random in
+    training (0.5 or 0.75 make steps 2-4x cheaper); off in eval mode. timm towers with patch tokens only.
     """
 
     kind: str = "timm"
@@ -43,6 +45,7 @@ class VisionConfig:
     proj: str = "linear"
     proj_bias: bool = False
     drop_path_rate: float | None = None
+    patch_dropout: float = 0.0
     channels_last: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     slice_attention_dim: int = 128
@@ -60,6 +63,10 @@ class VisionConfig:
             raise ValueError(f"vision.mean/std need 1 or in_chans={self.in_chans} values")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"vision.std must be positive, got {self.std}")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.patch_dropout and self.kind not in ("timm", "slices2d"):
+            raise ValueError(f"vision.patch_dropout needs a timm ViT tower (kind timm or slices2d), got {self.kind!r}")
 
     @property
     def is_volume(self) -> bool:

@@ -144,6 +144,8 @@ class TimmBackbone(nn.Module):
         kwargs: dict[str, Any] = dict(cfg.model_kwargs)
         if cfg.drop_path_rate is not None:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
+        if cfg.patch_dropout:
+            kwargs["patch_drop_rate"] = cfg.patch_dropout  # timm's PatchDropout (ViT-family models)
         from_timm = load_pretrained and cfg.pretrained is True
         model_name = timm_model_name(cfg.name)
         if from_timm and not model_name.startswith("local-dir:"):
@@ -157,6 +159,13 @@ class TimmBackbone(nn.Module):
                 raise ModelLoadError(f"vision model {cfg.name!r}: {err}") from err
             hint = hub_hint(cfg.name.removeprefix("hf-hub:")) if from_timm else ""
             raise ModelLoadError(f"vision model {cfg.name!r}: cannot load pretrained weights: {err}{hint}") from err
+        except TypeError as err:
+            if cfg.patch_dropout and "patch_drop_rate" in str(err):
+                raise ModelLoadError(
+                    f"vision.patch_dropout: {cfg.name!r} has no patch tokens to drop (FLIP needs a ViT-family timm "
+                    "model such as vit_base_patch16_224); set vision.patch_dropout to 0"
+                ) from err
+            raise ModelLoadError(f"vision model {cfg.name!r}: cannot create ({err})") from err
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"vision model {cfg.name!r}: cannot create ({err})") from err
         if load_pretrained and isinstance(cfg.pretrained, str) and cfg.pretrained:
@@ -319,6 +328,18 @@ class VisionTower(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
+
+    def set_patch_dropout(self, prob: float) -> int:
+        """Set the training-time patch dropout share of every timm ``PatchDropout`` in the tower (0 turns FLIP
+        off, e.g. for the unmasked tuning steps at the end of training); returns how many were set."""
+        from timm.layers import PatchDropout
+
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"patch dropout must be in [0, 1), got {prob}")
+        layers = [m for m in self.backbone.modules() if isinstance(m, PatchDropout)]
+        for layer in layers:
+            layer.prob = prob
+        return len(layers)
 
 
 __all__ = [

@@ -114,6 +114,8 @@ DEFAULTS: dict[str, Any] = {
         # data.batch_size is split into this many micro-batches, and the loss sees every sample of the batch
         # as a negative; memory of one micro-batch plus the batch's features, one extra forward per micro-batch
         "accum_freq": 1,
+        # FLIP's unmasked tuning: the last this-many steps train with model.overrides.vision.patch_dropout off
+        "unmasked_steps": 0,
     },
     "trainer": {
         "max_steps": 1000,
@@ -267,6 +269,7 @@ _NUMERIC: dict[str, tuple[bool, float | None, float | None, bool]] = {
     "optim.min_lr_ratio": (False, 0, 1, False),
     "optim.max_nonfinite_steps": (True, 1, None, False),
     "optim.accum_freq": (True, 1, None, False),
+    "optim.unmasked_steps": (True, 0, None, False),
     "trainer.max_steps": (True, -1, None, True),
     "trainer.min_steps": (True, -1, None, True),
     "trainer.max_epochs": (True, -1, None, True),

@@ -188,6 +188,11 @@ class DualEncoderModule(L.LightningModule):
         #: (gradient_clip_val, gradient_clip_algorithm) applied by the module itself under manual optimization
         #: (Lightning refuses Trainer clipping there); fit moves them here from the trainer section
         self.manual_gradient_clip: tuple[float | None, str | None] = (None, None)
+        #: FLIP: the last ``optim.unmasked_steps`` steps train with the vision tower's patch dropout off
+        self.unmasked_steps = int(self.optim_cfg.get("unmasked_steps", 0) or 0)
+        self._unmasked_said = False
+        if self.unmasked_steps and not self.model.config.vision.patch_dropout:
+            raise ValueError("optim.unmasked_steps needs model.overrides.vision.patch_dropout > 0 (FLIP)")
 
     # ------------------------------------------------------------------ steps
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -483,6 +488,20 @@ class DualEncoderModule(L.LightningModule):
             limit,
             shown or "unknown",
         )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # FLIP's unmasked tuning phase: from total - unmasked_steps on (also after a resume past that point)
+        if self.unmasked_steps and self.model.config.vision.patch_dropout:
+            unmasked = self.global_step >= self._total_steps() - self.unmasked_steps
+            prob = 0.0 if unmasked else float(self.model.config.vision.patch_dropout)
+            if self.model.visual.set_patch_dropout(prob) and unmasked and not self._unmasked_said:
+                self._unmasked_said = True
+                if self.trainer.is_global_zero:
+                    print(
+                        f"step {self.global_step}: patch dropout off for the last {self.unmasked_steps} steps "
+                        "(FLIP unmasked tuning)",
+                        flush=True,
+                    )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # CLIP (Radford et al., 2021) clamps the learned temperature after every step so that the logits are
