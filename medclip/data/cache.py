@@ -20,7 +20,13 @@ Layout::
     CACHE_DIR/<split>/shard-000000.tar     samples: <key>.image.npy, <key>.meta.json
 
 Shards are written to a temporary name and renamed when complete, and ``cache.json`` is updated after
-every shard, so an interrupted run resumes at the first missing shard.
+every shard, so an interrupted run resumes at the first missing shard. In a bucket the index of the shards
+uploaded so far is ``cache.partial.json`` instead, and ``cache.json`` is uploaded last, once every shard is
+there (training nodes elsewhere never see an unfinished cache); a rerun resumes from the partial index. An
+upload's transient faults (HTTP 500/503, a dropped connection) are retried with backoff
+(:func:`medclip.data.storage.retry_call`); one that persists, or a refusal (403, no such bucket), stops the
+run with one :class:`~medclip.data.storage.StorageError` naming the object, and the same command run again
+resumes.
 
 Array jobs (``--num-shards N --shard-index i``, or a SLURM array's variables): task i writes the tar
 shards k with k % N == i and its own ``cache.part-0000i-of-0000N.json``; when the last part lands, its
@@ -319,6 +325,10 @@ class CacheResult:
         return s + f" ({self.seconds:.1f}s)"
 
 
+#: In a bucket: the index of the shards uploaded so far (``cache.json`` is uploaded last).
+PARTIAL_INDEX = "cache.partial.json"
+
+
 def build_cache(
     manifest: str | Path | pd.DataFrame,
     cache_dir: str | Path,
@@ -333,7 +343,41 @@ def build_cache(
 
     With ``shard`` (task i of N) only the tar shards k with k % N == i are written, with a part index;
     the task that completes the last part merges them into ``cache.json`` (see the module docstring).
+    An object store that keeps failing (or refuses) stops the run with a
+    :class:`~medclip.data.storage.StorageError`; the shards uploaded before stay and a rerun resumes.
     """
+    try:
+        return _build_cache(
+            manifest,
+            cache_dir,
+            config=config,
+            workers=workers,
+            progress=progress,
+            overwrite=overwrite,
+            shard=shard,
+        )
+    except storage.StorageError as exc:
+        if not str(exc.location).startswith(str(storage.as_location(cache_dir))):
+            raise  # the manifest, not the cache
+        raise storage.StorageError(
+            f"{exc}. The shards uploaded before are kept (cache.json is uploaded only when every shard is there): "
+            "run the same command again to resume",
+            location=exc.location,
+            attempts=exc.attempts,
+            transient=exc.transient,
+        ) from exc
+
+
+def _build_cache(
+    manifest: str | Path | pd.DataFrame,
+    cache_dir: str | Path,
+    *,
+    config: CacheConfig | None,
+    workers: int | None,
+    progress: bool,
+    overwrite: bool,
+    shard: Shard | None,
+) -> CacheResult:
     t0 = time.perf_counter()
     config = config or CacheConfig()
     shard = shard or Shard()
@@ -341,7 +385,12 @@ def build_cache(
     cache_dir = storage.as_location(cache_dir)  # a folder, or a URL (s3://bucket/cache): shards are uploaded
     storage.makedirs(cache_dir)
     index_path = storage.join(cache_dir, "cache.json")
-    write_path = index_path if shard.is_whole else storage.join(cache_dir, f"cache.{shard.tag}.json")
+    if not shard.is_whole:
+        write_path = storage.join(cache_dir, f"cache.{shard.tag}.json")
+    elif storage.is_url(cache_dir):  # a bucket: cache.json goes up last, when every shard is there
+        write_path = storage.join(cache_dir, PARTIAL_INDEX)
+    else:
+        write_path = index_path
     index: dict = {"version": CACHE_VERSION, "config": config.to_json(), "shards": {}, "skipped": {}}
     for path in dict.fromkeys([index_path, write_path]):  # the merged index, then this task's own part
         if storage.exists(path) and not overwrite:
@@ -414,7 +463,7 @@ def build_cache(
                 # shards and their index are kept; a full disk says which shard and how much space it needed
                 written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
                 Path(tmp).unlink(missing_ok=True)
-                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                if is_disk_full(exc) and not isinstance(exc, (DiskFullError, storage.StorageError)):
                     raise disk_full_error(tmp if storage.is_url(target) else target, needed=written or None) from exc
                 raise
             Path(tmp).unlink(missing_ok=True)
@@ -431,6 +480,8 @@ def build_cache(
             index["shards"].pop(name)
             storage.unlink(storage.join(cache_dir, name))
         _write_index(index_path, index)
+        if write_path != index_path:
+            storage.unlink(write_path)
     else:
         index.update({"complete": True, "all_shards": all_names})
         _write_index(write_path, index)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from medclip.data.cache import CacheConfig, CacheError, cache_shards, iter_shard, preprocess_row, read_cache_index
 from medclip.data.manifest import LABEL_PREFIX, label_columns, read_manifest
-from medclip.data.storage import as_location, open_file
+from medclip.data.storage import StorageError, as_location, open_file, retry_call, retry_stream
 from medclip.distributed import distributed_info
 from medclip.knowledge.attributes import row_attributes
 from medclip.model.preprocess import PreprocessConfig
@@ -174,16 +174,35 @@ class BadSamples:
         )
 
 
+def store_outage(path: object, exc: StorageError) -> CacheError:
+    """The error that stops training when the object store holding a shard keeps failing or refuses: an outage
+    is not a bad sample (it would be counted against ``data.max_bad_samples`` shard after shard)."""
+    detail = str(exc)
+    if detail.startswith(f"{exc.location}: "):
+        detail = detail[len(f"{exc.location}: ") :]
+    return CacheError(
+        f"cache shard {path}: {detail}. Training stops (a store outage is not counted against "
+        "data.max_bad_samples); the checkpoints saved so far are kept: resume=last continues once the store answers"
+    )
+
+
 def guarded_shard(path: object, expected: int, bad: BadSamples) -> Iterator[dict]:
-    """The good samples of one shard; bad ones (see :class:`BadSamples`) are counted in ``bad`` and left out."""
+    """The good samples of one shard; bad ones (see :class:`BadSamples`) are counted in ``bad`` and left out.
+
+    A shard in a bucket is read through :func:`medclip.data.storage.retry_stream`: a transient fault (HTTP 503, a
+    dropped connection) reopens it and goes on after the samples already read; one that persists, or a refusal
+    (403), stops training with a :class:`CacheError` naming the shard (:func:`store_outage`)."""
     seen = 0
+    location = as_location(path)  # type: ignore[arg-type]
     try:
-        for sample in iter_shard(path, tolerant=True):  # type: ignore[arg-type]
+        for sample in retry_stream("read", location, lambda: iter_shard(location, tolerant=True)):
             seen += 1
             if "__error__" in sample:
                 bad.add(path, sample["__error__"], key=str(sample.get("__key__")))
                 continue
             yield sample
+    except StorageError as exc:
+        raise store_outage(path, exc) from exc
     except FileNotFoundError:
         reason = "the shard is missing (deleted after the run started?)"
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -402,23 +421,28 @@ class CacheMapDataset(Dataset):
         entries: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
         order: list[tuple[int, str]] = []
         for s, (path, expected) in enumerate(zip(self.shards, (count for _, count in shards))):
-            found = 0
-            try:
-                with open_file(path) as handle, tarfile.open(fileobj=handle, mode="r") as tar:
+            members: dict[str, dict[str, tuple[int, int]]] = {}
+
+            def scan(path: str = path, members: dict = members) -> None:
+                members.clear()  # a retry after a transient fault scans the shard again from its start
+                with open_file(as_location(path)) as handle, tarfile.open(fileobj=handle, mode="r") as tar:
                     for member in tar:
-                        if not member.isfile():
-                            continue
-                        key, _, ext = member.name.partition(".")
-                        if (s, key) not in entries:
-                            entries[(s, key)] = {}
-                            order.append((s, key))
-                            found += 1
-                        entries[(s, key)][ext] = (member.offset_data, member.size)
+                        if member.isfile():
+                            key, _, ext = member.name.partition(".")
+                            members.setdefault(key, {})[ext] = (member.offset_data, member.size)
+
+            try:
+                retry_call("read", as_location(path), scan)
+            except StorageError as exc:
+                raise store_outage(path, exc) from exc
             except FileNotFoundError:
                 self._bad.add(path, "the shard is missing; cache.json lists it", n=expected)
             except (tarfile.TarError, OSError, EOFError) as exc:  # truncated: keep what was indexed
-                lost = max(expected - found, 1)
+                lost = max(expected - len(members), 1)
                 self._bad.add(path, f"the shard is truncated or unreadable ({type(exc).__name__}: {exc})", n=lost)
+            for key, found in members.items():
+                entries[(s, key)] = found
+                order.append((s, key))
         self.entries = [(s, entries[(s, key)]) for s, key in order if "meta.json" in entries[(s, key)]]
         if not self.entries:
             raise CacheError(f"{cache_dir}: no readable samples for split {split!r}")
@@ -429,9 +453,15 @@ class CacheMapDataset(Dataset):
 
     @staticmethod
     def _read(path: str, where: tuple[int, int]) -> bytes:
-        with open_file(as_location(path)) as handle:
-            handle.seek(where[0])
-            return handle.read(where[1])
+        def read() -> bytes:
+            with open_file(as_location(path)) as handle:
+                handle.seek(where[0])
+                return handle.read(where[1])
+
+        try:
+            return retry_call("read", as_location(path), read)
+        except StorageError as exc:
+            raise store_outage(path, exc) from exc
 
     def meta(self, index: int) -> dict:
         """The sample's ``meta.json`` (ids, split, report texts, labels)."""
@@ -442,6 +472,8 @@ class CacheMapDataset(Dataset):
             s, members = self.entries[index]
             try:
                 cached = json.loads(self._read(self.shards[s], members["meta.json"]))
+            except CacheError:  # the object store is down: the run stops (store_outage)
+                raise
             except (OSError, EOFError, ValueError) as exc:  # read as an item: skipped and counted (__getitem__)
                 raise ValueError(
                     f"cache shard {self.shards[s]}: meta.json of sample #{index} cannot be read "
