@@ -173,7 +173,8 @@ class TimmBackbone(nn.Module):
         self.num_features = int(self.model.num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        features: torch.Tensor = self.model(images)
+        return features
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
@@ -212,9 +213,12 @@ class Monai3DBackbone(nn.Module):
             load_weights(self.model, resolve_local(cfg.pretrained), cfg.pretrained_key_order)
 
     def _run(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, x, use_reentrant=False)
-        return layer(x)
+            out = checkpoint(layer, x, use_reentrant=False)
+        else:
+            out = layer(x)
+        return out
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -228,7 +232,8 @@ class Monai3DBackbone(nn.Module):
         x = m.patch_embedding(volumes)
         for block in m.blocks:
             x = self._run(block, x)
-        return m.norm(x).mean(dim=1)
+        pooled: torch.Tensor = m.norm(x).mean(dim=1)
+        return pooled
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -266,7 +271,8 @@ class SliceBackbone(nn.Module):
         if self.channels_last:
             slices = slices.contiguous(memory_format=torch.channels_last)
         features = self.encoder(slices).reshape(b, d, -1)
-        return self.pool(features)
+        pooled: torch.Tensor = self.pool(features)
+        return pooled
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
@@ -310,7 +316,8 @@ class VisionTower(nn.Module):
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(images))
+        projected: torch.Tensor = self.proj(self.features(images))
+        return projected
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's pooled output (B, num_features) before the projection (what the training
@@ -320,7 +327,8 @@ class VisionTower(nn.Module):
         x = ((images.float() - self.mean) / self.std).to(dtype)
         if self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        features: torch.Tensor = self.backbone(x)
+        return features
 
     def weight_dtype(self) -> torch.dtype:
         """The dtype of the tower's weights (inputs are cast to it)."""
