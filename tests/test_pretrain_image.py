@@ -220,6 +220,8 @@ def test_clear_errors(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     with pytest.raises(ModelLoadError, match="unknown tower 'no-such-net'"):
         resolve_tower("no-such-net")
+    with pytest.raises(ModelLoadError, match="folder not found"):
+        resolve_tower(str(tmp_path / "gone" / "tower"))
     with pytest.raises(ValueError, match="3D volumes .* may come later"):
         resolve_tower("ct-resnet3d-minilm")
     with pytest.raises(CacheError, match="no images for split 'val'"):

@@ -124,9 +124,12 @@ def resolve_tower(name: str, pretrained: bool = True) -> tuple[VisionConfig, tup
     """
     from medclip.model.config import DualEncoderConfig
     from medclip.model.factory import get_model_config, list_models
+    from medclip.model.resources import looks_like_local_path
 
     path = Path(name).expanduser()
     weights: tuple[Path, str] | None = None
+    if not path.exists() and name not in list_models() and looks_like_local_path(name):
+        raise ModelLoadError(f"tower {name!r}: folder not found: {path}")
     if path.is_dir():
         data = _json(path / TOWER_CONFIG)
         if data is None:
@@ -199,14 +202,16 @@ def save_tower(
     size = preprocess.image_size if preprocess is not None else cfg.image_size
     size = int(size) if isinstance(size, int) else int(max(size))
     model = backbone.backbone.model
-    save_for_hf(
-        model,
-        str(staging),
-        safe_serialization=True,
-        data_config={"input_size": (cfg.in_chans, size, size), "mean": tuple(cfg.mean), "std": tuple(cfg.std)},
-    )
+    save_for_hf(model, str(staging), safe_serialization=True)  # the arguments every timm 1.0.x takes
     config_path = staging / TOWER_CONFIG
     data = json.loads(config_path.read_text())
+    # what the weights expect (timm's own pretrained_cfg still describes the ImageNet RGB source): timm reads the
+    # input channels from here when it loads the folder, and the arguments medclip builds the backbone with
+    data.setdefault("pretrained_cfg", {}).update(
+        input_size=[cfg.in_chans, size, size], mean=list(cfg.mean), std=list(cfg.std), num_classes=0
+    )
+    data["num_classes"] = 0
+    data["model_args"] = {**dict(data.get("model_args") or {}), "in_chans": cfg.in_chans, "global_pool": cfg.pool}
     vision = {
         k: v
         for k, v in dataclasses.asdict(cfg).items()
@@ -438,9 +443,12 @@ class DinoModule(L.LightningModule):
         with torch.no_grad():
             teacher_out = [self.teacher_head(self.teacher_backbone(v)) for v in views[:2]]
         student_out = [self.student_head(self.student_backbone(v)) for v in views]
-        loss: torch.Tensor = self.criterion(
-            teacher_out, student_out, teacher_temp=self.teacher_temp_at(self.global_step)
-        )
+        with torch.autocast(device_type=self.device.type, enabled=False):  # softmax at T = 0.04 in float32
+            loss: torch.Tensor = self.criterion(
+                [t.float() for t in teacher_out],
+                [s.float() for s in student_out],
+                teacher_temp=self.teacher_temp_at(self.global_step),
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=views[0].shape[0])
         return loss
 
