@@ -135,3 +135,17 @@ def test_concurrent_uploads_get_the_answers_each_image_gets_alone(page: tuple[st
     uploads = [p for p in _files(temp_root) if p.suffix == ".dcm"]
     assert uploads == [], f"uploads left on disk after they were read: {uploads}"
     assert os.environ.get("GRADIO_TEMP_DIR") == str(temp_root)
+
+
+def test_users_who_send_the_same_file_at_once_all_get_its_answer(page: tuple[str, Path]) -> None:
+    """Gradio stores identical uploads at one path: the first read must not remove it from under the others."""
+    from gradio_client import Client
+
+    url, temp_root = page
+    alone = _answer(Client(url, verbose=False, download_files=False), IMAGES[1])
+    clients = [Client(url, verbose=False, download_files=False) for _ in range(6)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        for _ in range(2):
+            assert list(pool.map(_answer, clients, [IMAGES[1]] * len(clients))) == [alone] * len(clients)
+    uploads = [p for p in _files(temp_root) if p.suffix == ".dcm"]
+    assert uploads == [], f"uploads left on disk after they were read: {uploads}"

@@ -41,7 +41,7 @@ from medclip.demo.render import (  # noqa: E402
     render_priority,
     render_similar,
 )
-from medclip.demo.uploads import UploadSizeLimit, bundled_examples  # noqa: E402
+from medclip.demo.uploads import UploadRefs, UploadSizeLimit, bundled_examples  # noqa: E402
 from medclip.io import WINDOW_PRESETS  # noqa: E402
 
 AUTO_WINDOW = "as trained (the model's window)"  # the default: the checkpoint's saved preprocessing
@@ -60,9 +60,14 @@ def _window_spec(choice: str, center: float | None, width: float | None):
     return "auto" if choice == FILE_WINDOW else None  # None: the window the model was trained with
 
 
+#: Uploads received and not yet read, per stored path (identical files sent at once share one path).
+_UPLOADS = UploadRefs()
+
+
 def _forget_upload(path: str | None) -> None:
-    """Remove Gradio's copy of an upload (and its folder) once it is decoded."""
-    if not path:
+    """Remove Gradio's copy of an upload (and its folder) once it is decoded, unless another user's upload
+    of the same bytes (stored at the same path) is still to be read."""
+    if not path or not _UPLOADS.release(path):
         return
     file = Path(path)
     try:
@@ -262,7 +267,10 @@ def launch_page(
         app_kwargs={
             "middleware": [
                 Middleware(
-                    UploadSizeLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES, upload_dir=_TEMP_ROOT
+                    UploadSizeLimit,
+                    max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES,
+                    upload_dir=_TEMP_ROOT,
+                    refs=_UPLOADS,
                 )
             ]
         },

@@ -9,10 +9,12 @@ message names the file and says what is wrong, so the app can show it and keep s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +41,7 @@ __all__ = [
     "LoadedStudy",
     "UploadError",
     "UploadLimits",
+    "UploadRefs",
     "UploadSizeLimit",
     "bundled_examples",
     "expansion_budget",
@@ -121,6 +124,46 @@ class LoadedStudy:
         return int(self.image.array.shape[0]) if self.image.is_volume else 1
 
 
+class UploadRefs:
+    """Uploads received and not yet read, per stored path (thread-safe).
+
+    Gradio stores an upload at ``<its folder>/<SHA-256 of the bytes>/<file name>``: two users who send the
+    same file at once share one path, and the first to read it must not remove it while the other's read
+    is still to come (that user got "cannot open the upload"). :class:`UploadSizeLimit` counts each path
+    Gradio's upload route answers with (before the client sees the answer); the page calls
+    :meth:`release` after reading one and removes the file only when it returns True.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}
+
+    @staticmethod
+    def _key(path: PathLike) -> str:
+        return os.path.normpath(os.fspath(path))
+
+    def add(self, paths: list[str]) -> None:
+        with self._lock:
+            for path in paths:
+                key = self._key(path)
+                self._pending[key] = self._pending.get(key, 0) + 1
+
+    def release(self, path: PathLike) -> bool:
+        """One read of ``path`` is done: True when no other received upload waits for it (it may go)."""
+        key = self._key(path)
+        with self._lock:
+            left = self._pending.get(key, 1) - 1
+            if left <= 0:
+                self._pending.pop(key, None)
+                return True
+            self._pending[key] = left
+            return False
+
+    def pending(self, path: PathLike) -> int:
+        with self._lock:
+            return self._pending.get(self._key(path), 0)
+
+
 class UploadSizeLimit:
     """ASGI middleware: answer 413 to a request bigger than ``max_bytes`` without reading its body whole,
     and leave no partial upload on disk when a request body is cut short.
@@ -135,12 +178,17 @@ class UploadSizeLimit:
     not when the client disconnects mid-upload (or a chunked body passes the limit), so such a file
     stayed behind. When a body was cut short, the files directly in ``upload_dir`` are removed as soon
     as no POST request is in progress (at that moment none of them belongs to a request).
+
+    ``refs``: counts the paths each answer of Gradio's upload route (``POST .../upload``) names (:class:`UploadRefs`).
     """
 
-    def __init__(self, app: Any, max_bytes: int, upload_dir: PathLike | None = None) -> None:
+    def __init__(
+        self, app: Any, max_bytes: int, upload_dir: PathLike | None = None, refs: UploadRefs | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
         self.upload_dir = Path(upload_dir) if upload_dir is not None else None
+        self.refs = refs
         self._receiving = 0  # POST requests in progress (one event loop: no lock needed)
         self._aborted = False  # a body was cut short since the last sweep
 
@@ -164,6 +212,15 @@ class UploadSizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    def _count_stored(self, body: bytes) -> None:
+        """Count the paths an upload answer (a JSON list of stored paths) names."""
+        try:
+            paths = json.loads(body)
+        except ValueError:
+            return
+        if self.refs is not None and isinstance(paths, list):
+            self.refs.add([p for p in paths if isinstance(p, str)])
 
     def _sweep(self) -> None:
         """Remove the partial uploads Gradio left directly in ``upload_dir`` (called with no body in flight)."""
@@ -196,6 +253,9 @@ class UploadSizeLimit:
         received = 0
         started = False
         done = False  # the whole body was received
+        counting = self.refs is not None and str(scope.get("path", "")).rstrip("/").endswith("/upload")
+        status = 0
+        answer = bytearray()
 
         async def counted_receive() -> dict:
             nonlocal received, done
@@ -210,8 +270,13 @@ class UploadSizeLimit:
             return message
 
         async def watched_send(message: dict) -> None:
-            nonlocal started
-            started = started or message.get("type") == "http.response.start"
+            nonlocal started, status
+            if message.get("type") == "http.response.start":
+                started, status = True, int(message.get("status", 0))
+            elif counting and status == 200 and message.get("type") == "http.response.body":
+                answer.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self._count_stored(bytes(answer))  # before the client can ask for the file to be read
             await send(message)
 
         self._receiving += 1
