@@ -326,6 +326,25 @@ def test_missing_bucket_is_not_retried(s3, waits, manifest) -> None:
     assert waits == []
 
 
+def test_missing_credentials_are_not_retried(s3, waits, manifest, monkeypatch) -> None:
+    import s3fs
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(StorageError, match=r"no usable credentials.*NoCredentialsError.*not retried") as info:
+            _build(manifest, f"{s3[0]}/nocreds/cache")
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert str(info.value).startswith(f"{s3[0]}/nocreds/cache/") and waits == []
+    assert "once that is fixed, the same command resumes" in str(info.value)
+
+
 # -- training reads
 
 

@@ -359,9 +359,12 @@ def build_cache(
     except storage.StorageError as exc:
         if not str(exc.location).startswith(str(storage.as_location(cache_dir))):
             raise  # the manifest, not the cache
+        then = (
+            "run the same command again to resume" if exc.transient else "once that is fixed, the same command resumes"
+        )
         raise storage.StorageError(
             f"{exc}. The shards uploaded before are kept (cache.json is uploaded only when every shard is there): "
-            "run the same command again to resume",
+            + then,
             location=exc.location,
             attempts=exc.attempts,
             transient=exc.transient,

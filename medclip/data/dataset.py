@@ -181,8 +181,8 @@ def store_outage(path: object, exc: StorageError) -> CacheError:
     if detail.startswith(f"{exc.location}: "):
         detail = detail[len(f"{exc.location}: ") :]
     return CacheError(
-        f"cache shard {path}: {detail}. Training stops (a store outage is not counted against "
-        "data.max_bad_samples); the checkpoints saved so far are kept: resume=last continues once the store answers"
+        f"cache shard {path}: {detail}. Training stops (an object-store failure is not counted against "
+        "data.max_bad_samples); the checkpoints saved so far are kept: resume=last continues once the shard can be read"
     )
 
 
