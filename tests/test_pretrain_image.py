@@ -294,3 +294,18 @@ def test_offline_default_tower_loads_its_imagenet_weights() -> None:
     b = build_backbone(vision, None, load_pretrained=False)
     stem = "backbone.model.conv_stem.weight"
     assert not torch.equal(a.state_dict()[stem], b.state_dict()[stem])
+
+
+def test_a_medclip_checkpoint_as_the_tower(tmp_path: Path) -> None:
+    """--tower <checkpoint folder>: its trained image backbone, with its normalisation."""
+    from medclip.model import create_model
+
+    torch.manual_seed(1)
+    model = create_model("tiny-test").eval()
+    model.save_pretrained(tmp_path / "model")
+    vision, weights = resolve_tower(str(tmp_path / "model"))
+    assert weights is not None and vision.std == [0.25]
+    backbone = build_backbone(vision, weights).eval()
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), model.visual.features(x), atol=1e-6, rtol=0)
