@@ -119,8 +119,8 @@ def resolve_tower(name: str, pretrained: bool = True) -> tuple[VisionConfig, tup
 
     ``name``: a bundled model config (``offline-default``, ...) or a model config ``.json`` (its vision
     tower, with its weights), a medclip checkpoint folder (its trained vision backbone), a tower folder of
-    ``medclip pretrain-image`` or any timm ``save_pretrained`` folder, or a timm model name (timm's own
-    weights: from the local Hugging Face cache when offline). ``pretrained=False``: random init.
+    ``medclip pretrain-image`` or any timm ``save_pretrained`` folder, or a timm model name or ``hf-hub:`` id
+    (timm's own weights: from the local Hugging Face cache when offline). ``pretrained=False``: random init.
     """
     from medclip.model.config import DualEncoderConfig
     from medclip.model.factory import get_model_config, list_models
@@ -154,7 +154,7 @@ def resolve_tower(name: str, pretrained: bool = True) -> tuple[VisionConfig, tup
     else:
         import timm
 
-        if not timm.is_model(name):
+        if not (timm.is_model(name) or name.startswith("hf-hub:")):
             raise ModelLoadError(
                 f"unknown tower {name!r}: not a bundled model config ({', '.join(list_models())}), a model config "
                 ".json, a medclip checkpoint or tower folder, nor a timm model name"
