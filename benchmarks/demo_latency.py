@@ -279,6 +279,22 @@ class DemoServer:
         """Files under the server's TMPDIR that hold an upload (DICOM bytes), while it runs."""
         return [p for p in self.temp_root.rglob("*") if p.is_file() and p.suffix == ".dcm"]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its children so far."""
+        import psutil
+
+        try:
+            proc = psutil.Process(self.proc.pid)
+            total = sum(proc.cpu_times()[:2])
+            for child in proc.children(recursive=True):
+                try:
+                    total += sum(child.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+            return float(total)
+        except psutil.Error:
+            return float("nan")
+
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -427,8 +443,10 @@ def run_load(args: argparse.Namespace) -> int:
             print(f"warm-up request (not counted): {warm[0]:.2f} s")
             for users in users_list:
                 reset = server.reset_peak()
+                cpu0, own0 = server.cpu_seconds(), time.process_time()
                 with RssSampler(server.proc.pid) as sampler:
                     latencies, errors, wall = drive(server.url, images, users, per_user)
+                server_cpu, own_cpu = server.cpu_seconds() - cpu0, time.process_time() - own0
                 all_errors += errors
                 rows.append(
                     (
@@ -441,6 +459,8 @@ def run_load(args: argparse.Namespace) -> int:
                         len(errors),
                         server.peak_rss() / 1024**2 if reset else float("nan"),
                         sampler.peak / 1024**2,
+                        server_cpu / max(len(latencies), 1) * 1000,
+                        own_cpu / max(len(latencies), 1) * 1000,
                     )
                 )
                 print(f"  {users} user(s): done, p95 {rows[-1][3]:.2f} s, {len(errors)} error(s)", flush=True)
@@ -449,14 +469,21 @@ def run_load(args: argparse.Namespace) -> int:
         finally:
             code = server.stop()
         print()
-        header = f"{'users':>5}{'requests':>10}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'req/s':>8}{'errors':>8}{'peak RSS MiB':>14}{'RSS+children MiB':>18}"
+        header = (
+            f"{'users':>5}{'requests':>10}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'req/s':>8}{'errors':>8}"
+            f"{'peak RSS MiB':>14}{'RSS+children MiB':>18}{'server CPU ms/req':>19}{'clients CPU ms/req':>20}"
+        )
         print(header)
         print("-" * len(header))
-        for u, n, p50, p95, mx, rps, ne, hwm, sampled in rows:
-            print(f"{u:>5}{n:>10}{p50:>8.2f}{p95:>8.2f}{mx:>8.2f}{rps:>8.2f}{ne:>8}{hwm:>14.0f}{sampled:>18.0f}")
+        for u, n, p50, p95, mx, rps, ne, hwm, sampled, scpu, ccpu in rows:
+            print(
+                f"{u:>5}{n:>10}{p50:>8.2f}{p95:>8.2f}{mx:>8.2f}{rps:>8.2f}{ne:>8}{hwm:>14.0f}{sampled:>18.0f}"
+                f"{scpu:>19.0f}{ccpu:>20.0f}"
+            )
         print(
             "\nlatency: client-side wall time of one /load_upload call (upload + read + model view + prediction + "
-            "answer); peak RSS: the server's VmHWM during that level (reset before it)"
+            "answer); peak RSS: the server's VmHWM during that level (reset before it); CPU ms/req: CPU time (user + "
+            "system) of the server process and children, and of this process's clients, per request"
         )
         print(f"upload files left in the demo's TMPDIR after the run: {len(leftovers)}; server exit code {code}")
         target = [r for r in rows if r[0] == TARGET_USERS]

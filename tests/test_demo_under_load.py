@@ -31,6 +31,7 @@ pytest.importorskip("gradio_client")
 #: Four different bundled radiographs (320 x 320 JPEG DICOM).
 IMAGES = [SAMPLE_EXPORT / f"study_000{i}" / "series_1" / "IM0001.dcm" for i in (1, 2, 3, 4)]
 MARKER = b"medclip-partial-upload-marker-"
+ENGINES: dict[str, TriageEngine] = {}  # the engine the page serves
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,11 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
     torch.manual_seed(0)
     model_dir = create_model("tiny-test").eval().save_pretrained(tmp_path_factory.mktemp("load") / "model")
     threads = torch.get_num_threads()
-    demo = app.start_page(TriageEngine.load(model_dir), port=0, limits=UploadLimits(max_upload_bytes=8 * 1024**2))
+    demo = app.start_page(
+        ENGINES.setdefault("page", TriageEngine.load(model_dir)),
+        port=0,
+        limits=UploadLimits(max_upload_bytes=8 * 1024**2),
+    )
     try:
         yield str(demo.local_url), app._TEMP_ROOT
     finally:
@@ -149,3 +154,18 @@ def test_users_who_send_the_same_file_at_once_all_get_its_answer(page: tuple[str
             assert list(pool.map(_answer, clients, [IMAGES[1]] * len(clients))) == [alone] * len(clients)
     uploads = [p for p in _files(temp_root) if p.suffix == ".dcm"]
     assert uploads == [], f"uploads left on disk after they were read: {uploads}"
+
+
+def test_the_preview_is_exactly_what_the_model_sees(page: tuple[str, Path]) -> None:
+    """The preview travels losslessly (PNG; Gradio's default webp changed grey levels) and costs less to encode."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from medclip.demo import app, read_upload
+
+    url, _ = page
+    out = Client(url, verbose=False, download_files=False).predict(handle_file(str(IMAGES[2])), api_name="/load_upload")
+    shown = np.asarray(Image.open(out[2]["path"]).convert("L"))
+    expected = app._enlarge(ENGINES["page"].model_view(read_upload(IMAGES[2])))
+    assert out[2]["path"].endswith(".png") and np.array_equal(shown, expected)

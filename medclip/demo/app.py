@@ -119,6 +119,7 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
                     label="What the model sees",
                     type="numpy",
                     image_mode="L",
+                    format="png",  # lossless, so the preview is the model's pixels (Gradio's webp was not; 3x slower)
                     interactive=False,
                     height=320,
                     elem_id="preview",
