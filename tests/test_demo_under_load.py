@@ -169,3 +169,38 @@ def test_the_preview_is_exactly_what_the_model_sees(page: tuple[str, Path]) -> N
     shown = np.asarray(Image.open(out[2]["path"]).convert("L"))
     expected = app._enlarge(ENGINES["page"].model_view(read_upload(IMAGES[2])))
     assert out[2]["path"].endswith(".png") and np.array_equal(shown, expected)
+
+
+def test_kept_studies_are_bounded_by_bytes_least_recently_used_first() -> None:
+    """Sessions keep a token; the decoded studies of all of them sit in one store bounded by bytes."""
+    import numpy as np
+
+    from medclip.demo import LoadedStudy, StudyStore
+    from medclip.io import MedicalImage
+
+    def study(mib: int) -> LoadedStudy:
+        image = MedicalImage(np.zeros((mib * 1024, 256), np.float32), (1.0, 1.0), None, {}, "x")
+        return LoadedStudy(image=image, kind="dicom", name="x.dcm")
+
+    store = StudyStore(max_bytes=3 * 1024**2)
+    a, b = store.put(study(1)), store.put(study(1))
+    assert store.get(a) is not None  # a is now the most recently used
+    c = store.put(study(2))
+    assert store.get(b) is None and store.get(a) is not None and store.get(c) is not None
+    assert store.nbytes == 3 * 1024**2
+    d = store.put(study(1), replaces=c)  # a session's new upload replaces its study
+    assert store.get(c) is None and store.nbytes == 2 * 1024**2 and len(store) == 2
+    huge = store.put(study(8))  # the newest is always kept
+    assert store.get(huge) is not None and len(store) == 1 and store.get(d) is None
+    store.discard(huge)
+    assert len(store) == 0 and store.nbytes == 0 and store.get(None) is None
+
+
+def test_a_session_rewindows_its_own_study(page: tuple[str, Path]) -> None:
+    from gradio_client import Client, handle_file
+
+    url, _ = page
+    client = Client(url, verbose=False, download_files=False)
+    client.predict(handle_file(str(IMAGES[3])), api_name="/load_upload")
+    out = client.predict("lung", 40.0, 400.0, 0, api_name="/predict")
+    assert out[0] is not None and "ranked-findings" in str(out[3]) and list(out[6:]) == [-600.0, 1500.0]

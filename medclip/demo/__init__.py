@@ -12,7 +12,16 @@ The page is ``medclip.demo.app`` (``medclip demo``, or ``python app.py`` in the 
 from .engine import TriageEngine, TriageResult, default_gallery_dir
 from .gallery import Gallery, GalleryError, GalleryMatch, build_gallery, model_fingerprint
 from .triage import URGENCY, ConceptCard, FindingResult, TriagePriority, concept_card, rank_findings, triage_priority
-from .uploads import HEADER_FIELDS, LoadedStudy, UploadError, UploadLimits, extract_zip, read_upload, upload_workspace
+from .uploads import (
+    HEADER_FIELDS,
+    LoadedStudy,
+    StudyStore,
+    UploadError,
+    UploadLimits,
+    extract_zip,
+    read_upload,
+    upload_workspace,
+)
 
 __all__ = [
     "HEADER_FIELDS",
@@ -23,6 +32,7 @@ __all__ = [
     "GalleryError",
     "GalleryMatch",
     "LoadedStudy",
+    "StudyStore",
     "TriageEngine",
     "TriageResult",
     "TriagePriority",

@@ -41,12 +41,17 @@ from medclip.demo.render import (  # noqa: E402
     render_priority,
     render_similar,
 )
-from medclip.demo.uploads import UploadRefs, UploadSizeLimit, bundled_examples  # noqa: E402
+from medclip.demo.uploads import StudyStore, UploadRefs, UploadSizeLimit, bundled_examples  # noqa: E402
 from medclip.io import WINDOW_PRESETS  # noqa: E402
 
 AUTO_WINDOW = "as trained (the model's window)"  # the default: the checkpoint's saved preprocessing
 FILE_WINDOW = "auto (from the file)"
 CUSTOM_WINDOW = "custom (center / width)"
+#: When a session's study was set aside to bound memory (many users since its upload).
+SET_ASIDE = (
+    "this study is no longer kept (the demo keeps at most {mib:.0f} MiB of decoded studies for all users "
+    "together; the least recently used go first): upload it again"
+)
 WINDOW_CHOICES = [AUTO_WINDOW, FILE_WINDOW, *WINDOW_PRESETS, CUSTOM_WINDOW]
 
 
@@ -97,7 +102,9 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
         )
         if engine.gallery_note:
             gr.Markdown(engine.gallery_note)
-        study_state = gr.State(None, time_to_live=1800)
+        # the session keeps a token; the decoded studies of all sessions sit in one store bounded by bytes
+        studies = StudyStore(limits.max_kept_bytes)
+        study_state = gr.State(None, time_to_live=1800, delete_callback=studies.discard)
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
@@ -140,7 +147,13 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
 
         outputs = [preview, status, priority, findings, report, similar]
 
-        def predict(study: LoadedStudy | None, choice: str, c: float | None, w: float | None, s: float | None):
+        def predict(token: str | None, choice: str, c: float | None, w: float | None, s: float | None):
+            study = studies.get(token)
+            if study is None and token:
+                return [None, render_error(SET_ASIDE.format(mib=studies.max_bytes / 1024**2)), "", "", "", ""]
+            return show(study, choice, c, w, s)
+
+        def show(study: LoadedStudy | None, choice: str, c: float | None, w: float | None, s: float | None):
             if study is None:
                 return [None, "", "", "", "", ""]
             try:
@@ -162,7 +175,8 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
                 render_similar(result.similar, engine.gallery_note),
             ]
 
-        def load(path: str | None, name: str | None = None):
+        def load(path: str | None, previous: str | None = None, name: str | None = None):
+            studies.discard(previous)  # a new upload (or an error) replaces the session's study
             hidden = [gr.update(visible=False), gr.update(visible=False, maximum=1, value=0)]
             if not path:
                 return [None, *hidden, "", None, "", "", "", "", ""]
@@ -196,30 +210,32 @@ def build_demo(engine: TriageEngine, limits: UploadLimits | None = None) -> gr.B
                 gr.update(visible=study.windowable),
                 gr.update(visible=n > 1, maximum=max(n - 1, 1), value=n // 2),
             ]
-            first = predict(study, AUTO_WINDOW, None, None, n // 2)
-            return [study, *controls, render_header(study.header), *first]
+            first = show(study, AUTO_WINDOW, None, None, n // 2)
+            return [studies.put(study), *controls, render_header(study.header), *first]
 
         load_outputs = [study_state, window_group, slice_index, header, *outputs]
         upload.upload(
-            lambda p: [*load(p), gr.update(value=AUTO_WINDOW)],
-            inputs=upload,
+            lambda p, previous: [*load(p, previous), gr.update(value=AUTO_WINDOW)],
+            inputs=[upload, study_state],
             outputs=[*load_outputs, window],
             api_name="load_upload",
         )
 
-        def load_example(label: str | None):
-            loaded = load(str(examples[label]), label) if label in examples else load(None)
+        def load_example(label: str | None, previous: str | None):
+            loaded = load(str(examples[label]), previous, label) if label in examples else load(None, previous)
             return [*loaded, gr.update(value=AUTO_WINDOW)]
 
-        example.input(load_example, inputs=example, outputs=[*load_outputs, window], api_name="load_example")
+        example.input(
+            load_example, inputs=[example, study_state], outputs=[*load_outputs, window], api_name="load_example"
+        )
         controls = [study_state, window, center, width, slice_index]
 
-        def choose_window(study: LoadedStudy | None, choice: str, c: float | None, w: float | None, s: float | None):
+        def choose_window(study: str | None, choice: str, c: float | None, w: float | None, s: float | None):
             if choice in WINDOW_PRESETS:  # show the preset's numbers so the user can start from them
                 c, w = WINDOW_PRESETS[choice]
             return [*predict(study, choice, c, w, s), c, w]
 
-        def custom_window(study: LoadedStudy | None, c: float | None, w: float | None, s: float | None):
+        def custom_window(study: str | None, c: float | None, w: float | None, s: float | None):
             return [*predict(study, CUSTOM_WINDOW, c, w, s), gr.update(value=CUSTOM_WINDOW)]
 
         window.input(choose_window, inputs=controls, outputs=[*outputs, center, width], api_name="predict")

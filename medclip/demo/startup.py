@@ -91,6 +91,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="largest accepted upload in MiB",
     )
     parser.add_argument(
+        "--max-kept-mb",
+        type=float,
+        default=UploadLimits.max_kept_bytes / 1024**2,
+        help="decoded studies kept for re-windowing, all users together, in MiB (least recently used set aside first)",
+    )
+    parser.add_argument(
         "--max-megapixels",
         type=float,
         default=UploadLimits.max_pixels / 1e6,
@@ -184,7 +190,11 @@ def run_demo(args: argparse.Namespace, serve: Callable[..., int]) -> int:
             f"warning: serving on {args.host} without --auth: anyone who can reach this address can use the demo",
             file=sys.stderr,
         )
-    limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 1024**2), max_pixels=int(args.max_megapixels * 1e6))
+    limits = UploadLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1024**2),
+        max_pixels=int(args.max_megapixels * 1e6),
+        max_kept_bytes=int(getattr(args, "max_kept_mb", UploadLimits.max_kept_bytes / 1024**2) * 1024**2),
+    )
     try:
         engine = load_engine(args)
     except (FileNotFoundError, ValueError) as exc:  # ModelLoadError, GalleryError, CacheError are ValueErrors

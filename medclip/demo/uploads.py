@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -39,6 +40,7 @@ from medclip.io.dicom import find_dicom_series, is_dicom_file
 __all__ = [
     "HEADER_FIELDS",
     "LoadedStudy",
+    "StudyStore",
     "UploadError",
     "UploadLimits",
     "UploadRefs",
@@ -102,6 +104,8 @@ class UploadLimits:
     # alone): deflate bombs reach ~1000; real DICOM rarely passes 20.
     max_compression_ratio: float = 200.0
     min_ratio_check_bytes: int = 1024**2  # below this, expansion is not held to the ratio (headers, blank masks)
+    # Decoded studies the page keeps for re-windowing and slices, all users together (the newest always)
+    max_kept_bytes: int = 2 * 1024**3
 
 
 @dataclass
@@ -122,6 +126,64 @@ class LoadedStudy:
     def n_slices(self) -> int:
         """Slices along the first axis of a volume; 1 for a 2D image."""
         return int(self.image.array.shape[0]) if self.image.is_volume else 1
+
+
+class StudyStore:
+    """The decoded studies the page keeps between a user's events (window, slice), all sessions together,
+    bounded by bytes: the least recently used is set aside first; the newest is always kept (thread-safe).
+
+    A session keeps only a token; a token whose study was set aside gets None (the page asks for the
+    upload again). Without the bound, every session kept its last study (up to ``max_pixels`` as
+    float32, a volume up to ``max_voxels``) for its state's lifetime.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()
+        self._studies: OrderedDict[str, tuple[LoadedStudy, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the pixel arrays kept now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._studies)
+
+    def put(self, study: LoadedStudy, replaces: str | None = None) -> str:
+        """Keep ``study`` (dropping the session's previous one, ``replaces``); returns its token."""
+        token = secrets.token_urlsafe(16)
+        size = int(study.image.array.nbytes)
+        with self._lock:
+            self._drop(replaces)
+            self._studies[token] = (study, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._studies) > 1:
+                self._drop(next(iter(self._studies)))
+        return token
+
+    def get(self, token: str | None) -> LoadedStudy | None:
+        """The study kept under ``token`` (None: never kept, set aside or discarded)."""
+        if not token:
+            return None
+        with self._lock:
+            kept = self._studies.get(token)
+            if kept is None:
+                return None
+            self._studies.move_to_end(token)
+            return kept[0]
+
+    def discard(self, token: str | None) -> None:
+        """Forget a session's study (its state expired or the session ended)."""
+        with self._lock:
+            self._drop(token)
+
+    def _drop(self, token: str | None) -> None:
+        if token and token in self._studies:
+            self._bytes -= self._studies.pop(token)[1]
 
 
 class UploadRefs:
