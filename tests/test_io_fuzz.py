@@ -128,3 +128,16 @@ def test_a_wrong_length_in_the_file_meta_is_an_image_read_error_without_header_b
     with pytest.raises(ImageReadError, match="length does not fit its VR") as info:
         load_image(path)
     assert "\\x" not in info.value.reason and "b'" not in info.value.reason
+
+
+def test_encapsulated_pixel_data_short_of_frames_is_an_image_read_error(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_pipelines.py (seed 7, mutant 65): pydicom's frame generator ran dry and raised
+    StopIteration, which passed the demo's upload path (the indexer only named it 'StopIteration')."""
+    files = [str(p) for p in map(local_testdata, SEED_FILES) if p is not None]
+    if len(files) < len(SEED_FILES):
+        pytest.skip("pydicom's and pydicom-data's test files are not all on disk")
+    _, data, _ = fuzz.mutant(files, 7, 65)
+    path = tmp_path / "short_of_frames.dcm"
+    path.write_bytes(data)
+    with pytest.raises(ImageReadError, match="fewer frames than Number of Frames"):
+        load_image(path)

@@ -69,7 +69,9 @@ def _decode(ds: Dataset, path: PathLike, frame: int | None) -> np.ndarray:
             return fallback
         message = _exc_text(exc)
         lowered = message.lower()
-        if "less than expected" in lowered or "truncat" in lowered or "end of file" in lowered:
+        if isinstance(exc, StopIteration):
+            reason = "malformed encapsulated pixel data (fewer frames than Number of Frames says)"
+        elif "less than expected" in lowered or "truncat" in lowered or "end of file" in lowered:
             reason = f"pixel data truncated or wrong length ({message})"
         elif "plugin" in lowered or "decoder" in lowered or "no pixel data handler" in lowered:
             syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax")

@@ -39,6 +39,7 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     InvalidDicomError,
     BytesLengthException,  # an element whose length is no multiple of its VR's value size (not a ValueError)
+    StopIteration,  # pydicom's frame generator: encapsulated pixel data with fewer frames than Number of Frames
 )
 
 
