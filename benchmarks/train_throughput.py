@@ -26,7 +26,13 @@ flip: FLIP patch dropout on a ViT tower (ViT-S/16 on CPU, ViT-B/16 with ``--larg
   medclip ViT [FLIP p]    ``model.vision.patch_dropout`` = p; a second column times the vision tower alone
                           (forward + backward), where FLIP's saving is not diluted by the text tower
 
-  python benchmarks/train_throughput.py                      # CPU, all groups
+recipe: the small-data default recipe as a user runs it (``medclip fit --config small-data`` in a subprocess, a
+  fresh output folder and feature cache): total wall time split into start-up, the locked tower's feature pass and
+  the training steps (read off the run's own lines as they arrive), images/s of the steps, and the longest
+  stretch with no output line (the target is none over 30 s). Needs runs/data/{covid,kermany,medpix}.parquet
+  (the recipe's header lists the three ``medclip recipe`` commands); not in the default --rows.
+
+  python benchmarks/train_throughput.py                      # CPU: main, accum, flip
   python benchmarks/train_throughput.py --rows accum,flip    # some groups
   python benchmarks/train_throughput.py --device cuda --large   # ViT-B/16 + BERT-base size, bf16
 """
@@ -354,6 +360,16 @@ def check_same_towers(args: argparse.Namespace) -> float:
     return float(max(diff_img, diff_txt))
 
 
+def cpu_model() -> str:
+    """lscpu's model name and the core count."""
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Model name")), "?")
+    except OSError:
+        name = "?"
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
 def run_row(args: argparse.Namespace, config: str) -> dict:
     """One row in its own process (peak memory is per row)."""
     cmd = [
@@ -430,6 +446,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; the median is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--reports", default=str(shared_dir() / "data" / "iu_reports" / "indiana_reports.csv"))
+    parser.add_argument("--recipe-config", default="small-data", help="the recipe group's config (name or path)")
+    parser.add_argument("--recipe-batch", type=int, default=32, help="its data.batch_size (for images/s)")
+    parser.add_argument("--recipe-set", action="append", default=[], help="an override for the recipe run (KEY=VALUE)")
+    parser.add_argument("--recipe-echo", action="store_true", help="print the recipe run's lines with timestamps")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -441,7 +461,7 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
     groups = [g.strip() for g in args.rows.split(",") if g.strip()]
-    unknown = [g for g in groups if g not in GROUPS]
+    unknown = [g for g in groups if g not in GROUPS and g != "recipe"]
     if unknown:
         raise SystemExit(f"--rows: unknown group(s) {unknown}; choose from {list(GROUPS)}")
     if args.accum_batch % args.batch_size:
@@ -452,14 +472,20 @@ def main() -> None:
         f"threads={args.threads} warmup={args.warmup} timed_steps={args.steps} (accum row: 1 + {args.accum_steps}) "
         f"rounds={args.rounds} load average at start={os.getloadavg()[0]:.2f}"
     )
+    print(f"CPU: {cpu_model()}")
     if "main" in groups:
         print(f"same towers check: max |open_clip - medclip| embedding difference = {check_same_towers(args):.2e}")
     for group in groups:
+        if group == "recipe":
+            run_recipe(args)
+            continue
         runs: dict[str, list[dict]] = {c: [] for c in GROUPS[group]}
         for _ in range(args.rounds):
             for config in GROUPS[group]:
                 runs[config].append(run_row(args, config))
         print_group(args, group, runs)
+    if groups == ["recipe"]:
+        return
     print()
     print("images/s: wall clock over the timed steps (median over rounds); ratios against each group's first row;")
     print(
@@ -471,6 +497,80 @@ def main() -> None:
         else "peak CUDA: torch.cuda.max_memory_allocated over the timed steps"
     )
     print("tower img/s: the vision tower alone, forward + backward (flip rows)")
+
+
+def run_recipe(args: argparse.Namespace) -> None:
+    """``medclip fit --config small-data`` as a user runs it; wall time split by phase from its own output lines."""
+    import re
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    missing = [n for n in ("covid", "kermany", "medpix") if not (repo / "runs" / "data" / f"{n}.parquet").is_file()]
+    if missing and args.recipe_config == "small-data":
+        raise SystemExit(
+            f"recipe: runs/data/{{{','.join(missing)}}}.parquet missing: build them with the commands at the top of "
+            "medclip/train/configs/small-data.yaml (from the repository root)"
+        )
+    out = repo / "runs" / "bench-recipe"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: no checkpoint to resume, no feature cache to reuse
+    cmd = [
+        sys.executable,
+        "-m",
+        "medclip",
+        "fit",
+        "--config",
+        args.recipe_config,
+        f"output_dir={out}",
+        *args.recipe_set,
+    ]
+    print(f"\n[recipe] {' '.join(cmd[2:])} (cwd {repo}), load average at start {os.getloadavg()[0]:.2f}", flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    stamps: list[tuple[float, str]] = []
+    with subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            stamps.append((time.perf_counter() - start, line.rstrip()))
+            if args.recipe_echo:
+                print(f"  {stamps[-1][0]:7.1f}s | {line.rstrip()}", flush=True)
+        rc = proc.wait()
+    total = time.perf_counter() - start
+    if rc:
+        tail = "\n".join(text for _, text in stamps[-30:])
+        raise SystemExit(f"recipe run failed (exit {rc}):\n{tail}")
+
+    def first(pattern: str) -> float | None:
+        return next((t for t, text in stamps if re.search(pattern, text)), None)
+
+    features_start = first(r"locked image tower features")
+    train_start = first(r"^training: step 0/")
+    train_end = first(r"^training done: step")
+    steps_match = next(
+        (re.search(r"step (\d+) in", text) for _, text in stamps if text.startswith("training done")), None
+    )
+    steps = int(steps_match.group(1)) if steps_match else None
+    times = [0.0] + [t for t, _ in stamps] + [total]
+    gaps = [(b - a, i) for i, (a, b) in enumerate(zip(times, times[1:]))]
+    longest, at = max(gaps)
+    after = stamps[at - 1][1] if at > 0 else "(start)"
+    print(f"{'phase':<34}{'seconds':>9}")
+    print("-" * 43)
+    if features_start is not None and train_start is not None:
+        print(f"{'start-up (imports, data, model)':<34}{features_start:>9.1f}")
+        print(f"{'feature pass (locked tower)':<34}{train_start - features_start:>9.1f}")
+    elif train_start is not None:
+        print(f"{'start-up + feature pass':<34}{train_start:>9.1f}")
+    if train_start is not None and train_end is not None:
+        rate = (
+            f"  ({steps} steps, {steps * args.recipe_batch / (train_end - train_start):.1f} images/s)" if steps else ""
+        )
+        print(f"{'training steps (with validation)':<34}{train_end - train_start:>9.1f}{rate}")
+        print(f"{'export, test eval and the rest':<34}{total - train_end:>9.1f}")
+    print(f"{'total wall time':<34}{total:>9.1f}  ({total / 60:.1f} min)")
+    print(f"longest stretch without an output line: {longest:.1f} s, after: {after[:100]!r}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
