@@ -65,15 +65,8 @@ def _window_spec(choice: str, center: float | None, width: float | None):
     return "auto" if choice == FILE_WINDOW else None  # None: the window the model was trained with
 
 
-#: Uploads received and not yet read, per stored path (identical files sent at once share one path).
-_UPLOADS = UploadRefs()
-
-
-def _forget_upload(path: str | None) -> None:
-    """Remove Gradio's copy of an upload (and its folder) once it is decoded, unless another user's upload
-    of the same bytes (stored at the same path) is still to be read."""
-    if not path or not _UPLOADS.release(path):
-        return
+def _remove_upload(path: str) -> None:
+    """Remove Gradio's copy of an upload and its folder (only inside the private temporary folder)."""
     file = Path(path)
     try:
         if file.resolve().is_relative_to(_TEMP_ROOT.resolve()):
@@ -81,6 +74,17 @@ def _forget_upload(path: str | None) -> None:
             shutil.rmtree(file.parent, ignore_errors=True) if file.parent != _TEMP_ROOT else None
     except OSError:
         pass
+
+
+#: Uploads received and not yet read, per stored path (identical files sent at once share one path).
+_UPLOADS = UploadRefs(remove=_remove_upload)
+
+
+def _forget_upload(path: str | None) -> None:
+    """Remove Gradio's copy of an upload (and its folder) once it is decoded, unless another user's upload
+    of the same bytes (stored at the same path) is still to be read, or being received."""
+    if path:
+        _UPLOADS.release(path)
 
 
 def _enlarge(view, minimum: int = 320):

@@ -17,7 +17,7 @@ import stat
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -187,43 +187,74 @@ class StudyStore:
 
 
 class UploadRefs:
-    """Uploads received and not yet read, per stored path (thread-safe).
+    """Uploads received and not yet read, per stored path, and the upload requests in progress (thread-safe).
 
     Gradio stores an upload at ``<its folder>/<SHA-256 of the bytes>/<file name>``: two users who send the
     same file at once share one path, and the first to read it must not remove it while the other's read
-    is still to come (that user got "cannot open the upload"). :class:`UploadSizeLimit` counts each path
-    Gradio's upload route answers with (before the client sees the answer); the page calls
-    :meth:`release` after reading one and removes the file only when it returns True.
+    is still to come (that user got "cannot open the upload"), nor while an upload request is in progress
+    (it may be renaming the same bytes into that folder, not yet counted). :class:`UploadSizeLimit` calls
+    :meth:`begin` / :meth:`end` around each request to Gradio's upload route and :meth:`add` with the paths
+    its answer names (before the client sees the answer); the page calls :meth:`release` after reading one.
+    ``remove(path)`` removes a stored upload: at the release of its last read, or, when upload requests were
+    in progress then, as the last of them ends.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remove: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}
+        self._receiving = 0
+        self._deferred: set[str] = set()
+        self._remove = remove
 
     @staticmethod
     def _key(path: PathLike) -> str:
         return os.path.normpath(os.fspath(path))
 
+    def begin(self) -> None:
+        """An upload request starts."""
+        with self._lock:
+            self._receiving += 1
+
+    def end(self) -> None:
+        """An upload request ended: with none left, remove the uploads whose last read was released meanwhile."""
+        with self._lock:
+            self._receiving -= 1
+            if self._receiving == 0:
+                for key in sorted(self._deferred):
+                    if key not in self._pending:
+                        self._removed(key)
+                self._deferred.clear()
+
     def add(self, paths: list[str]) -> None:
+        """Gradio stored these uploads (one entry per upload; a path twice: two uploads of the same bytes)."""
         with self._lock:
             for path in paths:
                 key = self._key(path)
                 self._pending[key] = self._pending.get(key, 0) + 1
 
     def release(self, path: PathLike) -> bool:
-        """One read of ``path`` is done: True when no other received upload waits for it (it may go)."""
+        """One read of ``path`` is done; True when no other upload of it waits (it is removed, or will be
+        as soon as no upload request is in progress)."""
         key = self._key(path)
         with self._lock:
             left = self._pending.get(key, 1) - 1
-            if left <= 0:
-                self._pending.pop(key, None)
-                return True
-            self._pending[key] = left
-            return False
+            if left > 0:
+                self._pending[key] = left
+                return False
+            self._pending.pop(key, None)
+            if self._receiving:
+                self._deferred.add(key)
+            else:
+                self._removed(key)
+            return True
 
     def pending(self, path: PathLike) -> int:
         with self._lock:
             return self._pending.get(self._key(path), 0)
+
+    def _removed(self, key: str) -> None:  # under the lock: no upload request can start meanwhile
+        if self._remove is not None:
+            self._remove(key)
 
 
 class UploadSizeLimit:
@@ -342,6 +373,8 @@ class UploadSizeLimit:
             await send(message)
 
         self._receiving += 1
+        if counting and self.refs is not None:
+            self.refs.begin()
         try:
             await self.app(scope, counted_receive, watched_send)
         except _TooLarge:
@@ -355,6 +388,8 @@ class UploadSizeLimit:
             raise
         finally:
             self._receiving -= 1
+            if counting and self.refs is not None:
+                self.refs.end()
             if self._aborted and self._receiving == 0:
                 self._sweep()
 
