@@ -382,9 +382,11 @@ class UploadSizeLimit:
             if started:
                 raise
             await self._refuse(send)
-        except BaseException:
+        except BaseException as exc:
             if not done:
                 self._aborted = True
+                if type(exc).__name__ == "ClientDisconnect":  # starlette's: the client went away mid-body
+                    return  # nobody to answer; without this, each cancelled upload printed a traceback
             raise
         finally:
             self._receiving -= 1
