@@ -10,8 +10,8 @@ the machine and its load.
 
 The model is a medclip checkpoint (default: the quick start's ``runs/quickstart/model``: offline towers,
 EfficientNet-Lite0 + MiniLM, trained on the bundled sample); it is copied into the work folder so the saved
-classifiers do not touch the original. Part 3a (image-only pretraining, then the CLIP recipe) is not here:
-``medclip pretrain-image`` does not exist yet.
+classifiers do not touch the original. Part 3a (image-only pretraining, then the CLIP recipe) is
+``benchmarks/image_pretraining.py``.
 
 Usage: python benchmarks/adaptation.py [--quick] [--checkpoint DIR] [--workdir DIR]
 ``--quick``: k = 1, 4, 16, 2 draws, fewer optimiser steps (about 10 minutes here).
