@@ -29,8 +29,9 @@ Usage:
   python benchmarks/image_pretraining.py --clip    # + (b), 2 x 150 CLIP steps: ~25 min more (loaded estimate)
 Dev / smoke: ``--steps 5 --kermany-patients 60``; ``--kermany-patients 0`` = all 2.9k Kermany patients.
 
-Budget on the 2-core CPU (measured on a loaded machine, load average 3-4, so a quiet one is faster): the pooled
-cache ~3 ms per image, decoded once (``<workdir>/<data tag>/cache_128px``, reused between runs); DINO, batch 16 of
+Budget on the 2-core CPU (measured on a shared machine, load average 3-4: the numbers below are the steadiest
+stretches seen; while another job held both cores a DINO step took 8-16 s instead, as the two torch threads
+waited on each other, so run it on a quiet machine): the pooled cache ~3 ms per image, decoded once (``<workdir>/<data tag>/cache_128px``, reused between runs); DINO, batch 16 of
 2 x 96 px global + 2 x 48 px local crops (CPU sizes; DINO's are 224 / 96 px, 6 local crops, batch 32+): ~50 s to
 start, then ~1.45 s per step; features (128 px) + probes ~50 ms per image per encoder. Full: ~2k images
 (covid 374 + Kermany 1000 patients' training and test images), 3 x (50 + 300 x 1.45) s = 24 min pretraining +
@@ -39,8 +40,8 @@ start, then ~1.45 s per step; features (128 px) + probes ~50 ms per image per en
 (batch 32, the text tower trains), both measured loaded: 2 x 150 steps ~25 min.
 DINO towers and features are reused when a run is repeated with the same settings (the run folders' names say
 them); an interrupted DINO run continues from its ``last.ckpt``. This is little pretraining (300 x 16 = 4.8k
-images, each as 4 crops, of ~1.35k training images per seed): the question answered is whether a CPU-sized DINO run on a few thousand
-site images already moves the probes, not what a GPU run of many epochs would do.
+images, each as 4 crops, of ~1.35k training images per seed): the question answered is whether a CPU-sized DINO
+run on a few thousand site images already moves the probes, not what a GPU run of many epochs would do.
 """
 
 from __future__ import annotations
