@@ -31,7 +31,8 @@ Dev / smoke: ``--steps 5 --kermany-patients 60``; ``--kermany-patients 0`` = all
 
 Budget on the 2-core CPU (measured on a shared machine, load average 3-4: the numbers below are the steadiest
 stretches seen; while another job held both cores a DINO step took 8-16 s instead, as the two torch threads
-waited on each other, so run it on a quiet machine): the pooled cache ~3 ms per image, decoded once (``<workdir>/<data tag>/cache_128px``, reused between runs); DINO, batch 16 of
+waited on each other, so run it on a quiet machine): the pooled cache ~3 ms per image, decoded once
+(``<workdir>/<data tag>/cache_128px``, reused between runs); DINO, batch 16 of
 2 x 96 px global + 2 x 48 px local crops (CPU sizes; DINO's are 224 / 96 px, 6 local crops, batch 32+): ~50 s to
 start, then ~1.45 s per step; features (128 px) + probes ~50 ms per image per encoder. Full: ~2k images
 (covid 374 + Kermany 1000 patients' training and test images), 3 x (50 + 300 x 1.45) s = 24 min pretraining +
