@@ -36,7 +36,7 @@ _PLAIN_BARS = False
 _COUNTS = re.compile(r"(\S+)/(\S+) \[")  # tqdm's "n/total [elapsed<remaining, rate]"
 
 
-def plain_progress_bars(interval: float = 30.0) -> None:
+def plain_progress_bars(interval: float = 20.0) -> None:
     """Make every tqdm bar in this process print a plain line at most every ``interval`` seconds, and its
     final state, instead of redrawing one line with carriage returns (call it when stderr is a file)."""
     global _PLAIN_BARS
