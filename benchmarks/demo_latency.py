@@ -350,13 +350,57 @@ def upload_answer_error(out: object) -> str | None:
     return None
 
 
-def drive(url: str, images: list[Path], users: int, per_user: int) -> tuple[list[float], list[str], float]:
+class HttpUser:
+    """A light client of the same endpoint through Gradio's HTTP API (what a browser does: upload the file, queue
+    the call, read the answer from its event stream), without gradio_client's own work per request. On this
+    2-core box the load generator shares the CPU with the server; in use, users' browsers run elsewhere."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(timeout=120)
+
+    def predict(self, path: Path) -> object:
+        import json
+
+        with open(path, "rb") as fh:
+            up = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (path.name, fh, "application/dicom")})
+        up.raise_for_status()
+        server_path = up.json()[0]
+        payload = {"data": [{"path": server_path, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}]}
+        call = self.http.post(f"{self.url}/gradio_api/call/load_upload", json=payload)
+        call.raise_for_status()
+        event_id = call.json()["event_id"]
+        event = None
+        with self.http.stream("GET", f"{self.url}/gradio_api/call/load_upload/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    data = line.split(":", 1)[1].strip()
+                    if event == "error":
+                        raise RuntimeError(f"the demo answered with an error event: {data[:200]}")
+                    return json.loads(data)
+        raise RuntimeError("the event stream ended without an answer")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def drive(
+    url: str, images: list[Path], users: int, per_user: int, client_kind: str = "gradio_client"
+) -> tuple[list[float], list[str], float]:
     """``users`` clients upload ``per_user`` images each, at once; (latencies s, errors, wall s)."""
     import threading
 
     from gradio_client import Client, handle_file
 
-    clients = [Client(url, verbose=False, download_files=False) for _ in range(users)]
+    clients: list = (
+        [HttpUser(url) for _ in range(users)]
+        if client_kind == "http"
+        else [Client(url, verbose=False, download_files=False) for _ in range(users)]
+    )
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -379,6 +423,8 @@ def drive(url: str, images: list[Path], users: int, per_user: int) -> tuple[list
                     errors.append(error)
 
     def client_predict(client, file):  # type: ignore[no-untyped-def]
+        if isinstance(client, HttpUser):
+            return client.predict(Path(file["path"]))
         return client.predict(file, api_name="/load_upload")
 
     threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
@@ -432,20 +478,25 @@ def run_load(args: argparse.Namespace) -> int:
         ]
         mib = sum(p.stat().st_size for p in images) / len(images) / 1024**2
         print(f"input: {len(images)} different {SIZE} x {SIZE} 16-bit MONOCHROME2 DICOMs, {mib:.1f} MiB each")
+        print(
+            f"clients: {args.client} ({'Gradio HTTP API with httpx' if args.client == 'http' else 'gradio_client.Client'})"
+        )
         checkpoint, extra = load_checkpoint(work, args.checkpoint)
         server = DemoServer(work, checkpoint, extra)
         print(f"demo started in {server.startup_s:.1f} s on {server.url} (python app.py, pid {server.proc.pid})")
         rows = []
         all_errors: list[str] = []
         try:
-            warm, errors, _ = drive(server.url, images, 1, 1)  # first request: lazy imports, allocator warm-up
+            warm, errors, _ = drive(
+                server.url, images, 1, 1, args.client
+            )  # first request: lazy imports, allocator warm-up
             all_errors += errors
             print(f"warm-up request (not counted): {warm[0]:.2f} s")
             for users in users_list:
                 reset = server.reset_peak()
                 cpu0, own0 = server.cpu_seconds(), time.process_time()
                 with RssSampler(server.proc.pid) as sampler:
-                    latencies, errors, wall = drive(server.url, images, users, per_user)
+                    latencies, errors, wall = drive(server.url, images, users, per_user, args.client)
                 server_cpu, own_cpu = server.cpu_seconds() - cpu0, time.process_time() - own0
                 all_errors += errors
                 rows.append(
@@ -513,6 +564,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-user", type=int, default=8)
     parser.add_argument("--images", type=int, default=4, help="different 2k x 2k DICOMs the users upload")
     parser.add_argument("--quick", action="store_true", help="smoke run: users 1,2; 2 requests each")
+    parser.add_argument(
+        "--client",
+        choices=("gradio_client", "http"),
+        default="gradio_client",
+        help="the load generator: gradio_client.Client, or plain HTTP calls of Gradio's API (less client CPU on "
+        "the same box)",
+    )
     parser.add_argument("--single", action="store_true", help="one prediction in process, medclip vs open_clip")
     parser.add_argument("--repeats", type=int, default=10, help="--single: timed rounds")
     parser.add_argument(
