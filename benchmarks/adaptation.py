@@ -61,6 +61,20 @@ def load() -> str:
         return "n/a"
 
 
+def trained_on_covid(checkpoint: Path) -> list[str]:
+    """Training sources of ``checkpoint`` (its config.json training record) whose name says covid: such a model
+    was split by another salt and fractions than this benchmark's, so its training patients may be our test ones."""
+    import json
+
+    try:
+        record = json.loads((checkpoint / "config.json").read_text()).get("extra", {}).get("training", {})
+    except (OSError, ValueError):
+        return []
+    names = [str(s.get("name", "")) for s in record.get("sources") or []]
+    names += [str(d.get("name", "")) for d in record.get("data") or []]
+    return sorted({n for n in names if "covid" in n.lower()})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "quickstart" / "model")
@@ -68,9 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--methods", default=None, help="comma-separated subset of medclip adapt's methods")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--allow-covid-trained",
+        action="store_true",
+        help="run on a checkpoint trained on covid data anyway (its numbers are then not a test)",
+    )
     args = parser.parse_args(argv)
     if not (args.checkpoint / "model.safetensors").is_file():
         sys.exit(f"{args.checkpoint}: no medclip checkpoint (run `medclip quickstart` or pass --checkpoint)")
+    overlap = trained_on_covid(args.checkpoint)
+    if overlap and not args.allow_covid_trained:
+        sys.exit(
+            f"{args.checkpoint}: trained on {overlap} (its training record): that split is not this benchmark's "
+            "(the quality suite's salt and fractions), so this benchmark's test patients may be the model's training "
+            "patients (a small-data model scored zero-shot AUROC 1.000 here). Use a model that never saw covid, or "
+            "--allow-covid-trained to run anyway"
+        )
 
     import torch
 
