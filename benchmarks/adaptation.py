@@ -64,11 +64,12 @@ def load() -> str:
 def trained_on_covid(checkpoint: Path) -> list[str]:
     """Training sources of ``checkpoint`` (its config.json training record) whose name says covid: such a model
     was split by another salt and fractions than this benchmark's, so its training patients may be our test ones."""
-    import json
+    from medclip.model import ModelLoadError
+    from medclip.model.dual_encoder import read_checkpoint_config
 
     try:
-        record = json.loads((checkpoint / "config.json").read_text()).get("extra", {}).get("training", {})
-    except (OSError, ValueError):
+        record = (read_checkpoint_config(checkpoint).extra or {}).get("training") or {}
+    except ModelLoadError:
         return []
     names = [str(s.get("name", "")) for s in record.get("sources") or []]
     names += [str(d.get("name", "")) for d in record.get("data") or []]

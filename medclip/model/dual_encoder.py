@@ -25,6 +25,22 @@ WEIGHTS_NAME = "model.safetensors"
 CHECKPOINT_FORMAT = "medclip.DualEncoder"
 
 
+def read_checkpoint_config(directory: str | Path) -> DualEncoderConfig:
+    """The model config of a checkpoint folder written by :meth:`DualEncoder.save_pretrained` (its ``config.json``),
+    without building the model; :class:`ModelLoadError` when it is not one."""
+    config_path = Path(directory) / CONFIG_NAME
+    try:
+        data = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_path}: cannot read: {err}") from err
+    if not isinstance(data, dict) or data.pop("format", None) != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{config_path}: not a medclip checkpoint config (format != {CHECKPOINT_FORMAT!r})")
+    try:
+        return DualEncoderConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{config_path}: invalid config: {err}") from err
+
+
 class DualEncoder(nn.Module):
     """Images (B, 1, H, W) or volumes (B, 1, D, H, W), float in [0, 1], and report tokens -> joint embeddings.
 
@@ -282,16 +298,7 @@ class DualEncoder(nn.Module):
         for needed in (config_path, weights_path):
             if not needed.is_file():
                 raise ModelLoadError(f"{directory}: not a medclip checkpoint ({needed.name} missing)")
-        try:
-            data = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"{config_path}: cannot read: {err}") from err
-        if not isinstance(data, dict) or data.pop("format", None) != CHECKPOINT_FORMAT:
-            raise ModelLoadError(f"{config_path}: not a medclip checkpoint config (format != {CHECKPOINT_FORMAT!r})")
-        try:
-            config = DualEncoderConfig.from_dict(data)
-        except (TypeError, ValueError) as err:
-            raise ModelLoadError(f"{config_path}: invalid config: {err}") from err
+        config = read_checkpoint_config(directory)
         tokenizer = load_tokenizer(str(directory), model_max_length=config.text.context_length)
         model = cls(config, tokenizer=tokenizer, load_pretrained=False)
         from safetensors.torch import load_file

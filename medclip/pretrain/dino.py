@@ -140,8 +140,9 @@ def resolve_tower(name: str, pretrained: bool = True) -> tuple[VisionConfig, tup
         elif "architecture" in data:  # a timm save_pretrained folder
             cfg = VisionConfig(name=str(path.resolve()), pretrained=bool(pretrained), in_chans=1)
         elif "vision" in data:  # a medclip checkpoint: its trained vision backbone
-            data.pop("format", None)
-            cfg = DualEncoderConfig.from_dict(data).vision
+            from medclip.model.dual_encoder import read_checkpoint_config
+
+            cfg = read_checkpoint_config(path).vision
             cfg = dataclasses.replace(cfg, pretrained=False)
             if pretrained:
                 weights = (path / TOWER_WEIGHTS, "visual.backbone.")

@@ -190,7 +190,7 @@ class DualEncoderModule(L.LightningModule):
         self.manual_gradient_clip: tuple[float | None, str | None] = (None, None)
         #: FLIP: the last ``optim.unmasked_steps`` steps train with the vision tower's patch dropout off
         self.unmasked_steps = int(self.optim_cfg.get("unmasked_steps", 0) or 0)
-        self._unmasked_said = False
+        self._unmasked = False  # the tower starts with its configured patch dropout
         if self.unmasked_steps and not self.model.config.vision.patch_dropout:
             raise ValueError("optim.unmasked_steps needs model.overrides.vision.patch_dropout > 0 (FLIP)")
 
@@ -491,17 +491,18 @@ class DualEncoderModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # FLIP's unmasked tuning phase: from total - unmasked_steps on (also after a resume past that point)
-        if self.unmasked_steps and self.model.config.vision.patch_dropout:
+        if self.unmasked_steps:
             unmasked = self.global_step >= self._total_steps() - self.unmasked_steps
-            prob = 0.0 if unmasked else float(self.model.config.vision.patch_dropout)
-            if self.model.visual.set_patch_dropout(prob) and unmasked and not self._unmasked_said:
-                self._unmasked_said = True
-                if self.trainer.is_global_zero:
-                    print(
-                        f"step {self.global_step}: patch dropout off for the last {self.unmasked_steps} steps "
-                        "(FLIP unmasked tuning)",
-                        flush=True,
-                    )
+            if unmasked == self._unmasked:
+                return  # the tower already is as this step needs it (set once, not walked every step)
+            self._unmasked = unmasked
+            self.model.visual.set_patch_dropout(0.0 if unmasked else float(self.model.config.vision.patch_dropout))
+            if unmasked and self.trainer.is_global_zero:
+                print(
+                    f"step {self.global_step}: patch dropout off for the last {self.unmasked_steps} steps "
+                    "(FLIP unmasked tuning)",
+                    flush=True,
+                )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # CLIP (Radford et al., 2021) clamps the learned temperature after every step so that the logits are
