@@ -204,7 +204,7 @@ def manifest_from_records(
             df["split"].astype(str).str.lower().replace({"validate": "val", "valid": "val", "validation": "val"})
         )
     else:
-        out["split"] = assign_splits(out["patient_id"], fractions, seed)
+        out["split"] = assign_splits(out["patient_id"], fractions, seed, image_ids=out["image_id"])
     out["file_size"] = [int((root / p).stat().st_size) if (root / p).is_file() else 0 for p in out["path"]]
     out["mtime"] = [float((root / p).stat().st_mtime) if (root / p).is_file() else 0.0 for p in out["path"]]
     for col in [c for c in df.columns if c.startswith(LABEL_PREFIX)]:
