@@ -28,15 +28,23 @@ seed-averaged statistic. The ablation table flips one training option at a time 
 
 Usage: python benchmarks/quality.py [--quick] [--seeds 3] [--ablations all|none|name,...] [--workdir DIR]
 ``--quick`` (development): fewer images and steps, one seed, no ablations unless named.
+``--step-speed ROUNDS``: after the ablations, the training step's images/s of the defaults and of each ablation
+row, timed back to back on the same real batches (rows interleaved, so the ratios hold on a shared machine), beside
+each training run's own rate: what a cheaper option (e.g. a partly locked text tower) buys, e.g.
+``--arms medclip --seeds 1 --ablations lit_text2,lit_text3,lock_text --step-speed 3``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
+import io
+import itertools
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -83,6 +91,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "lit_text2": (
         "LiT + text tower locked except its last 2 layers (the quick start's recipe)",
         {"model.lock_image": True, "model.lock_text": True, "model.lock_text_unlocked_layers": 2},
+    ),
+    "lit_text3": (
+        "LiT + text tower's lower half locked (its last 3 of 6 layers train)",
+        {"model.lock_image": True, "model.lock_text": True, "model.lock_text_unlocked_layers": 3},
     ),
     "augment": ("image augmentation on", {"data.image_augmentation.enabled": True}),
     "no_label_text": (
@@ -308,13 +320,138 @@ def differs_from_defaults(overrides: dict[str, Any]) -> bool:
     return any(_get_dotted(defaults, k, object()) != v for k, v in overrides.items())
 
 
+#: output folder of a medclip run -> images/s of its training steps (the median of its progress lines)
+RUN_RATES: dict[str, float] = {}
+
+
+class _RateTee(io.TextIOBase):
+    """stdout as it is, and the images/s of every training progress line (``step S/N | ... | R images/s``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.rates, self._buf = stream, [], ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            match = re.search(r"\| ([0-9.]+) images/s", line)
+            if match and line.startswith("step "):
+                self.rates.append(float(match.group(1)))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+
 def train_medclip(
     sets: dict[str, DataSet], out: Path, args: argparse.Namespace, seed: int, overrides: dict[str, Any] | None = None
 ) -> Path:
-    """(a) medclip's recipe through ``medclip.train.fit``."""
+    """(a) medclip's recipe through ``medclip.train.fit``; the run's step rate is kept in ``RUN_RATES``."""
     from medclip.train import fit
 
-    return Path(fit(medclip_config(sets, out, args, seed, {**BASE, **(overrides or {})})))
+    tee = _RateTee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        path = Path(fit(medclip_config(sets, out, args, seed, {**BASE, **(overrides or {})})))
+    if tee.rates:
+        RUN_RATES[str(out)] = float(np.median(tee.rates))
+    return path
+
+
+def step_speed(
+    sets: dict[str, DataSet], args: argparse.Namespace, names: list[str], steps: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """images/s of the training step (forward, loss, backward, gradient clipping, AdamW step) of the defaults and of
+    each named row, back to back on the same real batches: the mixed sources' first ``steps`` + 1 batches as
+    training builds them (text policy, tokenisation; the locked backbone's cached features, from the suite's
+    feature cache). ``rounds`` rounds with the rows interleaved (order rotated each round), so ratios between rows
+    hold on a shared machine; the data loader's share is the same for every row and not timed."""
+    from medclip.train.config import load_config
+    from medclip.train.data import MedClipDataModule, resolve_path
+    from medclip.train.features import BackboneFeatures
+    from medclip.train.fit import training_preprocess
+    from medclip.train.module import DualEncoderModule
+
+    def build(overrides: dict[str, Any]) -> tuple[dict[str, Any], DualEncoderModule]:
+        cfg = load_config(medclip_config(sets, args.workdir / "step_speed", args, 0, {**BASE, **overrides}))
+        torch.manual_seed(0)
+        return cfg, DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
+
+    cfg, module = build({})
+    data_cfg = dict(cfg["data"])
+    data_cfg["sources"] = [
+        {**spec, "manifest": resolve_path(spec.get("manifest")), "cache_dir": resolve_path(spec.get("cache_dir"))}
+        for spec in data_cfg["sources"]
+    ]
+    module.model.config.preprocess = training_preprocess(data_cfg, module.model.config)
+    data_cfg["max_text_tokens"] = module.model.config.preprocess.context_length
+    datamodule = MedClipDataModule(
+        data_cfg,
+        module.model.tokenize,
+        seed=0,
+        feature_extractor=BackboneFeatures(module.model) if module.model.image_backbone_frozen else None,
+        feature_dir=Path(resolve_path(data_cfg["feature_cache_dir"])),
+    )
+    batches = list(itertools.islice(iter(datamodule.train_dataloader()), steps + 1))
+    modules = {"defaults": module, **{name: build(ABLATIONS[name][1])[1] for name in names}}
+    clip = cfg["trainer"].get("gradient_clip_val")
+    optim = cfg["optim"]
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in modules.items():
+        text = m.model.text.encoder
+        out[name] = {
+            "rates": [],
+            "text_trainable": sum(p.numel() for p in text.parameters() if p.requires_grad),
+            "text_params": sum(p.numel() for p in text.parameters()),
+            "optimizer": torch.optim.AdamW(
+                m._param_groups(), lr=float(optim["lr"]), betas=(0.9, 0.98), eps=float(optim.get("eps", 1e-6))
+            ),
+        }
+
+    def step(m: DualEncoderModule, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        m._loss(batch)[0].backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], float(clip))
+        optimizer.step()
+
+    order = list(modules)
+    images = sum(int(b["input_ids"].shape[0]) for b in batches[1:])
+    for r in range(rounds):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            m, optimizer = modules[name], out[name]["optimizer"]
+            step(m, optimizer, batches[0])  # warm-up, not timed
+            start = time.perf_counter()
+            for batch in batches[1:]:
+                step(m, optimizer, batch)
+            out[name]["rates"].append(images / (time.perf_counter() - start))
+    for row in out.values():
+        del row["optimizer"]
+    return out
+
+
+def speed_table(speed: dict[str, dict[str, Any]], run_rates: dict[str, float | None]) -> str:
+    """Rows = the defaults and the timed ablations: the text tower's trainable share, the back-to-back step
+    rate (median over rounds, [min, max]) and its ratio to the defaults', and each training run's own rate."""
+    head = (
+        f"{'variant':18s} {'text trainable':>17s}  {'step images/s [min, max]':>26s}  {'x defaults':>10s}  "
+        f"{'its run images/s':>16s}"
+    )
+    lines = [head, "-" * len(head)]
+    base = float(np.median(speed["defaults"]["rates"]))
+    for name, row in speed.items():
+        rates = row["rates"]
+        med = float(np.median(rates))
+        run = run_rates.get(name)
+        lines.append(
+            f"{name:18s} {row['text_trainable'] / 1e6:5.1f}M of {row['text_params'] / 1e6:4.1f}M  "
+            f"{med:8.1f} [{min(rates):6.1f}, {max(rates):6.1f}]  {med / base:10.2f}  "
+            + (f"{run:16.1f}" if run else f"{'-':>16s}")
+        )
+    return "\n".join(lines)
 
 
 class _OpenClipShaped(torch.nn.Module):
@@ -926,6 +1063,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         + "; --quick none)",
     )
     ap.add_argument("--arms", default="medclip,clip,untrained", help="headline arms to run")
+    ap.add_argument(
+        "--step-speed",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="after the ablations, time the training step of the defaults and each ablation row back to back on "
+        "the same real batches, ROUNDS rounds interleaved (0: off); each run's own images/s is shown beside it",
+    )
+    ap.add_argument("--step-speed-steps", type=int, default=10, help="timed steps per row and round (--step-speed)")
     ap.add_argument("--loss", default=None, help="medclip side: NAME or NAME:key=value,... instead of the default loss")
     ap.add_argument("--workdir", type=Path, default=Path("runs/quality_benchmark"))
     ap.add_argument(
@@ -1084,6 +1230,21 @@ def main(argv: list[str] | None = None) -> int:
         for name in rows:
             if name != "defaults":
                 print(f"  {name}: {ABLATIONS[name][0]}: {ABLATIONS[name][1]}")
+        if args.step_speed:
+            t = time.time()
+            timed = [n for n in rows if n != "defaults"]
+            speed = step_speed(sets, args, timed, args.step_speed_steps, args.step_speed)
+            times["step speed"] = time.time() - t
+            run_rates = {"defaults": RUN_RATES.get(str(args.workdir / "medclip_seed0"))}
+            run_rates.update({n: RUN_RATES.get(str(args.workdir / f"ablation_{n}")) for n in timed})
+            print(
+                f"\nTraining step speed (batch {args.batch_size}, the locked image tower's cached features, real "
+                f"texts of the mixed sources; {args.step_speed} rounds x {args.step_speed_steps} steps per row, rows "
+                f"interleaved; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: absolute rates "
+                "move with the machine's load, the ratios are the measure; 'its run': the median of that training "
+                "run's own progress lines, runs one after another)"
+            )
+            print(speed_table(speed, run_rates))
     if val_results:
         print(
             "\nValidation patients (seed 0): "
