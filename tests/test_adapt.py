@@ -340,3 +340,147 @@ def test_lora_scores_with_the_zero_shot_prompts_so_no_training_step_is_zero_shot
     with torch.no_grad():
         emb = merged.encode_image(ev.dataset(test.frame)[0]["image"][None], normalize=True)
     torch.testing.assert_close(clf.logits(emb).float(), zs.logits(test.image_features[:1]), atol=1e-4, rtol=1e-4)
+
+
+def test_run_adapt_keeps_per_draw_test_scores_for_paired_patient_bootstraps(tiny, tmp_path):
+    from medclip.adapt.runner import paired_difference_ci, run_adapt
+    from medclip.eval.metrics import auroc
+
+    model_dir, manifest = tiny
+    res = run_adapt(
+        model_dir, manifest, shots=(1, 2), methods=["gda", "tip_adapter"], draws=2, findings=FINDINGS,
+        save=False, output=tmp_path, keep_scores=True,
+    )  # fmt: skip
+    assert "scores" not in json.loads((tmp_path / "adapt.json").read_text())  # kept in memory only
+    sc = res["scores"]
+    n = res["data"]["test"]["images"]
+    assert sc["labels"].shape == (n, 2) and sc["zeroshot"].shape == (n, 2) and len(sc["patients"]) == n
+    for k in (1, 2):
+        for m in ("gda", "tip_adapter"):
+            draws = sc["logits"][k][m]
+            assert len(draws) == 2 and all(d["cardiomegaly"].shape == (n,) for d in draws)
+            y = sc["labels"][:, 1]
+            known = np.isin(y, (0.0, 1.0))
+            mean = np.mean([auroc(y[known], d["cardiomegaly"][known]) for d in draws])
+            assert mean == pytest.approx(res["shots"][k][m]["per_finding"]["cardiomegaly"])
+            est = paired_difference_ci(sc, k, m, "cardiomegaly", n_boot=50)
+            assert est.value == pytest.approx(mean - res["zeroshot"]["per_finding"]["cardiomegaly"])
+            assert est.n_groups == len(set(sc["patients"][known]))  # resampled by patient
+    assert paired_difference_ci(sc, 2, "coop", "cardiomegaly") is None  # not run
+
+
+def test_paired_difference_of_zero_shot_with_itself_is_exactly_zero():
+    from medclip.adapt.runner import paired_difference_ci
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 20, dtype=float)[:, None]
+    zs = rng.normal(size=(40, 1)) + y
+    scores = {
+        "patients": np.repeat(np.arange(20), 2).astype(str),
+        "labels": y,
+        "zeroshot": zs,
+        "zeroshot_findings": ["f"],
+        "logits": {1: {"m": [{"f": zs[:, 0].copy()}, {"f": zs[:, 0].copy()}]}},
+    }
+    est = paired_difference_ci(scores, 1, "m", "f", n_boot=200)
+    assert est.value == 0 and est.low == 0 and est.high == 0 and est.n_groups == 20
+
+
+def test_run_adapt_scores_against_a_zero_shot_classifier_it_is_given(tiny, tmp_path):
+    """A label the knowledge graph has no finding prompt for (e.g. Kermany's viral vs bacterial) is scored
+    against the zero-shot classifier the caller builds (the benchmark: the pneumonia-subtype attribute prompts)."""
+    from medclip.adapt.runner import run_adapt
+
+    model_dir, manifest = tiny
+    frame = pd.read_parquet(manifest)
+    frame["label.not_in_the_graph"] = frame["label.cardiomegaly"]
+    custom = write_manifest(frame, tmp_path / "custom.parquet", root=manifest.parent)
+    model = CheckpointDir(model_dir).load_model()
+    base = ZeroShotClassifier.from_model(model, ["cardiomegaly"])
+    zs = ZeroShotClassifier(["not_in_the_graph"], base.positive, base.negative, base.logit_scale)
+    res = run_adapt(
+        model_dir, custom, shots=(2,), methods=["gda", "tip_adapter"], draws=1, save=False, output=tmp_path,
+        zeroshot=zs,
+    )  # fmt: skip
+    ref = run_adapt(
+        model_dir, manifest, shots=(2,), methods=["gda"], draws=1, findings=["cardiomegaly"], save=False,
+        output=tmp_path / "ref",
+    )  # fmt: skip
+    assert res["findings"] == ["not_in_the_graph"]
+    assert res["zeroshot"]["mean"] == pytest.approx(ref["zeroshot"]["per_finding"]["cardiomegaly"])
+    assert res["shots"][2]["gda"]["mean"] == pytest.approx(ref["shots"][2]["gda"]["mean"])
+
+
+def _benchmark():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation.py"
+    spec = importlib.util.spec_from_file_location("adaptation_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["adaptation_benchmark"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _frame(names, patients, splits):
+    return pd.DataFrame({"path": [f"images/{n}" for n in names], "patient_id": patients, "split": splits})
+
+
+def test_benchmark_takes_the_checkpoints_own_split_from_the_manifest_its_record_names(tiny, tmp_path, monkeypatch):
+    from medclip.data.storage import content_fingerprint
+
+    bench = _benchmark()
+    model_dir, _ = tiny
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    own = _frame(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], ["1", "2", "3", "4"], ["train", "test", "test", "val"])
+    own.to_parquet(run / "data" / "covid.parquet")
+    (run / "config.yaml").write_text(
+        f"data:\n  sources:\n  - name: covid\n    manifest: {run / 'data' / 'covid.parquet'}\n"
+    )
+    ckpt = run / "model"
+    ckpt.mkdir()
+    fp = content_fingerprint(run / "data" / "covid.parquet")
+    monkeypatch.setattr(bench, "training_sources", lambda c: [{"name": "covid", "manifest_sha256": fp}])
+    sources = bench.find_sources(ckpt, [])
+    assert sources == {"covid": run / "data" / "covid.parquet"}
+    # the benchmark's frame (another salt: other patient ids) takes the split of the same files
+    frame = _frame(["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], ["x", "y", "z", "w", "v"], ["test"] * 5)
+    got, why = bench.own_split(frame, sources, min_cover=0.5)
+    assert "own split" in why and list(got["split"]) == ["train", "test", "test", "val", "unused"]
+    assert bench.seen_files(sources) == {"covid": {"a.jpg", "d.jpg"}}
+    # a record whose manifest cannot be found: refused unless --allow-covid-trained
+    monkeypatch.setattr(bench, "training_sources", lambda c: [{"name": "covid", "manifest_sha256": "0" * 16}])
+    assert bench.find_sources(ckpt, []) == {"covid": None}
+    with pytest.raises(SystemExit, match="no manifest with the SHA-256"):
+        bench.main(["--checkpoint", str(model_dir), "--workdir", str(tmp_path / "w")])
+
+
+def test_benchmark_leaves_out_test_patients_with_an_image_the_model_trained_on():
+    bench = _benchmark()
+    frame = _frame(["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], ["1", "1", "2", "3", "3"], ["test"] * 4 + ["train"])
+    got, images, patients = bench.leave_out_seen(frame, {"a.jpg", "e.jpg"})
+    assert list(got["split"]) == ["seen", "seen", "test", "test", "train"]  # patient 1's other image too
+    assert (images, patients) == (2, 1)
+
+
+def test_the_quick_starts_export_is_traced_to_covid_chestxray_file_names():
+    """The bundled export is covid-chestxray images re-encoded as DICOM: its ATTRIBUTION.csv names the originals,
+    which is how the benchmark finds the quick start model's training images among its covid test images."""
+    bench = _benchmark()
+    table = bench._attribution()
+    export = {k: v for k, v in table.items() if k.startswith("study_")}
+    assert len(export) == 67 and all(v.endswith((".jpg", ".jpeg", ".png")) for v in export.values())
+    assert bench.seen_files({"sample": None})["sample"] == set(export.values())
+    assert table["images/IM-0117-0001.jpeg"] == "IM-0117-0001.jpeg"  # the Kermany subset keeps its names
+
+
+def test_benchmark_subsamples_whole_patients_of_one_split():
+    bench = _benchmark()
+    frame = _frame([f"{i}.jpg" for i in range(12)], [str(i // 2) for i in range(12)], ["test"] * 8 + ["train"] * 4)
+    got = bench.subsample_patients(frame, "test", 2, seed=0)
+    kept = got[got["split"] == "test"]
+    assert kept["patient_id"].nunique() == 2 and len(kept) == 4
+    assert (got["split"].iloc[8:] == "train").all()

@@ -87,8 +87,16 @@ def run_adapt(
     batch_size: int = 32,
     max_images: int | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
+    zeroshot: ZeroShotClassifier | None = None,
+    keep_scores: bool = False,
 ) -> dict[str, Any]:
-    """Fit and score every method; returns the results (also written to ``output``/adapt.json)."""
+    """Fit and score every method; returns the results (also written to ``output``/adapt.json).
+
+    ``zeroshot``: the zero-shot classifier to compare with (and to start Tip-Adapter from) instead of the
+    knowledge graph's prompt ensembles for ``findings``; its findings are the label columns scored.
+    ``keep_scores``: also return, under ``"scores"`` (not written to adapt.json), the test images' patient ids
+    and labels, the zero-shot log-odds and every method's log-odds per k and draw, for paired patient
+    bootstraps (:func:`paired_difference_ci`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -119,12 +127,20 @@ def run_adapt(
         )
     if features == "backbone" and train.backbone_features is None:
         raise ValueError("this model has no pre-projection features: use --features embedding")
-    zs = ev.zeroshot_classifier()
+    zs = zeroshot if zeroshot is not None else ev.zeroshot_classifier()
     names = zs.findings
     ytr = train.labels(names, unmentioned_as_negative)
     yte = test.labels(names, unmentioned_as_negative)
     zs_test = zs.logits(test.image_features).numpy()
     zs_auroc = _aurocs(yte, zs_test, names)
+    scores: dict[str, Any] = {
+        "patients": test.patients,
+        "image_ids": test.frame["image_id"].astype(str).to_numpy(),
+        "labels": yte,
+        "zeroshot": zs_test,
+        "logits": {},
+        "zeroshot_findings": names,
+    }
     results: dict[str, Any] = {
         "findings": names,
         "features": features,
@@ -161,6 +177,7 @@ def run_adapt(
     results["skipped"] = {k: [names[j] for j in range(len(names)) if j not in available[k]] for k in ks}
     for k in ks:
         per_method: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+        kept: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in methods}
         seconds: dict[str, float] = {m: 0.0 for m in methods}
         cols = available[k]
         if len(cols) < len(names):
@@ -203,7 +220,10 @@ def run_adapt(
                     **(method_options or {}).get(method, {}),
                 )  # fmt: skip
                 seconds[method] += time.perf_counter() - start
-                per_method[method].append(_aurocs(yte[:, cols], classifier_logits(clf, ev, test_split).numpy(), sub))
+                logits = classifier_logits(clf, ev, test_split).numpy()
+                per_method[method].append(_aurocs(yte[:, cols], logits, sub))
+                if keep_scores:
+                    kept[method].append({c: logits[:, i].copy() for i, c in enumerate(sub)})
                 if save and k == save_k and d == 0:
                     prov = {
                         **provenance_base,
@@ -224,13 +244,46 @@ def run_adapt(
             }
             for m, runs in per_method.items()
         }
+        scores["logits"][k] = kept
     if save:
         results["saved"] = {m: str(save_adapter(ckpt, clf, prov)) for m, (clf, prov) in to_save.items()}
     out_dir = Path(output) if output is not None else ckpt.adapters
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_FILE).write_text(json.dumps(jsonable(results), indent=2) + "\n")
     results["results_file"] = str(out_dir / RESULTS_FILE)
+    if keep_scores:
+        results["scores"] = scores
     return results
+
+
+def paired_difference_ci(
+    scores: dict[str, Any], k: int, method: str, finding: str, n_boot: int = 1000, seed: int = 0
+) -> Any:
+    """``method`` minus zero-shot test AUROC for ``finding`` at ``k`` (the method's AUROC averaged over the
+    draws), with a 95% CI from :func:`medclip.eval.metrics.bootstrap_ci` resampling test patients: each
+    resample scores every draw and zero-shot on the same images. Needs ``run_adapt(..., keep_scores=True)``;
+    ``None`` when the method has no draw for the finding at ``k``."""
+    from medclip.eval.metrics import bootstrap_ci
+
+    names = list(scores["zeroshot_findings"])
+    runs = [d[finding] for d in scores["logits"].get(k, {}).get(method, []) if finding in d]
+    if not runs or finding not in names:
+        return None
+    j = names.index(finding)
+    y = scores["labels"][:, j]
+    known = np.isin(y, (0.0, 1.0))
+    y, zs = y[known], scores["zeroshot"][known, j]
+    runs = [r[known] for r in runs]
+    rows = np.arange(y.size, dtype=float)
+
+    def diff(i: np.ndarray, _: np.ndarray) -> float:
+        idx = i.astype(int)
+        yy = y[idx]
+        if not 0 < yy.sum() < yy.size:
+            return math.nan
+        return float(np.mean([auroc(yy, r[idx]) for r in runs])) - auroc(yy, zs[idx])
+
+    return bootstrap_ci(diff, rows, rows, groups=scores["patients"][known], n_boot=n_boot, seed=seed)
 
 
 def format_adapt(results: dict[str, Any]) -> str:
