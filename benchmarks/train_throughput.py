@@ -4,7 +4,8 @@ Both sides get the same towers with identical weights (medclip's are copied into
 1-channel stem is spread over open_clip's 3 input channels so a gray image gives the same
 features), the same real report texts (IU X-ray findings + impression), the same images, batch
 size, optimizer (AdamW), thread count, warmup steps (not timed) and timed steps. A timed step is
-the whole training step: image normalisation, tokenisation, forward, loss, backward, optimizer step.
+the whole training step: image normalisation, tokenisation, forward, loss, backward, optimizer step
+(each side's own optimizer construction, same hyperparameters: see the main rows).
 Each configuration runs in its own process, so peak memory is per configuration; with
 ``--rounds`` > 1 the configurations are interleaved and the median throughput is reported.
 
@@ -15,8 +16,12 @@ main: the offline-default towers (EfficientNet-Lite0 + MiniLM; ``--large``: ViT-
   open_clip fixed-128 CL  the same, with the conv tower and images put in channels_last by hand
                         (medclip's conv configs do this by default; shown so the gain is attributed)
   medclip fixed-128     medclip with the same 128-token padding, length bucketing off
+  medclip dynamic loop-AdamW  medclip dynamic (below) with torch's default AdamW loop instead of its fused
+                        kernel (shown so the optimizer's share of the gain is attributed)
   medclip dynamic       medclip's defaults: pad to the longest text of the batch (truncation
-                        at 256, so it sees *more* text than the 128-token rows), length buckets
+                        at 256, so it sees *more* text than the 128-token rows), length buckets, and
+                        medclip's optimizer (``optim.fused: auto``: torch's fused AdamW kernel; open_clip_train
+                        builds torch's AdamW with its defaults, a loop over the parameters on CPU)
 accum: exact big-batch contrastive accumulation (``optim.accum_freq``), through medclip's training module
   medclip batch b       one batch of ``--batch-size`` (b), the module's plain step
   medclip accum kxb     one batch of ``--accum-batch`` (k x b) as k micro-batches of b (GradCache): every
@@ -57,6 +62,7 @@ ROWS: dict[str, dict] = {
     "open_clip fixed-128 CL": {"peer": True, "fixed": True, "channels_last": True},
     "medclip fixed-128": {"fixed": True},
     "medclip dynamic": {},
+    "medclip dynamic loop-AdamW": {"loop_adamw": True},
     "medclip batch b": {"module": True},
     "medclip accum kxb": {"module": True, "accum": True},
     "open_clip ViT": {"peer": True, "fixed": True, "vit": True},
@@ -66,7 +72,13 @@ ROWS: dict[str, dict] = {
     "medclip ViT FLIP 75%": {"vit": True, "patch_dropout": 0.75},
 }
 GROUPS: dict[str, tuple[str, ...]] = {
-    "main": ("open_clip fixed-128", "open_clip fixed-128 CL", "medclip fixed-128", "medclip dynamic"),
+    "main": (
+        "open_clip fixed-128",
+        "open_clip fixed-128 CL",
+        "medclip fixed-128",
+        "medclip dynamic loop-AdamW",
+        "medclip dynamic",
+    ),
     "accum": ("medclip batch b", "medclip accum kxb"),
     "flip": ("open_clip ViT", "open_clip ViT FLIP 50%", "medclip ViT", "medclip ViT FLIP 50%", "medclip ViT FLIP 75%"),
 }
@@ -250,7 +262,15 @@ def worker(args: argparse.Namespace) -> dict:
             model = build_medclip(args, fixed=bool(spec.get("fixed")), vit=vit, patch_dropout=patch_dropout)
             loss_fn = InfoNCELoss()
         (module or model).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
+        if spec.get("peer"):  # open_clip_train's optimizer: torch's AdamW as constructed by default
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
+        else:  # medclip's (medclip.train.module.build_optimizer: fused where it can be), same hyperparameters
+            from medclip.train.module import build_optimizer
+
+            optimizer = build_optimizer(
+                [{"params": list(model.parameters()), "weight_decay": 0.1}],
+                {"lr": 1e-5, "betas": (0.9, 0.999), "eps": 1e-8, "fused": False if spec.get("loop_adamw") else "auto"},
+            )
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.large)
 
         def step(imgs: torch.Tensor, batch_texts: list[str]) -> int:
@@ -409,7 +429,7 @@ def print_group(args: argparse.Namespace, group: str, runs: dict[str, list[dict]
     base = statistics.median(r["images_per_s"] for r in runs[rows[0]])
     base_mem = max(r[mem_key] for r in runs[rows[0]])
     tower = group == "flip"
-    header = f"{'config':<24}{'batch':>6}{'images/s':>9}{'ratio':>7}{'tokens/text':>12}{mem_label:>13}{'ratio':>7}"
+    header = f"{'config':<28}{'batch':>6}{'images/s':>9}{'ratio':>7}{'tokens/text':>12}{mem_label:>13}{'ratio':>7}"
     if tower:
         header += f"{'tower img/s':>12}{'ratio':>7}"
         base_tower = statistics.median(r["tower_images_per_s"] for r in runs[rows[0]])
@@ -424,7 +444,7 @@ def print_group(args: argparse.Namespace, group: str, runs: dict[str, list[dict]
         name = config.replace("kxb", f"{args.accum_batch // args.batch_size}x{args.batch_size}").replace(
             "batch b", f"batch {args.batch_size}"
         )
-        line = f"{name:<24}{batch:>6}{ips:>9.2f}{ips / base:>6.2f}x{tokens:>12.1f}{mem:>13.0f}{mem / base_mem:>6.2f}x"
+        line = f"{name:<28}{batch:>6}{ips:>9.2f}{ips / base:>6.2f}x{tokens:>12.1f}{mem:>13.0f}{mem / base_mem:>6.2f}x"
         if tower:
             tips = statistics.median(r["tower_images_per_s"] for r in runs[config])
             line += f"{tips:>12.2f}{tips / base_tower:>6.2f}x"

@@ -25,6 +25,7 @@ from medclip.train import ConfigError, fit, load_config
         ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio"),
         ("optim.betas=[0.9]", "optim.betas"),
         ("optim.tower_lr={text: -1}", "optim.tower_lr.text"),
+        ("optim.fused=sometimes", "optim.fused"),
         ("trainer.max_steps=-5", "trainer.max_steps"),
         ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
         ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches"),

@@ -352,3 +352,39 @@ def test_label_aware_is_the_default_and_trains_as_infonce_without_labels() -> No
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     loss_labelled, _ = aware._loss({**batch, "labels": labels})
     assert not torch.allclose(loss_labelled, loss_plain)
+
+
+def test_adamw_is_fused_where_it_can_be_and_updates_like_the_loop() -> None:
+    """optim.fused auto: torch's fused AdamW on CPU parameters, the same update as torch's loop (to 1e-6), off under
+    fp16 mixed precision; true on parameters without a kernel is refused naming them; a bad value is refused."""
+    from medclip.train.module import build_optimizer, fused_supported
+
+    torch.manual_seed(0)
+    cfg = {"lr": 1e-2, "betas": [0.9, 0.98], "eps": 1e-6}
+    weights = [torch.randn(7, 5), torch.randn(5)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(3)]
+    results = []
+    for fused in ("auto", False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = build_optimizer([{"params": params, "weight_decay": 0.1}], {**cfg, "fused": fused})
+        assert bool(opt.defaults["fused"]) is (fused == "auto")
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for fused_result, loop_result, start in zip(*results, weights):
+        torch.testing.assert_close(fused_result, loop_result, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(fused_result, start)  # the step moved the weights
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert fused_supported(params)
+    assert not build_optimizer([{"params": params}], {**cfg, "fused": "auto"}, precision="16-mixed").defaults["fused"]
+    assert build_optimizer([{"params": params}], {**cfg, "fused": "auto"}, precision="bf16-mixed").defaults["fused"]
+    meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert not fused_supported(meta)
+    assert not build_optimizer([{"params": meta}], {**cfg, "fused": "auto"}).defaults["fused"]
+    with pytest.raises(ValueError, match="optim.fused: true.*meta"):
+        build_optimizer([{"params": meta}], {**cfg, "fused": True})
+    with pytest.raises(ValueError, match="optim.fused must be"):
+        build_optimizer([{"params": params}], {**cfg, "fused": "yes"})
+    assert isinstance(build_optimizer([{"params": params}], {**cfg, "optimizer": "sgd"}), torch.optim.SGD)

@@ -96,6 +96,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "optim": {
         "optimizer": "adamw",  # adamw | sgd
+        # torch's fused AdamW kernel: auto = where the parameters allow it (CPU, CUDA; not under fp16 mixed
+        # precision, whose loss scaler clips unscaled gradients); true = required; false = torch's default loop
+        "fused": "auto",
         "lr": 1e-4,
         "weight_decay": 0.05,
         "betas": [0.9, 0.98],
@@ -387,6 +390,9 @@ def _check_values(config: Mapping[str, Any], source: str) -> None:
     optimizer = str(_get(config, "optim.optimizer")).lower()
     if optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"{source}: optim.optimizer must be adamw or sgd, got {optimizer!r}")
+    fused = _get(config, "optim.fused", "auto")
+    if fused not in ("auto", True, False):
+        raise ConfigError(f"{source}: optim.fused must be auto, true or false, got {fused!r}")
     corpora = _get(config, "text_pretrain.corpora")
     if not isinstance(corpora, (list, tuple)) or not all(isinstance(c, (str, Path)) for c in corpora):
         raise ConfigError(f"{source}: text_pretrain.corpora must be a list of file paths, got {corpora!r}")

