@@ -351,6 +351,19 @@ def worker(args: argparse.Namespace) -> dict:
         }
         if device.type == "cuda":
             result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if spec.get("accum") and module is not None:  # the feature pass alone: one no-gradient forward of b
+            micro = {"images": images[0][: args.batch_size].to(device)}
+            enc = model.tokenize(batches[0][: args.batch_size])
+            micro |= {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+            times = []
+            for _ in range(3):
+                sync()
+                start = time.perf_counter()
+                with torch.no_grad(), autocast:
+                    module._forward(micro)
+                sync()
+                times.append(time.perf_counter() - start)
+            result["feature_pass_images_per_s"] = args.batch_size / statistics.median(times)
         if vit:  # the vision tower alone
             tower_step(images[0])
             sync()
@@ -449,6 +462,18 @@ def print_group(args: argparse.Namespace, group: str, runs: dict[str, list[dict]
             tips = statistics.median(r["tower_images_per_s"] for r in runs[config])
             line += f"{tips:>12.2f}{tips / base_tower:>6.2f}x"
         print(line, flush=True)
+    if group == "accum" and "feature_pass_images_per_s" in runs[rows[1]][0]:
+        # a plain step costs 1 / base s per image; GradCache adds one no-gradient forward per image
+        extra = statistics.median(1 / r["feature_pass_images_per_s"] for r in runs[rows[1]])
+        bound = (1 / base) / (1 / base + extra)
+        print(
+            f"feature pass (forward without gradients, batch {args.batch_size}): "
+            f"{statistics.median(r['feature_pass_images_per_s'] for r in runs[rows[1]]):.2f} images/s, i.e. "
+            f"{extra * base:.2f} of a plain step's time: one extra forward per micro-batch bounds the accum row at "
+            f"about 1 / (1 + {extra * base:.2f}) = {bound:.2f}x of the plain row here (plus what "
+            "running the optimizer once per whole batch instead of once per micro-batch saves)",
+            flush=True,
+        )
 
 
 def main() -> None:
