@@ -96,6 +96,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "LiT + text tower's lower half locked (its last 3 of 6 layers train)",
         {"model.lock_image": True, "model.lock_text": True, "model.lock_text_unlocked_layers": 3},
     ),
+    "lit_text6": (
+        "LiT + the text tower's embeddings locked, all 6 of its layers train",
+        {"model.lock_image": True, "model.lock_text": True, "model.lock_text_unlocked_layers": 6},
+    ),
     "augment": ("image augmentation on", {"data.image_augmentation.enabled": True}),
     "no_label_text": (
         "label-to-text off (the label-only Kermany set cannot be used)",
