@@ -368,16 +368,16 @@ def train_medclip(
 def step_speed(
     sets: dict[str, DataSet], args: argparse.Namespace, names: list[str], steps: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
-    """images/s of the training step (forward, loss, backward, gradient clipping, AdamW step) of the defaults and of
-    each named row, back to back on the same real batches: the mixed sources' first ``steps`` + 1 batches as
-    training builds them (text policy, tokenisation; the locked backbone's cached features, from the suite's
+    """images/s of the training step (forward, loss, backward, gradient clipping, training's optimizer step) of the
+    defaults and of each named row, back to back on the same real batches: the mixed sources' first ``steps`` + 1
+    batches as training builds them (text policy, tokenisation; the locked backbone's cached features, from the suite's
     feature cache). ``rounds`` rounds with the rows interleaved (order rotated each round), so ratios between rows
     hold on a shared machine; the data loader's share is the same for every row and not timed."""
     from medclip.train.config import load_config
     from medclip.train.data import MedClipDataModule, resolve_path
     from medclip.train.features import BackboneFeatures
     from medclip.train.fit import training_preprocess
-    from medclip.train.module import DualEncoderModule
+    from medclip.train.module import DualEncoderModule, build_optimizer  # training's optimizer (fused AdamW)
 
     def build(overrides: dict[str, Any]) -> tuple[dict[str, Any], DualEncoderModule]:
         cfg = load_config(medclip_config(sets, args.workdir / "step_speed", args, 0, {**BASE, **overrides}))
@@ -410,9 +410,7 @@ def step_speed(
             "rates": [],
             "text_trainable": sum(p.numel() for p in text.parameters() if p.requires_grad),
             "text_params": sum(p.numel() for p in text.parameters()),
-            "optimizer": torch.optim.AdamW(
-                m._param_groups(), lr=float(optim["lr"]), betas=(0.9, 0.98), eps=float(optim.get("eps", 1e-6))
-            ),
+            "optimizer": build_optimizer(m._param_groups(), optim, str(cfg["trainer"].get("precision") or "")),
         }
 
     def step(m: DualEncoderModule, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> None:
