@@ -71,14 +71,6 @@ def _manifest(recipe: str, folder: str) -> tuple[Any, Path]:
     return df.reset_index(drop=True), root
 
 
-def covid_manifest(workdir: Path) -> Path:
-    """The quality suite's covid manifest (same salt, fractions and seed), written under ``workdir``."""
-    from medclip.data.manifest import write_manifest
-
-    df, root = _manifest("covid_chestxray", "covid_cxr")
-    return write_manifest(df, workdir / "covid.parquet", root=root)
-
-
 def load() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -104,11 +96,6 @@ def training_sources(checkpoint: Path) -> list[dict[str, Any]]:
             {k: v for k, v in d.items() if k == "manifest_sha256"}
         )
     return [v for k, v in by_name.items() if k]
-
-
-def trained_on_covid(checkpoint: Path) -> list[str]:
-    """Training sources of ``checkpoint`` whose name says covid (kept for callers; see :func:`find_sources`)."""
-    return sorted({s["name"] for s in training_sources(checkpoint) if "covid" in s["name"].lower()})
 
 
 def _candidate_manifests(checkpoint: Path, extra: list[Path]) -> list[Path]:
@@ -199,11 +186,12 @@ def own_split(frame: Any, sources: dict[str, Path | None], min_cover: float = 0.
     import pandas as pd
 
     names = pd.Series(_names(frame["path"], {}), index=frame.index)
+    attribution = _attribution()  # read once, not once per source
     for name, path in sources.items():
         if path is None:
             continue
         own = pd.read_parquet(path, columns=["path", "split"])
-        own_names = _names(own["path"], _attribution())
+        own_names = _names(own["path"], attribution)
         if names.isin(set(own_names)).mean() < min_cover:
             continue
         split_of = dict(zip(own_names, own["split"].astype(str), strict=True))
@@ -227,8 +215,6 @@ def leave_out_seen(frame: Any, seen: set[str], split: str = "test") -> tuple[Any
 
 def subsample_patients(frame: Any, split: str, n: int, seed: int) -> Any:
     """``n`` whole patients of ``split`` (a seeded draw over the sorted ids); the others' rows set to "unused"."""
-    import numpy as np
-
     patients = np.sort(frame.loc[frame["split"] == split, "patient_id"].astype(str).unique())
     if n <= 0 or n >= len(patients):
         return frame

@@ -376,7 +376,7 @@ def step_speed(
     from medclip.train.config import load_config
     from medclip.train.data import MedClipDataModule, resolve_path
     from medclip.train.features import BackboneFeatures
-    from medclip.train.fit import training_preprocess
+    from medclip.train.fit import bind_data_to_model, resolve_data_config
     from medclip.train.module import DualEncoderModule, build_optimizer  # training's optimizer (fused AdamW)
 
     def build(overrides: dict[str, Any]) -> tuple[dict[str, Any], DualEncoderModule]:
@@ -385,13 +385,8 @@ def step_speed(
         return cfg, DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
 
     cfg, module = build({})
-    data_cfg = dict(cfg["data"])
-    data_cfg["sources"] = [
-        {**spec, "manifest": resolve_path(spec.get("manifest")), "cache_dir": resolve_path(spec.get("cache_dir"))}
-        for spec in data_cfg["sources"]
-    ]
-    module.model.config.preprocess = training_preprocess(data_cfg, module.model.config)
-    data_cfg["max_text_tokens"] = module.model.config.preprocess.context_length
+    data_cfg = resolve_data_config(cfg)  # as medclip.train.fit prepares a run's data
+    bind_data_to_model(data_cfg, module.model)
     datamodule = MedClipDataModule(
         data_cfg,
         module.model.tokenize,

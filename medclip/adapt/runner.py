@@ -135,7 +135,6 @@ def run_adapt(
     zs_auroc = _aurocs(yte, zs_test, names)
     scores: dict[str, Any] = {
         "patients": test.patients,
-        "image_ids": test.frame["image_id"].astype(str).to_numpy(),
         "labels": yte,
         "zeroshot": zs_test,
         "logits": {},

@@ -403,14 +403,9 @@ def training_preprocess(data_cfg: Mapping[str, Any], model_config: Any) -> Prepr
     return found[0].with_(context_length=tokens)
 
 
-def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Train a dual encoder as the config says; return the exported model folder (``<output_dir>/model``)."""
-    cfg = load_config(config, overrides)
-    seed = int(cfg["seed"])
-    L.seed_everything(seed, workers=True)
-    output_dir = Path(cfg["output_dir"]).expanduser().resolve()  # created once the model is built: a bad
-    checkpoint_dir = _checkpoint_dir(cfg, output_dir)  # model name or tower leaves no empty run folder behind
-
+def resolve_data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's ``data`` section with its manifest / cache paths resolved and checked to exist (a missing one is a
+    ``ConfigError`` naming its key); ``data.sources`` each resolved the same way."""
     from medclip.data.storage import exists as storage_exists  # a path or a bucket URL
 
     data_cfg = dict(cfg["data"])
@@ -435,15 +430,32 @@ def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str
         used = "cache_dir" if data_cfg["cache_dir"] else "manifest"
         if not storage_exists(data_cfg[used]):
             raise ConfigError(f"data.{used}: {data_cfg[used]} does not exist")
+    return data_cfg
 
+
+def bind_data_to_model(data_cfg: dict[str, Any], model: Any) -> None:
+    """What the model sees, saved with it: ``data.image_size`` defaults to the model's input size, the model's
+    preprocessing is set from the data config, and ``data.max_text_tokens`` becomes the one text length (see
+    :func:`training_preprocess`)."""
+    if data_cfg.get("image_size") is None:
+        model_size = model.config.vision.image_size
+        data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
+    model.config.preprocess = training_preprocess(data_cfg, model.config)
+    data_cfg["max_text_tokens"] = model.config.preprocess.context_length
+
+
+def fit(config: Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Train a dual encoder as the config says; return the exported model folder (``<output_dir>/model``)."""
+    cfg = load_config(config, overrides)
+    seed = int(cfg["seed"])
+    L.seed_everything(seed, workers=True)
+    output_dir = Path(cfg["output_dir"]).expanduser().resolve()  # created once the model is built: a bad
+    checkpoint_dir = _checkpoint_dir(cfg, output_dir)  # model name or tower leaves no empty run folder behind
+
+    data_cfg = resolve_data_config(cfg)
     ckpt_path = _resume_path(cfg, checkpoint_dir, output_dir)
     module = DualEncoderModule(cfg["model"], cfg["loss"], cfg["optim"])
-    if data_cfg.get("image_size") is None:
-        model_size = module.model.config.vision.image_size
-        data_cfg["image_size"] = model_size if isinstance(model_size, int) else 224
-    # what the model sees, saved with it; data.max_text_tokens becomes the one text length (see training_preprocess)
-    module.model.config.preprocess = training_preprocess(data_cfg, module.model.config)
-    data_cfg["max_text_tokens"] = module.model.config.preprocess.context_length
+    bind_data_to_model(data_cfg, module.model)
     cached = use_feature_cache(cfg, module.model)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg["text_pretrain"].get("enabled") and ckpt_path is None:  # a resumed run has its trained weights
