@@ -23,7 +23,8 @@ main: the offline-default towers (EfficientNet-Lite0 + MiniLM; ``--large``: ViT-
                         medclip's optimizer (``optim.fused: auto``: torch's fused AdamW kernel; open_clip_train
                         builds torch's AdamW with its defaults, a loop over the parameters on CPU)
 accum: exact big-batch contrastive accumulation (``optim.accum_freq``), through medclip's training module
-  medclip batch b       one batch of ``--batch-size`` (b), the module's plain step
+  medclip batch b       the module's plain step on batches of ``--batch-size`` (b): the accum row's samples,
+                        each of its batches as k plain steps (same images and texts, so the same padding)
   medclip accum kxb     one batch of ``--accum-batch`` (k x b) as k micro-batches of b (GradCache): every
                         sample is a negative of every other; memory should stay near batch b's
 flip: FLIP patch dropout on a ViT tower (ViT-S/16 on CPU, ViT-B/16 with ``--large``), same text tower
@@ -63,8 +64,8 @@ ROWS: dict[str, dict] = {
     "medclip fixed-128": {"fixed": True},
     "medclip dynamic": {},
     "medclip dynamic loop-AdamW": {"loop_adamw": True},
-    "medclip batch b": {"module": True},
-    "medclip accum kxb": {"module": True, "accum": True},
+    "medclip batch b": {"module": True, "accum_data": True},
+    "medclip accum kxb": {"module": True, "accum": True, "accum_data": True},
     "open_clip ViT": {"peer": True, "fixed": True, "vit": True},
     "open_clip ViT FLIP 50%": {"peer": True, "fixed": True, "vit": True, "patch_dropout": 0.5},
     "medclip ViT": {"vit": True},
@@ -222,16 +223,18 @@ def worker(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     config = args.worker
     spec = ROWS[config]
-    # the accumulated row steps over batches of k x b; the others over batches of b
+    # the accum group's rows draw batches of k x b (its plain row steps through each in k chunks of b); the
+    # others draw batches of b
     batch_size = args.accum_batch if spec.get("accum") else args.batch_size
-    warmup, timed = (1, args.accum_steps) if spec.get("accum") else (args.warmup, args.steps)
+    data_batch = args.accum_batch if spec.get("accum_data") else args.batch_size
+    warmup, timed = (1, args.accum_steps) if spec.get("accum_data") else (args.warmup, args.steps)
     texts = load_report_texts(Path(args.reports))
     rng = np.random.default_rng(0)
     steps = warmup + timed
-    order = np.concatenate([rng.permutation(len(texts)) for _ in range(1 + batch_size * steps // len(texts))])
-    batches = [[texts[i] for i in order[s * batch_size : (s + 1) * batch_size]] for s in range(steps)]
+    order = np.concatenate([rng.permutation(len(texts)) for _ in range(1 + data_batch * steps // len(texts))])
+    batches = [[texts[i] for i in order[s * data_batch : (s + 1) * data_batch]] for s in range(steps)]
     gen = torch.Generator().manual_seed(0)
-    images = [torch.rand(batch_size, 1, 224, 224, generator=gen) for _ in range(steps)]
+    images = [torch.rand(data_batch, 1, 224, 224, generator=gen) for _ in range(steps)]
     patch_dropout = float(spec.get("patch_dropout", 0.0))
     vit = bool(spec.get("vit"))
 
@@ -309,9 +312,19 @@ def worker(args: argparse.Namespace) -> dict:
                     else:
                         out = model(imgs, ids, mask)
                         loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
-                n_tokens = model.text.tokens_to_run(mask)
+                # what the text tower runs: each micro-batch's own length buckets
+                n_tokens = sum(
+                    model.text.tokens_to_run(mask[i : i + args.batch_size]) for i in range(0, len(mask), args.batch_size)
+                )
             optimizer.step()
             return n_tokens
+
+        def data_step(imgs: torch.Tensor, batch_texts: list[str]) -> int:
+            """One drawn batch: one step, or (the accum group's plain row) one plain step per chunk of b."""
+            if spec.get("accum") or not spec.get("accum_data"):
+                return step(imgs, batch_texts)
+            b = args.batch_size
+            return sum(step(imgs[i : i + b], batch_texts[i : i + b]) for i in range(0, len(batch_texts), b))
 
         def tower_step(imgs: torch.Tensor) -> None:
             """The vision tower alone: forward + backward of its embeddings (FLIP's share of the step)."""
@@ -330,7 +343,7 @@ def worker(args: argparse.Namespace) -> dict:
                 torch.cuda.synchronize()
 
         for s in range(warmup):
-            step(images[s], batches[s])
+            data_step(images[s], batches[s])
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -338,14 +351,14 @@ def worker(args: argparse.Namespace) -> dict:
         padded_tokens = 0
         start = time.perf_counter()
         for s in range(warmup, steps):
-            padded_tokens += step(images[s], batches[s])
+            padded_tokens += data_step(images[s], batches[s])
         sync()
         elapsed = time.perf_counter() - start
         result = {
             "config": config,
             "batch_size": batch_size,
-            "images_per_s": batch_size * timed / elapsed,
-            "padded_tokens_per_text": padded_tokens / (batch_size * timed),
+            "images_per_s": data_batch * timed / elapsed,
+            "padded_tokens_per_text": padded_tokens / (data_batch * timed),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_before_mb": rss_before / 2**20,
         }
@@ -463,14 +476,16 @@ def print_group(args: argparse.Namespace, group: str, runs: dict[str, list[dict]
             line += f"{tips:>12.2f}{tips / base_tower:>6.2f}x"
         print(line, flush=True)
     if group == "accum" and "feature_pass_images_per_s" in runs[rows[1]][0]:
-        # a plain step costs 1 / base s per image; GradCache adds one no-gradient forward per image
-        extra = statistics.median(1 / r["feature_pass_images_per_s"] for r in runs[rows[1]])
+        # a plain step costs 1 / base s per image; GradCache adds one no-gradient forward for every micro-batch
+        # but the last (whose forward keeps its graph)
+        k = args.accum_batch // args.batch_size
+        extra = statistics.median(1 / r["feature_pass_images_per_s"] for r in runs[rows[1]]) * (k - 1) / k
         bound = (1 / base) / (1 / base + extra)
         print(
             f"feature pass (forward without gradients, batch {args.batch_size}): "
-            f"{statistics.median(r['feature_pass_images_per_s'] for r in runs[rows[1]]):.2f} images/s, i.e. "
-            f"{extra * base:.2f} of a plain step's time: one extra forward per micro-batch bounds the accum row at "
-            f"about 1 / (1 + {extra * base:.2f}) = {bound:.2f}x of the plain row here (plus what "
+            f"{statistics.median(r['feature_pass_images_per_s'] for r in runs[rows[1]]):.2f} images/s; run for "
+            f"{k - 1} of the {k} micro-batches it adds {extra * base:.2f} of a plain step's time, which bounds the "
+            f"accum row at about 1 / (1 + {extra * base:.2f}) = {bound:.2f}x of the plain row here (plus what "
             "running the optimizer once per whole batch instead of once per micro-batch saves)",
             flush=True,
         )

@@ -308,52 +308,66 @@ class DualEncoderModule(L.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Gradients of the whole batch's loss, built from ``k`` micro-batches (GradCache, open_clip's ``--accum-freq``).
 
-        1. every micro-batch's features without gradients (cached; the RNG state before each forward is kept so
-           dropout draws the same masks again, and buffers such as BatchNorm running statistics are put back);
-        2. per micro-batch j: its forward with gradients, its features put in place of its cached ones, the loss
-           over the whole batch (gathered across ranks as always), backward. The gradients sum to those of the
-           whole batch's loss; the temperature and logit bias, used by the loss directly, take theirs from the
-           last micro-batch only (whose backward DDP all-reduces: every trainable parameter needs a gradient there).
+        1. every micro-batch's features (cached), the first k - 1 without gradients (the RNG state before each
+           forward is kept so dropout draws the same masks again); the last one's forward keeps its graph, so it
+           is not run twice;
+        2. the last micro-batch's features put in place, the loss over the whole batch (gathered across ranks as
+           always), backward; then per micro-batch j < k - 1: its forward with gradients again, its features in
+           place of its cached ones, the loss, backward. The gradients sum to those of the whole batch's loss;
+           the temperature and logit bias, used by the loss directly, take theirs from the final backward only
+           (the one DDP all-reduces: every trainable parameter needs a gradient there). Buffers (BatchNorm
+           running statistics) end as after the k forwards of step 1, each micro-batch counted once.
 
         Memory: one micro-batch's activations plus the features of the batch.
 
         ``backward`` defaults to ``loss.backward``; ``sync(last)`` is a context for each micro-batch (DDP's gradient
-        all-reduce only on the last). Returns the (detached) loss of the whole batch and its statistics."""
+        all-reduce only on the final backward). Returns the (detached) loss of the whole batch and its statistics."""
         k = int(k or self.accum_freq)
         backward = backward or (lambda loss: loss.backward())
         parts = micro_batch_slices(batch, k)
         device = batch["input_ids"].device
-        buffers = [b.detach().clone() for b in self.model.buffers()]
         image_cache: list[torch.Tensor] = []
         text_cache: list[torch.Tensor] = []
         states = []
         with torch.no_grad():
-            for images, texts in parts:
+            for images, texts in parts[:-1]:
                 states.append(_rng_snapshot(device))
                 out = self._forward(_micro_batch(batch, images, texts))
                 image_cache.append(out["image_features"].detach())
                 text_cache.append(out["text_features"].detach())
-            for buffer, saved in zip(self.model.buffers(), buffers):  # the grad pass below updates them once
-                buffer.copy_(saved)
+        kept = dict(self._forward(_micro_batch(batch, *parts[-1])))  # its graph is used below, once
+        image_cache.append(kept["image_features"].detach())
+        text_cache.append(kept["text_features"].detach())
         after = _rng_snapshot(device)
+        buffers = [b.detach().clone() for b in self.model.buffers()]  # the re-runs below would update them again
         loss_value: torch.Tensor | None = None
         stats: dict[str, torch.Tensor] = {}
-        for j, (images, texts) in enumerate(parts):
-            _rng_restore(states[j], device)
-            with sync(j == k - 1) if sync is not None else contextlib.nullcontext():
-                out = dict(self._forward(_micro_batch(batch, images, texts)))
+        order = [k - 1, *range(k - 1)]
+        for step, j in enumerate(order):
+            last = step == k - 1
+            with sync(last) if sync is not None else contextlib.nullcontext():
+                if j == k - 1:
+                    out = kept
+                else:
+                    _rng_restore(states[j], device)
+                    out = dict(self._forward(_micro_batch(batch, *parts[j])))
                 out["image_features"] = torch.cat(image_cache[:j] + [out["image_features"]] + image_cache[j + 1 :])
                 out["text_features"] = torch.cat(text_cache[:j] + [out["text_features"]] + text_cache[j + 1 :])
-                if j < k - 1:  # the loss uses them directly: their gradient counts once, in the last (DDP-synced) pass
+                if not last:  # the loss uses them directly: their gradient counts once, in the final (DDP-synced) pass
                     out["logit_scale"] = out["logit_scale"].detach()
                     if out.get("logit_bias") is not None:
                         out["logit_bias"] = out["logit_bias"].detach()
                 loss, micro_stats = self._loss_from(out, batch)
                 backward(loss)
-            if j == 0:
+                del out
+            if step == 0:
                 loss_value, stats = loss.detach(), micro_stats
             elif not bool(torch.isfinite(loss.detach()).all()):
                 loss_value = loss.detach()
+        kept.clear()
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
         _rng_restore(after, device)
         assert loss_value is not None
         return loss_value, stats
