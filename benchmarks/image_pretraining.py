@@ -200,6 +200,7 @@ def pretrain(cache: Path, out: Path, seed: int, args: argparse.Namespace) -> tup
         warmup_steps=max(1, args.steps // 10),
         lr=args.lr,
         momentum=args.momentum,
+        precise_bn_images=args.precise_bn_images,
         accelerator="cpu",
         num_workers=0,
         log_every_n_steps=max(1, args.steps // 5),
@@ -414,6 +415,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="whole Kermany patients drawn, 0 = all 2.9k (default 1000; --quick 300)",
     )
+    ap.add_argument(
+        "--precise-bn-images",
+        type=int,
+        default=2048,
+        help="BatchNorm statistics of the exported tower re-estimated on this many training images (pretrain-image's "
+        "default 2048; 0 keeps DINO's)",
+    )
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2, help="processes decoding images for the cache")
     ap.add_argument("--clip", action="store_true", help="(b): the small-data CLIP recipe from both towers")
@@ -468,7 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         f"images at {args.image_size} px (reduced resolution for this CPU); DINO on the {n_train} training-patient "
         f"images of both sets (test patients never), {args.steps} steps x batch {args.batch_size}, crops 2 x "
         f"{args.global_size} px + {args.n_local} x {args.local_size} px, from offline-default (EfficientNet-Lite0, "
-        f"ImageNet); seeds {args.seeds}",
+        f"ImageNet); seeds {args.seeds}; BatchNorm statistics of the exported tower "
+        + (
+            f"re-estimated on {args.precise_bn_images} training images"
+            if args.precise_bn_images
+            else "as DINO left them"
+        ),
         flush=True,
     )
 
@@ -481,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         out = work / (
             f"dino_s{seed}_n{args.steps}_b{args.batch_size}_g{args.global_size}_l{args.n_local}x{args.local_size}"
-            f"_lr{args.lr:g}_m{args.momentum:g}_{cache.name.rsplit('_', 1)[-1]}"
+            f"_lr{args.lr:g}_m{args.momentum:g}_pbn{args.precise_bn_images}_{cache.name.rsplit('_', 1)[-1]}"
         )
         towers[seed], seconds, reused = pretrain(cache, out, seed, args)
         times[f"pretrain seed {seed}" + (" (reused; its recorded time)" if reused else "")] = seconds

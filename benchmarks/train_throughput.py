@@ -314,7 +314,8 @@ def worker(args: argparse.Namespace) -> dict:
                         loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
                 # what the text tower runs: each micro-batch's own length buckets
                 n_tokens = sum(
-                    model.text.tokens_to_run(mask[i : i + args.batch_size]) for i in range(0, len(mask), args.batch_size)
+                    model.text.tokens_to_run(mask[i : i + args.batch_size])
+                    for i in range(0, len(mask), args.batch_size)
                 )
             optimizer.step()
             return n_tokens

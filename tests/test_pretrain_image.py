@@ -82,6 +82,7 @@ def _cfg(cache: Path, out: Path, **kw) -> PretrainImageConfig:
         log_every_n_steps=1,
         every_n_steps=2,
         seed=3,
+        precise_bn_images=0,  # the exported tower is the trained backbone as is (precise BN: its own test)
     )
     base.update(kw)
     return PretrainImageConfig(**base)
@@ -213,6 +214,59 @@ def test_run_tower_folder_loads_by_name_and_resume_is_exact(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_precise_bn_reestimates_only_the_batchnorm_statistics(cache: Path, tmp_path: Path) -> None:
+    """The default export re-estimates the BatchNorm running statistics on the cache's images as stored (an
+    average over batches, what `recompute_batchnorm_statistics` computes), weights untouched, and says so."""
+    from safetensors.torch import load_file
+
+    from medclip.pretrain.dino import open_cache, recompute_batchnorm_statistics
+
+    tower = pretrain_image(_cfg(cache, tmp_path / "run", precise_bn_images=PretrainImageConfig.precise_bn_images))
+    saved = load_file(str(tower / "model.safetensors"))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    prefix = "teacher_backbone.backbone.model."
+    teacher = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and saved.keys() == teacher.keys()
+    for key in saved:
+        if key in stats:
+            continue
+        torch.testing.assert_close(saved[key], teacher[key], rtol=0, atol=0, msg=key)  # weights as trained
+    assert any(not torch.equal(saved[k], teacher[k]) for k in stats)  # statistics: no longer DINO's crops'
+    vision, _ = resolve_tower("tiny-test")
+    expected = build_backbone(vision, None, load_pretrained=False)
+    expected.backbone.model.load_state_dict(teacher)
+    dataset = open_cache(str(cache), "train")
+    assert recompute_batchnorm_statistics(expected.eval(), dataset, 2048, seed=3) == len(dataset)
+    assert not expected.training  # its mode put back
+    for key in stats:
+        torch.testing.assert_close(saved[key], expected.backbone.model.state_dict()[key], rtol=1e-5, atol=1e-6, msg=key)
+    import json
+
+    record = json.loads((tower / "config.json").read_text())["medclip"]["pretraining"]
+    assert record["batchnorm_statistics"] == f"re-estimated on {len(dataset)} cache images as stored"
+
+
+def test_precise_bn_statistics_are_the_batch_average() -> None:
+    """On one BatchNorm layer: the running mean is the mean of the batches' means, the running variance the
+    mean of their unbiased variances; a subset of max_images is used when the data holds more; momentum restored;
+    a model without BatchNorm is left alone."""
+    from medclip.pretrain.dino import recompute_batchnorm_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    images = [{"image": torch.randn(1, 4, 4, generator=gen) * 3 + 1} for _ in range(8)]
+    norm = torch.nn.BatchNorm2d(1, momentum=0.1)
+    assert recompute_batchnorm_statistics(norm, images, 100, batch_size=4) == 8
+    batches = torch.stack([it["image"] for it in images]).split(4)
+    torch.testing.assert_close(norm.running_mean, torch.stack([b.mean() for b in batches]).mean().reshape(1))
+    torch.testing.assert_close(norm.running_var, torch.stack([b.var() for b in batches]).mean().reshape(1))
+    assert norm.momentum == 0.1 and norm.training
+    assert recompute_batchnorm_statistics(norm, images, 4, batch_size=4) == 4
+    plain = torch.nn.Conv2d(1, 1, 1)
+    before = plain.weight.detach().clone()
+    assert recompute_batchnorm_statistics(plain, images, 8) == 0 and torch.equal(plain.weight, before)
 
 
 def test_clear_errors(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,6 +92,13 @@ def add_pretrain_image_arguments(p: argparse.ArgumentParser) -> argparse.Argumen
     p.add_argument(
         "--export", choices=["teacher", "student"], default=S, help="backbone written as the tower (default teacher)"
     )
+    p.add_argument(
+        "--precise-bn-images",
+        type=int,
+        default=S,
+        help="re-estimate the exported tower's BatchNorm statistics on up to N of the cache's images as stored "
+        "(default 2048; 0 keeps DINO's, which follow the augmented crops)",
+    )
     p.add_argument("--devices", type=_devices, default=S, help="devices (processes); > 1 trains with DDP")
     p.add_argument("--accelerator", default=S, help="auto (default), cpu, gpu")
     p.add_argument("--precision", default=S, help="Lightning precision (default 32-true; e.g. bf16-mixed on a GPU)")

@@ -19,7 +19,9 @@ class PretrainImageConfig:
     ``local_size``). ``lr`` is lower than DINO's from-scratch 5e-4 x batch/256: training continues from
     ImageNet weights. The teacher momentum follows a cosine from ``momentum`` to ``momentum_end`` over
     ``steps``; the teacher temperature rises linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
-    ``warmup_teacher_temp_steps``.
+    ``warmup_teacher_temp_steps``. ``precise_bn_images``: the exported tower's BatchNorm running statistics
+    are re-estimated on up to this many of the cache's images as stored (as ``medclip fit`` feeds them), since
+    during DINO they follow the augmented crops; 0 keeps the statistics from training.
     """
 
     cache_dir: str = ""
@@ -57,6 +59,7 @@ class PretrainImageConfig:
     center_momentum: float = 0.9
     freeze_last_layer_steps: int = 0
     export: str = "teacher"
+    precise_bn_images: int = 2048
     devices: int | str = 1
     accelerator: str = "auto"
     precision: str = "32-true"
@@ -84,6 +87,7 @@ class PretrainImageConfig:
             (0.0 <= self.center_momentum < 1.0, "center_momentum must be in [0, 1)"),
             (self.output_dim >= 2 and self.hidden_dim >= 1 and self.bottleneck_dim >= 1, "head sizes must be positive"),
             (self.export in ("teacher", "student"), "export must be 'teacher' or 'student'"),
+            (self.precise_bn_images >= 0, "precise_bn_images must be >= 0 (0: keep the statistics from training)"),
             (self.cache_dir != "", "cache_dir is required (a `medclip cache` folder)"),
         ]
         for ok, message in checks:

@@ -515,6 +515,43 @@ def _trainer_config(cfg: PretrainImageConfig) -> dict[str, Any]:
     }
 
 
+def recompute_batchnorm_statistics(
+    backbone: torch.nn.Module, dataset: Any, max_images: int, seed: int = 0, batch_size: int = 64
+) -> int:
+    """Re-estimate every BatchNorm layer's running statistics of ``backbone`` on up to ``max_images`` images of
+    ``dataset`` (items with an ``"image"`` entry; a seeded random subset when it holds more), as an average
+    over batches of ``batch_size`` without gradients ("precise BN"); the layers' momentum and the backbone's
+    train / eval mode are put back. Returns the number of images used (0: no BatchNorm layer, nothing done)."""
+    from tqdm.auto import tqdm
+
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    n = min(int(max_images), len(dataset))
+    if not norms or n == 0:
+        return 0
+    rows = sorted(random.Random(seed).sample(range(len(dataset)), n)) if n < len(dataset) else list(range(n))
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, rows),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=lambda items: torch.stack([it["image"] for it in items]),
+    )
+    device = next(backbone.parameters()).device
+    was_training, momenta = backbone.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    backbone.train()
+    try:
+        with torch.no_grad():
+            for images in tqdm(loader, desc="BatchNorm statistics", unit="batch", disable=len(loader) <= 1):
+                backbone(images.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        backbone.train(was_training)
+    return n
+
+
 def pretrain_image(cfg: PretrainImageConfig) -> Path:
     """Run DINO on the cache's images; return the tower folder (``<output_dir>/tower``)."""
     import yaml
@@ -562,9 +599,20 @@ def pretrain_image(cfg: PretrainImageConfig) -> Path:
 
         from medclip import __version__
 
+        exported = module.exported()
+        precise = recompute_batchnorm_statistics(exported, datamodule.source, cfg.precise_bn_images, seed=cfg.seed)
+        if precise:
+            print(
+                f"pretrain-image: BatchNorm statistics of the exported tower re-estimated on {precise} images of "
+                f"the cache as stored (--precise-bn-images {cfg.precise_bn_images})",
+                flush=True,
+            )
         record = {
             "method": "dino",
             "exported": cfg.export,
+            "batchnorm_statistics": (
+                f"re-estimated on {precise} cache images as stored" if precise else "as left by training"
+            ),
             "started_from": cfg.tower if not Path(cfg.tower).expanduser().exists() else Path(cfg.tower).name,
             "images": len(datamodule.source),
             "split": cfg.split,
@@ -573,7 +621,7 @@ def pretrain_image(cfg: PretrainImageConfig) -> Path:
             "options": {k: v for k, v in cfg.to_dict().items() if k not in ("cache_dir", "output_dir", "tower")},
             "versions": {"medclip": __version__, "lightly": version("lightly"), "torch": torch.__version__},
         }
-        save_tower(module.exported(), tower_dir, preprocess=datamodule.preprocess(), record=record)
+        save_tower(exported, tower_dir, preprocess=datamodule.preprocess(), record=record)
     trainer.strategy.barrier("medclip-pretrain-export")
     return tower_dir
 
@@ -586,6 +634,7 @@ __all__ = [
     "multi_crop_views",
     "resolve_tower",
     "save_tower",
+    "recompute_batchnorm_statistics",
     "pretrain_image",
     "lightly_modules",
 ]
