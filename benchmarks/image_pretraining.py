@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.global_size} px + {args.n_local} x {args.local_size} px, from offline-default (EfficientNet-Lite0, "
         f"ImageNet); seeds {args.seeds}; BatchNorm statistics of the exported tower "
         + (
-            f"re-estimated on {args.precise_bn_images} training images"
+            f"re-estimated on up to {args.precise_bn_images} training images"
             if args.precise_bn_images
             else "as DINO left them"
         ),
