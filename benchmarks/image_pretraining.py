@@ -252,11 +252,12 @@ def _classes(frame: pd.DataFrame, label: str) -> np.ndarray:
 
 
 def probe_stats(
-    tower: str, cache: Path, frames: dict[str, pd.DataFrame], folder: Path, split: str = "test"
-) -> dict[str, Any]:
-    """Every probe row's ``Stat`` (AUROC on ``split``'s patients, resampleable by patient) for one encoder."""
-    feats = {s: features(tower, cache, s, folder) for s in ("train", split)}
-    return probe_stats_of(feats, frames, split)
+    tower: str, cache: Path, frames: dict[str, pd.DataFrame], folder: Path, splits: tuple[str, ...] = ("test", "val")
+) -> dict[str, dict[str, Any]]:
+    """Per split of ``splits``: every probe row's ``Stat`` (AUROC on that split's patients, resampleable by patient)
+    for one encoder; each split's features computed (or read) once."""
+    feats = {s: features(tower, cache, s, folder) for s in ("train", *splits)}
+    return {s: probe_stats_of(feats, frames, s) for s in splits}
 
 
 def probe_stats_of(
@@ -487,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
 
     feats = work / "features"
     t = time.time()
-    start = probe_stats("offline-default", cache, frames, feats)
-    start_val = probe_stats("offline-default", cache, frames, feats, split="val")
+    start_stats = probe_stats("offline-default", cache, frames, feats)
+    start, start_val = start_stats["test"], start_stats["val"]
     times["start encoder: features + probes"] = time.time() - t
     towers, pretrained, pretrained_val = {}, {}, {}
     for seed in args.seeds:
@@ -504,8 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         t = time.time()
-        pretrained[seed] = probe_stats(str(towers[seed]), cache, frames, feats)
-        pretrained_val[seed] = probe_stats(str(towers[seed]), cache, frames, feats, split="val")
+        seed_stats = probe_stats(str(towers[seed]), cache, frames, feats)
+        pretrained[seed], pretrained_val[seed] = seed_stats["test"], seed_stats["val"]
         times[f"seed {seed}: features + probes"] = time.time() - t
 
     print(

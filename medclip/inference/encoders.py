@@ -88,10 +88,13 @@ def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int = 6
 
 
 def image_batches(
-    images: Iterable[torch.Tensor] | torch.utils.data.Dataset, batch_size: int, num_workers: int = 0
+    images: Iterable[torch.Tensor] | torch.utils.data.Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    desc: str = "embedding images",
 ) -> Iterable[torch.Tensor]:
     """Batches (B, 1, ...) of a tensor, or of a dataset of items with an ``"image"`` entry (decoded by a
-    DataLoader, with a progress bar when there is more than one batch: decoding is the long part)."""
+    DataLoader, with a progress bar named ``desc`` when there is more than one batch: decoding is the long part)."""
     if isinstance(images, torch.Tensor):
         return images.split(batch_size)
     from tqdm.auto import tqdm
@@ -105,7 +108,7 @@ def image_batches(
         collate_fn=lambda items: torch.stack([it["image"] for it in items]),
     )
     total = len(loader)
-    return tqdm(loader, total=total, desc="embedding images", unit="batch", disable=total <= 1, leave=False)
+    return tqdm(loader, total=total, desc=desc, unit="batch", disable=total <= 1, leave=False)
 
 
 @torch.no_grad()

@@ -522,19 +522,13 @@ def recompute_batchnorm_statistics(
     ``dataset`` (items with an ``"image"`` entry; a seeded random subset when it holds more), as an average
     over batches of ``batch_size`` without gradients ("precise BN"); the layers' momentum and the backbone's
     train / eval mode are put back. Returns the number of images used (0: no BatchNorm layer, nothing done)."""
-    from tqdm.auto import tqdm
+    from medclip.inference.encoders import image_batches
 
     norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     n = min(int(max_images), len(dataset))
     if not norms or n == 0:
         return 0
     rows = sorted(random.Random(seed).sample(range(len(dataset)), n)) if n < len(dataset) else list(range(n))
-    loader = DataLoader(
-        torch.utils.data.Subset(dataset, rows),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=lambda items: torch.stack([it["image"] for it in items]),
-    )
     device = next(backbone.parameters()).device
     was_training, momenta = backbone.training, [m.momentum for m in norms]
     for m in norms:
@@ -543,7 +537,9 @@ def recompute_batchnorm_statistics(
     backbone.train()
     try:
         with torch.no_grad():
-            for images in tqdm(loader, desc="BatchNorm statistics", unit="batch", disable=len(loader) <= 1):
+            for images in image_batches(
+                torch.utils.data.Subset(dataset, rows), batch_size, desc="BatchNorm statistics"
+            ):
                 backbone(images.to(device))
     finally:
         for m, momentum in zip(norms, momenta):

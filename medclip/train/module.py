@@ -359,12 +359,10 @@ class DualEncoderModule(L.LightningModule):
                         out["logit_bias"] = out["logit_bias"].detach()
                 loss, micro_stats = self._loss_from(out, batch)
                 backward(loss)
-                del out
             if step == 0:
                 loss_value, stats = loss.detach(), micro_stats
             elif not bool(torch.isfinite(loss.detach()).all()):
                 loss_value = loss.detach()
-        kept.clear()
         with torch.no_grad():
             for buffer, saved in zip(self.model.buffers(), buffers):
                 buffer.copy_(saved)
